@@ -1,0 +1,63 @@
+"""Unit handling at public API boundaries.
+
+OpenMM's convention is followed: public functions accept ``openmm.unit``
+quantities (or plain numbers, taken to be in OpenMM's default unit) and
+return quantities. Inside the package everything is a plain number in
+nm, ps, kJ/mol, amu, K and elementary charges.
+"""
+from __future__ import annotations
+
+import numpy as np
+import openmm.unit as u
+
+__all__ = ["strip", "strip_array", "NM", "PS", "KJ_PER_MOL", "AMU", "KELVIN"]
+
+NM = u.nanometer
+PS = u.picosecond
+KJ_PER_MOL = u.kilojoule_per_mole
+AMU = u.dalton
+KELVIN = u.kelvin
+
+
+def strip(value, unit: u.Unit, name: str) -> float:
+    """Return ``value`` as a float in ``unit``.
+
+    A plain number is taken to be in ``unit`` already (as OpenMM does); a
+    quantity in an incompatible unit raises a ``ValueError`` that names the
+    parameter, e.g. a time step given in nanometers.
+    """
+    if u.is_quantity(value):
+        if not value.unit.is_compatible(unit):
+            raise ValueError(
+                f"{name} must be in units compatible with {unit.get_name()}, got {value}"
+            )
+        value = value.value_in_unit(unit)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number or a quantity in {unit.get_name()}, got {value!r}") from None
+    if not np.isfinite(number):
+        raise ValueError(f"{name} must be finite, got {number}")
+    return number
+
+
+def strip_array(value, unit: u.Unit, name: str, shape_tail: tuple[int, ...] | None = (3,)) -> np.ndarray:
+    """Return an array-like (or a quantity of one, or a list of Vec3) in ``unit`` as float64.
+
+    Raises ``ValueError`` naming ``name`` for incompatible units, a wrong
+    trailing shape or non-finite values (NaN coordinates are never accepted).
+    """
+    if u.is_quantity(value):
+        if not value.unit.is_compatible(unit):
+            raise ValueError(
+                f"{name} must be in units compatible with {unit.get_name()}, got unit {value.unit.get_name()}"
+            )
+        value = value.value_in_unit(unit)
+    array = np.asarray([tuple(v) if hasattr(v, "x") else v for v in value] if isinstance(value, list) else value,
+                       dtype=np.float64)
+    if shape_tail is not None and tuple(array.shape[-len(shape_tail):]) != tuple(shape_tail):
+        raise ValueError(f"{name} must have trailing shape {shape_tail}, got {array.shape}")
+    if not np.all(np.isfinite(array)):
+        bad = np.argwhere(~np.isfinite(array.reshape(-1, *shape_tail) if shape_tail else array))[:5]
+        raise ValueError(f"{name} contains NaN or infinite values (first at {bad.tolist()})")
+    return array
