@@ -1,0 +1,230 @@
+"""Speed of CGMLIntegrator, side by side in one run; prints JSON.
+
+(a) simulated ns/day of the coarse model (an exported, untrained
+    CGPropagator of the default size: speed does not depend on the weights)
+    against fine-grained OpenMM MD of the same molecule on the same platform;
+(b) stepping through OpenMM (Simulation.step with a DCD-like reporter every
+    100 steps) against the bare torch rollout of the same model
+    (``openmm_cgml.integrator.rollout``, which the integrator itself calls).
+
+    OMP_NUM_THREADS=1 python bench/integrator.py [--system alanine-dipeptide] [--steps 300]
+
+Timings are interleaved (bare, OpenMM, bare, OpenMM, ...) and the median is
+reported, so load from other processes hits both sides alike.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform as host
+import statistics
+import tempfile
+import time
+
+import numpy as np
+import openmm
+import openmm.app as app
+import openmm.unit as u
+import torch
+
+from openmm_cgml import systems
+from openmm_cgml.export import export_model, load
+from openmm_cgml.integrator import CGMLIntegrator, coarse_grained_system, model_graph, rollout
+from openmm_cgml.mapping import Mapping
+from openmm_cgml.propagator import CGPropagator, PropagatorConfig
+
+
+class FrameReporter:
+    """Fetches positions every ``interval`` steps, as a trajectory reporter does (without disk noise)."""
+
+    def __init__(self, interval):
+        self.interval = interval
+        self.frames = 0
+
+    def describeNextReport(self, simulation):
+        return {"steps": self.interval - simulation.currentStep % self.interval, "include": ["positions"]}
+
+    def report(self, simulation, state):
+        state.getPositions(asNumpy=True)
+        self.frames += 1
+
+
+def fine_ns_per_day(reference, platform, steps):
+    integrator = reference.integrator(seed=1)
+    simulation = app.Simulation(reference.topology, reference.system, integrator, platform)
+    simulation.context.setPositions(reference.positions)
+    simulation.minimizeEnergy(maxIterations=100)
+    simulation.step(200)
+    start = time.perf_counter()
+    simulation.step(steps)
+    simulation.context.getState(getPositions=True)
+    elapsed = time.perf_counter() - start
+    dt_ps = reference.timestep.value_in_unit(u.picosecond)
+    return steps * dt_ps * 1e-3 / elapsed * 86400, elapsed / steps
+
+
+def untrained_model(reference, directory, k, md_steps_per_model_step, atoms_per_bead):
+    mapping = Mapping.metis(reference.topology, reference.masses, atoms_per_bead=atoms_per_bead,
+                            atom_types=reference.atom_types)
+    dt = reference.timestep.value_in_unit(u.picosecond)
+    module = CGPropagator.from_mapping(
+        mapping, PropagatorConfig(k=k), model_dt_ps=md_steps_per_model_step * dt,
+        md_steps_per_model_step=md_steps_per_model_step, md_timestep_ps=dt,
+        temperature_K=reference.temperature.value_in_unit(u.kelvin), accel_std_nm=1e-3, velocity_std_nm=0.01)
+    path = export_model(module, os.path.join(directory, "model.pt"), {"mapping": mapping})
+    return load(path)
+
+
+def coarse_timings(model, reference, platform, steps, repeats, replicas):
+    cg = coarse_grained_system(model, reference.topology, reference.positions, replicas=replicas)
+    # collisions are not the point here (an untrained model wanders): guard NaNs only
+    integrator = CGMLIntegrator(model, seed=1, collision_distance=0.0)
+    simulation = app.Simulation(cg.topology, cg.system, integrator, platform)
+    simulation.context.setPositions(cg.positions)
+    simulation.reporters.append(FrameReporter(100))
+
+    features = model.embed_mapping().repeat(replicas, 1)
+    edges, batch = model_graph(model.mapping, replicas)
+    start = torch.as_tensor(cg.positions.value_in_unit(u.nanometer), dtype=torch.float32)
+    history = start.repeat(model.k, 1, 1)
+    box = torch.zeros(3, 3)
+
+    def bare():
+        t = time.perf_counter()
+        rollout(model, history, features, edges, batch, box, steps, seed=1, collision_distance=0.0,
+                n_replicas=replicas)
+        return (time.perf_counter() - t) / steps
+
+    def through_openmm():
+        simulation.context.setPositions(cg.positions)  # same start, same work
+        t = time.perf_counter()
+        simulation.step(steps)
+        return (time.perf_counter() - t) / steps
+
+    bare(), through_openmm()  # warm-up: TorchScript profiling runs, allocations
+    bare_s, openmm_s = [], []
+    for _ in range(repeats):
+        bare_s.append(bare())
+        openmm_s.append(through_openmm())
+    return statistics.median(bare_s), statistics.median(openmm_s), cg.system.getNumParticles()
+
+
+class _TorchForcePropagator(torch.nn.Module):
+    """The alternative design: the propagator inside an openmm-torch TorchForce.
+
+    The force returns ``(x_new - x) * SCALE`` and a CustomIntegrator moves
+    ``x += f / SCALE``. The k-1 previous frames live in a buffer, so every
+    extra force evaluation (getState(getForces/getEnergy), minimisation)
+    would advance it: shown here for speed only.
+    """
+
+    def __init__(self, module, previous, features, edges, batch):
+        super().__init__()
+        self.model = module
+        self.register_buffer("previous", previous)
+        self.register_buffer("features", features)
+        self.register_buffer("edges", edges)
+        self.register_buffer("batch", batch)
+        self.register_buffer("box", torch.zeros(3, 3))
+
+    def forward(self, positions):
+        x = positions.to(torch.float32)
+        history = torch.cat([self.previous, x.unsqueeze(0)], dim=0)
+        new = self.model.step(history, self.features, self.edges, self.batch, self.box, torch.randn_like(x), True)
+        self.previous.copy_(history[1:])
+        return torch.zeros((), dtype=positions.dtype), ((new - x) * 1000.0).to(positions.dtype)
+
+
+def torchforce_ms_per_step(model, reference, platform, steps, repeats, replicas):
+    """Time per model step of the TorchForce + CustomIntegrator design (None if openmm-torch is missing)."""
+    try:
+        from openmmtorch import TorchForce
+    except ImportError:
+        return None
+    cg = coarse_grained_system(model, reference.topology, reference.positions, replicas=replicas)
+    start = torch.as_tensor(cg.positions.value_in_unit(u.nanometer), dtype=torch.float32)
+    edges, batch = model_graph(model.mapping, replicas)
+    wrapper = torch.jit.script(_TorchForcePropagator(model.module, start.repeat(model.k - 1, 1, 1),
+                                                     model.embed_mapping().repeat(replicas, 1), edges, batch))
+    force = TorchForce(wrapper)
+    force.setOutputsForces(True)
+    system = cg.system
+    system.addForce(force)
+    integrator = openmm.CustomIntegrator(model.module.model_dt_ps)
+    integrator.addGlobalVariable("inverse_scale", 1e-3)
+    integrator.addComputePerDof("v", "f * inverse_scale / dt")
+    integrator.addComputePerDof("x", "x + f * inverse_scale")
+    simulation = app.Simulation(cg.topology, system, integrator, platform)
+    simulation.context.setPositions(cg.positions)
+    simulation.reporters.append(FrameReporter(100))
+    simulation.step(5)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        simulation.step(steps)
+        times.append((time.perf_counter() - t) / steps)
+    return statistics.median(times) * 1e3
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--system", default="alanine-dipeptide")
+    parser.add_argument("--platform", default="CPU")
+    parser.add_argument("--steps", type=int, default=200, help="model steps per timing")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--fine-steps", type=int, default=5000)
+    parser.add_argument("--k", type=int, default=8, help="history length (the coarse-grain default)")
+    parser.add_argument("--md-steps-per-model-step", type=int, default=1000)
+    parser.add_argument("--atoms-per-bead", type=float, default=4.0)
+    parser.add_argument("--replicas", type=int, nargs="*", default=[1, 8])
+    args = parser.parse_args()
+
+    platform = openmm.Platform.getPlatformByName(args.platform)
+    reference = systems.load(args.system)
+    fine_rate, fine_step_s = fine_ns_per_day(reference, platform, args.fine_steps)
+    result = {
+        "hardware": {"cpu": host.processor() or host.machine(), "cores": os.cpu_count(),
+                     "torch_threads": torch.get_num_threads(), "platform": args.platform,
+                     "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+                     "note": "shared machine; medians of interleaved repeats"},
+        "versions": {"openmm": openmm.__version__, "torch": torch.__version__},
+        "system": args.system, "n_atoms": reference.n_atoms,
+        "fine": {"ns_per_day": fine_rate, "ms_per_step": fine_step_s * 1e3,
+                 "timestep_ps": reference.timestep.value_in_unit(u.picosecond)},
+    }
+    with tempfile.TemporaryDirectory() as directory:
+        model = untrained_model(reference, directory, args.k, args.md_steps_per_model_step, args.atoms_per_bead)
+        dt_ps = model.module.model_dt_ps
+        result["coarse"] = {"n_beads": model.mapping.n_beads, "k": model.k, "model_dt_ps": dt_ps,
+                            "md_steps_per_model_step": model.md_steps_per_model_step,
+                            "n_parameters": model.metadata.get("n_parameters"), "by_replicas": {}}
+        for replicas in args.replicas:
+            bare_s, openmm_s, n = coarse_timings(model, reference, platform, args.steps, args.repeats, replicas)
+            result["coarse"]["by_replicas"][str(replicas)] = {
+                "beads": n, "ms_per_step_bare_rollout": bare_s * 1e3, "ms_per_step_openmm": openmm_s * 1e3,
+                "openmm_overhead": openmm_s / bare_s - 1,
+                # simulated time of one molecule per wall day, summed over replicas
+                "ns_per_day": replicas * dt_ps * 1e-3 / openmm_s * 86400,
+            }
+        alternative = torchforce_ms_per_step(model, reference, platform, args.steps, max(1, args.repeats // 2),
+                                             args.replicas[0])
+        if alternative is not None:
+            single = result["coarse"]["by_replicas"][str(args.replicas[0])]
+            result["torchforce_alternative"] = {
+                "replicas": args.replicas[0], "ms_per_step": alternative,
+                "overhead_vs_bare_rollout": alternative / single["ms_per_step_bare_rollout"] - 1,
+                "note": "propagator inside an openmm-torch TorchForce + CustomIntegrator; its history "
+                        "buffer is advanced by every extra force evaluation (getState(getForces), minimisation)",
+            }
+    single = result["coarse"]["by_replicas"][str(args.replicas[0])]
+    result["speedup_simulated_time"] = single["ns_per_day"] / fine_rate
+    result["openmm_overhead"] = single["openmm_overhead"]
+    if len(args.replicas) > 1:
+        best = max(result["coarse"]["by_replicas"].values(), key=lambda r: r["ns_per_day"])
+        result["speedup_simulated_time_batched"] = best["ns_per_day"] / fine_rate
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""Model-step time and bead collisions of the propagator, with and without Score refinement; prints JSON.
+
+One run, side by side: for each bead count (copies of one molecule, each its
+own graph, spaced beyond the cutoff) and each device, the exported model's
+``step`` is timed with ``refine=False`` and ``refine=True`` (interleaved,
+median of repeats, on a fixed equilibrium-like configuration so the graph
+size is representative), then a rollout from the same start counts bead
+pairs closer than ``--threshold`` (default 0.1 nm).
+
+    OMP_NUM_THREADS=1 python bench/propagator.py                      # untrained default-size model
+    OMP_NUM_THREADS=1 python bench/propagator.py --model model.pt --system polymer-chain --system-param length=5
+
+``collision_rate`` = colliding bead pairs per bead per model step, averaged
+over the rollout (0 = no collision ever). With an untrained model (no
+``--model``) timings are meaningful but collision rates are not.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+
+import numpy as np
+import openmm.unit as u
+import torch
+
+from openmm_cgml import systems
+from openmm_cgml.export import export_model, load
+from openmm_cgml.mapping import Mapping
+from openmm_cgml.propagator import CGPropagator, PropagatorConfig, count_collisions
+
+
+def reference_molecule(name: str, params: dict, model):
+    """(mapping, bead positions (n_beads, 3) nm) of one molecule."""
+    reference = systems.load(name, **params)
+    if model is not None and model.mapping is not None:
+        mapping = model.mapping
+        mapping.check_fits(reference.topology)
+    else:
+        mapping = Mapping.metis(reference.topology, reference.masses, atoms_per_bead=1 if name.startswith("polymer")
+                                else 4, atom_types=reference.atom_types)
+    positions = reference.positions.value_in_unit(u.nanometer)
+    return mapping, np.asarray(mapping.bead_positions(np.asarray(positions)), dtype=np.float32)
+
+
+def untrained(mapping, directory: str, k: int):
+    module = CGPropagator.from_mapping(mapping, PropagatorConfig(k=k), transferable=True, accel_std_nm=0.05,
+                                       velocity_std_nm=0.1, model_dt_ps=1.0)
+    return load(export_model(module, os.path.join(directory, "model.pt"), {"mapping": mapping}))
+
+
+def replicate(model, mapping, positions, n_copies: int, spacing_nm: float, device: str):
+    """Inputs for ``n_copies`` molecules on a cubic grid, each its own graph."""
+    side = int(np.ceil(n_copies ** (1 / 3)))
+    grid = np.stack(np.meshgrid(*[np.arange(side)] * 3, indexing="ij"), -1).reshape(-1, 3)[:n_copies]
+    centred = positions - positions.mean(0)
+    start = torch.as_tensor((centred[None] + spacing_nm * grid[:, None]).reshape(-1, 3), dtype=torch.float32)
+    features = model.embed_mapping(mapping).repeat(n_copies, 1)
+    bonds = torch.as_tensor(mapping.coarse_bonds, dtype=torch.long).reshape(-1, 2).T
+    edges = torch.cat([bonds, bonds.flip(0)], 1)
+    offsets = torch.arange(n_copies).repeat_interleave(edges.shape[1]) * mapping.n_beads
+    edges = edges.repeat(1, n_copies) + offsets
+    batch = torch.arange(n_copies).repeat_interleave(mapping.n_beads)
+    # a history at rest (thermal motion would only change the timing through the graph size)
+    history = start.repeat(model.k, 1, 1)
+    move = lambda t: t.to(device)  # noqa: E731
+    return move(history), move(features), move(edges), move(batch), torch.zeros(3, 3, device=device)
+
+
+def time_steps(module, inputs, refine: bool, n_steps: int, device: str) -> float:
+    history, features, edges, batch, box = inputs
+    noise = torch.randn(n_steps, history.shape[1], 3, device=device)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for i in range(n_steps):
+        module.step(history, features, edges, batch, box, noise[i], refine)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / n_steps * 1e3
+
+
+def collision_rate(module, inputs, refine: bool, n_steps: int, threshold: float, seed: int) -> tuple[float, int]:
+    """(colliding pairs per bead per step, steps completed) over a rollout from the inputs' start."""
+    history, features, edges, batch, box = inputs
+    generator = torch.Generator(device=history.device).manual_seed(seed)
+    pairs, done = 0, 0
+    for _ in range(n_steps):
+        noise = torch.randn(history.shape[1:], generator=generator, device=history.device)
+        try:
+            x = module.step(history, features, edges, batch, box, noise, refine)
+        except RuntimeError:  # NaN/inf positions: the rollout diverged
+            break
+        history = torch.cat([history[1:], x[None]])
+        pairs += count_collisions(x, threshold, batch)
+        done += 1
+    return (pairs / max(done, 1) / history.shape[1]), done
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="exported model (default: an untrained model of the default size)")
+    parser.add_argument("--system", default="polymer-chain")
+    parser.add_argument("--system-param", action="append", default=["length=5"],
+                        help="KEY=VALUE override of the reference system (repeatable)")
+    parser.add_argument("--beads", type=int, nargs="+", default=[10, 100, 1000, 10000])
+    parser.add_argument("--devices", nargs="+", default=["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--rollout-steps", type=int, default=200)
+    parser.add_argument("--threshold", type=float, default=0.1, help="collision distance (nm)")
+    parser.add_argument("--k", type=int, default=4, help="history length of the untrained model")
+    args = parser.parse_args()
+    params = {}
+    for item in args.system_param:
+        key, value = item.split("=", 1)
+        params[key] = json.loads(value) if value[:1].isdigit() or value in ("true", "false") else value
+    torch.manual_seed(0)
+
+    with tempfile.TemporaryDirectory() as directory, torch.inference_mode():
+        model = load(args.model) if args.model else None
+        mapping, positions = reference_molecule(args.system, params, model)
+        model = model or untrained(mapping, directory, args.k)
+        rows = []
+        for device in args.devices:
+            module = model.module.to(device)
+            for beads in args.beads:
+                copies = max(1, round(beads / mapping.n_beads))
+                inputs = replicate(model, mapping, positions, copies, 3.0 * (1 + float(np.ptp(positions, 0).max())), device)
+                n_steps = max(5, min(200, 20000 // (copies * mapping.n_beads)))
+                for refine in (False, True):  # warm-up: TorchScript profiling and allocator
+                    time_steps(module, inputs, refine, 3, device)
+                timings = {False: [], True: []}
+                for _ in range(args.repeats):
+                    for refine in (False, True):
+                        timings[refine].append(time_steps(module, inputs, refine, n_steps, device))
+                rollout_steps = max(10, min(args.rollout_steps, 200000 // (copies * mapping.n_beads)))
+                for refine in (False, True):
+                    rate, done = collision_rate(module, inputs, refine, rollout_steps, args.threshold, seed=1)
+                    rows.append({"beads": copies * mapping.n_beads, "molecules": copies, "device": device,
+                                 "refine": refine, "ms_per_step": round(statistics.median(timings[refine]), 4),
+                                 "collision_rate": rate, "rollout_steps": done,
+                                 "diverged": done < rollout_steps})
+                print(json.dumps(rows[-2:]), flush=True, file=__import__("sys").stderr)
+        report = {
+            "benchmark": "propagator model step",
+            "model": args.model or "untrained, default PropagatorConfig (collision rates not meaningful)",
+            "system": args.system, "system_params": params, "beads_per_molecule": mapping.n_beads,
+            "threshold_nm": args.threshold, "refine_calls": len(model.metadata.get("refine_sigmas", [])),
+            "hardware": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                         "torch_threads": torch.get_num_threads(),
+                         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
+            "versions": model.metadata.get("versions"),
+            "ratios": {f"{r['device']}:{r['beads']}": None for r in rows},
+            "rows": rows,
+        }
+        for key in list(report["ratios"]):
+            device, beads = key.split(":")
+            pair = {r["refine"]: r["ms_per_step"] for r in rows if r["device"] == device and str(r["beads"]) == beads}
+            report["ratios"][key] = {"refine_over_plain": round(pair[True] / pair[False], 3)}
+        print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()

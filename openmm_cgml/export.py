@@ -1,0 +1,283 @@
+"""One TorchScript file per trained model, and loading it back.
+
+The file is a plain TorchScript archive: ``torch.jit.load`` reads it without
+this package (and without unpickling arbitrary Python objects). It carries
+the networks and, as the ``metadata`` string attribute and as the extra file
+``metadata.json``, the same JSON: the mapping, ``k``, the model time step and
+the fine MD time step it stands for, units, training metadata and software
+versions. Exported parameters are frozen (no autograd bookkeeping per step).
+
+``cgml export CHECKPOINT --out model.pt`` converts a Lightning checkpoint
+(read with ``torch.load(..., weights_only=True)``); ``openmm_cgml.load(path)``
+returns a :class:`CGModel`.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import platform
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import openmm.unit as u
+import torch
+
+__all__ = ["FORMAT", "export_model", "export", "load", "CGModel", "software_versions", "configure_parser", "run"]
+
+FORMAT = "openmm-cgml-model"
+FORMAT_VERSION = 1
+UNITS = {"length": "nm", "time": "ps", "mass": "amu", "energy": "kJ/mol", "temperature": "K",
+         "pos_history": "nm, shape (k, n_beads, 3), last frame = current",
+         "acceleration": "nm per model step^2", "velocity": "nm per model step"}
+
+
+def software_versions() -> dict:
+    """Versions of the software that matter for reproducing a model."""
+    import openmm
+
+    from openmm_cgml import __version__
+
+    return {"openmm_cgml": __version__, "torch": torch.__version__, "openmm": openmm.__version__,
+            "numpy": np.__version__, "python": platform.python_version()}
+
+
+def export_model(model, path, metadata: dict | None = None) -> Path:
+    """Script ``model`` (a :class:`~openmm_cgml.propagator.CGPropagator`) into one TorchScript file.
+
+    ``metadata`` (JSON-serialisable; typically ``mapping`` (JSON str),
+    ``training`` and ``config``) is merged with what the model knows about
+    itself (k, time steps, temperature, bead count, units, versions). The file
+    is written to a temporary name and renamed, so a failure never leaves a
+    truncated file behind or damages an existing one.
+    """
+    path = Path(path)
+    if not path.parent.exists():
+        raise FileNotFoundError(f"output directory {path.parent} does not exist")
+    module = copy.deepcopy(model).cpu().float().eval()
+    for parameter in module.parameters():
+        parameter.requires_grad_(False)
+    meta = dict(metadata or {})
+    if hasattr(meta.get("mapping"), "to_json"):
+        meta["mapping"] = meta["mapping"].to_json()
+    if isinstance(meta.get("mapping"), dict):
+        meta["mapping"] = json.dumps(meta["mapping"])
+    meta.update({
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "k": module.k, "model_dt_ps": module.model_dt_ps,
+        "md_steps_per_model_step": module.md_steps_per_model_step, "md_timestep_ps": module.md_timestep_ps,
+        "temperature_K": module.temperature_K, "n_beads": module.n_beads, "n_atoms": module.n_atoms,
+        "n_features": module.n_features, "refine_sigmas": list(module.refine_sigmas),
+        "accel_std_nm": module.accel_std_nm, "velocity_std_nm": module.velocity_std_nm,
+        "units": UNITS, "model_init": json.loads(module.init_json),
+        "n_parameters": sum(p.numel() for p in module.parameters()),
+        "versions": software_versions(), "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    })
+    try:
+        text = json.dumps(meta, sort_keys=True)
+    except TypeError as error:
+        raise ValueError(f"metadata must be JSON-serialisable: {error}") from None
+    module.metadata = text
+    scripted = torch.jit.script(module)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        torch.jit.save(scripted, tmp, _extra_files={"metadata.json": text})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def _find_checkpoint(checkpoint) -> Path:
+    """A ``.ckpt`` file, or a training output directory (its best, else last, checkpoint)."""
+    checkpoint = Path(checkpoint)
+    if checkpoint.is_dir():
+        for name in ("best.ckpt", "last.ckpt"):
+            candidate = checkpoint / "checkpoints" / name
+            if candidate.exists():
+                return candidate
+        raise FileNotFoundError(f"no checkpoints/best.ckpt or checkpoints/last.ckpt in training directory {checkpoint}")
+    if not checkpoint.exists():
+        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
+    return checkpoint
+
+
+def propagator_from_checkpoint(checkpoint):
+    """(CGPropagator with trained weights, hyper-parameter dict) from a Lightning checkpoint.
+
+    Read with ``weights_only=True``: a checkpoint can hold tensors and plain
+    containers only, never arbitrary pickled objects.
+    """
+    from openmm_cgml.propagator import CGPropagator
+
+    path = _find_checkpoint(checkpoint)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # corrupted, truncated, or not a (safe) checkpoint
+        raise ValueError(f"{path}: not a readable training checkpoint ({type(error).__name__}: "
+                         f"{str(error).splitlines()[0] if str(error) else ''})") from None
+    hparams = state.get("hyper_parameters", {}) if isinstance(state, dict) else {}
+    if "model_init" not in hparams or "state_dict" not in state:
+        raise ValueError(f"{path}: not an openmm-cgml training checkpoint (no model_init/state_dict)")
+    model = CGPropagator.from_init_json(hparams["model_init"])
+    hparams = dict(hparams)
+    hparams["_progress"] = {"epochs": int(state.get("epoch", -1)) + 1, "global_step": int(state.get("global_step", 0))}
+    for key, value in state.get("callbacks", {}).items():
+        if key.startswith("ModelCheckpoint") and value.get("best_model_score") is not None:
+            hparams["_progress"]["best_" + str(value.get("monitor", "loss"))] = float(value["best_model_score"])
+    prefix = "model."
+    weights = {key[len(prefix):]: value for key, value in state["state_dict"].items() if key.startswith(prefix)}
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as error:
+        raise ValueError(f"{path}: weights do not match the model description: {str(error).splitlines()[0]}") from None
+    return model, hparams, path
+
+
+def export(checkpoint, out, overwrite: bool = False) -> Path:
+    """Export a Lightning checkpoint (or training directory) to the TorchScript file ``out``."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
+    model, hparams, path = propagator_from_checkpoint(checkpoint)
+    progress = hparams.pop("_progress", {})
+    metadata = dict(hparams.get("metadata", {}))
+    metadata.setdefault("training", {})
+    metadata["training"].update(checkpoint=str(path), **progress)
+    return export_model(model, out, metadata)
+
+
+class CGModel:
+    """A loaded model file: the ScriptModule plus its parsed metadata.
+
+    ``embed``/``step``/``predict`` call the ScriptModule and turn its input
+    checks into ``ValueError`` (a molecule that does not fit the model is
+    refused with a message saying why).
+    """
+
+    def __init__(self, module: torch.jit.ScriptModule, metadata: dict, path: str | None = None):
+        self.module = module
+        self.metadata = metadata
+        self.path = path
+        self._mapping = None
+
+    # ---- what the file describes
+    @property
+    def k(self) -> int:
+        return int(self.module.k)
+
+    @property
+    def n_beads(self) -> int:
+        """Beads per molecule (0 = transferable to any molecule of seen atom types)."""
+        return int(self.module.n_beads)
+
+    @property
+    def n_features(self) -> int:
+        return int(self.module.n_features)
+
+    @property
+    def model_timestep(self) -> u.Quantity:
+        return self.module.model_dt_ps * u.picosecond
+
+    @property
+    def md_timestep(self) -> u.Quantity:
+        return self.module.md_timestep_ps * u.picosecond
+
+    @property
+    def md_steps_per_model_step(self) -> int:
+        return int(self.module.md_steps_per_model_step)
+
+    @property
+    def temperature(self) -> u.Quantity:
+        return self.module.temperature_K * u.kelvin
+
+    @property
+    def mapping(self):
+        """The :class:`~openmm_cgml.mapping.Mapping` the model was trained with (None if the file has none)."""
+        if self._mapping is None and self.metadata.get("mapping"):
+            from openmm_cgml.mapping import Mapping
+
+            self._mapping = Mapping.from_json(self.metadata["mapping"])
+        return self._mapping
+
+    def to(self, device) -> "CGModel":
+        self.module.to(device)
+        return self
+
+    # ---- calls
+    def _call(self, name: str, *args):
+        try:
+            with torch.no_grad():
+                return getattr(self.module, name)(*args)
+        except torch.jit.Error as error:
+            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+            message = next((line.split("ValueError:", 1)[1].strip() for line in lines if "ValueError:" in line),
+                           lines[-1] if lines else str(error))
+            raise ValueError(f"{name}: {message}") from None
+
+    def embed(self, atom_types, fine_edge_index, bead_of_atom, n_beads: int) -> torch.Tensor:
+        """Bead features (n_beads, n_features) for one molecule (or several copies)."""
+        device = self.module.type_masses.device
+        return self._call("embed", torch.as_tensor(atom_types, dtype=torch.long, device=device),
+                          torch.as_tensor(fine_edge_index, dtype=torch.long, device=device).reshape(2, -1),
+                          torch.as_tensor(bead_of_atom, dtype=torch.long, device=device), int(n_beads))
+
+    def embed_mapping(self, mapping=None) -> torch.Tensor:
+        """Bead features for the molecule of ``mapping`` (default: the model's own)."""
+        mapping = mapping or self.mapping
+        if mapping is None:
+            raise ValueError("this model file carries no mapping; pass one")
+        bonds = np.asarray(mapping.fine_bonds, dtype=np.int64).reshape(-1, 2)
+        edges = np.concatenate([bonds, bonds[:, ::-1]]).T
+        return self.embed(mapping.atom_types, edges, mapping.bead_of_atom, mapping.n_beads)
+
+    def step(self, pos_history, bead_features, coarse_edge_index, batch, box, noise, refine: bool = True):
+        """Next bead positions (N, 3) nm; see the TorchScript contract in docs/design.md."""
+        return self._call("step", pos_history, bead_features, coarse_edge_index, batch, box, noise, bool(refine))
+
+    def predict(self, pos_history, bead_features, coarse_edge_index, batch, box):
+        """Acceleration mean (N, 3) and std (N, 1) in nm per model step^2."""
+        return self._call("predict", pos_history, bead_features, coarse_edge_index, batch, box)
+
+    def __repr__(self) -> str:
+        return (f"CGModel({self.path!r}, k={self.k}, n_beads={self.n_beads or 'any'}, "
+                f"model_timestep={self.model_timestep}, md_steps_per_model_step={self.md_steps_per_model_step})")
+
+
+def load(path, device: str | torch.device = "cpu") -> CGModel:
+    """Load an exported model file; a missing, corrupted or foreign file raises an error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file {path} does not exist")
+    extra = {"metadata.json": ""}
+    try:
+        module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+    except Exception as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{path}: not a readable openmm-cgml model file (corrupted or truncated?): {first}") from None
+    try:
+        metadata = json.loads(extra["metadata.json"] or module.metadata)
+    except (json.JSONDecodeError, AttributeError, RuntimeError):
+        raise ValueError(f"{path}: TorchScript file without valid openmm-cgml metadata") from None
+    if metadata.get("format") != FORMAT:
+        raise ValueError(f"{path}: not an openmm-cgml model (format {metadata.get('format')!r})")
+    if int(metadata.get("format_version", 0)) > FORMAT_VERSION:
+        raise ValueError(f"{path}: written by a newer openmm-cgml (format version {metadata['format_version']})")
+    return CGModel(module, metadata, str(path))
+
+
+def configure_parser(parser) -> None:
+    parser.add_argument("checkpoint", help="Lightning checkpoint (.ckpt) or a training output directory")
+    parser.add_argument("--out", "-o", required=True, help="output TorchScript file, e.g. model.pt")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+
+
+def run(args) -> int:
+    path = export(args.checkpoint, args.out, overwrite=args.overwrite)
+    model = load(path)
+    print(f"wrote {path}: {model!r}")
+    return 0

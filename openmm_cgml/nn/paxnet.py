@@ -1,0 +1,319 @@
+"""PaxNet: a physics-aware multiplex graph network, E(3)-equivariant.
+
+After Zhang, Liu & Xie (arXiv 2206.02789, PAMNet): two graphs per molecule,
+as in molecular mechanics,
+
+* a global graph (radius cutoff) whose messages use distances only, and
+* a local graph (bonds, optionally plus pairs within ``local_cutoff``) whose
+  messages also see angles: two-hop angles k->j->i and one-hop angles between
+  two neighbours of one node, through a Bessel x Legendre(cos) basis. The
+  costly angle work is confined to the small local graph.
+
+Per layer the two contributions are fused by attention (a softmax over
+{global, local} per node from invariant features).
+
+Unlike PAMNet this version carries a PaiNN-style vector channel (N, 3, hidden)
+updated from relative unit vectors weighted by learned invariant filters and
+from neighbours' vectors, so it returns equivariant per-node vectors as well as
+invariant scalars. Only distances and cosines are used, so reflections act
+like rotations (E(3)). Units: positions and cutoffs in nm.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+from torch.nn import Linear, SiLU, Sequential
+
+from .basis import AngularBasis, BesselBasis, PolynomialEnvelope
+from .neighbors import edge_vectors, radius_graph
+
+__all__ = ["PaxNet"]
+
+
+def _scatter_sum(src: Tensor, index: Tensor, n: int) -> Tensor:
+    out = torch.zeros((n,) + src.shape[1:], dtype=src.dtype, device=src.device)
+    return out.index_add_(0, index, src)
+
+
+def _mlp(n_in: int, hidden: int, n_out: int) -> Sequential:
+    return Sequential(Linear(n_in, hidden), SiLU(), Linear(hidden, n_out))
+
+
+def _vector_message(v_src: Tensor, unit: Tensor, coeff: Tensor, hidden: int) -> Tensor:
+    """PaiNN vector message: neighbour vectors gated + unit vector times an invariant filter."""
+    gate_v, gate_r = coeff[:, :hidden], coeff[:, hidden:]
+    return v_src * gate_v.unsqueeze(1) + unit.unsqueeze(2) * gate_r.unsqueeze(1)
+
+
+class GlobalMessage(torch.nn.Module):
+    """Distance-only messages on the radius graph (scalars and vectors)."""
+
+    def __init__(self, hidden: int, n_rbf: int):
+        super().__init__()
+        self.hidden = hidden
+        self.node = _mlp(hidden, hidden, 3 * hidden)
+        self.filter = Linear(n_rbf, 3 * hidden)
+
+    def forward(self, h: Tensor, v: Tensor, src: Tensor, dst: Tensor, rbf: Tensor, envelope: Tensor,
+                unit: Tensor) -> Tuple[Tensor, Tensor]:
+        n = h.size(0)
+        m = self.node(h)[src] * self.filter(rbf) * envelope.unsqueeze(1)
+        dh = _scatter_sum(m[:, :self.hidden], dst, n)
+        dv = _scatter_sum(_vector_message(v[src], unit, m[:, self.hidden:], self.hidden), dst, n)
+        return dh, dv
+
+
+class LocalMessage(torch.nn.Module):
+    """Bond-graph messages refined by two-hop and one-hop angles (DimeNet++-style bottleneck)."""
+
+    def __init__(self, hidden: int, n_rbf: int, n_angle: int):
+        super().__init__()
+        self.hidden = hidden
+        down = max(hidden // 2, 8)
+        self.node = _mlp(hidden, hidden, hidden)
+        self.filter = Linear(n_rbf, hidden)
+        self.down = Linear(hidden, down, bias=False)
+        self.angle_two_hop = Linear(n_angle, down, bias=False)
+        self.angle_one_hop = Linear(n_angle, down, bias=False)
+        self.up_two_hop = Linear(down, hidden)
+        self.up_one_hop = Linear(down, hidden)
+        self.out = _mlp(hidden, hidden, 3 * hidden)
+        self.act = SiLU()
+
+    def forward(self, h: Tensor, v: Tensor, src: Tensor, dst: Tensor, rbf: Tensor, envelope: Tensor,
+                unit: Tensor, two_hop_in: Tensor, two_hop_out: Tensor, two_hop_basis: Tensor,
+                one_hop_in: Tensor, one_hop_out: Tensor, one_hop_basis: Tensor) -> Tuple[Tensor, Tensor]:
+        n = h.size(0)
+        n_edges = src.size(0)
+        m = self.node(h)[src] * self.filter(rbf) * envelope.unsqueeze(1)   # (E_l, H) edge j->i
+        low = self.down(m)
+        # two-hop: message k->j modulated by the angle k-j-i flows into edge j->i
+        t2 = low[two_hop_in] * self.angle_two_hop(two_hop_basis)
+        # one-hop: message k->i modulated by the angle j-i-k flows into edge j->i
+        t1 = low[one_hop_in] * self.angle_one_hop(one_hop_basis)
+        m = m + self.up_two_hop(self.act(_scatter_sum(t2, two_hop_out, n_edges)))
+        m = m + self.up_one_hop(self.act(_scatter_sum(t1, one_hop_out, n_edges)))
+        # the envelope again so that angle terms also vanish smoothly for cutoff pairs
+        m = self.out(m) * envelope.unsqueeze(1)
+        dh = _scatter_sum(m[:, :self.hidden], dst, n)
+        dv = _scatter_sum(_vector_message(v[src], unit, m[:, self.hidden:], self.hidden), dst, n)
+        return dh, dv
+
+
+class AttentionFusion(torch.nn.Module):
+    """Softmax over {global, local} per node from the invariant features of each branch."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.score_global = Linear(hidden, 1)
+        self.score_local = Linear(hidden, 1)
+
+    def forward(self, h: Tensor, v: Tensor, dh_g: Tensor, dv_g: Tensor, dh_l: Tensor,
+                dv_l: Tensor) -> Tuple[Tensor, Tensor]:
+        scores = torch.cat([self.score_global(h + dh_g), self.score_local(h + dh_l)], dim=1)
+        alpha = torch.softmax(torch.nn.functional.leaky_relu(scores, 0.2), dim=1)
+        a_g, a_l = alpha[:, :1], alpha[:, 1:]
+        h = h + a_g * dh_g + a_l * dh_l
+        v = v + a_g.unsqueeze(1) * dv_g + a_l.unsqueeze(1) * dv_l
+        return h, v
+
+
+class EquivariantUpdate(torch.nn.Module):
+    """PaiNN update: mixes scalars and vectors within a node through invariant norms and dot products."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.hidden = hidden
+        self.mix_u = Linear(hidden, hidden, bias=False)
+        self.mix_w = Linear(hidden, hidden, bias=False)
+        self.gate = _mlp(2 * hidden, hidden, 3 * hidden)
+
+    def forward(self, h: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
+        uv = self.mix_u(v)
+        wv = self.mix_w(v)
+        # eps keeps the gradient of the norm finite when the vectors vanish
+        norm = torch.sqrt((wv * wv).sum(dim=1) + 1e-8)
+        a = self.gate(torch.cat([h, norm], dim=1))
+        a_vv, a_sv, a_ss = a[:, :self.hidden], a[:, self.hidden:2 * self.hidden], a[:, 2 * self.hidden:]
+        v = v + a_vv.unsqueeze(1) * uv
+        h = h + a_sv * (uv * wv).sum(dim=1) + a_ss
+        return h, v
+
+
+class PaxLayer(torch.nn.Module):
+    def __init__(self, hidden: int, n_rbf: int, n_angle: int):
+        super().__init__()
+        self.global_message = GlobalMessage(hidden, n_rbf)
+        self.local_message = LocalMessage(hidden, n_rbf, n_angle)
+        self.fusion = AttentionFusion(hidden)
+        self.update = EquivariantUpdate(hidden)
+        self.norm = torch.nn.LayerNorm(hidden)
+
+
+class PaxNet(torch.nn.Module):
+    """E(3)-equivariant multiplex backbone: per-node invariant scalars and equivariant vectors.
+
+    Args:
+        hidden: feature width H.
+        n_layers: number of multiplex layers.
+        cutoff: global radius graph cutoff (nm or a length quantity).
+        local_cutoff: if set, pairs closer than this (nm) join the bonds in the local graph.
+        n_rbf: radial Bessel functions.
+        n_sbf: angular orders (Legendre P_0..P_{n_sbf-1}) in the angle basis.
+        vector_in: input vector channels (e.g. velocities), ``v`` of shape (N, 3, vector_in).
+        scalar_in: input scalar channels, ``s`` of shape (N, scalar_in).
+        n_angle_rbf: radial functions in the angle basis.
+        max_num_neighbors: cap on global neighbours per node (nearest kept).
+        envelope_exponent: smoothness exponent of the cutoff envelope.
+    """
+
+    def __init__(self, hidden: int = 64, n_layers: int = 3, cutoff: float = 1.0,
+                 local_cutoff: Optional[float] = None, n_rbf: int = 16, n_sbf: int = 6,
+                 vector_in: int = 0, scalar_in: int = 0, n_angle_rbf: int = 6,
+                 max_num_neighbors: int = 64, envelope_exponent: int = 5):
+        super().__init__()
+        from ..units import NM, strip
+
+        cutoff = strip(cutoff, NM, "cutoff")
+        if cutoff <= 0:
+            raise ValueError(f"cutoff must be positive, got {cutoff} nm")
+        if local_cutoff is not None:
+            local_cutoff = strip(local_cutoff, NM, "local_cutoff")
+            if not 0 < local_cutoff:
+                raise ValueError(f"local_cutoff must be positive, got {local_cutoff} nm")
+        for name, value, low in (("hidden", hidden, 1), ("n_layers", n_layers, 1), ("n_rbf", n_rbf, 1),
+                                 ("n_sbf", n_sbf, 1), ("vector_in", vector_in, 0), ("scalar_in", scalar_in, 0),
+                                 ("n_angle_rbf", n_angle_rbf, 1), ("max_num_neighbors", max_num_neighbors, 1)):
+            if int(value) != value or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value}")
+        self.hidden = int(hidden)
+        self.n_layers = int(n_layers)
+        self.cutoff = float(cutoff)
+        self.use_local_cutoff = local_cutoff is not None
+        self.local_cutoff = float(local_cutoff) if local_cutoff is not None else float(cutoff)
+        self.scalar_in = int(scalar_in)
+        self.vector_in = int(vector_in)
+        self.max_num_neighbors = int(max_num_neighbors)
+
+        if scalar_in > 0:
+            self.embed = _mlp(scalar_in, hidden, hidden)
+        else:
+            self.embed = Sequential(Linear(1, hidden))   # fed a constant 1: one learned start vector
+        self.vector_embed = Linear(max(vector_in, 1), hidden, bias=False)
+        self.rbf_global = BesselBasis(n_rbf, cutoff)
+        self.envelope_global = PolynomialEnvelope(cutoff, envelope_exponent)
+        self.rbf_local = BesselBasis(n_rbf, self.local_cutoff)
+        self.envelope_local = PolynomialEnvelope(self.local_cutoff, envelope_exponent)
+        self.angle_basis = AngularBasis(n_angle_rbf, n_sbf, self.local_cutoff)
+        self.layers = torch.nn.ModuleList([PaxLayer(hidden, n_rbf, n_angle_rbf * n_sbf) for _ in range(n_layers)])
+
+    def local_graph(self, pos: Tensor, local_edge_index: Tensor, batch: Tensor,
+                    box: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+        """Local edges (2, E_l) sorted by target, both directions, and a bond flag (E_l,) (1 = bond)."""
+        n = pos.size(0)
+        bonds = torch.cat([local_edge_index, local_edge_index.flip(0)], dim=1)
+        bonds = bonds[:, bonds[0] != bonds[1]]
+        bond_keys = torch.unique(bonds[1] * n + bonds[0])
+        keys = bond_keys
+        if self.use_local_cutoff:
+            near, _ = radius_graph(pos, self.local_cutoff, batch, box, self.max_num_neighbors)
+            keys = torch.unique(torch.cat([bond_keys, near[1] * n + near[0]]))
+        is_bond = torch.isin(keys, bond_keys)
+        edges = torch.stack([torch.remainder(keys, n), torch.div(keys, n, rounding_mode="floor")], dim=0)
+        return edges, is_bond
+
+    def forward(self, s: Tensor, v: Tensor, pos: Tensor, local_edge_index: Tensor, batch: Tensor,
+                box: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """Per-node features.
+
+        Args:
+            s: (N, scalar_in) invariant inputs (N, 0 allowed when scalar_in = 0).
+            v: (N, 3, vector_in) equivariant inputs, e.g. velocities (N, 3, 0 allowed).
+            pos: (N, 3) positions, nm.
+            local_edge_index: (2, E_l) bonds (either or both directions).
+            batch: (N,) graph index per node.
+            box: None or (B, 3, 3) / (3, 3) box vectors as rows, nm; zeros = not periodic.
+
+        Returns:
+            scalars (N, hidden), invariant; vectors (N, 3, hidden), equivariant.
+        """
+        n = pos.size(0)
+        if s.size(0) != n or s.size(1) != self.scalar_in:
+            raise ValueError("s must have shape (N, scalar_in) = (" + str(n) + ", " + str(self.scalar_in)
+                             + "), got " + str(list(s.shape)))
+        if v.size(0) != n or v.size(1) != 3 or v.size(2) != self.vector_in:
+            raise ValueError("v must have shape (N, 3, vector_in) = (" + str(n) + ", 3, " + str(self.vector_in)
+                             + "), got " + str(list(v.shape)))
+        if local_edge_index.numel() > 0 and (int(local_edge_index.min()) < 0 or int(local_edge_index.max()) >= n):
+            raise ValueError("local_edge_index refers to nodes outside 0.." + str(n - 1))
+
+        # global graph: distances only
+        edge, shift = radius_graph(pos, self.cutoff, batch, box, self.max_num_neighbors)
+        g_src, g_dst = edge[0], edge[1]
+        g_vec = pos[g_dst] - pos[g_src] + shift
+        g_dist = torch.sqrt((g_vec * g_vec).sum(dim=1))
+        g_unit = g_vec / g_dist.unsqueeze(1)
+        g_rbf = self.rbf_global(g_dist)
+        g_env = self.envelope_global(g_dist)
+
+        # local graph: bonds (+ near pairs), with angles
+        l_edge, is_bond = self.local_graph(pos, local_edge_index, batch, box)
+        l_src, l_dst = l_edge[0], l_edge[1]
+        l_vec, _ = edge_vectors(pos, l_edge, batch, box)
+        l_dist = torch.sqrt((l_vec * l_vec).sum(dim=1))
+        l_unit = l_vec / l_dist.unsqueeze(1)
+        l_rbf = self.rbf_local(l_dist)
+        l_env = torch.where(is_bond, torch.ones_like(l_dist), self.envelope_local(l_dist))
+        two_in, two_out, one_in, one_out = _triplets(l_src, l_dst, n)
+        # angle k-j-i at j between x_k - x_j = -l_vec[kj] and x_i - x_j = l_vec[ji]
+        cos_two = -(l_unit[two_in] * l_unit[two_out]).sum(dim=1)
+        # angle j-i-k at i between x_j - x_i and x_k - x_i: both edges point into i
+        cos_one = (l_unit[one_in] * l_unit[one_out]).sum(dim=1)
+        two_basis = self.angle_basis(l_dist[two_in], cos_two)
+        one_basis = self.angle_basis(l_dist[one_in], cos_one)
+
+        if self.scalar_in > 0:
+            h = self.embed(s)
+        else:
+            h = self.embed(torch.ones(n, 1, dtype=pos.dtype, device=pos.device))
+        if self.vector_in > 0:
+            vec = self.vector_embed(v)
+        else:
+            vec = torch.zeros(n, 3, self.hidden, dtype=pos.dtype, device=pos.device)
+
+        for layer in self.layers:
+            dh_g, dv_g = layer.global_message(h, vec, g_src, g_dst, g_rbf, g_env, g_unit)
+            dh_l, dv_l = layer.local_message(h, vec, l_src, l_dst, l_rbf, l_env, l_unit,
+                                             two_in, two_out, two_basis, one_in, one_out, one_basis)
+            h, vec = layer.fusion(h, vec, dh_g, dv_g, dh_l, dv_l)
+            h, vec = layer.update(layer.norm(h), vec)
+        return h, vec
+
+
+def _triplets(src: Tensor, dst: Tensor, n: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Edge pairs for angles on a graph whose edges are sorted by target.
+
+    Returns (two_in, two_out): edge k->j feeding edge j->i, k != i; and
+    (one_in, one_out): edge k->i feeding edge j->i, k != j.
+    """
+    device = src.device
+    n_edges = src.size(0)
+    deg_in = torch.bincount(dst, minlength=n)
+    first_in = torch.cumsum(deg_in, 0) - deg_in
+    edges = torch.arange(n_edges, device=device)
+
+    count = deg_in[src]
+    two_out = torch.repeat_interleave(edges, count)
+    rank = torch.arange(two_out.size(0), device=device) - (torch.cumsum(count, 0) - count)[two_out]
+    two_in = first_in[src[two_out]] + rank
+    keep = src[two_in] != dst[two_out]
+    two_in, two_out = two_in[keep], two_out[keep]
+
+    count = deg_in[dst]
+    one_out = torch.repeat_interleave(edges, count)
+    rank = torch.arange(one_out.size(0), device=device) - (torch.cumsum(count, 0) - count)[one_out]
+    one_in = first_in[dst[one_out]] + rank
+    keep = one_in != one_out
+    return two_in, two_out, one_in[keep], one_out[keep]

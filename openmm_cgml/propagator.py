@@ -1,0 +1,455 @@
+"""The learned stochastic propagator: Embedding, Dynamics and Score networks.
+
+One model step jumps ``md_steps_per_model_step`` fine MD steps. Positions are
+in nm throughout; the networks work internally in *scaled model-step units*:
+velocities are finite differences ``x[t] - x[t-1]`` (nm per model step)
+divided by the dataset's ``velocity_std_nm``, accelerations
+``x[t+1] - 2 x[t] + x[t-1]`` (nm per model step^2) divided by its
+``accel_std_nm``, so every network sees numbers of order one whatever the
+system and the lag.
+
+- :class:`EmbeddingGNN` - message passing over the fine (atom) bond graph,
+  from atom types only; atom features are mean-pooled per bead, once per
+  molecule (``embed``).
+- Dynamics network - a :class:`~openmm_cgml.nn.PaxNet` over the beads
+  (radius graph globally, coarse bonds locally) whose vector inputs are the
+  last ``k - 1`` velocities and scalar inputs their norms, the bead
+  embedding and the bead mass. It returns per bead an equivariant mean
+  acceleration and an invariant, strictly positive std
+  (``std = min_std + softplus(.)``).
+- Score network - a smaller PaxNet at the candidate positions, conditioned
+  on the noise level and the dynamics latents. It predicts the noise ``eps``
+  of a candidate ``x~ = x + sigma * eps`` (score ``-eps / sigma``) and
+  refines a sampled step with one or two Tweedie corrections
+  ``x <- x~ + sigma^2 score(x~) = x~ - sigma * eps`` instead of the 200
+  annealed-Langevin network calls of the published method.
+
+``step`` samples ``a = mean + std * noise``, integrates semi-implicit Euler in
+model-step units (``v = x[t] - x[t-1]; v += a; x += v``) and refines. The
+whole module is TorchScript-able; see ``openmm_cgml.export``.
+"""
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from openmm_cgml.nn import PaxNet
+
+__all__ = ["PropagatorConfig", "EmbeddingGNN", "CGPropagator", "gaussian_nll", "count_collisions",
+           "log_spaced_sigmas"]
+
+
+@dataclass
+class PropagatorConfig:
+    """Hyperparameters of :class:`CGPropagator` (plain numbers; YAML key ``model``).
+
+    Lengths in nm; ``min_std``, ``refine_sigmas`` in units of the dataset's
+    acceleration std (``accel_std_nm``).
+    """
+
+    k: int = 4                       # history length (frames); k - 1 velocities
+    embed_hidden: int = 32           # Embedding GNN width
+    embed_layers: int = 3            # Embedding GNN message-passing steps
+    hidden: int = 48                 # Dynamics PaxNet width
+    n_layers: int = 2                # Dynamics PaxNet layers
+    cutoff_nm: float = 1.0           # radius-graph cutoff (nm)
+    n_rbf: int = 16
+    n_sbf: int = 6
+    min_std: float = 0.05            # floor of the predicted std (accel-std units)
+    score_hidden: int = 32           # Score PaxNet width
+    score_layers: int = 2            # Score PaxNet layers
+    refine_sigmas: List[float] = field(default_factory=lambda: [0.3])  # Tweedie steps at inference
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> "PropagatorConfig":
+        """Build from a (YAML) dict; unknown keys are a ``ValueError`` naming them."""
+        values = dict(values or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown model option(s) {unknown}; known: {sorted(known)}")
+        config = cls(**values)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        if int(self.k) < 2:
+            raise ValueError(f"model.k must be >= 2 (velocities need two frames), got {self.k}")
+        for name in ("embed_hidden", "embed_layers", "hidden", "n_layers", "score_hidden", "score_layers"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.cutoff_nm > 0:
+            raise ValueError(f"model.cutoff_nm must be > 0 nm, got {self.cutoff_nm}")
+        if not self.min_std > 0:
+            raise ValueError(f"model.min_std must be > 0, got {self.min_std}")
+        if any(not s > 0 for s in self.refine_sigmas):
+            raise ValueError(f"model.refine_sigmas must all be > 0, got {self.refine_sigmas}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def log_spaced_sigmas(high: float, low: float, n: int) -> Tensor:
+    """``n`` noise levels from ``high`` down to ``low``, log-spaced (float32)."""
+    if n == 1:
+        return torch.tensor([float(high)])
+    return torch.logspace(math.log10(high), math.log10(low), n)
+
+
+def gaussian_nll(target: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """Mean Gaussian negative log-likelihood per bead (constant dropped).
+
+    ``target``/``mean`` (N, 3), ``std`` (N, 1) isotropic, all in the same
+    (scaled) units; summed over x, y, z, averaged over beads.
+    """
+    z = (target - mean) / std
+    return (0.5 * z.pow(2).sum(-1) + 3.0 * torch.log(std.squeeze(-1))).mean()
+
+
+def count_collisions(pos: Tensor, threshold_nm: float = 0.1, batch: Optional[Tensor] = None) -> int:
+    """Number of bead pairs closer than ``threshold_nm`` (within the same graph).
+
+    Plain O(N^2) in chunks; meant for rollouts and benchmarks, not inner loops.
+    """
+    n = pos.size(0)
+    total = 0
+    chunk = 2048
+    for start in range(0, n, chunk):
+        block = pos[start:start + chunk]
+        d = torch.cdist(block, pos)
+        close = d < threshold_nm
+        rows = torch.arange(start, start + block.size(0), device=pos.device)
+        close &= rows.unsqueeze(1) < torch.arange(n, device=pos.device).unsqueeze(0)  # each pair once, no self
+        if batch is not None:
+            close &= batch[start:start + chunk].unsqueeze(1) == batch.unsqueeze(0)
+        total += int(close.sum())
+    return total
+
+
+class _MessageLayer(nn.Module):
+    """One residual message-passing step on a plain graph (sum of neighbour messages)."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.message = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        self.update = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        self.norm = nn.LayerNorm(hidden)
+
+    def forward(self, h: Tensor, edge_index: Tensor) -> Tensor:
+        source, target = edge_index[0], edge_index[1]
+        messages = self.message(torch.cat([h[source], h[target]], dim=-1))
+        aggregated = torch.zeros_like(h).index_add(0, target, messages)
+        return self.norm(h + self.update(torch.cat([h, aggregated], dim=-1)))
+
+
+class EmbeddingGNN(nn.Module):
+    """Atom features from the fine bond graph (atom types and bonds only: topological)."""
+
+    def __init__(self, n_types: int, hidden: int = 32, n_layers: int = 3):
+        super().__init__()
+        self.type_embedding = nn.Embedding(n_types, hidden)
+        self.layers = nn.ModuleList([_MessageLayer(hidden) for _ in range(n_layers)])
+
+    def forward(self, atom_types: Tensor, edge_index: Tensor) -> Tensor:
+        h = self.type_embedding(atom_types)
+        for layer in self.layers:
+            h = layer(h, edge_index)
+        return h
+
+
+class _VectorHead(nn.Module):
+    """Equivariant vector output: channels mixed by weights gated by invariant scalars."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.gate = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+
+    def forward(self, s: Tensor, v: Tensor) -> Tensor:
+        return (v * self.gate(s).unsqueeze(1)).sum(-1)
+
+
+class CGPropagator(nn.Module):
+    """The full propagator; TorchScript-able (``embed``, ``step``, ``predict``).
+
+    Args:
+        config: network sizes (:class:`PropagatorConfig`).
+        type_masses: (n_types,) atom mass in amu for each atom type seen in
+            training (0 = unseen: ``embed`` refuses such atoms).
+        accel_std_nm, velocity_std_nm: dataset scales (nm per model step^2,
+            nm per model step).
+        mass_scale_amu: typical bead mass, divides the mass input.
+        model_dt_ps, md_steps_per_model_step, md_timestep_ps, temperature_K:
+            what one model step stands for (carried into the exported file).
+        n_beads, n_atoms: the molecule the model is for (0 = transferable);
+            ``step``/``embed`` accept whole multiples of them (copies).
+    """
+
+    refine_sigmas: List[float]
+
+    def __init__(self, config: PropagatorConfig, type_masses: Tensor, accel_std_nm: float = 1.0,
+                 velocity_std_nm: float = 1.0, mass_scale_amu: float = 1.0, model_dt_ps: float = 1.0,
+                 md_steps_per_model_step: int = 1, md_timestep_ps: float = 1.0, temperature_K: float = 300.0,
+                 n_beads: int = 0, n_atoms: int = 0):
+        super().__init__()
+        config.validate()
+        type_masses = torch.as_tensor(type_masses, dtype=torch.float32).flatten()
+        if type_masses.numel() == 0 or not bool((type_masses >= 0).all()):
+            raise ValueError("type_masses must be a non-empty array of masses >= 0 (amu)")
+        for name, value in (("accel_std_nm", accel_std_nm), ("velocity_std_nm", velocity_std_nm),
+                            ("mass_scale_amu", mass_scale_amu), ("model_dt_ps", model_dt_ps)):
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {value}")
+        self.k = int(config.k)
+        self.accel_std_nm = float(accel_std_nm)
+        self.velocity_std_nm = float(velocity_std_nm)
+        self.mass_scale_amu = float(mass_scale_amu)
+        self.model_dt_ps = float(model_dt_ps)
+        self.md_steps_per_model_step = int(md_steps_per_model_step)
+        self.md_timestep_ps = float(md_timestep_ps)
+        self.temperature_K = float(temperature_K)
+        self.n_beads = int(n_beads)
+        self.n_atoms = int(n_atoms)
+        self.min_std = float(config.min_std)
+        self.refine_sigmas = [float(s) for s in config.refine_sigmas]
+        self.metadata = "{}"
+        self.n_features = int(config.embed_hidden) + 1  # pooled embedding + scaled mass
+        self.hidden = int(config.hidden)
+        self.register_buffer("type_masses", type_masses)
+        # everything needed to rebuild this module (before loading a state dict)
+        self.init_json = json.dumps({
+            "config": config.to_dict(), "type_masses": type_masses.tolist(), "accel_std_nm": self.accel_std_nm,
+            "velocity_std_nm": self.velocity_std_nm, "mass_scale_amu": self.mass_scale_amu,
+            "model_dt_ps": self.model_dt_ps, "md_steps_per_model_step": self.md_steps_per_model_step,
+            "md_timestep_ps": self.md_timestep_ps, "temperature_K": self.temperature_K,
+            "n_beads": self.n_beads, "n_atoms": self.n_atoms})
+
+        self.embedding = EmbeddingGNN(type_masses.numel(), config.embed_hidden, config.embed_layers)
+        n_vel = self.k - 1
+        self.dynamics = PaxNet(hidden=config.hidden, n_layers=config.n_layers, cutoff=config.cutoff_nm,
+                               n_rbf=config.n_rbf, n_sbf=config.n_sbf, vector_in=n_vel,
+                               scalar_in=n_vel + self.n_features)
+        self.accel_head = _VectorHead(config.hidden)
+        self.std_head = nn.Sequential(nn.Linear(config.hidden, config.hidden), nn.SiLU(),
+                                      nn.Linear(config.hidden, 1))
+        # Score net scalars: dynamics latents + log noise level; vectors: offset of
+        # the candidate from the mean prediction, and the last velocity.
+        self.score = PaxNet(hidden=config.score_hidden, n_layers=config.score_layers, cutoff=config.cutoff_nm,
+                            n_rbf=config.n_rbf, n_sbf=config.n_sbf, vector_in=2,
+                            scalar_in=config.hidden + 1)
+        self.score_head = _VectorHead(config.score_hidden)
+
+    # ------------------------------------------------------------------ helpers
+    @classmethod
+    def from_init_json(cls, text: str) -> "CGPropagator":
+        """Rebuild an (untrained) module from its ``init_json`` (then load a state dict)."""
+        init = json.loads(text)
+        config = PropagatorConfig.from_dict(init.pop("config"))
+        return cls(config, torch.tensor(init.pop("type_masses")), **init)
+
+    @classmethod
+    def from_mapping(cls, mapping, config: Optional[PropagatorConfig] = None, transferable: bool = False,
+                     **scales) -> "CGPropagator":
+        """An (untrained) propagator for the molecule of a :class:`~openmm_cgml.mapping.Mapping`.
+
+        ``scales`` are the keyword arguments of the constructor
+        (``accel_std_nm``, ``model_dt_ps``, ...). Masses per atom type are
+        taken from the mapping; ``transferable=True`` leaves ``n_beads = 0``.
+        """
+        types = torch.as_tensor(mapping.atom_types, dtype=torch.long)
+        masses = torch.as_tensor(mapping.atom_masses, dtype=torch.float32)
+        type_masses = type_mass_table(types, masses)
+        scales.setdefault("mass_scale_amu", float(torch.as_tensor(mapping.bead_masses).double().mean()))
+        if not transferable:
+            scales.setdefault("n_beads", int(mapping.n_beads))
+            scales.setdefault("n_atoms", int(mapping.n_atoms))
+        return cls(config or PropagatorConfig(), type_masses, **scales)
+
+    def _graph_box(self, box: Tensor, n_graphs: int) -> Optional[Tensor]:
+        """(B, 3, 3) periodic box per graph, or None when the box is all zeros (no periodicity)."""
+        if box.numel() == 0 or not bool((box != 0).any()):
+            return None
+        box = box.reshape(-1, 3, 3)
+        if box.size(0) == n_graphs:
+            return box
+        return box[:1].expand(n_graphs, 3, 3)
+
+    def _check_step_inputs(self, pos_history: Tensor, bead_features: Tensor, coarse_edge_index: Tensor,
+                           batch: Tensor):
+        if pos_history.dim() != 3 or pos_history.size(0) != self.k or pos_history.size(2) != 3:
+            raise ValueError("pos_history must have shape (k, n_beads, 3) with k = " + str(self.k)
+                             + ", got " + str(pos_history.shape))
+        n = pos_history.size(1)
+        if self.n_beads > 0 and (n == 0 or n % self.n_beads != 0):
+            raise ValueError("this model is for a molecule of " + str(self.n_beads) + " beads, got "
+                             + str(n) + " beads (not a whole number of copies)")
+        if bead_features.dim() != 2 or bead_features.size(0) != n or bead_features.size(1) != self.n_features:
+            raise ValueError("bead_features must have shape (" + str(n) + ", " + str(self.n_features)
+                             + ") as returned by embed(), got " + str(bead_features.shape))
+        if batch.dim() != 1 or batch.size(0) != n:
+            raise ValueError("batch must have shape (" + str(n) + ",), got " + str(batch.shape))
+        if coarse_edge_index.dim() != 2 or coarse_edge_index.size(0) != 2:
+            raise ValueError("coarse_edge_index must have shape (2, E), got " + str(coarse_edge_index.shape))
+        if coarse_edge_index.numel() > 0 and (int(coarse_edge_index.min()) < 0 or int(coarse_edge_index.max()) >= n):
+            raise ValueError("coarse_edge_index refers to beads outside 0.." + str(n - 1))
+        if not bool(torch.isfinite(pos_history).all()):
+            raise ValueError("pos_history contains NaN or infinite positions")
+
+    def _dynamics(self, pos_history: Tensor, bead_features: Tensor, coarse_edge_index: Tensor, batch: Tensor,
+                  box: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+        """Acceleration mean (N, 3), std (N, 1) in accel-std units, and the scalar latents (N, hidden)."""
+        velocities = (pos_history[1:] - pos_history[:-1]) / self.velocity_std_nm     # (k-1, N, 3)
+        v_in = velocities.permute(1, 2, 0)                                            # (N, 3, k-1)
+        s_in = torch.cat([torch.linalg.vector_norm(v_in, dim=1), bead_features], dim=-1)
+        s, v = self.dynamics(s_in, v_in, pos_history[-1], coarse_edge_index, batch, box)
+        mean = self.accel_head(s, v)
+        std = self.min_std + nn.functional.softplus(self.std_head(s))
+        return mean, std, s
+
+    def _score_eps(self, candidate: Tensor, mean_position: Tensor, last_velocity: Tensor, latents: Tensor,
+                   sigma: Tensor, coarse_edge_index: Tensor, batch: Tensor, box: Optional[Tensor]) -> Tensor:
+        """Predicted unit noise ``eps`` (N, 3) of ``candidate`` at noise level ``sigma`` (N, 1) accel-std units."""
+        offset = (candidate - mean_position) / self.accel_std_nm
+        v_in = torch.stack([offset, last_velocity / self.velocity_std_nm], dim=-1)   # (N, 3, 2)
+        s_in = torch.cat([latents, torch.log(sigma)], dim=-1)
+        s, v = self.score(s_in, v_in, candidate, coarse_edge_index, batch, box)
+        return self.score_head(s, v)
+
+    # ------------------------------------------------------------- public API
+    @torch.jit.export
+    def embed(self, atom_types: Tensor, fine_edge_index: Tensor, bead_of_atom: Tensor, n_beads: int) -> Tensor:
+        """Bead features (n_beads, n_features): pooled atom embeddings plus scaled bead mass; once per molecule."""
+        n_atoms = atom_types.size(0)
+        if atom_types.dim() != 1 or bead_of_atom.dim() != 1 or bead_of_atom.size(0) != n_atoms:
+            raise ValueError("atom_types and bead_of_atom must both have shape (n_atoms,)")
+        if self.n_beads > 0 and (n_beads == 0 or n_beads % self.n_beads != 0):
+            raise ValueError("this model is for a molecule of " + str(self.n_beads) + " beads, got n_beads = "
+                             + str(n_beads))
+        if self.n_atoms > 0 and (n_atoms == 0 or n_atoms % self.n_atoms != 0
+                                 or n_atoms // self.n_atoms != n_beads // self.n_beads):
+            raise ValueError("this model is for a molecule of " + str(self.n_atoms) + " atoms in "
+                             + str(self.n_beads) + " beads, got " + str(n_atoms) + " atoms in "
+                             + str(n_beads) + " beads")
+        if n_atoms == 0 or int(bead_of_atom.min()) < 0 or int(bead_of_atom.max()) >= n_beads:
+            raise ValueError("bead_of_atom must number beads 0.." + str(n_beads - 1))
+        if int(atom_types.min()) < 0 or int(atom_types.max()) >= self.type_masses.size(0):
+            raise ValueError("atom types must be in 0.." + str(self.type_masses.size(0) - 1)
+                             + " (the types seen in training)")
+        atom_masses = self.type_masses[atom_types]
+        if not bool((atom_masses > 0).all()):
+            raise ValueError("atom type " + str(int(atom_types[atom_masses <= 0][0]))
+                             + " was never seen in training (this model does not fit the molecule)")
+        if fine_edge_index.dim() != 2 or fine_edge_index.size(0) != 2:
+            raise ValueError("fine_edge_index must have shape (2, E)")
+        if fine_edge_index.numel() > 0 and (int(fine_edge_index.min()) < 0 or int(fine_edge_index.max()) >= n_atoms):
+            raise ValueError("fine_edge_index refers to atoms outside 0.." + str(n_atoms - 1))
+        return self._embed(atom_types, fine_edge_index, bead_of_atom, n_beads)
+
+    def _embed(self, atom_types: Tensor, fine_edge_index: Tensor, bead_of_atom: Tensor, n_beads: int) -> Tensor:
+        h = self.embedding(atom_types, fine_edge_index)
+        summed = torch.zeros(n_beads, h.size(1), dtype=h.dtype, device=h.device).index_add(0, bead_of_atom, h)
+        ones = torch.ones(bead_of_atom.size(0), dtype=h.dtype, device=h.device)
+        counts = torch.zeros(n_beads, dtype=h.dtype, device=h.device).index_add(0, bead_of_atom, ones)
+        if bool((counts == 0).any()):
+            raise ValueError("every bead needs at least one atom (empty bead in bead_of_atom)")
+        mass = torch.zeros(n_beads, dtype=h.dtype, device=h.device).index_add(
+            0, bead_of_atom, self.type_masses[atom_types].to(h.dtype))
+        return torch.cat([summed / counts.unsqueeze(1), (mass / self.mass_scale_amu).unsqueeze(1)], dim=-1)
+
+    @torch.jit.export
+    def predict(self, pos_history: Tensor, bead_features: Tensor, coarse_edge_index: Tensor, batch: Tensor,
+                box: Tensor) -> Tuple[Tensor, Tensor]:
+        """Acceleration mean (N, 3) and isotropic std (N, 1) in nm per model step^2."""
+        self._check_step_inputs(pos_history, bead_features, coarse_edge_index, batch)
+        graph_box = self._graph_box(box, self._n_graphs(batch, box))
+        mean, std, _ = self._dynamics(pos_history, bead_features, coarse_edge_index, batch, graph_box)
+        return mean * self.accel_std_nm, std * self.accel_std_nm
+
+    def _n_graphs(self, batch: Tensor, box: Tensor) -> int:
+        # only needed (and only worth a device sync) for periodic boxes
+        if box.numel() == 0 or not bool((box != 0).any()) or batch.numel() == 0:
+            return 1
+        return int(batch.max()) + 1
+
+    @torch.jit.export
+    def step(self, pos_history: Tensor, bead_features: Tensor, coarse_edge_index: Tensor, batch: Tensor,
+             box: Tensor, noise: Tensor, refine: bool) -> Tensor:
+        """Next positions (N, 3) nm from the last k positions (k, N, 3) nm; ``noise`` (N, 3) standard normal."""
+        self._check_step_inputs(pos_history, bead_features, coarse_edge_index, batch)
+        if noise.shape != pos_history[-1].shape:
+            raise ValueError("noise must have shape (n_beads, 3), got " + str(noise.shape))
+        graph_box = self._graph_box(box, self._n_graphs(batch, box))
+        mean, std, latents = self._dynamics(pos_history, bead_features, coarse_edge_index, batch, graph_box)
+        x_t = pos_history[-1]
+        velocity = x_t - pos_history[-2]
+        # semi-implicit Euler with dt = 1 model step: v += a; x += v
+        mean_position = x_t + velocity + mean * self.accel_std_nm
+        candidate = mean_position + (std * self.accel_std_nm) * noise
+        if refine:
+            for sigma in self.refine_sigmas:
+                sigma_column = torch.full_like(std, sigma)
+                eps = self._score_eps(candidate, mean_position, velocity, latents, sigma_column,
+                                      coarse_edge_index, batch, graph_box)
+                candidate = candidate - (sigma * self.accel_std_nm) * eps  # Tweedie: x + sigma^2 * score
+        return candidate
+
+    def forward(self, pos_history: Tensor, bead_features: Tensor, coarse_edge_index: Tensor, batch: Tensor,
+                box: Tensor, noise: Tensor, refine: bool = True) -> Tensor:
+        """Same as :meth:`step`."""
+        return self.step(pos_history, bead_features, coarse_edge_index, batch, box, noise, refine)
+
+    # --------------------------------------------------------------- training
+    def losses(self, pos_history: Tensor, pos_target: Tensor, bead_features: Tensor, coarse_edge_index: Tensor,
+               batch: Tensor, box: Tensor, history_sigma: Tensor, score_sigma: Tensor) -> dict:
+        """Training losses on a batch (Python only; not in the exported file).
+
+        ``pos_history`` (k, N, 3) nm, ``pos_target`` (N, 3) nm. ``history_sigma``
+        and ``score_sigma`` (N, 1) are noise levels in accel-std units per bead
+        (usually constant per graph). Returns ``nll`` (Gaussian NLL of the
+        scaled acceleration), ``dsm`` (denoising score matching, weighted by
+        sigma^2, i.e. the mean squared error of the predicted unit noise) and
+        ``accel_mse`` (of the mean, scaled units; a diagnostic).
+        """
+        n_graphs = int(batch.max()) + 1 if batch.numel() else 1
+        graph_box = self._graph_box(box, n_graphs)
+        # noisy history: the target acceleration is taken from the noisy frames,
+        # so the model learns to correct the noise instead of integrating it
+        noisy = pos_history + (history_sigma * self.accel_std_nm).unsqueeze(0) * torch.randn_like(pos_history)
+        x_t, x_prev = noisy[-1], noisy[-2]
+        accel = (pos_target - 2.0 * x_t + x_prev) / self.accel_std_nm
+        mean, std, latents = self._dynamics(noisy, bead_features, coarse_edge_index, batch, graph_box)
+        nll = gaussian_nll(accel, mean, std)
+        velocity = x_t - x_prev
+        mean_position = x_t + velocity + mean * self.accel_std_nm
+        eps = torch.randn_like(pos_target)
+        candidate = pos_target + (score_sigma * self.accel_std_nm) * eps
+        eps_pred = self._score_eps(candidate, mean_position, velocity, latents, score_sigma,
+                                   coarse_edge_index, batch, graph_box)
+        dsm = (eps_pred - eps).pow(2).sum(-1).mean()
+        return {"nll": nll, "dsm": dsm, "accel_mse": (mean - accel).pow(2).sum(-1).mean().detach()}
+
+
+def type_mass_table(atom_types: Tensor, atom_masses: Tensor, n_types: Optional[int] = None) -> Tensor:
+    """(n_types,) mass (amu) of each atom type; 0 for types not present.
+
+    Raises ``ValueError`` if one type has two different masses (the embedding
+    derives bead masses from types, so types must determine masses).
+    """
+    atom_types = torch.as_tensor(atom_types, dtype=torch.long).flatten()
+    atom_masses = torch.as_tensor(atom_masses, dtype=torch.float64).flatten()
+    if atom_types.numel() != atom_masses.numel() or atom_types.numel() == 0:
+        raise ValueError("atom_types and atom_masses must be non-empty and of equal length")
+    if int(atom_types.min()) < 0:
+        raise ValueError("atom types must be >= 0")
+    size = max(int(atom_types.max()) + 1, n_types or 0)
+    table = torch.zeros(size, dtype=torch.float64)
+    table[atom_types] = atom_masses
+    if not torch.allclose(table[atom_types], atom_masses, rtol=1e-4):
+        bad = torch.unique(atom_types[~torch.isclose(table[atom_types], atom_masses, rtol=1e-4)]).tolist()
+        raise ValueError(f"atom type(s) {bad} occur with different masses; the model needs one mass per type")
+    if not bool((atom_masses > 0).all()):
+        raise ValueError("atom masses must be > 0 amu")
+    return table.float()

@@ -1,0 +1,174 @@
+"""``cgml simulate``: run an exported model as an OpenMM integrator over beads.
+
+    cgml simulate model.pt --pdb start.pdb --steps 10000 --out traj.dcd \\
+        --report-interval 100 --checkpoint run.chk
+
+The fine-grained start structure is mapped to beads with the model's mapping;
+the trajectory format follows the extension of ``--out`` (.dcd, .xtc, .pdb).
+With ``--checkpoint FILE`` a checkpoint is written every report and an
+existing one is resumed: the same command run again after an interruption
+finishes the job (``--steps`` is the total step count), appending to the
+trajectory. Nothing already written is ever truncated.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import openmm
+import openmm.app as app
+import openmm.unit as u
+
+__all__ = ["configure_parser", "run", "ProgressReporter", "trajectory_reporter"]
+
+_FORMATS = {".dcd": app.DCDReporter, ".xtc": app.XTCReporter, ".pdb": app.PDBReporter}
+
+
+class ProgressReporter:
+    """A tqdm progress bar over model steps, showing simulated ns/day."""
+
+    def __init__(self, interval: int, total: int, start: int, dt_ps: float):
+        from tqdm import tqdm
+
+        self._interval = interval
+        self._bar = tqdm(total=total, initial=start, unit="step", file=sys.stderr, dynamic_ncols=True,
+                         disable=None)  # None: no bar when stderr is not a terminal
+        self._dt_ps = dt_ps
+        self._last = (start, time.perf_counter())
+
+    def describeNextReport(self, simulation):
+        steps = self._interval - simulation.currentStep % self._interval
+        return {"steps": steps, "include": []}
+
+    def report(self, simulation, state):
+        step, now = simulation.currentStep, time.perf_counter()
+        done, elapsed = step - self._last[0], now - self._last[1]
+        if done > 0 and elapsed > 0:
+            self._bar.set_postfix(ns_per_day=f"{done * self._dt_ps * 1e-3 / elapsed * 86400:.4g}", refresh=False)
+        self._bar.update(done)
+        self._last = (step, now)
+
+    def close(self):
+        self._bar.close()
+
+
+def trajectory_reporter(path: Path, interval: int, append: bool):
+    """The OpenMM reporter for ``path``'s extension (.dcd, .xtc, .pdb)."""
+    suffix = path.suffix.lower()
+    if suffix not in _FORMATS:
+        raise ValueError(f"--out {path}: unknown trajectory format {suffix!r}; use .dcd, .xtc or .pdb")
+    if suffix == ".pdb":
+        if append:
+            raise ValueError(f"--out {path}: a PDB trajectory cannot be appended to; use .dcd or .xtc to resume")
+        return app.PDBReporter(str(path), interval)
+    return _FORMATS[suffix](str(path), interval, append=append)
+
+
+def _platform(name: str):
+    if name != "auto":
+        try:
+            return openmm.Platform.getPlatformByName(name)
+        except Exception:
+            names = [openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())]
+            raise ValueError(f"--platform {name}: not available; available: {', '.join(names)}") from None
+    import torch
+
+    names = [openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())]
+    return openmm.Platform.getPlatformByName("CUDA" if "CUDA" in names and torch.cuda.is_available() else "CPU")
+
+
+def configure_parser(parser) -> None:
+    parser.add_argument("model", help="exported model file (from `cgml export`)")
+    parser.add_argument("--pdb", required=True, help="fine-grained start structure (PDB/PDBx) of the model's molecule")
+    parser.add_argument("--steps", type=int, required=True,
+                        help="total number of model steps (a resumed run continues up to this count)")
+    parser.add_argument("--out", required=True, help="trajectory file: .dcd, .xtc or .pdb")
+    parser.add_argument("--report-interval", type=int, default=100,
+                        help="model steps between trajectory frames and checkpoints (default 100)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--platform", default="auto", help="OpenMM platform: auto (CUDA if usable, else CPU), CPU, CUDA, Reference")
+    parser.add_argument("--temperature", type=float, default=None,
+                        help="temperature in K; must be the model's training temperature (default: that temperature)")
+    parser.add_argument("--replicas", type=int, default=1, help="independent copies simulated as one batch (default 1)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="checkpoint file: resumed if it exists, written every report interval")
+    parser.add_argument("--log", default=None, help="also write a StateDataReporter CSV log (step, time, speed)")
+    parser.add_argument("--collision-distance", type=float, default=0.1,
+                        help="stop when two beads come closer than this, nm (default 0.1; 0 disables)")
+    parser.add_argument("--no-refine", action="store_true", help="skip the model's score-based refinement")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out (never when resuming)")
+
+
+def run(args) -> int:
+    from openmm_cgml.export import load
+    from openmm_cgml.integrator import CGMLIntegrator, UnstableRolloutError, coarse_grained_system
+
+    out = Path(args.out)
+    if args.steps < 0:
+        raise ValueError(f"--steps must be >= 0, got {args.steps}")
+    if args.report_interval < 1:
+        raise ValueError(f"--report-interval must be >= 1, got {args.report_interval}")
+    checkpoint = Path(args.checkpoint) if args.checkpoint else None
+    resuming = checkpoint is not None and checkpoint.exists()
+    if not out.parent.exists():
+        raise FileNotFoundError(f"--out {out}: directory {out.parent} does not exist")
+    if out.exists() and not resuming and not args.overwrite:
+        raise FileExistsError(f"--out {out} exists; pass --overwrite to replace it, or --checkpoint to resume")
+    if resuming and out.suffix.lower() != ".pdb" and not out.exists():
+        print(f"note: resuming from {checkpoint} but {out} does not exist; starting a new trajectory file",
+              file=sys.stderr)
+
+    model = load(args.model)
+    cg = coarse_grained_system(model, args.pdb, replicas=args.replicas)
+    temperature = None if args.temperature is None else args.temperature * u.kelvin
+    integrator = CGMLIntegrator(model, temperature=temperature, seed=args.seed, refine=not args.no_refine,
+                                collision_distance=args.collision_distance * u.nanometer)
+    platform = _platform(args.platform)
+    simulation = app.Simulation(cg.topology, cg.system, integrator, platform)
+    simulation.context.setPositions(cg.positions)
+    if resuming:
+        try:
+            simulation.loadCheckpoint(str(checkpoint))
+        except Exception as error:
+            raise ValueError(f"--checkpoint {checkpoint}: cannot be loaded into this simulation (same model, "
+                             f"structure, replicas and platform are needed): {error}") from None
+    start = simulation.currentStep
+    if start >= args.steps:
+        print(f"nothing to do: the run is at step {start}, --steps is {args.steps}", file=sys.stderr)
+        return 0
+
+    if out.suffix.lower() in (".dcd", ".xtc"):
+        topology_pdb = out.with_name(out.stem + "_beads.pdb")
+        if not topology_pdb.exists():  # a DCD/XTC needs a topology to be read
+            with open(topology_pdb, "w") as handle:
+                app.PDBFile.writeFile(cg.topology, cg.positions, handle)
+    append = resuming and out.exists()
+    simulation.reporters.append(trajectory_reporter(out, args.report_interval, append))
+    if args.log:
+        simulation.reporters.append(app.StateDataReporter(args.log, args.report_interval, step=True, time=True,
+                                                          speed=True, append=append))
+    if checkpoint is not None:
+        simulation.reporters.append(app.CheckpointReporter(str(checkpoint), args.report_interval))
+    dt_ps = integrator.getStepSize().value_in_unit(u.picosecond)
+    progress = ProgressReporter(args.report_interval, args.steps, start, dt_ps)
+    simulation.reporters.append(progress)
+
+    began = time.perf_counter()
+    try:
+        simulation.step(args.steps - start)
+    except UnstableRolloutError as error:
+        raise ValueError(f"{error} {out} keeps the frames written so far"
+                         + (f"; {checkpoint} the last checkpoint" if checkpoint else "")) from None
+    finally:
+        progress.close()
+    elapsed = time.perf_counter() - began
+    done = simulation.currentStep - start
+    if checkpoint is not None:
+        simulation.saveCheckpoint(str(checkpoint))
+    ns = done * dt_ps * 1e-3
+    print(f"wrote {out}: {done} model steps ({ns:.4g} ns simulated, {args.replicas} replica(s)) in {elapsed:.1f} s "
+          f"= {ns / elapsed * 86400 if elapsed > 0 else float('inf'):.4g} ns/day"
+          + (f"; warm-up: first {integrator.getHistoryLength() - 1} steps start from a resting history"
+             if start == 0 else ""))
+    return 0

@@ -1,0 +1,548 @@
+"""Ready reference systems, each described by a small YAML file in ``systems/``.
+
+``load(name_or_yaml, **overrides)`` returns a :class:`ReferenceSystem`
+(topology, OpenMM System, positions, thermostat settings, per-atom types and
+charges). A YAML file names a *builder*:
+
+- ``pdb``: a PDB plus force-field XML files (``forcefield: [...]``), or a PDB
+  plus a serialized OpenMM System (``system_xml: file.xml``). This is how a
+  user adds a system without code.
+- ``peptide``: a peptide built from its ``sequence`` with PeptideBuilder,
+  completed (terminal atoms, hydrogens at pH 7) by pdbfixer.
+- ``polymer-chain``: one bead-spring heteropolymer in implicit solvent after
+  Webb et al. (Sci. Adv. 2020): each monomer is a backbone bead (B1 or B2)
+  with a side-chain bead (S1 or S2); monomer type A = (B1, S1) is solvophobic,
+  type B = (B2, S2) solvophilic. The sequence is drawn from ``sequence_seed``.
+- ``polymer-melt``: ``n_chains`` such chains at melt density in a periodic box.
+
+YAML keys carry their unit in the name (``temperature_K``,
+``timestep_ps``, ``friction_per_ps``, ``sigma_nm`` ...). Overrides passed to
+:func:`load` may be plain numbers in that unit or ``openmm.unit``
+quantities. File paths in a YAML are relative to the YAML's folder.
+"""
+from __future__ import annotations
+
+import copy
+import io
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import openmm as mm
+import openmm.app as app
+import openmm.unit as u
+import yaml
+
+from openmm_cgml.units import AMU, KELVIN, NM, PS, strip, strip_array
+
+__all__ = ["ReferenceSystem", "load", "available", "SYSTEMS_DIR", "BEAD_TYPES", "configure_parser", "run"]
+
+# Shipped YAML files live in the repository's systems/ folder (next to the package).
+SYSTEMS_DIR = Path(__file__).resolve().parent.parent / "systems"
+BEAD_TYPES = ("B1", "B2", "S1", "S2")  # atom_types 0..3 of the polymer systems
+
+_UNIT_SUFFIXES = {"_K": KELVIN, "_ps": PS, "_per_ps": PS**-1, "_nm": NM, "_amu": AMU,
+                  "_kj_per_mol_nm2": u.kilojoule_per_mole / u.nanometer**2,
+                  "_per_nm3": NM**-3}
+_COMMON_KEYS = {"name", "description", "builder", "temperature_K", "friction_per_ps", "timestep_ps", "generate"}
+_BUILDER_KEYS = {
+    "pdb": {"pdb", "forcefield", "system_xml", "nonbonded_method", "cutoff_nm", "constraints", "rigid_water"},
+    "peptide": {"sequence", "forcefield", "nonbonded_method", "cutoff_nm", "constraints", "ph"},
+    "polymer-chain": {"length", "sequence", "sequence_seed", "conformation_seed", "fraction_solvophobic",
+                      "sigma_nm", "bond_length_nm", "bond_k_kj_per_mol_nm2", "angle_k_kT", "bead_mass_amu",
+                      "epsilon_kT", "attractive_pairs", "cutoff_sigma"},
+}
+_BUILDER_KEYS["polymer-melt"] = _BUILDER_KEYS["polymer-chain"] - {"sequence"} | {"n_chains", "density_per_nm3"}
+
+
+@dataclass
+class ReferenceSystem:
+    """A ready-to-simulate fine-grained system.
+
+    ``positions`` (nm), ``temperature`` (K), ``friction`` (1/ps) and
+    ``timestep`` (ps) are ``openmm.unit`` quantities. ``atom_types`` is the
+    atomic number for atomistic systems and the bead type 0..3
+    (B1, B2, S1, S2) for polymers; ``charges`` (e) come from the
+    NonbondedForce (zeros where there is none). ``params`` is the YAML
+    content with the overrides applied.
+    """
+
+    name: str
+    topology: app.Topology
+    system: mm.System
+    positions: u.Quantity
+    temperature: u.Quantity
+    friction: u.Quantity
+    timestep: u.Quantity
+    atom_types: np.ndarray
+    charges: np.ndarray
+    params: dict = field(default_factory=dict)
+
+    @property
+    def n_atoms(self) -> int:
+        return self.system.getNumParticles()
+
+    @property
+    def masses(self) -> np.ndarray:
+        """Particle masses from the System, amu."""
+        return np.array([self.system.getParticleMass(i).value_in_unit(AMU) for i in range(self.n_atoms)])
+
+    @property
+    def is_periodic(self) -> bool:
+        return self.system.usesPeriodicBoundaryConditions()
+
+    def integrator(self, seed: int = 1) -> mm.LangevinMiddleIntegrator:
+        """A LangevinMiddleIntegrator at this system's temperature, friction and time step."""
+        integrator = mm.LangevinMiddleIntegrator(self.temperature, self.friction, self.timestep)
+        integrator.setRandomNumberSeed(int(seed))
+        return integrator
+
+
+def available() -> list[str]:
+    """Names of the shipped reference systems (the YAML files in ``systems/``)."""
+    return sorted(path.stem for path in SYSTEMS_DIR.glob("*.yaml"))
+
+
+def load(name_or_path, **overrides) -> ReferenceSystem:
+    """Build a reference system from its registered name or a path to a YAML file.
+
+    ``overrides`` replace top-level YAML keys, e.g.
+    ``load("polymer-chain", length=20, sequence_seed=3)``. Unknown names,
+    unknown keys and bad values raise ``ValueError``; missing files raise
+    ``FileNotFoundError``.
+    """
+    yaml_path = _resolve_yaml(name_or_path)
+    params = _read_yaml(yaml_path)
+    params = _apply_overrides(params, overrides, yaml_path)
+    builder = params["builder"]
+    base = yaml_path.parent
+    if builder == "pdb":
+        topology, system, positions = _build_from_pdb(params, base)
+    elif builder == "peptide":
+        topology, system, positions = _build_peptide(params, base)
+    else:
+        topology, system, positions = _build_polymer(params)
+    positions = strip_array(positions, NM, f"{params['name']} positions") * NM  # (n, 3) array, nm
+    atom_types = _atom_types(topology, params)
+    charges = _charges(system)
+    if topology.getNumAtoms() != system.getNumParticles():
+        raise ValueError(f"{yaml_path}: the topology has {topology.getNumAtoms()} atoms but the System has "
+                         f"{system.getNumParticles()} particles")
+    return ReferenceSystem(
+        name=params["name"], topology=topology, system=system, positions=positions,
+        temperature=params["temperature_K"] * KELVIN, friction=params["friction_per_ps"] / PS,
+        timestep=params["timestep_ps"] * PS, atom_types=atom_types, charges=charges, params=params)
+
+
+# ---------------------------------------------------------------- YAML handling
+def _resolve_yaml(name_or_path) -> Path:
+    text = os.fspath(name_or_path)
+    path = Path(text)
+    if path.suffix in (".yaml", ".yml") or os.sep in text or path.exists():
+        if not path.is_file():
+            raise FileNotFoundError(f"system file {path} does not exist")
+        return path.resolve()
+    registered = SYSTEMS_DIR / f"{text}.yaml"
+    if not registered.is_file():
+        raise ValueError(f"unknown system {text!r}; available: {', '.join(available())} "
+                         f"(or give the path to a YAML file)")
+    return registered
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        params = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path} is not valid YAML: {error}") from None
+    if not isinstance(params, dict):
+        raise ValueError(f"{path} must contain a mapping of keys to values")
+    params.setdefault("name", path.stem)
+    if "builder" not in params:
+        params["builder"] = "pdb"
+    if params["builder"] not in _BUILDER_KEYS:
+        raise ValueError(f"{path}: unknown builder {params['builder']!r}; one of {sorted(_BUILDER_KEYS)}")
+    _check_keys(params, params.keys(), path)
+    for key in ("temperature_K", "friction_per_ps", "timestep_ps"):
+        if key not in params:
+            raise ValueError(f"{path} must set {key}")
+    return params
+
+
+def _check_keys(params: dict, keys, where) -> None:
+    allowed = _COMMON_KEYS | _BUILDER_KEYS[params["builder"]]
+    unknown = sorted(set(keys) - allowed)
+    if unknown:
+        raise ValueError(f"{where}: unknown parameter(s) {', '.join(unknown)} for a {params['builder']!r} system; "
+                         f"allowed: {', '.join(sorted(allowed))}")
+
+
+def _apply_overrides(params: dict, overrides: dict, where) -> dict:
+    params = copy.deepcopy(params)
+    _check_keys(params, overrides.keys(), where)
+    for key, value in overrides.items():
+        if key == "builder":
+            raise ValueError("the builder of a system cannot be overridden")
+        unit = next((unit for suffix, unit in _UNIT_SUFFIXES.items() if key.endswith(suffix)), None)
+        if unit is not None and value is not None:
+            value = strip(value, unit, key)
+        elif u.is_quantity(value):
+            raise ValueError(f"{key} takes no units, got {value}")
+        params[key] = value
+    for key in params:
+        if any(key.endswith(suffix) for suffix in _UNIT_SUFFIXES) and params[key] is not None:
+            params[key] = strip(params[key], _UNIT_SUFFIXES[next(s for s in _UNIT_SUFFIXES if key.endswith(s))], key)
+    for key in ("temperature_K", "friction_per_ps", "timestep_ps"):
+        if params[key] <= 0:
+            raise ValueError(f"{key} must be positive, got {params[key]}")
+    return params
+
+
+# ---------------------------------------------------------------- atomistic builders
+def _data_file(name: str, base: Path, what: str) -> str:
+    """A file named in a YAML: relative to the YAML's folder, else (force fields) OpenMM's data."""
+    candidate = (base / name) if not Path(name).is_absolute() else Path(name)
+    if candidate.is_file():
+        return str(candidate)
+    if what == "force field":
+        return name  # resolved against OpenMM's data folder by ForceField
+    raise FileNotFoundError(f"{what} file {candidate} does not exist")
+
+
+def _read_pdb(path: str) -> app.PDBFile:
+    try:
+        pdb = app.PDBFile(path)
+    except Exception as error:  # OpenMM raises assorted errors on malformed PDB text
+        raise ValueError(f"cannot read PDB file {path}: {error}") from None
+    if pdb.topology.getNumAtoms() == 0:
+        raise ValueError(f"PDB file {path} contains no atoms")
+    positions = np.asarray(pdb.getPositions(asNumpy=True).value_in_unit(NM))
+    if not np.all(np.isfinite(positions)):
+        raise ValueError(f"PDB file {path} has non-finite coordinates")
+    return pdb
+
+
+def _force_field(names, base: Path, where) -> app.ForceField:
+    if not names:
+        raise ValueError(f"{where}: 'forcefield' must list at least one force-field XML file")
+    files = [_data_file(name, base, "force field") for name in ([names] if isinstance(names, str) else names)]
+    try:
+        return app.ForceField(*files)
+    except (ValueError, OSError, FileNotFoundError) as error:
+        raise FileNotFoundError(f"{where}: cannot load force field {files}: {error}") from None
+
+
+def _create_system(forcefield: app.ForceField, topology: app.Topology, params: dict, where) -> mm.System:
+    methods = {"NoCutoff": app.NoCutoff, "CutoffNonPeriodic": app.CutoffNonPeriodic,
+               "CutoffPeriodic": app.CutoffPeriodic, "PME": app.PME, "Ewald": app.Ewald}
+    constraints = {None: None, "None": None, "HBonds": app.HBonds, "AllBonds": app.AllBonds,
+                   "HAngles": app.HAngles}
+    method = params.get("nonbonded_method", "NoCutoff")
+    constraint = params.get("constraints", "HBonds")
+    if method not in methods:
+        raise ValueError(f"{where}: nonbonded_method must be one of {sorted(methods)}, got {method!r}")
+    if constraint not in constraints:
+        raise ValueError(f"{where}: constraints must be one of HBonds, AllBonds, HAngles, None; got {constraint!r}")
+    options = {"nonbondedMethod": methods[method], "constraints": constraints[constraint],
+               "rigidWater": bool(params.get("rigid_water", True))}
+    if method != "NoCutoff":
+        options["nonbondedCutoff"] = params.get("cutoff_nm", 1.0) * NM
+    try:
+        return forcefield.createSystem(topology, **options)
+    except ValueError as error:
+        raise ValueError(f"{where}: the force field does not fit the structure: {error}") from None
+
+
+def _build_from_pdb(params: dict, base: Path):
+    where = params["name"]
+    if "pdb" not in params:
+        raise ValueError(f"{where}: a 'pdb' system needs a 'pdb' file")
+    pdb = _read_pdb(_data_file(params["pdb"], base, "PDB"))
+    topology, positions = pdb.topology, pdb.positions
+    if params.get("system_xml"):
+        xml_path = _data_file(params["system_xml"], base, "System XML")
+        try:
+            system = mm.XmlSerializer.deserialize(Path(xml_path).read_text())
+        except Exception as error:
+            raise ValueError(f"cannot read serialized System {xml_path}: {error}") from None
+        if not isinstance(system, mm.System):
+            raise ValueError(f"{xml_path} does not contain a serialized openmm.System")
+        if system.getNumParticles() != topology.getNumAtoms():
+            raise ValueError(f"{xml_path} has {system.getNumParticles()} particles but {params['pdb']} has "
+                             f"{topology.getNumAtoms()} atoms")
+    elif params.get("forcefield"):
+        system = _create_system(_force_field(params["forcefield"], base, where), topology, params, where)
+    else:
+        raise ValueError(f"{where}: give either 'forcefield' (XML files) or 'system_xml' (a serialized System)")
+    return topology, system, positions
+
+
+def _build_peptide(params: dict, base: Path):
+    """Build an extended peptide from its one-letter sequence; pdbfixer adds terminal atoms and hydrogens."""
+    import PeptideBuilder
+    from Bio.PDB import PDBIO
+    from pdbfixer import PDBFixer
+
+    sequence = str(params.get("sequence", "")).upper()
+    valid = set("ACDEFGHIKLMNPQRSTVWY")
+    if not sequence or set(sequence) - valid:
+        raise ValueError(f"{params['name']}: sequence must be one-letter amino-acid codes, got {sequence!r}")
+    structure = PeptideBuilder.make_extended_structure(sequence)
+    text = io.StringIO()
+    writer = PDBIO()
+    writer.set_structure(structure)
+    writer.save(text)
+    fixer = PDBFixer(pdbfile=io.StringIO(text.getvalue()))
+    fixer.findMissingResidues()
+    fixer.findMissingAtoms()
+    fixer.addMissingAtoms(seed=0)
+    fixer.addMissingHydrogens(float(params.get("ph", 7.0)))
+    forcefield = _force_field(params.get("forcefield", ["amber14-all.xml", "implicit/gbn2.xml"]), base,
+                              params["name"])
+    system = _create_system(forcefield, fixer.topology, params, params["name"])
+    return fixer.topology, system, fixer.positions
+
+
+def _atom_types(topology: app.Topology, params: dict) -> np.ndarray:
+    if params["builder"].startswith("polymer"):
+        return np.array([BEAD_TYPES.index(atom.name) for atom in topology.atoms()], dtype=np.int64)
+    return np.array([atom.element.atomic_number if atom.element is not None else 0
+                     for atom in topology.atoms()], dtype=np.int64)
+
+
+def _charges(system: mm.System) -> np.ndarray:
+    charges = np.zeros(system.getNumParticles())
+    for force in system.getForces():
+        if isinstance(force, mm.NonbondedForce):
+            for i in range(force.getNumParticles()):
+                charges[i] = force.getParticleParameters(i)[0].value_in_unit(u.elementary_charge)
+    return charges
+
+
+# ---------------------------------------------------------------- polymer builders
+def _polymer_sequences(params: dict, n_chains: int) -> list[str]:
+    """Monomer sequences ('A' solvophobic, 'B' solvophilic): given, or drawn from ``sequence_seed``."""
+    length = int(params["length"])
+    if length < 2:
+        raise ValueError(f"length must be at least 2 monomers, got {length}")
+    given = params.get("sequence")
+    if given:
+        given = str(given).upper()
+        if set(given) - {"A", "B"}:
+            raise ValueError(f"sequence must be made of A (solvophobic) and B (solvophilic), got {given!r}")
+        if len(given) != length:
+            params["length"] = len(given)
+        return [given]
+    fraction = float(params.get("fraction_solvophobic", 0.5))
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction_solvophobic must be in [0, 1], got {fraction}")
+    rng = np.random.default_rng(int(params.get("sequence_seed", 0)))
+    return ["".join(np.where(rng.random(length) < fraction, "A", "B")) for _ in range(n_chains)]
+
+
+def _build_polymer(params: dict):
+    periodic = params["builder"] == "polymer-melt"
+    n_chains = int(params.get("n_chains", 1)) if periodic else 1
+    if n_chains < 1:
+        raise ValueError(f"n_chains must be at least 1, got {n_chains}")
+    sequences = _polymer_sequences(params, n_chains)
+    params["sequences"] = sequences
+    sigma = float(params["sigma_nm"])
+    bond_length = float(params["bond_length_nm"])
+    if sigma <= 0 or bond_length <= 0:
+        raise ValueError("sigma_nm and bond_length_nm must be positive")
+
+    topology = app.Topology()
+    bead_types, bonds = [], []
+    for sequence in sequences:
+        chain = topology.addChain()
+        previous_backbone = None
+        for monomer in sequence:
+            residue = topology.addResidue("MOA" if monomer == "A" else "MOB", chain)
+            names = ("B1", "S1") if monomer == "A" else ("B2", "S2")
+            backbone = topology.addAtom(names[0], app.element.carbon, residue)
+            side = topology.addAtom(names[1], app.element.carbon, residue)
+            topology.addBond(backbone, side)
+            bonds.append((backbone.index, side.index))
+            if previous_backbone is not None:
+                topology.addBond(previous_backbone, backbone)
+                bonds.append((previous_backbone.index, backbone.index))
+            previous_backbone = backbone
+            bead_types += [BEAD_TYPES.index(names[0]), BEAD_TYPES.index(names[1])]
+    n_beads = len(bead_types)
+
+    box = None
+    if periodic:
+        density = float(params["density_per_nm3"])
+        if density <= 0:
+            raise ValueError(f"density_per_nm3 must be positive, got {density}")
+        box = (n_beads / density) ** (1.0 / 3.0)
+        if box < 2 * params["cutoff_sigma"] * sigma:
+            raise ValueError(f"the melt box ({box:.2f} nm for {n_beads} beads) is smaller than twice the cutoff; "
+                             f"use more chains or a larger length")
+        topology.setPeriodicBoxVectors(np.eye(3) * box * NM)
+
+    system = _polymer_system(params, bead_types, bonds, box, sequences)
+    positions = _grow_chains([len(s) for s in sequences], bond_length, sigma, box,
+                             np.random.default_rng(int(params.get("conformation_seed", 0))))
+    return topology, system, positions * NM
+
+
+def _polymer_system(params, bead_types, bonds, box, sequences) -> mm.System:
+    """Harmonic bonds, a cosine backbone stiffness, and type-dependent LJ (attractive pairs) or WCA (others)."""
+    kT = (u.MOLAR_GAS_CONSTANT_R * params["temperature_K"] * KELVIN).value_in_unit(u.kilojoule_per_mole)
+    sigma = float(params["sigma_nm"])
+    system = mm.System()
+    for _ in bead_types:
+        system.addParticle(float(params["bead_mass_amu"]))
+    if box is not None:
+        system.setDefaultPeriodicBoxVectors(mm.Vec3(box, 0, 0), mm.Vec3(0, box, 0), mm.Vec3(0, 0, box))
+
+    bond_force = mm.HarmonicBondForce()
+    for i, j in bonds:
+        bond_force.addBond(i, j, float(params["bond_length_nm"]), float(params["bond_k_kj_per_mol_nm2"]))
+    bond_force.setUsesPeriodicBoundaryConditions(box is not None)
+    system.addForce(bond_force)
+
+    # Backbone stiffness k (1 + cos theta): zero for a straight backbone, no singularity at 180 degrees.
+    angle_force = mm.CustomAngleForce("k_angle*(1 + cos(theta))")
+    angle_force.addGlobalParameter("k_angle", float(params["angle_k_kT"]) * kT)
+    offset = 0
+    for sequence in sequences:
+        backbone = [offset + 2 * m for m in range(len(sequence))]
+        for a, b, c in zip(backbone, backbone[1:], backbone[2:]):
+            angle_force.addAngle(a, b, c, [])
+        offset += 2 * len(sequence)
+    angle_force.setUsesPeriodicBoundaryConditions(box is not None)
+    system.addForce(angle_force)
+
+    # Pair table: epsilon (kJ/mol) and whether the pair feels the attractive LJ tail.
+    n_types = len(BEAD_TYPES)
+    epsilon = np.full((n_types, n_types), kT)
+    attractive = np.zeros((n_types, n_types))
+    for pair, eps_kT in (params.get("epsilon_kT") or {}).items():
+        i, j = _type_pair(pair)
+        epsilon[i, j] = epsilon[j, i] = float(eps_kT) * kT
+    for pair in params.get("attractive_pairs") or []:
+        i, j = _type_pair(pair)
+        attractive[i, j] = attractive[j, i] = 1.0
+    cutoff = float(params["cutoff_sigma"]) * sigma
+    shift = 4.0 * ((sigma / cutoff) ** 12 - (sigma / cutoff) ** 6)
+    pair_force = mm.CustomNonbondedForce(
+        "select(attr, lj - eps*shift, step(r_wca - r)*(lj + eps));"
+        "lj = 4*eps*((sigma/r)^12 - (sigma/r)^6);"
+        "eps = eps_table(type1, type2); attr = attr_table(type1, type2)")
+    pair_force.addGlobalParameter("sigma", sigma)
+    pair_force.addGlobalParameter("r_wca", 2 ** (1 / 6) * sigma)
+    pair_force.addGlobalParameter("shift", shift)
+    pair_force.addTabulatedFunction("eps_table", mm.Discrete2DFunction(n_types, n_types, epsilon.T.ravel().tolist()))
+    pair_force.addTabulatedFunction("attr_table", mm.Discrete2DFunction(n_types, n_types,
+                                                                         attractive.T.ravel().tolist()))
+    pair_force.addPerParticleParameter("type")
+    for bead_type in bead_types:
+        pair_force.addParticle([float(bead_type)])
+    pair_force.setNonbondedMethod(mm.CustomNonbondedForce.CutoffPeriodic if box is not None
+                                  else mm.CustomNonbondedForce.CutoffNonPeriodic)
+    pair_force.setCutoffDistance(cutoff)
+    pair_force.createExclusionsFromBonds([list(b) for b in bonds], 1)  # bonded neighbours only
+    system.addForce(pair_force)
+    return system
+
+
+def _type_pair(pair: str) -> tuple[int, int]:
+    names = str(pair).replace(" ", "").split("-")
+    if len(names) != 2 or not set(names) <= set(BEAD_TYPES):
+        raise ValueError(f"bead-type pair must look like 'S1-S1' with types {BEAD_TYPES}, got {pair!r}")
+    return BEAD_TYPES.index(names[0]), BEAD_TYPES.index(names[1])
+
+
+def _grow_chains(lengths: list[int], bond: float, sigma: float, box: float | None,
+                 rng: np.random.Generator, min_distance: float = 0.8) -> np.ndarray:
+    """Self-avoiding random-walk conformations (nm), one backbone + side-chain bead per monomer.
+
+    Every new bead keeps at least ``min_distance * sigma`` from all beads
+    placed before it (minimum image when periodic), so that minimisation
+    starts from finite forces. Chains in a box start at random points.
+    """
+    limit2 = (min_distance * sigma) ** 2
+    placed = np.zeros((0, 3))
+
+    def free(point, current):
+        others = np.vstack([placed, *current]) if current else placed
+        if len(others) == 0:
+            return True
+        delta = others - point
+        if box is not None:
+            delta -= box * np.round(delta / box)
+        return np.min(np.einsum("ij,ij->i", delta, delta)) > limit2
+
+    def unit_vector():
+        v = rng.normal(size=3)
+        return v / np.linalg.norm(v)
+
+    for length in lengths:
+        for _attempt in range(200):
+            current = []
+            for m in range(length):
+                for _try in range(100):
+                    if m == 0:
+                        backbone = rng.random(3) * box if box is not None else np.zeros(3)
+                    else:
+                        direction = unit_vector()
+                        if m > 1:  # walk forward: backbone angle above 90 degrees
+                            previous = current[-2] - current[-4]
+                            if direction @ previous < 0.0:
+                                direction -= 2 * (direction @ previous) / (previous @ previous) * previous
+                        backbone = current[-2] + bond * direction
+                    side = backbone + bond * unit_vector()
+                    if free(backbone, current) and free(side, current + [backbone]):
+                        current += [backbone, side]
+                        break
+                else:
+                    break  # dead end: regrow this chain
+            if len(current) == 2 * length:
+                placed = np.vstack([placed, *current])
+                break
+        else:
+            raise ValueError("could not place the polymer chains without overlaps; lower density_per_nm3")
+    return placed
+
+
+# ---------------------------------------------------------------- CLI
+def configure_parser(parser) -> None:
+    parser.add_argument("name", nargs="?", help="show one system (name or YAML path) in detail")
+    parser.add_argument("--param", "-p", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a YAML key (repeatable), e.g. -p length=30")
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["length=30", "sequence_seed=2"]`` -> ``{"length": 30, "sequence_seed": 2}`` (values parsed as YAML)."""
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"parameter overrides look like KEY=VALUE, got {item!r}")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
+def run(args) -> int:
+    if not args.name:
+        for name in available():
+            params = _read_yaml(SYSTEMS_DIR / f"{name}.yaml")
+            print(f"{name:20s} {params.get('description', '')}")
+        return 0
+    system = load(args.name, **parse_overrides(args.param))
+    masses = system.masses
+    print(f"name          {system.name}")
+    print(f"particles     {system.n_atoms} (total mass {masses.sum():.1f} amu)")
+    print(f"periodic      {system.is_periodic}")
+    print(f"temperature   {system.temperature}")
+    print(f"friction      {system.friction}")
+    print(f"time step     {system.timestep}")
+    if "sequences" in system.params:
+        for sequence in system.params["sequences"]:
+            print(f"sequence      {sequence}")
+    print(f"forces        {', '.join(f.__class__.__name__ for f in system.system.getForces())}")
+    return 0

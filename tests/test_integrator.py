@@ -1,0 +1,464 @@
+"""CGMLIntegrator driven through OpenMM's public API on tiny bead systems.
+
+Two models: a real (untrained) exported CGPropagator, and a small scripted
+damped random walk that follows the same TorchScript contract but can be
+told to produce a NaN at a known step (for the guard tests).
+"""
+import io
+
+import numpy as np
+import openmm
+import openmm.app as app
+import openmm.unit as u
+import pytest
+import torch
+
+from openmm_cgml.export import CGModel
+from openmm_cgml.integrator import (CGMLIntegrator, UnstableRolloutError, coarse_grained_system, model_graph,
+                                    rollout)
+from openmm_cgml.mapping import Mapping
+
+DT_PS = 2.0
+
+
+class DampedWalk(torch.nn.Module):
+    """Scripted stand-in for an exported model: x' = x + 0.5 v + drift + sigma * noise.
+
+    Positions whose x coordinate passes ``nan_beyond`` nm become NaN, so a
+    NaN appears at a step that can be computed in advance.
+    """
+
+    def __init__(self, k: int = 3, sigma: float = 0.01, drift: float = 0.0, nan_beyond: float = 1e9):
+        super().__init__()
+        self.k = k
+        self.model_dt_ps = DT_PS
+        self.md_steps_per_model_step = 1000
+        self.md_timestep_ps = 0.002
+        self.temperature_K = 300.0
+        self.n_beads = 0
+        self.metadata = "{}"
+        self.sigma = sigma
+        self.drift = drift
+        self.nan_beyond = nan_beyond
+        self.register_buffer("type_masses", torch.ones(8))
+
+    @torch.jit.export
+    def embed(self, atom_types: torch.Tensor, fine_edge_index: torch.Tensor, bead_of_atom: torch.Tensor,
+              n_beads: int) -> torch.Tensor:
+        out = torch.zeros(n_beads, 2, device=atom_types.device)
+        return out.index_add(0, bead_of_atom, torch.stack([atom_types.float(), torch.ones_like(atom_types).float()], 1))
+
+    @torch.jit.export
+    def step(self, pos_history: torch.Tensor, bead_features: torch.Tensor, coarse_edge_index: torch.Tensor,
+             batch: torch.Tensor, box: torch.Tensor, noise: torch.Tensor, refine: bool) -> torch.Tensor:
+        if not bool(torch.isfinite(pos_history).all()):  # as the real model does
+            raise ValueError("pos_history contains NaN or infinite positions")
+        x = pos_history[-1]
+        v = x - pos_history[-2]
+        new = x + 0.5 * v + self.sigma * noise
+        drift = torch.zeros_like(new)
+        drift[:, 0] = self.drift
+        new = new + drift
+        return torch.where(new[:, :1] > self.nan_beyond, torch.full_like(new, float("nan")), new)
+
+    @torch.jit.export
+    def predict(self, pos_history: torch.Tensor, bead_features: torch.Tensor, coarse_edge_index: torch.Tensor,
+                batch: torch.Tensor, box: torch.Tensor):
+        mean = -0.5 * (pos_history[-1] - pos_history[-2])
+        return mean, torch.full_like(mean[:, :1], self.sigma)
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+def chain_molecule(n_atoms: int = 12):
+    """A zig-zag chain of carbons with bonds: topology and positions (nm)."""
+    topology = app.Topology()
+    chain = topology.addChain()
+    residue = topology.addResidue("CHN", chain)
+    atoms = [topology.addAtom(f"C{i}", app.element.carbon, residue) for i in range(n_atoms)]
+    for a, b in zip(atoms[:-1], atoms[1:]):
+        topology.addBond(a, b)
+    positions = np.array([[0.125 * i, 0.08 * (i % 2), 0.0] for i in range(n_atoms)])
+    return topology, positions
+
+
+@pytest.fixture(scope="module")
+def molecule():
+    topology, positions = chain_molecule()
+    masses = np.array([a.element.mass.value_in_unit(u.dalton) for a in topology.atoms()])
+    mapping = Mapping.metis(topology, masses, atoms_per_bead=3)
+    return topology, positions, mapping
+
+
+def walk_model(mapping, **kwargs):
+    return CGModel(torch.jit.script(DampedWalk(**kwargs)), {"mapping": mapping.to_json()})
+
+
+@pytest.fixture(scope="module")
+def walk(molecule):
+    return walk_model(molecule[2])
+
+
+def make_simulation(model, molecule, replicas=1, seed=1, **kwargs):
+    topology, positions, _ = molecule
+    cg = coarse_grained_system(model, topology, positions * u.nanometer, replicas=replicas)
+    integrator = CGMLIntegrator(model, seed=seed, **kwargs)
+    simulation = app.Simulation(cg.topology, cg.system, integrator, openmm.Platform.getPlatformByName("CPU"))
+    simulation.context.setPositions(cg.positions)
+    return simulation
+
+
+def positions_of(simulation):
+    return simulation.context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(u.nanometer)
+
+
+class EveryStepReporter:
+    """A reporter that calls getState on every step (as a nosy user would)."""
+
+    def __init__(self):
+        self.frames = []
+
+    def describeNextReport(self, simulation):
+        return {"steps": 1, "include": ["positions", "velocities"]}
+
+    def report(self, simulation, state):
+        self.frames.append(state.getPositions(asNumpy=True).value_in_unit(u.nanometer))
+        simulation.context.getState(getPositions=True, getVelocities=True, getEnergy=True)
+
+
+# ----------------------------------------------------------------------------- tests
+
+
+def test_coarse_grained_system_replicas(walk, molecule):
+    topology, positions, mapping = molecule
+    cg = coarse_grained_system(walk, topology, positions * u.nanometer, replicas=3)
+    assert cg.system.getNumParticles() == 3 * mapping.n_beads == cg.topology.getNumAtoms()
+    assert cg.topology.getNumBonds() == 3 * len(mapping.coarse_bonds)
+    beads = cg.positions.value_in_unit(u.nanometer)
+    np.testing.assert_allclose(beads[: mapping.n_beads], mapping.bead_positions(positions), atol=1e-12)
+    masses = [cg.system.getParticleMass(i).value_in_unit(u.dalton) for i in range(cg.system.getNumParticles())]
+    np.testing.assert_allclose(masses, np.tile(mapping.bead_masses, 3))
+    assert cg.bead_features.shape[0] == mapping.n_beads
+
+
+def test_coarse_grained_system_refuses_wrong_molecule(walk):
+    topology, positions = chain_molecule(9)
+    with pytest.raises(ValueError, match="9 atoms"):
+        coarse_grained_system(walk, topology, positions)
+
+
+def test_coarse_grained_system_from_pdb(walk, molecule, tmp_path):
+    topology, positions, mapping = molecule
+    path = tmp_path / "chain.pdb"
+    with open(path, "w") as handle:
+        app.PDBFile.writeFile(topology, positions * u.nanometer, handle)
+    cg = coarse_grained_system(walk, path)
+    np.testing.assert_allclose(cg.positions.value_in_unit(u.nanometer), mapping.bead_positions(positions),
+                               atol=1e-3)
+    bad = tmp_path / "bad.pdb"
+    bad.write_text("ATOM      1  C   CHN A   1    garbage\n")
+    with pytest.raises(ValueError, match="bad.pdb"):
+        coarse_grained_system(walk, bad)
+
+
+def test_time_and_reporters_track_model_steps(walk, molecule, tmp_path):
+    simulation = make_simulation(walk, molecule)
+    assert simulation.integrator.getStepSize().value_in_unit(u.picosecond) == pytest.approx(DT_PS)
+    log = io.StringIO()
+    dcd = tmp_path / "traj.dcd"
+    simulation.reporters.append(app.StateDataReporter(log, 5, step=True, time=True))
+    simulation.reporters.append(app.DCDReporter(str(dcd), 5))
+    simulation.step(20)
+    assert simulation.currentStep == 20
+    assert simulation.context.getState().getTime().value_in_unit(u.picosecond) == pytest.approx(20 * DT_PS)
+    rows = [line.split(",") for line in log.getvalue().splitlines()[1:]]
+    assert [int(r[0]) for r in rows] == [5, 10, 15, 20]
+    np.testing.assert_allclose([float(r[1]) for r in rows], [5 * DT_PS, 10 * DT_PS, 15 * DT_PS, 20 * DT_PS])
+    # the DCD header carries the true time step: frame i is at (first + i * interval) * dt
+    import struct
+
+    header = dcd.read_bytes()[:48]
+    first, interval = struct.unpack("<2i", header[12:20])
+    dt_ps = struct.unpack("<f", header[44:48])[0] * 0.04888821
+    assert (first, interval) == (5, 5)
+    assert dt_ps == pytest.approx(DT_PS, rel=1e-5)
+
+
+def test_same_seed_same_trajectory_whatever_the_chunking(walk, molecule):
+    a = make_simulation(walk, molecule, seed=7)
+    a.step(12)
+    b = make_simulation(walk, molecule, seed=7)
+    for n in (1, 4, 7):
+        b.step(n)
+    np.testing.assert_array_equal(positions_of(a), positions_of(b))
+    c = make_simulation(walk, molecule, seed=8)
+    c.step(12)
+    assert not np.allclose(positions_of(a), positions_of(c))
+
+
+def test_history_survives_a_reporter_calling_get_state_every_step(walk, molecule):
+    plain = make_simulation(walk, molecule)
+    plain.step(10)
+    nosy = make_simulation(walk, molecule)
+    reporter = EveryStepReporter()
+    nosy.reporters.append(reporter)
+    nosy.step(10)
+    assert len(reporter.frames) == 10
+    np.testing.assert_array_equal(positions_of(plain), positions_of(nosy))
+
+
+def test_checkpoint_resume_equals_uninterrupted_run(walk, molecule, tmp_path):
+    straight = make_simulation(walk, molecule, seed=3)
+    straight.step(15)
+
+    first = make_simulation(walk, molecule, seed=3)
+    checkpoint = tmp_path / "run.chk"
+    first.reporters.append(app.CheckpointReporter(str(checkpoint), 5))
+    first.step(5)
+    first.step(4)  # moves on past the checkpoint; the resume below must forget this
+
+    resumed = make_simulation(walk, molecule, seed=99)  # the seed comes from the checkpoint
+    resumed.loadCheckpoint(str(checkpoint))
+    assert resumed.currentStep == 5
+    resumed.step(10)
+    assert resumed.currentStep == 15
+    np.testing.assert_array_equal(positions_of(straight), positions_of(resumed))
+    assert resumed.integrator.getSeed() == 3
+
+    # also in place: reload the checkpoint into the Context that moved on
+    first.loadCheckpoint(str(checkpoint))
+    first.step(10)
+    np.testing.assert_array_equal(positions_of(straight), positions_of(first))
+
+
+def test_save_state_load_state_resumes_exactly(walk, molecule, tmp_path):
+    straight = make_simulation(walk, molecule, seed=5)
+    straight.step(12)
+    run = make_simulation(walk, molecule, seed=5)
+    run.step(6)
+    state = tmp_path / "state.xml"
+    run.saveState(str(state))
+    run.step(3)
+    run.loadState(str(state))
+    run.step(6)
+    np.testing.assert_array_equal(positions_of(straight), positions_of(run))
+    assert run.context.getState().getTime().value_in_unit(u.picosecond) == pytest.approx(12 * DT_PS)
+
+
+def test_set_positions_triggers_warm_up(walk, molecule):
+    simulation = make_simulation(walk, molecule)
+    k = simulation.integrator.getHistoryLength()
+    assert simulation.integrator.getWarmupSteps() == k - 1
+    simulation.step(k + 2)
+    assert simulation.integrator.getWarmupSteps() == 0
+    history = simulation.integrator.getHistory().value_in_unit(u.nanometer)
+    assert not np.allclose(history[0], history[-1])
+    moved = positions_of(simulation) + 0.3
+    simulation.context.setPositions(moved)
+    history = simulation.integrator.getHistory().value_in_unit(u.nanometer)
+    np.testing.assert_allclose(history, np.repeat(moved[None], k, axis=0), atol=1e-6)
+    assert simulation.integrator.getWarmupSteps() == k - 1
+    velocities = simulation.context.getState(getVelocities=True).getVelocities(asNumpy=True)
+    assert np.all(velocities.value_in_unit(u.nanometer / u.picosecond) == 0)
+
+
+def test_set_history_starts_from_real_frames(molecule):
+    simulation = make_simulation(walk_model(molecule[2], sigma=0.0), molecule)
+    integrator = simulation.integrator
+    k = integrator.getHistoryLength()
+    start = positions_of(simulation)
+    frames = np.stack([start + 0.01 * i for i in range(k + 2)])  # more frames than needed: last k used
+    integrator.setHistory(frames * u.nanometer)
+    assert integrator.getWarmupSteps() == 0
+    np.testing.assert_allclose(positions_of(simulation), frames[-1])
+    velocities = simulation.context.getState(getVelocities=True).getVelocities(asNumpy=True)
+    np.testing.assert_allclose(velocities.value_in_unit(u.nanometer / u.picosecond), 0.01 / DT_PS, rtol=1e-4)
+    # without noise the walk keeps half of the history's velocity: the first step moves every bead by 0.005 nm
+    simulation.step(1)
+    np.testing.assert_allclose(positions_of(simulation) - frames[-1], 0.005, atol=1e-5)
+    with pytest.raises(ValueError, match="k=3"):
+        integrator.setHistory(frames[:2])
+
+
+def test_replicas_are_independent_and_reproducible(walk, molecule):
+    mapping = molecule[2]
+    many = make_simulation(walk, molecule, replicas=3, seed=4)
+    many.step(5)
+    x = positions_of(many).reshape(3, mapping.n_beads, 3)
+    assert not np.allclose(x[0] - x[0].mean(0), x[1] - x[1].mean(0))
+    edges, batch = model_graph(mapping, 3)
+    assert bool((batch[edges[0]] == batch[edges[1]]).all())
+    again = make_simulation(walk, molecule, replicas=3, seed=4)
+    again.step(5)
+    np.testing.assert_array_equal(positions_of(many), positions_of(again))
+
+
+def test_nan_guard_names_step_and_beads_and_keeps_last_good_state(molecule, tmp_path):
+    mapping = molecule[2]
+    # deterministic: beads drift 0.1 nm per step in x; a bead crossing x = 1.55 nm turns NaN
+    model = walk_model(mapping, sigma=0.0, drift=0.1, nan_beyond=1.55)
+    simulation = make_simulation(model, molecule)
+    start = positions_of(simulation)
+    dcd = tmp_path / "guard.dcd"
+    simulation.reporters.append(app.DCDReporter(str(dcd), 1))
+    # x[t+1] = x[t] + 0.5 (x[t] - x[t-1]) + 0.1: displacement after n steps from rest
+    shift, velocity, steps = 0.0, 0.0, 0
+    while np.max(start[:, 0]) + shift <= 1.55:
+        velocity = 0.5 * velocity + 0.1
+        shift += velocity
+        steps += 1
+    last_good = steps - 1
+    bad_beads = np.flatnonzero(start[:, 0] + shift > 1.55).tolist()
+    with pytest.raises(UnstableRolloutError, match=f"model step {steps}:") as caught:
+        simulation.step(50)
+    assert caught.value.step == steps
+    assert caught.value.beads == bad_beads
+    assert caught.value.reason == "nan"
+    assert f"beads: {bad_beads[0]} (replica 0, bead {bad_beads[0]} {mapping.bead_names[bad_beads[0]]})" in str(
+        caught.value)
+    # the Context holds the last good state; the DCD holds the frames reported before the failure
+    assert simulation.context.getStepCount() == last_good
+    assert np.all(np.isfinite(positions_of(simulation)))
+    import mdtraj
+
+    traj = mdtraj.load_dcd(str(dcd), top=mdtraj.Topology.from_openmm(simulation.topology))
+    assert traj.n_frames >= last_good - 10 and np.all(np.isfinite(traj.xyz))
+
+
+def test_collision_guard(molecule):
+    mapping = molecule[2]
+    simulation = make_simulation(walk_model(mapping, sigma=0.0), molecule, collision_distance=0.5 * u.nanometer)
+    with pytest.raises(UnstableRolloutError, match="collision threshold 0.5 nm") as caught:
+        simulation.step(3)
+    assert caught.value.reason == "collision" and len(caught.value.beads) == 2
+    assert simulation.context.getStepCount() == 0
+
+
+def test_bad_arguments(walk, molecule):
+    with pytest.raises(ValueError, match="training temperature 300"):
+        CGMLIntegrator(walk, temperature=350 * u.kelvin)
+    with pytest.raises(ValueError, match="temperature"):
+        CGMLIntegrator(walk, temperature=1 * u.nanometer)
+    CGMLIntegrator(walk, temperature=300 * u.kelvin)
+    with pytest.raises(ValueError, match="not bound to a Context"):
+        CGMLIntegrator(walk).setHistory(np.zeros((3, 4, 3)))
+    system = openmm.System()
+    for _ in range(5):
+        system.addParticle(12.0)
+    integrator = CGMLIntegrator(walk)
+    context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName("CPU"))
+    context.setPositions(np.zeros((5, 3)))
+    with pytest.raises(ValueError, match="5 particles"):
+        integrator.step(1)
+
+
+@pytest.mark.cuda
+def test_cuda_platform_rollout_stays_on_gpu_and_resumes(walk, molecule, tmp_path):
+    topology, positions, _ = molecule
+    model = walk_model(molecule[2])
+    cg = coarse_grained_system(model, topology, positions * u.nanometer, replicas=2)
+
+    def simulation():
+        sim = app.Simulation(cg.topology, cg.system, CGMLIntegrator(model, seed=2),
+                             openmm.Platform.getPlatformByName("CUDA"))
+        sim.context.setPositions(cg.positions)
+        return sim
+
+    straight = simulation()
+    straight.step(12)
+    assert straight.integrator.getDevice().type == "cuda"
+    assert straight.context.getState().getTime().value_in_unit(u.picosecond) == pytest.approx(12 * DT_PS)
+    run = simulation()
+    run.step(5)
+    run.saveCheckpoint(str(tmp_path / "cuda.chk"))
+    run.step(3)
+    run.loadCheckpoint(str(tmp_path / "cuda.chk"))
+    run.step(7)
+    np.testing.assert_array_equal(positions_of(straight), positions_of(run))
+
+
+def test_rollout_is_the_integrator(walk, molecule):
+    """The library rollout and the integrator give the same frames (one implementation)."""
+    simulation = make_simulation(walk, molecule, seed=11)
+    start = positions_of(simulation)
+    simulation.step(6)
+    mapping = molecule[2]
+    edges, batch = model_graph(mapping, 1)
+    features = walk.embed_mapping()
+    history = torch.as_tensor(start, dtype=torch.float32).repeat(3, 1, 1)
+    out = rollout(walk, history, features, edges, batch, torch.zeros(3, 3), 6, seed=11)
+    np.testing.assert_array_equal(out[-1].double().numpy(), positions_of(simulation))
+
+
+# ----------------------------------------------------------------------------- cgml simulate
+
+
+def save_walk_model(mapping, path, **kwargs):
+    """A model file that openmm_cgml.load reads (the scripted walk plus export-style metadata)."""
+    import json
+
+    from openmm_cgml.export import FORMAT
+
+    metadata = json.dumps({"format": FORMAT, "format_version": 1, "mapping": mapping.to_json()})
+    module = torch.jit.script(DampedWalk(**kwargs))
+    module.metadata = metadata
+    torch.jit.save(module, str(path), _extra_files={"metadata.json": metadata})
+    return path
+
+
+def test_cli_simulate_writes_and_resumes(molecule, tmp_path, capsys):
+    import mdtraj
+
+    from openmm_cgml.cli import main
+
+    topology, positions, mapping = molecule
+    pdb = tmp_path / "start.pdb"
+    with open(pdb, "w") as handle:
+        app.PDBFile.writeFile(topology, positions * u.nanometer, handle)
+    model = save_walk_model(mapping, tmp_path / "model.pt")
+    common = [str(model), "--pdb", str(pdb), "--report-interval", "5", "--seed", "3", "--platform", "CPU"]
+
+    straight = tmp_path / "straight.dcd"
+    assert main(["simulate", *common, "--steps", "30", "--out", str(straight)]) == 0
+    assert (tmp_path / "straight_beads.pdb").exists()
+    assert "30 model steps" in capsys.readouterr().out
+
+    resumed, checkpoint = tmp_path / "resumed.dcd", tmp_path / "run.chk"
+    assert main(["simulate", *common, "--steps", "20", "--out", str(resumed), "--checkpoint", str(checkpoint)]) == 0
+    assert main(["simulate", *common, "--steps", "30", "--out", str(resumed), "--checkpoint", str(checkpoint)]) == 0
+    top = str(tmp_path / "straight_beads.pdb")
+    a, b = mdtraj.load_dcd(str(straight), top=top), mdtraj.load_dcd(str(resumed), top=top)
+    assert a.n_frames == b.n_frames == 6
+    np.testing.assert_array_equal(a.xyz, b.xyz)
+
+    # an existing trajectory is never overwritten without --overwrite; the error is one clean line
+    size = straight.stat().st_size
+    assert main(["simulate", *common, "--steps", "10", "--out", str(straight)]) == 2
+    assert "exists" in capsys.readouterr().err
+    assert straight.stat().st_size == size
+    assert main(["simulate", *common, "--steps", "10", "--out", str(tmp_path / "t.txt")]) == 2
+    assert "unknown trajectory format" in capsys.readouterr().err
+    assert main(["simulate", *common, "--steps", "10", "--out", str(tmp_path / "t.dcd"),
+                 "--temperature", "400"]) == 2
+    assert "training temperature" in capsys.readouterr().err
+
+
+def test_cli_simulate_guard_keeps_frames(molecule, tmp_path, capsys):
+    import mdtraj
+
+    from openmm_cgml.cli import main
+
+    topology, positions, mapping = molecule
+    pdb = tmp_path / "start.pdb"
+    with open(pdb, "w") as handle:
+        app.PDBFile.writeFile(topology, positions * u.nanometer, handle)
+    model = save_walk_model(mapping, tmp_path / "model.pt", sigma=0.0, drift=0.02, nan_beyond=2.0)
+    out = tmp_path / "traj.xtc"
+    code = main(["simulate", str(model), "--pdb", str(pdb), "--steps", "100", "--out", str(out),
+                 "--report-interval", "2", "--platform", "CPU"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "NaN" in err and "keeps the frames written so far" in err
+    traj = mdtraj.load(str(out), top=str(tmp_path / "traj_beads.pdb"))
+    assert traj.n_frames > 3 and np.all(np.isfinite(traj.xyz))

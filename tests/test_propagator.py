@@ -1,0 +1,208 @@
+"""The propagator networks: symmetry, the step maths, input checks (tiny, untrained models)."""
+import math
+
+import pytest
+import torch
+
+from openmm_cgml.propagator import (CGPropagator, PropagatorConfig, count_collisions, gaussian_nll,
+                                    log_spaced_sigmas, type_mass_table)
+
+N_BEADS = 8
+SMALL = dict(embed_hidden=16, embed_layers=2, hidden=16, n_layers=2, score_hidden=16, score_layers=1,
+             cutoff_nm=1.2, refine_sigmas=[0.5, 0.2])
+
+
+def chain_molecule(n_beads=N_BEADS, atoms_per_bead=2):
+    """A linear 'molecule': atoms of types 1/6 bonded in a chain, two atoms per bead."""
+    n_atoms = n_beads * atoms_per_bead
+    atom_types = torch.tensor([1 if i % 2 else 6 for i in range(n_atoms)])
+    bonds = torch.stack([torch.arange(n_atoms - 1), torch.arange(1, n_atoms)])
+    fine_edges = torch.cat([bonds, bonds.flip(0)], 1)
+    bead_of_atom = torch.arange(n_atoms) // atoms_per_bead
+    coarse = torch.stack([torch.arange(n_beads - 1), torch.arange(1, n_beads)])
+    return atom_types, fine_edges, bead_of_atom, torch.cat([coarse, coarse.flip(0)], 1)
+
+
+def chain_history(k, n_beads=N_BEADS, seed=0, dtype=torch.float32):
+    """k frames of a zig-zag chain (0.38 nm bonds) with small random motion, (k, N, 3) nm."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.stack([torch.arange(n_beads) * 0.33, (torch.arange(n_beads) % 2) * 0.2,
+                        torch.zeros(n_beads)], 1).double()
+    steps = 0.03 * torch.randn(k, n_beads, 3, generator=g, dtype=torch.float64)
+    return (base + steps.cumsum(0)).to(dtype)
+
+
+def make_model(k=3, n_beads=N_BEADS, n_atoms=2 * N_BEADS, seed=0, **overrides):
+    torch.manual_seed(seed)
+    config = PropagatorConfig(k=k, **{**SMALL, **overrides})
+    masses = torch.zeros(7)
+    masses[1], masses[6] = 1.008, 12.011
+    return CGPropagator(config, masses, accel_std_nm=0.05, velocity_std_nm=0.08, mass_scale_amu=13.0,
+                        model_dt_ps=1.0, md_steps_per_model_step=500, md_timestep_ps=0.002,
+                        n_beads=n_beads, n_atoms=n_atoms).eval()
+
+
+def random_orthogonal(seed, reflect):
+    g = torch.Generator().manual_seed(seed)
+    q, r = torch.linalg.qr(torch.randn(3, 3, generator=g, dtype=torch.float64))
+    q = q * torch.sign(torch.diagonal(r))
+    if torch.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    if reflect:
+        q = q @ torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64))
+    return q
+
+
+def inputs(model, dtype=torch.float32):
+    atom_types, fine_edges, bead_of_atom, coarse = chain_molecule()
+    features = model.embed(atom_types, fine_edges, bead_of_atom, N_BEADS)
+    history = chain_history(model.k, dtype=dtype)
+    batch = torch.zeros(N_BEADS, dtype=torch.long)
+    return history, features, coarse, batch, torch.zeros(3, 3, dtype=dtype)
+
+
+@pytest.mark.parametrize("reflect", [False, True])
+def test_mean_equivariant_and_std_invariant(reflect):
+    model = make_model().double()
+    history, features, coarse, batch, box = inputs(model, torch.float64)
+    features = features.double()
+    rotation = random_orthogonal(1, reflect)
+    shift = torch.tensor([1.5, -2.0, 0.7], dtype=torch.float64)
+    with torch.no_grad():
+        mean, std = model.predict(history, features, coarse, batch, box)
+        mean2, std2 = model.predict(history @ rotation.T + shift, features, coarse, batch, box)
+    assert mean.abs().max() > 1e-6  # a non-trivial output, so the check below can fail
+    torch.testing.assert_close(mean2, mean @ rotation.T, atol=1e-9, rtol=1e-7)
+    torch.testing.assert_close(std2, std, atol=1e-9, rtol=1e-7)
+
+
+def test_full_step_with_refinement_is_equivariant():
+    """Rotating positions and the noise rotates the refined next positions."""
+    model = make_model().double()
+    history, features, coarse, batch, box = inputs(model, torch.float64)
+    features = features.double()
+    rotation = random_orthogonal(2, reflect=True)
+    shift = torch.tensor([0.3, 0.2, -4.0], dtype=torch.float64)
+    noise = torch.randn(N_BEADS, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        x = model.step(history, features, coarse, batch, box, noise, True)
+        x2 = model.step(history @ rotation.T + shift, features, coarse, batch, box, noise @ rotation.T, True)
+    torch.testing.assert_close(x2, x @ rotation.T + shift, atol=1e-9, rtol=1e-7)
+
+
+def test_std_positive_and_floored():
+    model = make_model()
+    history, features, coarse, batch, box = inputs(model)
+    with torch.no_grad():
+        mean, std = model.predict(history, features, coarse, batch, box)
+    assert mean.shape == (N_BEADS, 3) and std.shape == (N_BEADS, 1)
+    assert torch.all(std >= model.min_std * model.accel_std_nm * (1 - 1e-6))
+
+
+def test_step_is_semi_implicit_euler_of_predict():
+    """Without refinement: x[t+1] = x[t] + (x[t] - x[t-1]) + mean + std * noise."""
+    model = make_model(k=4)
+    history, features, coarse, batch, box = inputs(model)
+    noise = torch.randn(N_BEADS, 3)
+    with torch.no_grad():
+        mean, std = model.predict(history, features, coarse, batch, box)
+        x = model.step(history, features, coarse, batch, box, noise, False)
+        refined = model.step(history, features, coarse, batch, box, noise, True)
+    expected = history[-1] + (history[-1] - history[-2]) + mean + std * noise
+    torch.testing.assert_close(x, expected, atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(refined, x)  # the score refinement does move the beads
+
+
+def test_copies_in_one_batch_match_single_molecules():
+    model = make_model()
+    history, features, coarse, batch, box = inputs(model)
+    far = history + torch.tensor([50.0, 0.0, 0.0])  # second copy, out of the cutoff
+    both = torch.cat([history, far], 1)
+    noise = torch.randn(N_BEADS, 3)
+    with torch.no_grad():
+        single = model.step(history, features, coarse, batch, box, noise, True)
+        double = model.step(both, torch.cat([features, features]), torch.cat([coarse, coarse + N_BEADS], 1),
+                            torch.cat([batch, batch + 1]), box, torch.cat([noise, noise]), True)
+    torch.testing.assert_close(double[:N_BEADS], single, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(double[N_BEADS:], single + torch.tensor([50.0, 0.0, 0.0]), atol=1e-5, rtol=1e-5)
+
+
+def test_embed_pools_per_bead_and_appends_mass():
+    model = make_model()
+    atom_types, fine_edges, bead_of_atom, _ = chain_molecule()
+    with torch.no_grad():
+        features = model.embed(atom_types, fine_edges, bead_of_atom, N_BEADS)
+    assert features.shape == (N_BEADS, model.n_features)
+    torch.testing.assert_close(features[:, -1], torch.full((N_BEADS,), (12.011 + 1.008) / 13.0))
+
+
+def test_wrong_molecule_is_refused():
+    model = make_model()
+    atom_types, fine_edges, bead_of_atom, coarse = chain_molecule()
+    with pytest.raises(ValueError, match="molecule of 8 beads"):
+        model.embed(atom_types[:14], fine_edges[:, :12], bead_of_atom[:14], 7)
+    unseen = atom_types.clone()
+    unseen[0] = 5
+    with pytest.raises(ValueError, match="never seen in training"):
+        model.embed(unseen, fine_edges, bead_of_atom, N_BEADS)
+    history, features, coarse, batch, box = inputs(model)
+    with pytest.raises(ValueError, match="molecule of 8 beads"):
+        model.step(history[:, :7], features[:7], coarse[:, :12], batch[:7], box, torch.zeros(7, 3), False)
+    with pytest.raises(ValueError, match="k = 3"):
+        model.predict(history[:2], features, coarse, batch, box)
+    bad = history.clone()
+    bad[0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        model.predict(bad, features, coarse, batch, box)
+
+
+def test_scripted_module_matches_eager():
+    model = make_model()
+    scripted = torch.jit.script(model)
+    history, features, coarse, batch, box = inputs(model)
+    noise = torch.randn(N_BEADS, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted.step(history, features, coarse, batch, box, noise, True),
+                                   model.step(history, features, coarse, batch, box, noise, True))
+
+
+def test_losses_are_finite_and_differentiable():
+    model = make_model().train()
+    history, features, coarse, batch, box = inputs(model)
+    target = history[-1] + (history[-1] - history[-2])
+    sigma = torch.full((N_BEADS, 1), 0.05)
+    terms = model.losses(history, target, features, coarse, batch, box.unsqueeze(0), sigma, sigma * 4)
+    loss = terms["nll"] + terms["dsm"]
+    loss.backward()
+    assert math.isfinite(float(loss.detach()))
+    assert model.score_head.gate[0].weight.grad.abs().sum() > 0
+    assert model.embedding.type_embedding.weight.grad.abs().sum() > 0
+
+
+def test_gaussian_nll_matches_torch():
+    target, mean = torch.randn(5, 3), torch.randn(5, 3)
+    std = torch.rand(5, 1) + 0.1
+    reference = torch.nn.functional.gaussian_nll_loss(mean, target, std.expand(5, 3) ** 2, reduction="sum") / 5
+    torch.testing.assert_close(gaussian_nll(target, mean, std), reference)
+
+
+def test_count_collisions_and_sigmas():
+    pos = torch.tensor([[0.0, 0, 0], [0.05, 0, 0], [1.0, 0, 0], [1.09, 0, 0], [3.0, 0, 0]])
+    assert count_collisions(pos, 0.1) == 2
+    assert count_collisions(pos, 0.1, batch=torch.tensor([0, 1, 0, 0, 0])) == 1
+    sigmas = log_spaced_sigmas(0.1, 0.01, 3)
+    torch.testing.assert_close(sigmas, torch.tensor([0.1, 0.1 ** 1.5, 0.01]))
+
+
+def test_type_mass_table_requires_one_mass_per_type():
+    table = type_mass_table(torch.tensor([6, 1, 6]), torch.tensor([12.0, 1.0, 12.0]))
+    assert table.shape == (7,) and table[6] == 12.0 and table[0] == 0.0
+    with pytest.raises(ValueError, match="different masses"):
+        type_mass_table(torch.tensor([6, 6]), torch.tensor([12.0, 13.0]))
+
+
+def test_config_rejects_unknown_and_bad_values():
+    with pytest.raises(ValueError, match="unknown model option"):
+        PropagatorConfig.from_dict({"hiden": 3})
+    with pytest.raises(ValueError, match="k must be >= 2"):
+        PropagatorConfig.from_dict({"k": 1})

@@ -1,0 +1,163 @@
+"""Training end to end on a tiny real dataset: OpenMM polymer MD -> coarse dataset -> Lightning."""
+import csv
+
+import numpy as np
+import openmm as mm
+import openmm.unit as u
+import pytest
+import torch
+
+from openmm_cgml import systems
+from openmm_cgml.cli import main
+from openmm_cgml.data import CoarseDataset, coarse_grain
+from openmm_cgml.export import load, propagator_from_checkpoint
+from openmm_cgml.trajectory import FineTrajectory
+from openmm_cgml.train import DEFAULT_CONFIG, TrainConfig, build_model_init, dataset_summary, train
+
+
+def write_polymer_trajectory(path, seed, n_frames=150, stride=50, length=5):
+    """Langevin MD of a 10-bead polymer chain (Reference platform) into a fine HDF5 file."""
+    ref = systems.load("polymer-chain", length=length)
+    integrator = ref.integrator(seed)
+    context = mm.Context(ref.system, integrator, mm.Platform.getPlatformByName("Reference"))
+    context.setPositions(ref.positions)
+    context.setVelocitiesToTemperature(ref.temperature, seed)
+    integrator.step(500)
+    positions, velocities = [], []
+    for _ in range(n_frames):
+        integrator.step(stride)
+        state = context.getState(getPositions=True, getVelocities=True)
+        positions.append(state.getPositions(asNumpy=True).value_in_unit(u.nanometer))
+        velocities.append(state.getVelocities(asNumpy=True).value_in_unit(u.nanometer / u.picosecond))
+    attrs = {"cgml_system": "polymer-chain", "cgml_timestep_ps": ref.timestep.value_in_unit(u.picosecond),
+             "cgml_stride": stride, "cgml_temperature_K": 300.0, "cgml_seed": seed}
+    trajectory = FineTrajectory.create(path, topology=ref.topology, masses=ref.masses, atom_types=ref.atom_types,
+                                       charges=ref.charges, attrs=attrs, periodic=False)
+    time_ps = np.arange(1, n_frames + 1) * stride * attrs["cgml_timestep_ps"]
+    trajectory.append(np.array(positions), np.array(velocities), time_ps, np.zeros(n_frames))
+    trajectory.commit(b"")
+    trajectory.mark_complete()
+    trajectory.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("polymer")
+    paths = [write_polymer_trajectory(root / f"fine{seed}.h5", seed) for seed in (1, 2, 3)]
+    return coarse_grain(paths, root / "coarse.h5", mapping="metis", atoms_per_bead=1, k=3, lag=2,
+                        split=(0.67, 0.33, 0.0))
+
+
+def tiny_config(dataset, out_dir, **train):
+    config = TrainConfig.from_yaml(DEFAULT_CONFIG)
+    config.data, config.out_dir = str(dataset), str(out_dir)
+    config.model.update(hidden=24, score_hidden=16, embed_hidden=16, embed_layers=2)
+    options = dict(max_epochs=4, batch_size=16, limit_train_batches=12, threads=1, warmup_steps=5, lr=3e-3)
+    options.update(train)
+    for key, value in options.items():
+        setattr(config.train, key, value)
+    config.trainer.enable_progress_bar = False
+    return config
+
+
+def mean_nll(model, dataset, seed=0):
+    """Validation NLL of the scaled acceleration (fixed noise seed), averaged over all val windows."""
+    from torch_geometric.loader import DataLoader
+
+    torch.manual_seed(seed)
+    loader = DataLoader(CoarseDataset(dataset, "val", k=model.k), batch_size=64)
+    values = []
+    with torch.no_grad():
+        for batch in loader:
+            features = model._embed(batch.atom_types, batch.fine_edge_index, batch.bead_of_atom, batch.num_nodes)
+            sigma = torch.full((batch.num_nodes, 1), 0.01)
+            terms = model.losses(batch.pos_history.transpose(0, 1), batch.pos_target, features,
+                                 batch.coarse_edge_index, batch.batch, batch.box, sigma, sigma)
+            values.append(float(terms["nll"]))
+    return float(np.mean(values))
+
+
+def test_default_config_is_documented_and_valid():
+    config = TrainConfig.from_yaml(DEFAULT_CONFIG)
+    assert config.resume == "auto" and config.trainer.devices == 1 and config.train.lr_schedule == "cosine"
+    with pytest.raises(ValueError, match="unknown option.*'lrr'"):
+        TrainConfig.from_dict({"data": "x.h5", "train": {"lrr": 1}})
+    with pytest.raises(ValueError, match="needs 'data'"):
+        TrainConfig.from_dict({})
+    with pytest.raises(ValueError, match="unknown model option"):
+        TrainConfig.from_dict({"data": "x.h5", "model": {"hiddden": 3}})
+
+
+def test_dataset_summary_reads_scales_and_mapping(dataset):
+    summary = dataset_summary(dataset)
+    assert summary["attrs"]["k"] == 3 and summary["attrs"]["md_steps_per_model_step"] == 100
+    assert summary["single_mapping"].n_beads == 10
+    assert summary["type_masses"][0] == pytest.approx(72.0)
+
+
+def test_training_lowers_nll_resumes_and_exports(dataset, tmp_path):
+    config = tiny_config(dataset, tmp_path / "run")
+    torch.manual_seed(0)
+    from openmm_cgml.propagator import CGPropagator
+
+    initial = CGPropagator.from_init_json(build_model_init(config, dataset_summary(dataset)))
+    best = train(config)
+    assert best.name == "best.ckpt"
+    trained, hparams, _ = propagator_from_checkpoint(best)
+    before, after = mean_nll(initial, dataset), mean_nll(trained.eval(), dataset)
+    assert after < before - 0.5, (before, after)
+
+    run = tmp_path / "run"
+    assert (run / "loss.png").stat().st_size > 1000
+    with open(run / "logs" / "version_0" / "metrics.csv") as handle:
+        first_log = handle.read()
+    assert "train_nll" in first_log and "val_nll" in first_log
+    steps_before = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+
+    # resume automatically with one more epoch: earlier logs kept, a new log version written
+    config.train.max_epochs = 5
+    train(config)
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] > steps_before and last["epoch"] == 4
+    assert (run / "logs" / "version_0" / "metrics.csv").read_text() == first_log
+    assert list(csv.DictReader(open(run / "logs" / "version_1" / "metrics.csv")))
+
+    # export through the CLI, then the exported file reproduces the checkpoint's predictions
+    out = tmp_path / "model.pt"
+    assert main(["export", str(run), "--out", str(out)]) == 0
+    assert main(["export", str(run), "--out", str(out)]) == 2  # refuses to overwrite
+    model = load(out)
+    assert model.k == 3 and model.n_beads == 10 and model.md_steps_per_model_step == 100
+    assert model.metadata["training"]["epochs"] >= 1
+    window = CoarseDataset(dataset, "val", k=3)[0]
+    features = model.embed(window.atom_types, window.fine_edge_index, window.bead_of_atom, 10)
+    history = window.pos_history.transpose(0, 1).contiguous()
+    args = (history, features, window.coarse_edge_index, torch.zeros(10, dtype=torch.long), torch.zeros(3, 3))
+    eager, _, _ = propagator_from_checkpoint(run)
+    with torch.no_grad():
+        torch.testing.assert_close(model.predict(*args)[0], eager.eval().predict(*args)[0], atol=1e-6, rtol=1e-5)
+
+
+def test_fresh_run_refuses_existing_checkpoints(dataset, tmp_path):
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "best.ckpt").write_bytes(b"precious")
+    config = tiny_config(dataset, tmp_path / "run")
+    config.resume = "never"
+    with pytest.raises(FileExistsError, match="already holds checkpoints"):
+        train(config)
+    assert (tmp_path / "run" / "checkpoints" / "best.ckpt").read_bytes() == b"precious"
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys, dataset):
+    assert main(["train", str(tmp_path / "missing.yaml")]) == 2
+    assert "missing.yaml" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: nothing.h5\ntrain: {batch_size: 0}\n")
+    assert main(["train", str(bad)]) == 2
+    assert "batch_size" in capsys.readouterr().err
+    corrupt = tmp_path / "corrupt.ckpt"
+    corrupt.write_bytes(b"\x80\x04garbage")
+    assert main(["export", str(corrupt), "--out", str(tmp_path / "m.pt")]) == 2
+    assert "corrupt.ckpt" in capsys.readouterr().err
+    assert not (tmp_path / "m.pt").exists()
