@@ -22,14 +22,15 @@ import statistics
 import tempfile
 import time
 
-import numpy as np
-import openmm
-import openmm.app as app
-import openmm.unit as u
-import torch
+import torch  # before openmm: openmm-torch's plugin only loads when torch's libraries are already loaded
 
-from openmm_cgml import systems
+import openmm  # noqa: E402
+import openmm.app as app  # noqa: E402
+import openmm.unit as u  # noqa: E402
+
+from openmm_cgml import systems  # noqa: E402
 from openmm_cgml.export import export_model, load
+import openmm_cgml.integrator as integrator_module  # noqa: E402
 from openmm_cgml.integrator import CGMLIntegrator, coarse_grained_system, model_graph, rollout
 from openmm_cgml.mapping import Mapping
 from openmm_cgml.propagator import CGPropagator, PropagatorConfig
@@ -71,12 +72,12 @@ def untrained_model(reference, directory, k, md_steps_per_model_step, atoms_per_
     module = CGPropagator.from_mapping(
         mapping, PropagatorConfig(k=k), model_dt_ps=md_steps_per_model_step * dt,
         md_steps_per_model_step=md_steps_per_model_step, md_timestep_ps=dt,
-        temperature_K=reference.temperature.value_in_unit(u.kelvin), accel_std_nm=1e-3, velocity_std_nm=0.01)
+        temperature_K=reference.temperature.value_in_unit(u.kelvin), accel_std_nm=1e-5, velocity_std_nm=1e-4)
     path = export_model(module, os.path.join(directory, "model.pt"), {"mapping": mapping})
     return load(path)
 
 
-def coarse_timings(model, reference, platform, steps, repeats, replicas):
+def coarse_timings(model, reference, platform, steps, repeats, replicas, torchforce=False):
     cg = coarse_grained_system(model, reference.topology, reference.positions, replicas=replicas)
     # collisions are not the point here (an untrained model wanders): guard NaNs only
     integrator = CGMLIntegrator(model, seed=1, collision_distance=0.0)
@@ -90,24 +91,70 @@ def coarse_timings(model, reference, platform, steps, repeats, replicas):
     history = start.repeat(model.k, 1, 1)
     box = torch.zeros(3, 3)
 
-    def bare():
+    def bare(refine=True):
         t = time.perf_counter()
         rollout(model, history, features, edges, batch, box, steps, seed=1, collision_distance=0.0,
-                n_replicas=replicas)
+                n_replicas=replicas, refine=refine)
         return (time.perf_counter() - t) / steps
+
+    inside = []  # seconds spent in rollout during one OpenMM run (the rest is OpenMM + sync)
+    in_run = []
+
+    def timed_rollout(*args, **kwargs):
+        t = time.perf_counter()
+        try:
+            return rollout(*args, **kwargs)
+        finally:
+            inside.append(time.perf_counter() - t)
 
     def through_openmm():
         simulation.context.setPositions(cg.positions)  # same start, same work
+        inside.clear()
+        integrator_module.rollout = timed_rollout
+        try:
+            t = time.perf_counter()
+            simulation.step(steps)
+            total = time.perf_counter() - t
+        finally:
+            integrator_module.rollout = rollout
+        in_run.append(total / sum(inside) - 1)
+        return total / steps
+
+    alternative = torchforce_simulation(model, cg, platform, replicas) if torchforce else None
+
+    def through_torchforce():
         t = time.perf_counter()
-        simulation.step(steps)
+        alternative.step(steps)
         return (time.perf_counter() - t) / steps
 
-    bare(), through_openmm()  # warm-up: TorchScript profiling runs, allocations
-    bare_s, openmm_s = [], []
+    bare(), through_openmm(), bare(False)  # warm-up: TorchScript profiling runs, allocations
+    if alternative is not None:
+        through_torchforce()
+    in_run.clear()
+    bare_s, openmm_s, no_refine_s, torchforce_s = [], [], [], []
     for _ in range(repeats):
         bare_s.append(bare())
         openmm_s.append(through_openmm())
-    return statistics.median(bare_s), statistics.median(openmm_s), cg.system.getNumParticles()
+        no_refine_s.append(bare(False))
+        if alternative is not None:
+            torchforce_s.append(through_torchforce())
+    # overheads from back-to-back pairs: load from other processes cancels out
+    timing = {"beads": cg.system.getNumParticles(),
+              "ms_per_step_bare_rollout": statistics.median(bare_s) * 1e3,
+              "ms_per_step_openmm": statistics.median(openmm_s) * 1e3,
+              "ms_per_step_bare_rollout_no_refine": statistics.median(no_refine_s) * 1e3,
+              "openmm_overhead": statistics.median(o / b for o, b in zip(openmm_s, bare_s)) - 1,
+              # the same, measured inside each OpenMM run: time outside rollout() over time inside it
+              "openmm_overhead_in_run": statistics.median(in_run)}
+    if torchforce_s:
+        timing["torchforce_alternative"] = {
+            "ms_per_step": statistics.median(torchforce_s) * 1e3,
+            "overhead_vs_bare_rollout": statistics.median(t / b for t, b in zip(torchforce_s, bare_s)) - 1,
+            "note": "the propagator inside an openmm-torch TorchForce + CustomIntegrator (x += f/scale); "
+                    "its history buffer would be advanced by every extra force evaluation "
+                    "(getState(getForces/getEnergy), minimisation), so it is timed here, not offered",
+        }
+    return timing
 
 
 class _TorchForcePropagator(torch.nn.Module):
@@ -136,20 +183,19 @@ class _TorchForcePropagator(torch.nn.Module):
         return torch.zeros((), dtype=positions.dtype), ((new - x) * 1000.0).to(positions.dtype)
 
 
-def torchforce_ms_per_step(model, reference, platform, steps, repeats, replicas):
-    """Time per model step of the TorchForce + CustomIntegrator design (None if openmm-torch is missing)."""
+def torchforce_simulation(model, cg, platform, replicas):
+    """A Simulation of the TorchForce + CustomIntegrator design (None if openmm-torch is missing)."""
     try:
         from openmmtorch import TorchForce
     except ImportError:
         return None
-    cg = coarse_grained_system(model, reference.topology, reference.positions, replicas=replicas)
     start = torch.as_tensor(cg.positions.value_in_unit(u.nanometer), dtype=torch.float32)
     edges, batch = model_graph(model.mapping, replicas)
     wrapper = torch.jit.script(_TorchForcePropagator(model.module, start.repeat(model.k - 1, 1, 1),
                                                      model.embed_mapping().repeat(replicas, 1), edges, batch))
     force = TorchForce(wrapper)
     force.setOutputsForces(True)
-    system = cg.system
+    system = openmm.XmlSerializer.clone(cg.system)
     system.addForce(force)
     integrator = openmm.CustomIntegrator(model.module.model_dt_ps)
     integrator.addGlobalVariable("inverse_scale", 1e-3)
@@ -158,21 +204,15 @@ def torchforce_ms_per_step(model, reference, platform, steps, repeats, replicas)
     simulation = app.Simulation(cg.topology, system, integrator, platform)
     simulation.context.setPositions(cg.positions)
     simulation.reporters.append(FrameReporter(100))
-    simulation.step(5)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        simulation.step(steps)
-        times.append((time.perf_counter() - t) / steps)
-    return statistics.median(times) * 1e3
+    return simulation
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--system", default="alanine-dipeptide")
     parser.add_argument("--platform", default="CPU")
-    parser.add_argument("--steps", type=int, default=200, help="model steps per timing")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=100, help="model steps per timing")
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--fine-steps", type=int, default=5000)
     parser.add_argument("--k", type=int, default=8, help="history length (the coarse-grain default)")
     parser.add_argument("--md-steps-per-model-step", type=int, default=1000)
@@ -200,23 +240,11 @@ def main():
                             "md_steps_per_model_step": model.md_steps_per_model_step,
                             "n_parameters": model.metadata.get("n_parameters"), "by_replicas": {}}
         for replicas in args.replicas:
-            bare_s, openmm_s, n = coarse_timings(model, reference, platform, args.steps, args.repeats, replicas)
-            result["coarse"]["by_replicas"][str(replicas)] = {
-                "beads": n, "ms_per_step_bare_rollout": bare_s * 1e3, "ms_per_step_openmm": openmm_s * 1e3,
-                "openmm_overhead": openmm_s / bare_s - 1,
-                # simulated time of one molecule per wall day, summed over replicas
-                "ns_per_day": replicas * dt_ps * 1e-3 / openmm_s * 86400,
-            }
-        alternative = torchforce_ms_per_step(model, reference, platform, args.steps, max(1, args.repeats // 2),
-                                             args.replicas[0])
-        if alternative is not None:
-            single = result["coarse"]["by_replicas"][str(args.replicas[0])]
-            result["torchforce_alternative"] = {
-                "replicas": args.replicas[0], "ms_per_step": alternative,
-                "overhead_vs_bare_rollout": alternative / single["ms_per_step_bare_rollout"] - 1,
-                "note": "propagator inside an openmm-torch TorchForce + CustomIntegrator; its history "
-                        "buffer is advanced by every extra force evaluation (getState(getForces), minimisation)",
-            }
+            timing = coarse_timings(model, reference, platform, args.steps, args.repeats, replicas,
+                                    torchforce=replicas == args.replicas[0])
+            # simulated time per wall day through OpenMM, summed over replicas
+            timing["ns_per_day"] = replicas * dt_ps * 1e-3 / (timing["ms_per_step_openmm"] * 1e-3) * 86400
+            result["coarse"]["by_replicas"][str(replicas)] = timing
     single = result["coarse"]["by_replicas"][str(args.replicas[0])]
     result["speedup_simulated_time"] = single["ns_per_day"] / fine_rate
     result["openmm_overhead"] = single["openmm_overhead"]

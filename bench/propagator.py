@@ -93,7 +93,7 @@ def collision_rate(module, inputs, refine: bool, n_steps: int, threshold: float,
         noise = torch.randn(history.shape[1:], generator=generator, device=history.device)
         try:
             x = module.step(history, features, edges, batch, box, noise, refine)
-        except RuntimeError:  # NaN/inf positions: the rollout diverged
+        except (RuntimeError, torch.jit.Error):  # NaN/inf positions: the rollout diverged
             break
         history = torch.cat([history[1:], x[None]])
         pairs += count_collisions(x, threshold, batch)

@@ -8,7 +8,8 @@ ordinary OpenMM: the only openmm-cgml pieces are ``load``,
 ``coarse_grained_system`` and ``CGMLIntegrator``.
 
 Without a model, ``--demo`` exports an *untrained* propagator for alanine
-dipeptide, to show the mechanics (its trajectory is meaningless).
+dipeptide, to show the mechanics (its trajectory is meaningless, and it soon
+drifts into a bead collision, which stops the run cleanly).
 """
 import argparse
 import sys
@@ -32,7 +33,7 @@ def demo_model(directory):
     mapping = Mapping.metis(reference.topology, reference.masses, atoms_per_bead=4, atom_types=reference.atom_types)
     module = CGPropagator.from_mapping(mapping, model_dt_ps=2.0, md_steps_per_model_step=1000,
                                        md_timestep_ps=0.002, temperature_K=300.0,
-                                       accel_std_nm=0.01, velocity_std_nm=0.05)
+                                       accel_std_nm=1e-4, velocity_std_nm=1e-3)  # untrained: tiny moves
     path = export_model(module, f"{directory}/demo.pt", {"mapping": mapping})
     pdb = f"{directory}/alanine-dipeptide.pdb"
     with open(pdb, "w") as handle:
@@ -44,7 +45,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", nargs="?", help="exported model file")
     parser.add_argument("pdb", nargs="?", help="fine-grained start structure")
-    parser.add_argument("--steps", type=int, default=2000, help="model steps to run")
+    parser.add_argument("--steps", type=int, default=1000, help="model steps to run")
     parser.add_argument("--replicas", type=int, default=1)
     parser.add_argument("--platform", default="CPU")
     parser.add_argument("--out", default="cg_traj.dcd")
@@ -78,7 +79,12 @@ def main():
                                                       speed=True, progress=True,
                                                       totalSteps=simulation.currentStep + args.steps))
     simulation.reporters.append(app.CheckpointReporter("cg_run.chk", interval * 10))
-    simulation.step(args.steps)
+    try:
+        simulation.step(args.steps)
+    except openmm_cgml.integrator.UnstableRolloutError as error:
+        # NaN or two beads closer than 0.1 nm: the Context keeps the last good state and
+        # everything reported so far stays valid
+        print(f"stopped early: {error}", file=sys.stderr)
     with open(args.out.rsplit(".", 1)[0] + "_beads.pdb", "w") as handle:  # topology for viewing the DCD
         app.PDBFile.writeFile(cg.topology, simulation.context.getState(getPositions=True).getPositions(), handle)
     ps = simulation.context.getState().getTime().value_in_unit(unit.picosecond)

@@ -40,7 +40,7 @@ from openmm_cgml.units import AMU, NM, PS, strip, strip_array
 __all__ = [
     "as_positions", "radius_of_gyration", "autocorrelation", "relaxation_time",
     "angle_triplets", "dihedral_quadruplets", "bond_lengths", "bond_angles", "dihedral_angles",
-    "common_edges", "histogram", "rdf", "pair_distance_distribution", "all_pairs", "contact_map",
+    "common_edges", "comparison_edges", "histogram", "rdf", "pair_distance_distribution", "all_pairs", "contact_map",
     "distance_features", "tica", "free_energy_surface", "js_divergence", "js_divergence_samples",
     "collisions", "r_squared", "ns_per_day", "speedup",
 ]
@@ -462,18 +462,53 @@ def js_divergence(p, q, base: float = 2.0) -> float:
     return float(jensenshannon(p, q, base=base) ** 2)
 
 
+def comparison_edges(reference, rollout, n_bins: int = 50, value_range=None, margin: float = 0.25) -> np.ndarray:
+    """Bins for comparing a rollout sample with a reference one.
+
+    The reference range widened by ``margin`` of its span on each side (and
+    never beyond the data), or ``value_range`` when given (e.g. (0, pi) for
+    angles). Spanning the reference rather than the union keeps the
+    resolution where the reference is when a rollout has far outliers (a
+    blown-up trajectory would otherwise squeeze the reference into one bin).
+    """
+    if value_range is not None:
+        return common_edges(n_bins=n_bins, value_range=value_range)
+    reference = np.asarray(reference, dtype=np.float64).ravel()
+    rollout = np.asarray(rollout, dtype=np.float64).ravel()
+    reference, rollout = reference[np.isfinite(reference)], rollout[np.isfinite(rollout)]
+    if reference.size == 0:
+        raise ValueError("comparison_edges: the reference has no finite values")
+    low, high = float(reference.min()), float(reference.max())
+    span = high - low if high > low else max(abs(high), 1.0) * 1e-3
+    both = np.concatenate([reference, rollout])
+    low = max(low - margin * span, float(both.min()))
+    high = min(high + margin * span, float(both.max()))
+    return common_edges(n_bins=n_bins, value_range=(low, high + 1e-9 * span))
+
+
+def _counts_with_overflow(values: np.ndarray, edges_per_axis: list[np.ndarray]) -> np.ndarray:
+    """Histogram counts on the bins plus one last bin for everything outside them."""
+    values = values.reshape(len(values), -1)
+    inside = np.all([(values[:, d] >= e[0]) & (values[:, d] <= e[-1]) for d, e in enumerate(edges_per_axis)], axis=0)
+    counts = np.histogramdd(values[inside], bins=edges_per_axis)[0].ravel()
+    return np.append(counts, np.count_nonzero(~inside))
+
+
 def js_divergence_samples(reference, rollout, n_bins: int = 50, value_range=None, base: float = 2.0) -> float:
-    """JS divergence between two samples of a 1-D quantity (or 2-D, shape (n, 2)) on common bins."""
+    """JS divergence between two samples of a 1-D quantity, or 2-D points (shape (n, 2), e.g. TICA).
+
+    Bins per axis from :func:`comparison_edges`; the rollout (or reference)
+    mass outside them goes to one overflow bin, so far-off rollout frames
+    count fully as a difference: samples that do not overlap give 1.
+    """
     reference = np.asarray(reference, dtype=np.float64)
     rollout = np.asarray(rollout, dtype=np.float64)
     if reference.ndim == 2 and reference.shape[1] == 2:
-        ex = common_edges(reference[:, 0], rollout[:, 0], n_bins=n_bins)
-        ey = common_edges(reference[:, 1], rollout[:, 1], n_bins=n_bins)
-        p = np.histogram2d(*reference.T, bins=[ex, ey])[0]
-        q = np.histogram2d(*rollout.T, bins=[ex, ey])[0]
-        return js_divergence(p, q, base)
-    edges = common_edges(reference, rollout, n_bins=n_bins, value_range=value_range)
-    return js_divergence(np.histogram(reference.ravel(), edges)[0], np.histogram(rollout.ravel(), edges)[0], base)
+        edges = [comparison_edges(reference[:, d], rollout[:, d], n_bins) for d in range(2)]
+    else:
+        reference, rollout = reference.ravel(), rollout.ravel()
+        edges = [comparison_edges(reference, rollout, n_bins, value_range)]
+    return js_divergence(_counts_with_overflow(reference, edges), _counts_with_overflow(rollout, edges), base)
 
 
 def collisions(positions, threshold=0.1, box=None) -> np.ndarray:

@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import tempfile
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -116,7 +117,9 @@ def propagator_from_checkpoint(checkpoint):
 
     path = _find_checkpoint(checkpoint)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # Lightning writes pickle protocol 4; weights_only reads it fine
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # corrupted, truncated, or not a (safe) checkpoint
         raise ValueError(f"{path}: not a readable training checkpoint ({type(error).__name__}: "
                          f"{str(error).splitlines()[0] if str(error) else ''})") from None

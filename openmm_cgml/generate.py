@@ -198,12 +198,11 @@ _RESUME_KEYS = ("cgml_system", "cgml_params", "cgml_timestep_ps", "cgml_stride",
                 "cgml_equilibration_steps")
 
 
-def _check_resumable(trajectory: FineTrajectory, attrs: dict) -> None:
-    stored = trajectory.attrs
+def _check_resumable(path: Path, stored: dict, attrs: dict) -> None:
     for key in _RESUME_KEYS:
         old, new = stored.get(key), attrs[key]
         if json.dumps(old, sort_keys=True) != json.dumps(new, sort_keys=True):
-            raise ValueError(f"{trajectory.path} exists from a run with different settings ({key}: {old} there, "
+            raise ValueError(f"{path} exists from a run with different settings ({key}: {old} there, "
                              f"{new} now); choose another output folder or remove that file")
 
 
@@ -211,46 +210,47 @@ def _run_trajectory(ref, path: Path, *, n_frames, stride, equilibration_steps, s
                     platform, save_forces, chunk_frames, progress, cpu_threads, on_chunk) -> None:
     if chunk_frames < 1 or cpu_threads < 1:
         raise ValueError(f"chunk_frames and cpu_threads must be positive, got {chunk_frames} and {cpu_threads}")
-    trajectory = None
+    stored = None
     if path.exists():
-        trajectory = FineTrajectory(path, mode="a")
-        stored_platform = trajectory.attrs.get("cgml_platform")
-        if platform is not None and platform != stored_platform and trajectory.checkpoint is not None:
-            trajectory.close()
-            raise ValueError(f"{path} was written on the {stored_platform} platform and can only be resumed there "
-                             f"(OpenMM checkpoints are platform-specific); got --platform {platform}")
-        platform = stored_platform
-        chunk_frames = int(trajectory.attrs.get("cgml_chunk_frames", chunk_frames))
-        save_forces = trajectory.forces is not None
+        # inspect read-only first, so that a refused resume leaves the file byte-for-byte untouched
+        with FineTrajectory(path) as existing:
+            stored = existing.attrs
+            resumable = existing.checkpoint is not None
+            done = existing.complete and existing.n_frames >= n_frames
+            save_forces = existing.forces is not None
+        if platform is not None and platform != stored.get("cgml_platform") and resumable:
+            raise ValueError(f"{path} was written on the {stored.get('cgml_platform')} platform and can only be "
+                             f"resumed there (OpenMM checkpoints are platform-specific); got platform {platform}")
+        platform = stored.get("cgml_platform")
+        chunk_frames = int(stored.get("cgml_chunk_frames", chunk_frames))
     platform = platform or best_platform()
     available = [mm.Platform.getPlatform(i).getName() for i in range(mm.Platform.getNumPlatforms())]
     if platform not in available:
         raise ValueError(f"unknown OpenMM platform {platform!r}; available here: {', '.join(available)}")
     attrs = _run_attrs(ref, stride, equilibration_steps, seed, replica, sequence_seed, platform)
+    if stored is not None:
+        _check_resumable(path, stored, attrs)
+        if done:
+            return  # a completed file is never re-run
 
-    try:
-        if trajectory is not None:
-            _check_resumable(trajectory, attrs)
-            if trajectory.complete and trajectory.n_frames >= n_frames:
-                return  # done already: a completed file is never re-run
-        integrator = ref.integrator(attrs["cgml_integrator_seed"])
-        context = mm.Context(ref.system, integrator, mm.Platform.getPlatformByName(platform),
-                             platform_properties(platform, cpu_threads))
-        if trajectory is not None and trajectory.checkpoint is not None:
-            start = trajectory.truncate_uncommitted()
+    integrator = ref.integrator(attrs["cgml_integrator_seed"])
+    context = mm.Context(ref.system, integrator, mm.Platform.getPlatformByName(platform),
+                         platform_properties(platform, cpu_threads))
+    if stored is None:
+        trajectory = FineTrajectory.create(path, topology=ref.topology, masses=ref.masses,
+                                           atom_types=ref.atom_types, charges=ref.charges, attrs=attrs,
+                                           periodic=ref.is_periodic, save_forces=save_forces,
+                                           chunk_frames=chunk_frames)
+    else:
+        trajectory = FineTrajectory(path, mode="a")
+    with trajectory:
+        start = trajectory.truncate_uncommitted()  # drops frames a kill left after the last checkpoint
+        if start > 0:
             try:
                 context.loadCheckpoint(trajectory.checkpoint)
             except Exception as error:
                 raise ValueError(f"cannot resume {path}: its checkpoint does not load ({error})") from None
         else:
-            if trajectory is None:
-                trajectory = FineTrajectory.create(path, topology=ref.topology, masses=ref.masses,
-                                                   atom_types=ref.atom_types, charges=ref.charges, attrs=attrs,
-                                                   periodic=ref.is_periodic, save_forces=save_forces,
-                                                   chunk_frames=chunk_frames)
-            else:
-                trajectory.truncate_uncommitted()  # killed before its first chunk: start over in place
-            start = 0
             _equilibrate(ref, context, equilibration_steps, attrs["cgml_integrator_seed"])
         trajectory.set_attrs(cgml_complete=False, cgml_n_frames_requested=int(n_frames),
                              cgml_chunk_frames=int(chunk_frames), cgml_cpu_threads=int(cpu_threads),
@@ -258,9 +258,6 @@ def _run_trajectory(ref, path: Path, *, n_frames, stride, equilibration_steps, s
         _write_frames(context, trajectory, path, ref, start, n_frames, stride, save_forces, chunk_frames,
                       progress, on_chunk)
         trajectory.mark_complete()
-    finally:
-        if trajectory is not None:
-            trajectory.close()
 
 
 def _equilibrate(ref, context: mm.Context, steps: int, velocity_seed: int) -> None:

@@ -17,9 +17,10 @@ How it stays correct (see docs/integrator.md):
 
 * The whole dynamic state lives in the Context: the current positions, the
   ``k``-frame history in per-DOF variables ``cgml_x0 .. cgml_x{k-1}``
-  (oldest .. current), and globals ``cgml_seed``, ``cgml_model_step`` (the
-  noise counter), ``cgml_warmup_left`` and ``cgml_sync`` (a token that changes
-  on every write). Checkpoints and ``saveState`` therefore carry it, and a
+  (oldest .. current), and the integers ``cgml_seed``, ``cgml_model_step``
+  (the noise counter), ``cgml_warmup_left`` and ``cgml_sync`` (a token that
+  changes on every write), each as two 24-bit globals ``NAME_hi``/``NAME_lo``
+  so that even a single-precision platform holds them exactly. Checkpoints and ``saveState`` therefore carry it, and a
   resume is bit-exact.
 * ``step(n)`` runs ``n`` model steps as one torch rollout on the platform's
   device (positions stay there) and syncs with the Context once at the end;
@@ -58,9 +59,13 @@ __all__ = [
     "rollout",
     "step_noise",
     "model_graph",
+    "periodic_marker",
 ]
 
-_MAX_SEED = 2**52  # seeds live in an OpenMM global (a double): keep them exact
+# Integers live in OpenMM globals, which a single-precision GPU platform may hold
+# as float32: store each as two exact 24-bit halves.
+_HALF = 1 << 24
+_MAX_SEED = _HALF * _HALF
 _MASK64 = (1 << 64) - 1
 
 
@@ -180,9 +185,9 @@ def rollout(
 ) -> torch.Tensor:
     """Run ``n_steps`` model steps in torch and return the new ``(k, N, 3)`` history (nm).
 
-    ``model`` is a ``CGModel`` (``openmm_cgml.load``); ``history[-1]`` is the current configuration; ``first_step`` is the model
-    step index of the first step taken (it selects the noise, see
-    ``step_noise``). Everything stays on ``history.device``. A NaN, or two beads
+    ``model`` is a ``CGModel`` (``openmm_cgml.load``); ``history[-1]`` is the
+    current configuration; ``first_step`` is the model step index of the first
+    step taken (it selects the noise, see ``step_noise``). Everything stays on ``history.device``. A NaN, or two beads
     of one replica closer than ``collision_distance`` nm (0 disables), raises
     ``UnstableRolloutError`` carrying the last good history; checks are
     gathered over ``check_every`` steps so a GPU rollout syncs rarely.
@@ -195,30 +200,39 @@ def rollout(
     while done < n_steps:
         block = min(check_every, n_steps - done)
         start = history
-        frames = []
-        flags = []
+        frames, flags = [], []
+        model_error = None
         for i in range(block):
             noise = step_noise(generator, seed, first_step + done + i, shape, dtype, device)
             try:
                 new = model.step(history, bead_features, edge_index, batch, box, noise, refine)
-            except ValueError:
-                # the model refuses a bad history: a bad frame earlier in this block explains it
-                if flags and bool(torch.stack(flags).any()):
+            except ValueError as error:
+                # The model refuses non-finite input, also inside a step (e.g. a NaN
+                # mean fed to its refinement): that is an unstable step, not bad input.
+                if (flags and bool(torch.stack(flags).any())) or any(
+                        word in str(error).lower() for word in ("nan", "infinite")):
+                    model_error = str(error)
                     break
                 raise
             frames.append(new)
             flags.append(_bad_frame(new, n_replicas, collision_distance))
             history = torch.cat([history[1:], new.unsqueeze(0)], dim=0)
-        flags = torch.stack(flags)
-        if bool(flags.any()):  # the only host sync of the block
-            bad = int(torch.nonzero(flags)[0])
+        flagged = torch.stack(flags) if flags else torch.zeros(0, dtype=torch.bool, device=device)
+        if model_error is not None or bool(flagged.any()):  # the only host sync of the block
+            bad = int(torch.nonzero(flagged)[0]) if bool(flagged.any()) else len(frames)
             good = torch.cat([start] + [f.unsqueeze(0) for f in frames[:bad]], dim=0)[-k:]
-            reason, beads, distance = _describe_bad_frame(frames[bad], n_replicas, collision_distance)
+            if bad < len(frames):
+                reason, beads, distance = _describe_bad_frame(frames[bad], n_replicas, collision_distance)
+            else:
+                reason, beads, distance = "nan", [], None
             step = first_step + done + bad + 1
-            what = (f"NaN/inf positions for beads {beads[:10]}{' ...' if len(beads) > 10 else ''}"
-                    if reason == "nan" else
-                    f"collision: beads {beads[0]} and {beads[1]} are {distance:.4f} nm apart "
-                    f"(threshold {collision_distance} nm)")
+            if reason == "collision":
+                what = (f"collision: beads {beads[0]} and {beads[1]} are {distance:.4f} nm apart "
+                        f"(threshold {collision_distance} nm)")
+            elif beads:
+                what = f"NaN/inf positions for beads {beads[:10]}{' ...' if len(beads) > 10 else ''}"
+            else:
+                what = f"the model failed ({model_error})"
             raise UnstableRolloutError(
                 f"rollout stopped at model step {step}: {what}",
                 step=step, beads=beads, reason=reason, distance=distance,
@@ -278,7 +292,21 @@ def _read_structure(pdb_or_topology, positions):
     return topology, atoms, box
 
 
-def _replicate(topology: app.Topology, system: openmm.System, positions: np.ndarray, replicas: int):
+def periodic_marker() -> openmm.Force:
+    """A force with no terms that makes ``System.usesPeriodicBoundaryConditions()`` true.
+
+    OpenMM calls a System periodic only if one of its forces is; a bead
+    System has no forces, so without this the integrator (and Simulation's
+    reporters) would treat a periodic box as absent.
+    """
+    marker = openmm.CustomBondForce("0")
+    marker.setUsesPeriodicBoundaryConditions(True)
+    marker.setName("cgml periodic box")
+    return marker
+
+
+def _replicate(topology: app.Topology, system: openmm.System, positions: np.ndarray, replicas: int,
+               periodic: bool):
     """R copies of a one-molecule bead topology/system; non-periodic copies are set side by side in x."""
     top = app.Topology()
     for r in range(replicas):
@@ -301,7 +329,9 @@ def _replicate(topology: app.Topology, system: openmm.System, positions: np.ndar
     for i in range(system.getNumForces()):  # bead systems carry no forces, but keep e.g. a CMMotionRemover
         if replicas == 1 or isinstance(system.getForce(i), openmm.CMMotionRemover):
             out.addForce(openmm.XmlSerializer.clone(system.getForce(i)))
-    if system.usesPeriodicBoundaryConditions():
+    if periodic and not out.usesPeriodicBoundaryConditions():
+        out.addForce(periodic_marker())
+    if periodic:
         # one box for all: the model's batch vector already keeps replicas apart
         stacked = np.concatenate([positions] * replicas)
     else:
@@ -330,7 +360,8 @@ def coarse_grained_system(model, pdb_or_topology, positions=None, replicas: int 
     if atoms.shape != (mapping.n_atoms, 3):
         raise ValueError(f"positions have shape {atoms.shape}, the model's mapping expects ({mapping.n_atoms}, 3)")
     beads = np.asarray(mapping.bead_positions(atoms, box=box), dtype=np.float64)
-    top, system, stacked = _replicate(mapping.bead_topology(box), mapping.bead_system(box), beads, replicas)
+    top, system, stacked = _replicate(mapping.bead_topology(box), mapping.bead_system(box), beads, replicas,
+                                      periodic=box is not None)
     return CoarseGrainedSystem(
         topology=top, system=system, positions=u.Quantity(stacked, u.nanometer),
         bead_features=model.embed_mapping(mapping), mapping=mapping, replicas=replicas,
@@ -353,7 +384,7 @@ class CGMLIntegrator(openmm.CustomIntegrator):
         temperature): a learned propagator samples the ensemble it was trained
         on and has no thermostat to change it.
     seed : int
-        Random seed, 0 <= seed < 2**52. Same seed, same start: same trajectory.
+        Random seed, 0 <= seed < 2**48. Same seed, same start: same trajectory.
     refine : bool
         Use the model's score-based refinement after each step (if it has one).
     collision_distance : Quantity or float (nm)
@@ -389,7 +420,7 @@ class CGMLIntegrator(openmm.CustomIntegrator):
             raise ValueError(f"model expects {n_model} beads but its mapping has {model.mapping.n_beads}")
         seed = int(seed)
         if not 0 <= seed < _MAX_SEED:
-            raise ValueError(f"seed must be in [0, 2**52), got {seed}")
+            raise ValueError(f"seed must be in [0, 2**48), got {seed}")
         self._refine = bool(refine)
         self._collision = strip(collision_distance, u.nanometer, "collision_distance")
         self._check_every = max(1, int(check_every))
@@ -399,14 +430,14 @@ class CGMLIntegrator(openmm.CustomIntegrator):
         # lives in these variables so checkpoints and saveState carry it.
         for j in range(self._k):
             self.addPerDofVariable(f"cgml_x{j}", 0.0)
-        self.addGlobalVariable("cgml_seed", float(seed))
-        self.addGlobalVariable("cgml_model_step", 0.0)
-        self.addGlobalVariable("cgml_warmup_left", float(self._k - 1))
-        self.addGlobalVariable("cgml_sync", 0.0)  # 0 = never stepped
-        self.addComputeGlobal("cgml_sync", "cgml_sync")  # a no-op, so the program is not empty
+        for name, value in (("cgml_seed", seed), ("cgml_model_step", 0), ("cgml_warmup_left", self._k - 1),
+                            ("cgml_sync", 0)):  # cgml_sync 0 = never stepped
+            self.addGlobalVariable(f"{name}_hi", float(value // _HALF))
+            self.addGlobalVariable(f"{name}_lo", float(value % _HALF))
+        self.addComputeGlobal("cgml_sync_lo", "cgml_sync_lo")  # a no-op, so the program is not empty
 
         self._context_ref = None
-        self._bound = None  # per-Context torch setup, see _bind
+        self._bound = None  # per-Context torch setup, see _setup
         self._history = None  # (k, N, 3) torch tensor on the device: the truth between syncs
         self._token = None
         self._last_positions = None  # numpy (N, 3) written to the Context last
@@ -430,7 +461,7 @@ class CGMLIntegrator(openmm.CustomIntegrator):
         return self._setup(self._context())["device"]
 
     def getSeed(self) -> int:
-        return int(self.getGlobalVariableByName("cgml_seed"))
+        return self._get_int("cgml_seed")
 
     def getWarmupSteps(self) -> int:
         """Model steps left before the history holds only model-generated frames.
@@ -440,7 +471,7 @@ class CGMLIntegrator(openmm.CustomIntegrator):
         frames carry that artificial past. Discard them as equilibration, or
         start from real frames with ``setHistory``.
         """
-        return int(self.getGlobalVariableByName("cgml_warmup_left"))
+        return self._get_int("cgml_warmup_left")
 
     def getHistory(self) -> u.Quantity:
         """The ``(k, N, 3)`` history (oldest first, last = current positions), nm."""
@@ -513,11 +544,16 @@ class CGMLIntegrator(openmm.CustomIntegrator):
             replica, index = divmod(b, n)
             name = f" {names[index]}" if index < len(names) else ""
             described.append(f"{b} (replica {replica}, bead {index}{name})")
-        what = ("the model produced NaN/inf positions" if error.reason == "nan" else
-                f"beads came {error.distance:.4f} nm apart, closer than the collision threshold "
-                f"{self._collision:g} nm")
+        if error.reason == "collision":
+            what = (f"beads came {error.distance:.4f} nm apart, closer than the collision threshold "
+                    f"{self._collision:g} nm")
+        elif error.beads:
+            what = "the model produced NaN/inf positions"
+        else:
+            what = str(error).split(": ", 1)[-1]  # the model's own message
         more = f" and {len(error.beads) - 10} more" if len(error.beads) > 10 else ""
-        return (f"CGMLIntegrator stopped at model step {bad_step}: {what}; beads: {', '.join(described)}{more}. "
+        beads = f"; beads: {', '.join(described)}{more}" if described else ""
+        return (f"CGMLIntegrator stopped at model step {bad_step}: {what}{beads}. "
                 f"The Context keeps the last good state (step {bad_step - 1}, "
                 f"time {context.getTime().value_in_unit(u.picosecond):g} ps).")
 
@@ -581,11 +617,18 @@ class CGMLIntegrator(openmm.CustomIntegrator):
         self._bound["box"] = self._bound["box"].to(self._bound["dtype"])
         return self._bound
 
+    def _get_int(self, name: str) -> int:
+        return int(self.getGlobalVariableByName(f"{name}_hi")) * _HALF + int(self.getGlobalVariableByName(f"{name}_lo"))
+
+    def _set_int(self, name: str, value: int) -> None:
+        self.setGlobalVariableByName(f"{name}_hi", float(value // _HALF))
+        self.setGlobalVariableByName(f"{name}_lo", float(value % _HALF))
+
     def _read_globals(self) -> dict:
         return dict(
-            seed=int(self.getGlobalVariableByName("cgml_seed")),
-            model_step=int(self.getGlobalVariableByName("cgml_model_step")),
-            warmup_left=int(self.getGlobalVariableByName("cgml_warmup_left")),
+            seed=self._get_int("cgml_seed"),
+            model_step=self._get_int("cgml_model_step"),
+            warmup_left=self._get_int("cgml_warmup_left"),
         )
 
     def _sync_in(self, context) -> dict:
@@ -600,7 +643,7 @@ class CGMLIntegrator(openmm.CustomIntegrator):
         if not np.all(np.isfinite(positions)):
             bad = np.nonzero(~np.isfinite(positions).all(axis=1))[0]
             raise ValueError(f"the Context positions contain NaN/inf for beads {bad[:10].tolist()}")
-        token = self.getGlobalVariableByName("cgml_sync")
+        token = self._get_int("cgml_sync")
         state = self._read_globals()
         if token == 0:
             moved = True  # never stepped: start from the Context positions
@@ -635,9 +678,9 @@ class CGMLIntegrator(openmm.CustomIntegrator):
             self.setPerDofVariableByName(f"cgml_x{j}", history[j])
         state["model_step"] += advanced
         state["warmup_left"] = max(0, state["warmup_left"] - advanced)
-        self.setGlobalVariableByName("cgml_model_step", float(state["model_step"]))
-        self.setGlobalVariableByName("cgml_warmup_left", float(state["warmup_left"]))
-        token = float(random.getrandbits(52) + 1)
-        self.setGlobalVariableByName("cgml_sync", token)
+        self._set_int("cgml_model_step", state["model_step"])
+        self._set_int("cgml_warmup_left", state["warmup_left"])
+        token = random.getrandbits(47) + 1
+        self._set_int("cgml_sync", token)
         self._token = token
         self._last_positions = current

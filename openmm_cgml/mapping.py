@@ -42,6 +42,8 @@ FORMAT_NAME = "openmm-cgml-mapping"
 FORMAT_VERSION = 1
 # Above this many weight-matrix entries the centre computation uses a sparse matrix.
 _DENSE_LIMIT = 4_000_000
+# Frames made whole at a time (keeps the working set in cache).
+_BLOCK_FRAMES = 128
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -154,6 +156,9 @@ def _minimum_image(delta: np.ndarray, box: np.ndarray) -> np.ndarray:
     multiples gives the minimum image for any bond shorter than half a box.
     """
     box = box[..., None, :, :] if box.ndim == delta.ndim else box
+    lengths = np.diagonal(box, axis1=-2, axis2=-1)
+    if not np.any(box - lengths[..., None] * np.eye(3)):     # rectangular box: one pass over x, y, z
+        return delta - np.round(delta / lengths) * lengths
     for axis in (2, 1, 0):
         vector = box[..., axis, :]
         delta = delta - np.round(delta[..., axis:axis + 1] / vector[..., axis:axis + 1]) * vector
@@ -220,12 +225,16 @@ class Mapping:
             raise ValueError(f"bead {bad} ({self.bead_names[bad]}) has zero mass: its atoms are all massless")
         self.molecule_of_atom = _molecules(self.n_atoms, self.fine_bonds)
         self.n_molecules = int(self.molecule_of_atom.max()) + 1
-        molecule_sets = [np.unique(self.molecule_of_atom[self.bead_of_atom == b]) for b in range(self.n_beads)]
-        split = [b for b, mols in enumerate(molecule_sets) if len(mols) > 1]
-        if split:
-            raise ValueError(f"bead {split[0]} ({self.bead_names[split[0]]}) contains atoms of "
-                             f"{len(molecule_sets[split[0]])} different molecules; a bead must lie in one molecule")
-        self.molecule_of_bead = np.array([mols[0] for mols in molecule_sets], dtype=np.int64)
+        lowest = np.full(self.n_beads, self.n_molecules, dtype=np.int64)
+        highest = np.full(self.n_beads, -1, dtype=np.int64)
+        np.minimum.at(lowest, self.bead_of_atom, self.molecule_of_atom)
+        np.maximum.at(highest, self.bead_of_atom, self.molecule_of_atom)
+        split = np.flatnonzero(lowest != highest)
+        if len(split):
+            bead = int(split[0])
+            raise ValueError(f"bead {bead} ({self.bead_names[bead]}) contains atoms of molecules {lowest[bead]} "
+                             f"and {highest[bead]}; a bead must lie within one molecule")
+        self.molecule_of_bead = lowest
         crossing = self.bead_of_atom[self.fine_bonds]
         crossing = np.sort(crossing[crossing[:, 0] != crossing[:, 1]], axis=1)
         self.coarse_bonds = np.unique(crossing, axis=0) if len(crossing) else np.zeros((0, 2), dtype=np.int64)
@@ -265,23 +274,26 @@ class Mapping:
                 raise ValueError(f"n_beads must lie between the number of molecules ({len(sizes)}) "
                                  f"and the number of atoms ({n_atoms}), got {n_beads}")
             parts = _share(n_beads, sizes)
-        adjacency = _adjacency(n_atoms, bonds)
         options = pymetis.Options(seed=int(seed), contig=1)
+        # atoms and bonds grouped by molecule, bonds in molecule-local atom numbers
+        order = np.argsort(molecule, kind="stable")
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        local_index = np.empty(n_atoms, dtype=np.int64)
+        local_index[order] = np.arange(n_atoms) - starts[molecule[order]]
+        bond_order = np.argsort(molecule[bonds[:, 0]], kind="stable") if len(bonds) else np.zeros(0, dtype=np.int64)
+        bond_counts = np.bincount(molecule[bonds[:, 0]], minlength=len(sizes)) if len(bonds) else np.zeros(len(sizes), int)
+        local_bonds = np.split(local_index[bonds[bond_order]], np.cumsum(bond_counts)[:-1])
+        by_molecule = np.split(order, np.cumsum(sizes)[:-1])
+        solved = {}   # identical molecules (waters, chains of one sequence) are partitioned once
         bead = np.empty(n_atoms, dtype=np.int64)
         offset = 0
-        for mol, n_parts in enumerate(parts):
-            atoms = np.flatnonzero(molecule == mol)
-            if n_parts == 1:
-                local = np.zeros(len(atoms), dtype=np.int64)
-            elif n_parts >= len(atoms):
-                local = np.arange(len(atoms), dtype=np.int64)
-            else:
-                sub = adjacency[atoms][:, atoms].tocsr()
-                result = pymetis.part_graph(int(n_parts), xadj=sub.indptr.astype(np.int64),
-                                            adjncy=sub.indices.astype(np.int64), options=options)
-                local = _repair_connectivity(sub, np.asarray(result.vertex_part, dtype=np.int64))
-            bead[atoms] = offset + _renumber_by_first_atom(local)
-            offset += len(np.unique(local))
+        for atoms, edges, n_parts in zip(by_molecule, local_bonds, parts):
+            key = (len(atoms), int(n_parts), edges.tobytes())
+            if key not in solved:
+                solved[key] = _partition_molecule(len(atoms), edges, int(n_parts), options)
+            local = solved[key]
+            bead[atoms] = offset + local
+            offset += int(local.max()) + 1
         bead = _renumber_by_first_atom(bead)
         names = _names_within_molecules(bead, molecule)
         params = {"atoms_per_bead": atoms_per_bead, "n_beads": n_beads, "seed": int(seed)}
@@ -548,9 +560,18 @@ class Mapping:
         """
         positions = strip_array(atom_positions, NM, "atom_positions")
         self._check_atoms(positions, "atom_positions")
-        if box is not None:
-            positions = self._make_whole(positions, self._box(box))
-        return self._apply_weights(positions)
+        if box is None:
+            return self._apply_weights(positions)
+        box = self._box(box)
+        lead = positions.shape[:-2]
+        if positions.ndim == 3 and len(positions) > _BLOCK_FRAMES:
+            # blocks of frames stay in cache through the unwrap passes
+            boxes = np.broadcast_to(box, (*lead, 3, 3)) if box.ndim == 3 else box
+            return np.concatenate([
+                self._apply_weights(self._make_whole(positions[i:i + _BLOCK_FRAMES],
+                                                     boxes[i:i + _BLOCK_FRAMES] if boxes.ndim == 3 else boxes))
+                for i in range(0, len(positions), _BLOCK_FRAMES)])
+        return self._apply_weights(self._make_whole(positions, box))
 
     def bead_velocities(self, atom_velocities) -> np.ndarray:
         """Bead velocities (..., n_beads, 3) nm/ps: the same weights as the positions."""
@@ -587,6 +608,20 @@ class Mapping:
             a, b, c = self._box(box_vectors)
             system.setDefaultPeriodicBoxVectors(*(openmm.Vec3(*v) * NM for v in (a, b, c)))
         return system
+
+
+def _partition_molecule(n_atoms: int, edges: np.ndarray, n_parts: int, options) -> np.ndarray:
+    """METIS parts (0..n-1, numbered by first atom, each connected) of one molecule's atoms."""
+    import pymetis
+
+    if n_parts <= 1:
+        return np.zeros(n_atoms, dtype=np.int64)
+    if n_parts >= n_atoms:
+        return np.arange(n_atoms, dtype=np.int64)
+    adjacency = _adjacency(n_atoms, edges)
+    result = pymetis.part_graph(n_parts, xadj=adjacency.indptr.astype(np.int64),
+                                adjncy=adjacency.indices.astype(np.int64), options=options)
+    return _renumber_by_first_atom(_repair_connectivity(adjacency, np.asarray(result.vertex_part, dtype=np.int64)))
 
 
 def _share(total: int, sizes: np.ndarray) -> np.ndarray:

@@ -37,7 +37,8 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from openmm_cgml.nn import PaxNet
+from openmm_cgml.nn import PaxNet, edge_vectors, radius_graph
+from openmm_cgml.nn.basis import BesselBasis, PolynomialEnvelope
 
 __all__ = ["PropagatorConfig", "EmbeddingGNN", "CGPropagator", "gaussian_nll", "count_collisions",
            "log_spaced_sigmas"]
@@ -60,8 +61,9 @@ class PropagatorConfig:
     n_rbf: int = 16
     n_sbf: int = 6
     min_std: float = 0.05            # floor of the predicted std (accel-std units)
-    score_hidden: int = 32           # Score PaxNet width
-    score_layers: int = 2            # Score PaxNet layers
+    score_net: str = "pair"          # "pair": one equivariant pair-message round (fast); "paxnet"
+    score_hidden: int = 32           # Score network width
+    score_layers: int = 2            # Score PaxNet layers (score_net = "paxnet" only)
     refine_sigmas: List[float] = field(default_factory=lambda: [0.3])  # Tweedie steps at inference
 
     @classmethod
@@ -86,6 +88,8 @@ class PropagatorConfig:
             raise ValueError(f"model.cutoff_nm must be > 0 nm, got {self.cutoff_nm}")
         if not self.min_std > 0:
             raise ValueError(f"model.min_std must be > 0, got {self.min_std}")
+        if self.score_net not in ("pair", "paxnet"):
+            raise ValueError(f"model.score_net must be 'pair' or 'paxnet', got {self.score_net!r}")
         if any(not s > 0 for s in self.refine_sigmas):
             raise ValueError(f"model.refine_sigmas must all be > 0, got {self.refine_sigmas}")
 
@@ -172,6 +176,67 @@ class _VectorHead(nn.Module):
         return (v * self.gate(s).unsqueeze(1)).sum(-1)
 
 
+def _mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(n_in, hidden), nn.SiLU(), nn.Linear(hidden, n_out))
+
+
+class PairScore(nn.Module):
+    """Light equivariant score network: one round of pair messages at the candidate positions.
+
+    ``eps_i = sum_j c(d_ij, a_i + a_j) u_ij + sum_bonds b(d_ij, a_i + a_j) u_ij
+    + g_i offset_i + h_i velocity_i`` with unit vectors ``u_ij`` (j -> i) and
+    invariant coefficients from the node context ``a`` (dynamics latents and
+    noise level) and a radial basis. Pair terms see close contacts (the
+    collisions a sampled step can make); bond terms the chain geometry.
+    """
+
+    def __init__(self, latent: int, hidden: int, cutoff: float, n_rbf: int, max_num_neighbors: int = 64):
+        super().__init__()
+        self.cutoff = float(cutoff)
+        self.max_num_neighbors = int(max_num_neighbors)
+        self.node = _mlp(latent + 1, hidden, hidden)
+        self.rbf = BesselBasis(n_rbf, cutoff)
+        self.envelope = PolynomialEnvelope(cutoff)
+        self.pair = _mlp(hidden + n_rbf, hidden, 1)
+        self.bond = _mlp(hidden + n_rbf, hidden, 1)
+        self.own = nn.Linear(hidden, 2)
+
+    def forward(self, candidate: Tensor, offset: Tensor, velocity: Tensor, latents: Tensor, log_sigma: Tensor,
+                bonds: Tensor, batch: Tensor, box: Optional[Tensor]) -> Tensor:
+        a = self.node(torch.cat([latents, log_sigma], dim=-1))
+        edge, shift = radius_graph(candidate, self.cutoff, batch, box, self.max_num_neighbors)
+        j, i = edge[0], edge[1]
+        vec = candidate[i] - candidate[j] + shift
+        dist = torch.linalg.vector_norm(vec, dim=-1, keepdim=True).clamp_min(1e-6)
+        coeff = self.pair(torch.cat([a[i] + a[j], self.rbf(dist.squeeze(-1))], dim=-1)) \
+            * self.envelope(dist.squeeze(-1)).unsqueeze(-1)
+        eps = torch.zeros_like(candidate).index_add(0, i, coeff * vec / dist)
+        if bonds.numel() > 0:
+            bond_vec, _ = edge_vectors(candidate, bonds, batch, box)
+            bond_dist = torch.linalg.vector_norm(bond_vec, dim=-1, keepdim=True).clamp_min(1e-6)
+            bj, bi = bonds[0], bonds[1]
+            bond_coeff = self.bond(torch.cat([a[bi] + a[bj], self.rbf(bond_dist.squeeze(-1))], dim=-1))
+            eps = eps.index_add(0, bi, bond_coeff * bond_vec / bond_dist)
+        own = self.own(a)
+        return eps + own[:, :1] * offset + own[:, 1:] * velocity
+
+
+class PaxNetScore(nn.Module):
+    """Score network on the PaxNet backbone (heavier; ``score_net: paxnet``)."""
+
+    def __init__(self, latent: int, hidden: int, n_layers: int, cutoff: float, n_rbf: int, n_sbf: int):
+        super().__init__()
+        self.backbone = PaxNet(hidden=hidden, n_layers=n_layers, cutoff=cutoff, n_rbf=n_rbf, n_sbf=n_sbf,
+                               vector_in=2, scalar_in=latent + 1)
+        self.head = _VectorHead(hidden)
+
+    def forward(self, candidate: Tensor, offset: Tensor, velocity: Tensor, latents: Tensor, log_sigma: Tensor,
+                bonds: Tensor, batch: Tensor, box: Optional[Tensor]) -> Tensor:
+        v_in = torch.stack([offset, velocity], dim=-1)                               # (N, 3, 2)
+        s, v = self.backbone(torch.cat([latents, log_sigma], dim=-1), v_in, candidate, bonds, batch, box)
+        return self.head(s, v)
+
+
 class CGPropagator(nn.Module):
     """The full propagator; TorchScript-able (``embed``, ``step``, ``predict``).
 
@@ -235,12 +300,13 @@ class CGPropagator(nn.Module):
         self.accel_head = _VectorHead(config.hidden)
         self.std_head = nn.Sequential(nn.Linear(config.hidden, config.hidden), nn.SiLU(),
                                       nn.Linear(config.hidden, 1))
-        # Score net scalars: dynamics latents + log noise level; vectors: offset of
+        # Score net context: dynamics latents + log noise level; vectors: offset of
         # the candidate from the mean prediction, and the last velocity.
-        self.score = PaxNet(hidden=config.score_hidden, n_layers=config.score_layers, cutoff=config.cutoff_nm,
-                            n_rbf=config.n_rbf, n_sbf=config.n_sbf, vector_in=2,
-                            scalar_in=config.hidden + 1)
-        self.score_head = _VectorHead(config.score_hidden)
+        if config.score_net == "pair":
+            self.score = PairScore(config.hidden, config.score_hidden, config.cutoff_nm, config.n_rbf)
+        else:
+            self.score = PaxNetScore(config.hidden, config.score_hidden, config.score_layers, config.cutoff_nm,
+                                     config.n_rbf, config.n_sbf)
 
     # ------------------------------------------------------------------ helpers
     @classmethod
@@ -313,10 +379,8 @@ class CGPropagator(nn.Module):
                    sigma: Tensor, coarse_edge_index: Tensor, batch: Tensor, box: Optional[Tensor]) -> Tensor:
         """Predicted unit noise ``eps`` (N, 3) of ``candidate`` at noise level ``sigma`` (N, 1) accel-std units."""
         offset = (candidate - mean_position) / self.accel_std_nm
-        v_in = torch.stack([offset, last_velocity / self.velocity_std_nm], dim=-1)   # (N, 3, 2)
-        s_in = torch.cat([latents, torch.log(sigma)], dim=-1)
-        s, v = self.score(s_in, v_in, candidate, coarse_edge_index, batch, box)
-        return self.score_head(s, v)
+        return self.score(candidate, offset, last_velocity / self.velocity_std_nm, latents, torch.log(sigma),
+                          coarse_edge_index, batch, box)
 
     # ------------------------------------------------------------- public API
     @torch.jit.export

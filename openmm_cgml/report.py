@@ -290,9 +290,10 @@ def _distribution(ref_values, roll_values, n_bins: int | None = None, value_rang
     ref_values = np.asarray(ref_values, dtype=np.float64).ravel()
     roll_values = np.asarray(roll_values, dtype=np.float64).ravel()
     n_bins = _n_bins(ref_values, roll_values) if n_bins is None else n_bins
-    edges = analysis.common_edges(ref_values, roll_values, n_bins=n_bins, value_range=value_range)
-    p, q = analysis.histogram(ref_values, edges), analysis.histogram(roll_values, edges)
-    return {"edges": edges, "reference": p, "rollout": q, "js": analysis.js_divergence(p, q)}
+    edges = analysis.comparison_edges(ref_values, roll_values, n_bins=n_bins, value_range=value_range)
+    return {"edges": edges, "reference": analysis.histogram(ref_values, edges),
+            "rollout": analysis.histogram(roll_values, edges),
+            "js": analysis.js_divergence_samples(ref_values, roll_values, n_bins=n_bins, value_range=value_range)}
 
 
 def compare(reference: BeadTrajectory, rollout: BeadTrajectory, *, tica_lag=None, contact_cutoff=0.8,
@@ -478,8 +479,8 @@ def _plot_system(index: int, name: str, curves: dict, reference: BeadTrajectory,
     if "tica" in curves:
         ref_proj, roll_proj = curves["tica"]
         bins = _n_bins(ref_proj, roll_proj, high=50) // 2  # 2-D: 5..25 bins per axis, >= 4 samples per cell
-        edges_x = analysis.common_edges(ref_proj[:, 0], roll_proj[:, 0], n_bins=bins)
-        edges_y = analysis.common_edges(ref_proj[:, 1], roll_proj[:, 1], n_bins=bins)
+        edges_x = analysis.comparison_edges(ref_proj[:, 0], roll_proj[:, 0], n_bins=bins)
+        edges_y = analysis.comparison_edges(ref_proj[:, 1], roll_proj[:, 1], n_bins=bins)
         figure, axes = plt.subplots(1, 2, figsize=(9, 3.8), sharex=True, sharey=True)
         for axis, proj, title in ((axes[0], ref_proj, "reference"), (axes[1], roll_proj, "rollout")):
             fes = analysis.free_energy_surface(proj, edges_x, edges_y)

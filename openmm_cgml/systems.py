@@ -458,51 +458,56 @@ def _type_pair(pair: str) -> tuple[int, int]:
 
 
 def _grow_chains(lengths: list[int], bond: float, sigma: float, box: float | None,
-                 rng: np.random.Generator, min_distance: float = 0.8) -> np.ndarray:
+                 rng: np.random.Generator, min_distance: float = 0.75, tries: int = 64) -> np.ndarray:
     """Self-avoiding random-walk conformations (nm), one backbone + side-chain bead per monomer.
 
     Every new bead keeps at least ``min_distance * sigma`` from all beads
     placed before it (minimum image when periodic), so that minimisation
-    starts from finite forces. Chains in a box start at random points.
+    starts from finite forces. Each monomer draws ``tries`` candidate
+    placements at once and takes the first that fits; a chain that runs
+    into a dead end is regrown. Chains in a box start at random points.
     """
     limit2 = (min_distance * sigma) ** 2
     placed = np.zeros((0, 3))
 
-    def free(point, current):
-        others = np.vstack([placed, *current]) if current else placed
+    def fits(points, others):
+        """(tries, 3) candidates -> (tries,) bool: far enough from every bead in ``others``."""
         if len(others) == 0:
-            return True
-        delta = others - point
+            return np.ones(len(points), dtype=bool)
+        delta = others[None, :, :] - points[:, None, :]
         if box is not None:
             delta -= box * np.round(delta / box)
-        return np.min(np.einsum("ij,ij->i", delta, delta)) > limit2
+        return np.einsum("tij,tij->ti", delta, delta).min(axis=1) > limit2
 
-    def unit_vector():
-        v = rng.normal(size=3)
-        return v / np.linalg.norm(v)
+    def unit_vectors(n):
+        v = rng.normal(size=(n, 3))
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
 
     for length in lengths:
         for _attempt in range(200):
-            current = []
+            current = np.zeros((0, 3))
             for m in range(length):
-                for _try in range(100):
-                    if m == 0:
-                        backbone = rng.random(3) * box if box is not None else np.zeros(3)
-                    else:
-                        direction = unit_vector()
-                        if m > 1:  # walk forward: backbone angle above 90 degrees
-                            previous = current[-2] - current[-4]
-                            if direction @ previous < 0.0:
-                                direction -= 2 * (direction @ previous) / (previous @ previous) * previous
-                        backbone = current[-2] + bond * direction
-                    side = backbone + bond * unit_vector()
-                    if free(backbone, current) and free(side, current + [backbone]):
-                        current += [backbone, side]
-                        break
+                if m == 0:
+                    backbones = rng.random((tries, 3)) * box if box is not None else np.zeros((tries, 3))
                 else:
+                    directions = unit_vectors(tries)
+                    if m > 1:  # walk forward: backbone angle above 90 degrees
+                        previous = current[-2] - current[-4]
+                        dots = directions @ previous
+                        directions -= (2 * np.minimum(dots, 0.0) / (previous @ previous))[:, None] * previous
+                    backbones = current[-2] + bond * directions
+                sides = backbones + bond * unit_vectors(tries)
+                others = np.vstack([placed, current])
+                ok = fits(backbones, others) & fits(sides, others)
+                if m > 0:  # the side chain must also clear its own backbone's predecessor
+                    gap = sides - current[-2]
+                    ok &= np.einsum("ij,ij->i", gap, gap) > limit2
+                choice = np.flatnonzero(ok)
+                if len(choice) == 0:
                     break  # dead end: regrow this chain
+                current = np.vstack([current, backbones[choice[0]], sides[choice[0]]])
             if len(current) == 2 * length:
-                placed = np.vstack([placed, *current])
+                placed = np.vstack([placed, current])
                 break
         else:
             raise ValueError("could not place the polymer chains without overlaps; lower density_per_nm3")

@@ -376,7 +376,9 @@ def train(config: TrainConfig | dict | str | os.PathLike) -> Path:
 
     module_class = __getattr__("PropagatorModule")
     if resume:
-        hparams = torch.load(resume, map_location="cpu", weights_only=True).get("hyper_parameters", {})
+        from openmm_cgml.export import propagator_from_checkpoint
+
+        _, hparams, _ = propagator_from_checkpoint(resume)  # safe load, clear error if corrupted
         if "model_init" not in hparams:
             raise ValueError(f"{resume}: not an openmm-cgml training checkpoint")
         # keep the model and the original metadata; record the (possibly changed) config of this run

@@ -246,6 +246,16 @@ def test_js_divergence_identical_zero_disjoint_one():
         analysis.js_divergence([1, 2], [1, 2, 3])
 
 
+def test_js_divergence_counts_far_outliers_without_losing_resolution():
+    reference = np.random.default_rng(11).normal(size=9000)
+    blown_up = np.concatenate([reference, np.full(1000, 1e6)])  # 10 % of frames far away
+    edges = analysis.comparison_edges(reference, blown_up, n_bins=40)
+    assert edges[-1] < 10  # the bins still resolve the reference
+    # q = 0.9 p + 0.1 outside: JS = (-log2 0.95 + 0.9 log2(0.9/0.95) + 0.1 log2 2) / 2
+    expected = (-math.log2(0.95) + 0.9 * math.log2(0.9 / 0.95) + 0.1) / 2
+    assert analysis.js_divergence_samples(reference, blown_up, n_bins=40) == pytest.approx(expected, rel=1e-9)
+
+
 # --------------------------------------------------------------------------- across systems, speed
 
 def test_r_squared_exact_affine_and_noisy():

@@ -205,6 +205,7 @@ def test_periodic_melt_is_made_whole(tmp_path):
     assert item.box.abs().sum() > 0
 
 
+@pytest.mark.filterwarnings("ignore:only 2 trajectory")
 def test_bad_input_is_refused_without_touching_existing_output(chains, dataset, tmp_path):
     before = file_digest(dataset)
     with pytest.raises(FileExistsError, match="already exists"):

@@ -28,7 +28,8 @@ class DampedWalk(torch.nn.Module):
     NaN appears at a step that can be computed in advance.
     """
 
-    def __init__(self, k: int = 3, sigma: float = 0.01, drift: float = 0.0, nan_beyond: float = 1e9):
+    def __init__(self, k: int = 3, sigma: float = 0.01, drift: float = 0.0, nan_beyond: float = 1e9,
+                 raise_on_nan: bool = False):
         super().__init__()
         self.k = k
         self.model_dt_ps = DT_PS
@@ -40,6 +41,7 @@ class DampedWalk(torch.nn.Module):
         self.sigma = sigma
         self.drift = drift
         self.nan_beyond = nan_beyond
+        self.raise_on_nan = raise_on_nan  # refuse inside the step, as the real model's refinement does
         self.register_buffer("type_masses", torch.ones(8))
 
     @torch.jit.export
@@ -59,7 +61,10 @@ class DampedWalk(torch.nn.Module):
         drift = torch.zeros_like(new)
         drift[:, 0] = self.drift
         new = new + drift
-        return torch.where(new[:, :1] > self.nan_beyond, torch.full_like(new, float("nan")), new)
+        new = torch.where(new[:, :1] > self.nan_beyond, torch.full_like(new, float("nan")), new)
+        if self.raise_on_nan and not bool(torch.isfinite(new).all()):
+            raise ValueError("pos contains NaN or infinite coordinates")
+        return new
 
     @torch.jit.export
     def predict(self, pos_history: torch.Tensor, bead_features: torch.Tensor, coarse_edge_index: torch.Tensor,
@@ -98,6 +103,24 @@ def walk_model(mapping, **kwargs):
 @pytest.fixture(scope="module")
 def walk(molecule):
     return walk_model(molecule[2])
+
+
+@pytest.fixture(scope="module")
+def real_model(molecule, tmp_path_factory):
+    """A real exported (untrained, small) CGPropagator, loaded back with openmm_cgml.load."""
+    from openmm_cgml import load
+    from openmm_cgml.export import export_model
+    from openmm_cgml.propagator import CGPropagator, PropagatorConfig
+
+    mapping = molecule[2]
+    config = PropagatorConfig(k=4, embed_hidden=8, embed_layers=1, hidden=16, n_layers=1, score_hidden=8,
+                              score_layers=1)
+    torch.manual_seed(0)
+    module = CGPropagator.from_mapping(mapping, config, model_dt_ps=DT_PS, md_steps_per_model_step=1000,
+                                       md_timestep_ps=0.002, temperature_K=300.0, accel_std_nm=1e-3,
+                                       velocity_std_nm=1e-2)
+    path = export_model(module, tmp_path_factory.mktemp("model") / "model.pt", {"mapping": mapping})
+    return load(path)
 
 
 def make_simulation(model, molecule, replicas=1, seed=1, **kwargs):
@@ -263,6 +286,41 @@ def test_set_positions_triggers_warm_up(walk, molecule):
     assert np.all(velocities.value_in_unit(u.nanometer / u.picosecond) == 0)
 
 
+def test_minimisation_without_forces_keeps_the_history(walk, molecule):
+    plain = make_simulation(walk, molecule, seed=6)
+    plain.step(8)
+    minimised = make_simulation(walk, molecule, seed=6)
+    minimised.step(4)
+    minimised.minimizeEnergy()  # a bead System has no forces: nothing moves, the history stays
+    assert minimised.integrator.getWarmupSteps() == 0
+    minimised.step(4)
+    np.testing.assert_array_equal(positions_of(plain), positions_of(minimised))
+
+
+def test_periodic_bead_system(real_model, molecule):
+    topology, positions, mapping = molecule
+    periodic = app.Topology()
+    periodic.setPeriodicBoxVectors(np.eye(3) * 3.0 * u.nanometer)
+    copy = {}
+    chain = periodic.addChain()
+    residue = periodic.addResidue("CHN", chain)
+    for atom in topology.atoms():
+        copy[atom] = periodic.addAtom(atom.name, atom.element, residue)
+    for a, b in topology.bonds():
+        periodic.addBond(copy[a], copy[b])
+    wrapped = positions + np.array([2.5, 0.0, 0.0])  # the chain crosses the box edge: mapped whole
+    cg = coarse_grained_system(real_model, periodic, wrapped % 3.0, replicas=2)
+    assert cg.system.usesPeriodicBoundaryConditions()
+    beads = cg.positions.value_in_unit(u.nanometer)
+    np.testing.assert_allclose(np.linalg.norm(np.diff(beads[: mapping.n_beads], axis=0), axis=1),
+                               np.linalg.norm(np.diff(mapping.bead_positions(positions), axis=0), axis=1), atol=1e-6)
+    simulation = app.Simulation(cg.topology, cg.system, CGMLIntegrator(real_model, seed=1),
+                                openmm.Platform.getPlatformByName("CPU"))
+    simulation.context.setPositions(cg.positions)
+    simulation.step(5)
+    assert simulation.currentStep == 5 and np.all(np.isfinite(positions_of(simulation)))
+
+
 def test_set_history_starts_from_real_frames(molecule):
     simulation = make_simulation(walk_model(molecule[2], sigma=0.0), molecule)
     integrator = simulation.integrator
@@ -326,6 +384,15 @@ def test_nan_guard_names_step_and_beads_and_keeps_last_good_state(molecule, tmp_
     assert traj.n_frames >= last_good - 10 and np.all(np.isfinite(traj.xyz))
 
 
+def test_model_refusing_nan_inside_a_step_is_reported_as_unstable(molecule):
+    model = walk_model(molecule[2], sigma=0.0, drift=0.1, nan_beyond=1.55, raise_on_nan=True)
+    simulation = make_simulation(model, molecule)
+    with pytest.raises(UnstableRolloutError, match=r"model step 3: the model failed \(step: pos contains NaN") as caught:
+        simulation.step(10)
+    assert caught.value.reason == "nan" and caught.value.beads == []
+    assert simulation.context.getStepCount() == 2
+
+
 def test_collision_guard(molecule):
     mapping = molecule[2]
     simulation = make_simulation(walk_model(mapping, sigma=0.0), molecule, collision_distance=0.5 * u.nanometer)
@@ -351,6 +418,12 @@ def test_bad_arguments(walk, molecule):
     context.setPositions(np.zeros((5, 3)))
     with pytest.raises(ValueError, match="5 particles"):
         integrator.step(1)
+    simulation = make_simulation(walk, molecule)
+    nan_positions = positions_of(simulation)
+    nan_positions[2] = np.nan
+    simulation.context.setPositions(nan_positions)
+    with pytest.raises(ValueError, match=r"NaN/inf for beads \[2\]"):
+        simulation.step(1)
 
 
 @pytest.mark.cuda
@@ -376,6 +449,35 @@ def test_cuda_platform_rollout_stays_on_gpu_and_resumes(walk, molecule, tmp_path
     run.loadCheckpoint(str(tmp_path / "cuda.chk"))
     run.step(7)
     np.testing.assert_array_equal(positions_of(straight), positions_of(run))
+
+
+def test_real_exported_model_reports_resumes_and_survives_nosy_reporters(real_model, molecule, tmp_path):
+    """The whole contract with a real exported CGPropagator through Simulation and reporters."""
+    import mdtraj
+
+    straight = make_simulation(real_model, molecule, replicas=2, seed=9)
+    straight.reporters.append(EveryStepReporter())
+    straight.step(12)
+    assert straight.context.getState().getTime().value_in_unit(u.picosecond) == pytest.approx(12 * DT_PS)
+
+    run = make_simulation(real_model, molecule, replicas=2, seed=9)
+    log, dcd, checkpoint = io.StringIO(), tmp_path / "real.dcd", tmp_path / "real.chk"
+    run.reporters.append(app.StateDataReporter(log, 4, step=True, time=True))
+    run.reporters.append(app.DCDReporter(str(dcd), 4))
+    run.reporters.append(app.CheckpointReporter(str(checkpoint), 4))
+    run.step(6)   # checkpoint at step 4
+    run.loadCheckpoint(str(checkpoint))
+    run.step(4)   # to step 8, checkpoint again
+    state = tmp_path / "real.xml"
+    run.saveState(str(state))
+    run.step(2)
+    run.loadState(str(state))
+    run.step(4)
+    assert run.currentStep == 12
+    np.testing.assert_array_equal(positions_of(straight), positions_of(run))
+    assert [float(line.split(",")[1]) for line in log.getvalue().splitlines()[1:]][-1] == pytest.approx(12 * DT_PS)
+    traj = mdtraj.load_dcd(str(dcd), top=mdtraj.Topology.from_openmm(run.topology))
+    assert np.all(np.isfinite(traj.xyz))
 
 
 def test_rollout_is_the_integrator(walk, molecule):
@@ -407,7 +509,7 @@ def save_walk_model(mapping, path, **kwargs):
     return path
 
 
-def test_cli_simulate_writes_and_resumes(molecule, tmp_path, capsys):
+def test_cli_simulate_writes_and_resumes(real_model, molecule, tmp_path, capsys):
     import mdtraj
 
     from openmm_cgml.cli import main
@@ -416,7 +518,7 @@ def test_cli_simulate_writes_and_resumes(molecule, tmp_path, capsys):
     pdb = tmp_path / "start.pdb"
     with open(pdb, "w") as handle:
         app.PDBFile.writeFile(topology, positions * u.nanometer, handle)
-    model = save_walk_model(mapping, tmp_path / "model.pt")
+    model = real_model.path
     common = [str(model), "--pdb", str(pdb), "--report-interval", "5", "--seed", "3", "--platform", "CPU"]
 
     straight = tmp_path / "straight.dcd"
@@ -442,6 +544,11 @@ def test_cli_simulate_writes_and_resumes(molecule, tmp_path, capsys):
     assert main(["simulate", *common, "--steps", "10", "--out", str(tmp_path / "t.dcd"),
                  "--temperature", "400"]) == 2
     assert "training temperature" in capsys.readouterr().err
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(open(model, "rb").read()[:500])  # a truncated model file
+    assert main(["simulate", str(broken), *common[1:], "--steps", "10", "--out", str(tmp_path / "b.dcd")]) == 2
+    assert "broken.pt" in capsys.readouterr().err
+    assert not (tmp_path / "b.dcd").exists()
 
 
 def test_cli_simulate_guard_keeps_frames(molecule, tmp_path, capsys):

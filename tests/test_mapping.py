@@ -175,8 +175,9 @@ def test_molecules_are_made_whole_across_the_box():
     assert bond_lengths.max() < 0.2
     assert not np.allclose(broken, whole)
     # per-frame boxes broadcast over frames
-    frames = np.stack([wrapped, wrapped])
-    np.testing.assert_allclose(mapping.bead_positions(frames, np.stack([box, box])), np.stack([whole, whole]))
+    frames = np.stack([wrapped] * 130)                  # more frames than one block of the unwrap
+    np.testing.assert_allclose(mapping.bead_positions(frames, np.stack([box] * 130)), np.stack([whole] * 130))
+    np.testing.assert_allclose(mapping.bead_positions(frames, box), np.stack([whole] * 130))
 
 
 def test_bead_topology_and_system():

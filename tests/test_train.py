@@ -2,49 +2,22 @@
 import csv
 
 import numpy as np
-import openmm as mm
-import openmm.unit as u
 import pytest
 import torch
 
-from openmm_cgml import systems
 from openmm_cgml.cli import main
 from openmm_cgml.data import CoarseDataset, coarse_grain
 from openmm_cgml.export import load, propagator_from_checkpoint
-from openmm_cgml.trajectory import FineTrajectory
+from openmm_cgml.generate import generate
 from openmm_cgml.train import DEFAULT_CONFIG, TrainConfig, build_model_init, dataset_summary, train
-
-
-def write_polymer_trajectory(path, seed, n_frames=150, stride=50, length=5):
-    """Langevin MD of a 10-bead polymer chain (Reference platform) into a fine HDF5 file."""
-    ref = systems.load("polymer-chain", length=length)
-    integrator = ref.integrator(seed)
-    context = mm.Context(ref.system, integrator, mm.Platform.getPlatformByName("Reference"))
-    context.setPositions(ref.positions)
-    context.setVelocitiesToTemperature(ref.temperature, seed)
-    integrator.step(500)
-    positions, velocities = [], []
-    for _ in range(n_frames):
-        integrator.step(stride)
-        state = context.getState(getPositions=True, getVelocities=True)
-        positions.append(state.getPositions(asNumpy=True).value_in_unit(u.nanometer))
-        velocities.append(state.getVelocities(asNumpy=True).value_in_unit(u.nanometer / u.picosecond))
-    attrs = {"cgml_system": "polymer-chain", "cgml_timestep_ps": ref.timestep.value_in_unit(u.picosecond),
-             "cgml_stride": stride, "cgml_temperature_K": 300.0, "cgml_seed": seed}
-    trajectory = FineTrajectory.create(path, topology=ref.topology, masses=ref.masses, atom_types=ref.atom_types,
-                                       charges=ref.charges, attrs=attrs, periodic=False)
-    time_ps = np.arange(1, n_frames + 1) * stride * attrs["cgml_timestep_ps"]
-    trajectory.append(np.array(positions), np.array(velocities), time_ps, np.zeros(n_frames))
-    trajectory.commit(b"")
-    trajectory.mark_complete()
-    trajectory.close()
-    return path
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
+    """Three 10-bead polymer trajectories (150 frames, 0.5 ps apart) as a k=3 dataset, model step 1 ps."""
     root = tmp_path_factory.mktemp("polymer")
-    paths = [write_polymer_trajectory(root / f"fine{seed}.h5", seed) for seed in (1, 2, 3)]
+    paths = generate("polymer-chain", root / "fine", frames=150, stride=50, replicas=3, params={"length": 5},
+                     platform="Reference", progress=False, equilibration_steps=500)
     return coarse_grain(paths, root / "coarse.h5", mapping="metis", atoms_per_bead=1, k=3, lag=2,
                         split=(0.67, 0.33, 0.0))
 

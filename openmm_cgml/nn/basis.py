@@ -36,10 +36,12 @@ class PolynomialEnvelope(torch.nn.Module):
 
 
 class BesselBasis(torch.nn.Module):
-    """Radial Bessel functions sqrt(2/c) sin(n pi r / c) / r, n = 1..n_rbf (r in nm).
+    """Radial Bessel functions sin(f_n x) / (f_n x), x = r / cutoff, f_n = n pi, n = 1..n_rbf.
 
-    The frequencies are trainable (initialised at n pi), as in NequIP/PaiNN.
-    Defined for any r > 0, also beyond ``cutoff`` (bonded edges may be longer).
+    These are the zeroth spherical Bessel functions of DimeNet/PaiNN, each
+    scaled to 1 at r = 0 so that the features are O(1) whatever the length
+    unit (nm here). The frequencies are trainable, as in NequIP. Defined for
+    any r >= 0, also beyond ``cutoff`` (bonded edges may be longer).
     """
 
     def __init__(self, n_rbf: int, cutoff: float, trainable: bool = True):
@@ -47,14 +49,13 @@ class BesselBasis(torch.nn.Module):
         if n_rbf < 1:
             raise ValueError(f"n_rbf must be >= 1, got {n_rbf}")
         self.cutoff = float(cutoff)
-        self.prefactor = math.sqrt(2.0 / self.cutoff)
         freq = torch.arange(1, n_rbf + 1, dtype=torch.get_default_dtype()) * math.pi
         self.freq = torch.nn.Parameter(freq, requires_grad=trainable)
 
     def forward(self, r: Tensor) -> Tensor:
-        x = (r / self.cutoff).unsqueeze(-1)
-        # sin(f x) / x is finite at x -> 0; the clamp only avoids 0/0 for coincident atoms
-        return self.prefactor * torch.sin(self.freq * x) / (x.clamp(min=1e-6) * self.cutoff)
+        fx = self.freq * (r / self.cutoff).unsqueeze(-1)
+        # sin(y) / y -> 1 at y -> 0; the clamp only avoids 0/0 for coincident atoms
+        return torch.sin(fx) / fx.clamp(min=1e-6)
 
 
 def legendre(x: Tensor, n: int) -> Tensor:

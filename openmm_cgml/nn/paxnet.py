@@ -37,38 +37,70 @@ def _scatter_sum(src: Tensor, index: Tensor, n: int) -> Tensor:
     return out.index_add_(0, index, src)
 
 
+def _soft_normalize(v: Tensor) -> Tensor:
+    """Equivariant, smooth saturation of a node's vectors (N, 3, H): v / sqrt(1 + mean_c |v_c|^2).
+
+    Keeps small vectors (and their magnitude information) nearly unchanged
+    while stopping the residual vector stream from growing layer after layer.
+    """
+    return v / torch.sqrt(1.0 + (v * v).sum(dim=1, keepdim=True).mean(dim=2, keepdim=True))
+
+
 def _mlp(n_in: int, hidden: int, n_out: int) -> Sequential:
     return Sequential(Linear(n_in, hidden), SiLU(), Linear(hidden, n_out))
 
 
-def _vector_message(v_src: Tensor, unit: Tensor, coeff: Tensor, hidden: int) -> Tensor:
-    """PaiNN vector message: neighbour vectors gated + unit vector times an invariant filter."""
-    gate_v, gate_r = coeff[:, :hidden], coeff[:, hidden:]
+def _vector_message(v_src: Tensor, unit: Tensor, coeff: Tensor, width: int) -> Tensor:
+    """PaiNN vector message (E, 3, width): neighbour vectors gated + unit vector times an invariant filter."""
+    gate_v, gate_r = coeff[:, :width], coeff[:, width:]
     return v_src * gate_v.unsqueeze(1) + unit.unsqueeze(2) * gate_r.unsqueeze(1)
+
+
+class VectorChannel(torch.nn.Module):
+    """Vector messages in a narrow channel: down-project, gate per edge, sum, up-project.
+
+    The (E, 3, width) edge tensors dominate the cost of an equivariant layer
+    (and twice over when forces are trained through a double backward), so
+    they are kept ``width`` < hidden wide; the channel maps are linear in the
+    feature index only, hence equivariant.
+    """
+
+    def __init__(self, hidden: int, width: int):
+        super().__init__()
+        self.width = width
+        self.down = Linear(hidden, width, bias=False)
+        self.up = Linear(width, hidden, bias=False)
+
+    def forward(self, v: Tensor, src: Tensor, dst: Tensor, unit: Tensor, coeff: Tensor) -> Tensor:
+        low = self.down(v)
+        message = _vector_message(low.index_select(0, src), unit, coeff, self.width)
+        return self.up(_scatter_sum(message, dst, v.size(0)))
 
 
 class GlobalMessage(torch.nn.Module):
     """Distance-only messages on the radius graph (scalars and vectors)."""
 
-    def __init__(self, hidden: int, n_rbf: int):
+    def __init__(self, hidden: int, n_rbf: int, scale: float, vector_width: int):
         super().__init__()
         self.hidden = hidden
-        self.node = _mlp(hidden, hidden, 3 * hidden)
-        self.filter = Linear(n_rbf, 3 * hidden)
+        self.scale = scale
+        self.node = _mlp(hidden, hidden, hidden + 2 * vector_width)
+        self.filter = Linear(n_rbf, hidden + 2 * vector_width)
+        self.vector = VectorChannel(hidden, vector_width)
 
     def forward(self, h: Tensor, v: Tensor, src: Tensor, dst: Tensor, rbf: Tensor, envelope: Tensor,
                 unit: Tensor) -> Tuple[Tensor, Tensor]:
         n = h.size(0)
-        m = self.node(h)[src] * self.filter(rbf) * envelope.unsqueeze(1)
+        m = self.node(h).index_select(0, src) * self.filter(rbf) * (envelope * self.scale).unsqueeze(1)
         dh = _scatter_sum(m[:, :self.hidden], dst, n)
-        dv = _scatter_sum(_vector_message(v[src], unit, m[:, self.hidden:], self.hidden), dst, n)
+        dv = self.vector(v, src, dst, unit, m[:, self.hidden:])
         return dh, dv
 
 
 class LocalMessage(torch.nn.Module):
     """Bond-graph messages refined by two-hop and one-hop angles (DimeNet++-style bottleneck)."""
 
-    def __init__(self, hidden: int, n_rbf: int, n_angle: int):
+    def __init__(self, hidden: int, n_rbf: int, n_angle: int, vector_width: int):
         super().__init__()
         self.hidden = hidden
         down = max(hidden // 2, 8)
@@ -79,7 +111,8 @@ class LocalMessage(torch.nn.Module):
         self.angle_one_hop = Linear(n_angle, down, bias=False)
         self.up_two_hop = Linear(down, hidden)
         self.up_one_hop = Linear(down, hidden)
-        self.out = _mlp(hidden, hidden, 3 * hidden)
+        self.out = _mlp(hidden, hidden, hidden + 2 * vector_width)
+        self.vector = VectorChannel(hidden, vector_width)
         self.act = SiLU()
 
     def forward(self, h: Tensor, v: Tensor, src: Tensor, dst: Tensor, rbf: Tensor, envelope: Tensor,
@@ -87,18 +120,18 @@ class LocalMessage(torch.nn.Module):
                 one_hop_in: Tensor, one_hop_out: Tensor, one_hop_basis: Tensor) -> Tuple[Tensor, Tensor]:
         n = h.size(0)
         n_edges = src.size(0)
-        m = self.node(h)[src] * self.filter(rbf) * envelope.unsqueeze(1)   # (E_l, H) edge j->i
+        m = self.node(h).index_select(0, src) * self.filter(rbf) * envelope.unsqueeze(1)   # (E_l, H) edge j->i
         low = self.down(m)
         # two-hop: message k->j modulated by the angle k-j-i flows into edge j->i
-        t2 = low[two_hop_in] * self.angle_two_hop(two_hop_basis)
+        t2 = low.index_select(0, two_hop_in) * self.angle_two_hop(two_hop_basis)
         # one-hop: message k->i modulated by the angle j-i-k flows into edge j->i
-        t1 = low[one_hop_in] * self.angle_one_hop(one_hop_basis)
+        t1 = low.index_select(0, one_hop_in) * self.angle_one_hop(one_hop_basis)
         m = m + self.up_two_hop(self.act(_scatter_sum(t2, two_hop_out, n_edges)))
         m = m + self.up_one_hop(self.act(_scatter_sum(t1, one_hop_out, n_edges)))
         # the envelope again so that angle terms also vanish smoothly for cutoff pairs
         m = self.out(m) * envelope.unsqueeze(1)
         dh = _scatter_sum(m[:, :self.hidden], dst, n)
-        dv = _scatter_sum(_vector_message(v[src], unit, m[:, self.hidden:], self.hidden), dst, n)
+        dv = self.vector(v, src, dst, unit, m[:, self.hidden:])
         return dh, dv
 
 
@@ -143,10 +176,10 @@ class EquivariantUpdate(torch.nn.Module):
 
 
 class PaxLayer(torch.nn.Module):
-    def __init__(self, hidden: int, n_rbf: int, n_angle: int):
+    def __init__(self, hidden: int, n_rbf: int, n_angle: int, global_scale: float, vector_width: int):
         super().__init__()
-        self.global_message = GlobalMessage(hidden, n_rbf)
-        self.local_message = LocalMessage(hidden, n_rbf, n_angle)
+        self.global_message = GlobalMessage(hidden, n_rbf, global_scale, vector_width)
+        self.local_message = LocalMessage(hidden, n_rbf, n_angle, vector_width)
         self.fusion = AttentionFusion(hidden)
         self.update = EquivariantUpdate(hidden)
         self.norm = torch.nn.LayerNorm(hidden)
@@ -167,12 +200,18 @@ class PaxNet(torch.nn.Module):
         n_angle_rbf: radial functions in the angle basis.
         max_num_neighbors: cap on global neighbours per node (nearest kept).
         envelope_exponent: smoothness exponent of the cutoff envelope.
+        avg_num_neighbors: typical global neighbour count; global sums are
+            divided by its square root (a constant, so smoothness is kept)
+            to keep features O(1) in dense systems.
+        vector_width: width of the per-edge vector messages (default
+            max(8, hidden // 4)); the node vector channel stays ``hidden`` wide.
     """
 
     def __init__(self, hidden: int = 64, n_layers: int = 3, cutoff: float = 1.0,
                  local_cutoff: Optional[float] = None, n_rbf: int = 16, n_sbf: int = 6,
                  vector_in: int = 0, scalar_in: int = 0, n_angle_rbf: int = 6,
-                 max_num_neighbors: int = 64, envelope_exponent: int = 5):
+                 max_num_neighbors: int = 64, envelope_exponent: int = 5, avg_num_neighbors: float = 16.0,
+                 vector_width: Optional[int] = None):
         super().__init__()
         from ..units import NM, strip
 
@@ -207,7 +246,12 @@ class PaxNet(torch.nn.Module):
         self.rbf_local = BesselBasis(n_rbf, self.local_cutoff)
         self.envelope_local = PolynomialEnvelope(self.local_cutoff, envelope_exponent)
         self.angle_basis = AngularBasis(n_angle_rbf, n_sbf, self.local_cutoff)
-        self.layers = torch.nn.ModuleList([PaxLayer(hidden, n_rbf, n_angle_rbf * n_sbf) for _ in range(n_layers)])
+        global_scale = float(avg_num_neighbors) ** -0.5
+        width = max(8, hidden // 4) if vector_width is None else int(vector_width)
+        if width < 1:
+            raise ValueError(f"vector_width must be >= 1, got {vector_width}")
+        self.layers = torch.nn.ModuleList([PaxLayer(hidden, n_rbf, n_angle_rbf * n_sbf, global_scale, width)
+                                           for _ in range(n_layers)])
 
     def local_graph(self, pos: Tensor, local_edge_index: Tensor, batch: Tensor,
                     box: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
@@ -252,7 +296,7 @@ class PaxNet(torch.nn.Module):
         # global graph: distances only
         edge, shift = radius_graph(pos, self.cutoff, batch, box, self.max_num_neighbors)
         g_src, g_dst = edge[0], edge[1]
-        g_vec = pos[g_dst] - pos[g_src] + shift
+        g_vec = pos.index_select(0, g_dst) - pos.index_select(0, g_src) + shift
         g_dist = torch.sqrt((g_vec * g_vec).sum(dim=1))
         g_unit = g_vec / g_dist.unsqueeze(1)
         g_rbf = self.rbf_global(g_dist)
@@ -288,7 +332,7 @@ class PaxNet(torch.nn.Module):
             dh_l, dv_l = layer.local_message(h, vec, l_src, l_dst, l_rbf, l_env, l_unit,
                                              two_in, two_out, two_basis, one_in, one_out, one_basis)
             h, vec = layer.fusion(h, vec, dh_g, dv_g, dh_l, dv_l)
-            h, vec = layer.update(layer.norm(h), vec)
+            h, vec = layer.update(layer.norm(h), _soft_normalize(vec))
         return h, vec
 
 

@@ -1,0 +1,322 @@
+"""PaxNet vs PyG's DimeNet++ and SchNet on the property task, in one run; prints JSON.
+
+Same data (alanine dipeptide, GBn2, Langevin MD at 300/450/600 K, split by
+trajectory), same batches (same shuffling seed), same training wall-time
+budget (default; or the same number of epochs) and hardware for every model. Each model runs in its own subprocess so its peak memory is its
+own: on CPU the peak resident-set growth during training and testing
+(VmHWM after resetting it, minus VmRSS before), on CUDA
+torch.cuda.max_memory_allocated.
+
+Output: one object per model (``paxnet``, ``dimenetpp``, ``schnet``) with
+``energy_mae`` (kJ/mol), ``force_mae`` (kJ/mol/nm, per component),
+``dipole_mae`` (Debye, per component), ``peak_mem_mb``, ``train_ms_per_batch``,
+``infer_ms_per_batch`` (energy + forces + dipole) and ``params``, plus
+``hardware``, ``config`` and ``ratios`` (PaxNet / baseline).
+
+    python bench/backbone.py                      # default, ~10 min on 2 CPU cores
+    python bench/backbone.py --max-seconds-per-model 1200 --frames 500 --hidden 128   # a bigger run
+    python bench/backbone.py --max-seconds-per-model 0 --epochs 20   # equal epochs instead of equal time
+    python bench/backbone.py --neighbors          # radius_graph dense vs cell list timings
+
+PyG's radius_graph needs torch_cluster, which is not installable here, so the
+baselines use openmm_cgml.nn.radius_graph (same edges, same convention).
+DimeNet++/SchNet get a fair dipole head: two per-atom outputs (energy share,
+charge-like q_i), dipole = sum_i q_i (r_i - centroid); PaxNet's head adds a
+per-atom vector from its equivariant channel.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+MODELS = ("paxnet", "dimenetpp", "schnet")
+
+
+# ------------------------------------------------------------------ baselines
+def use_plain_torch_graph_ops() -> None:
+    """Point PyG's DimeNet/SchNet at plain-torch graph code.
+
+    torch_cluster (radius_graph) and torch_sparse (DimeNet's triplets) are not
+    installable here; the replacements return the same edges and triplets.
+    """
+    from torch_geometric.nn.models import dimenet, schnet
+
+    from openmm_cgml.nn import radius_graph
+
+    def pyg_radius_graph(x, r, batch=None, loop=False, max_num_neighbors=32, flow="source_to_target",
+                         num_workers=1, batch_size=None):
+        return radius_graph(x, float(r), batch, None, int(max_num_neighbors))[0]
+
+    dimenet.radius_graph = pyg_radius_graph
+    schnet.radius_graph = pyg_radius_graph
+    dimenet.triplets = dimenet_triplets
+
+
+def dimenet_triplets(edge_index, num_nodes: int):
+    """DimeNet's triplets (k->j->i, k != i) without torch_sparse; same outputs up to triplet order."""
+    row, col = edge_index                                   # j -> i
+    order = torch.argsort(col, stable=True)                  # edges grouped by target
+    deg = torch.bincount(col, minlength=num_nodes)
+    first = torch.cumsum(deg, 0) - deg
+    count = deg[row]                                         # edges k->j for each edge j->i
+    idx_ji = torch.repeat_interleave(torch.arange(row.size(0), device=row.device), count)
+    rank = torch.arange(idx_ji.size(0), device=row.device) - (torch.cumsum(count, 0) - count)[idx_ji]
+    idx_kj = order[first[row[idx_ji]] + rank]
+    idx_i, idx_j, idx_k = col[idx_ji], row[idx_ji], row[idx_kj]
+    mask = idx_i != idx_k
+    return col, row, idx_i[mask], idx_j[mask], idx_k[mask], idx_kj[mask], idx_ji[mask]
+
+
+class PyGAtomwise(torch.nn.Module):
+    """Per-atom (energy share, charge) outputs of a PyG model that normally sums them per graph.
+
+    Forward hooks collect the per-atom outputs of the given blocks (DimeNet++'s
+    output blocks, SchNet's last linear layer); the model itself is unchanged.
+    """
+
+    def __init__(self, model: torch.nn.Module, blocks):
+        super().__init__()
+        self.model = model
+        self._outputs = []
+        for block in blocks:
+            block.register_forward_hook(lambda module, args, out: self._outputs.append(out))
+
+    def forward(self, z, pos, batch, bonds):
+        self._outputs = []
+        self.model(z, pos, batch)
+        scalars = torch.stack(self._outputs).sum(dim=0)
+        return scalars, torch.zeros_like(pos)
+
+
+def build_model(name: str, hidden: int, layers: int, cutoff: float):
+    from openmm_cgml.properties import PaxNetAtomwise, PropertyModel
+
+    if name == "paxnet":
+        atomwise = PaxNetAtomwise(hidden=hidden, n_layers=layers, cutoff=cutoff, max_num_neighbors=32)
+    elif name == "dimenetpp":
+        from torch_geometric.nn.models import DimeNetPlusPlus
+
+        use_plain_torch_graph_ops()
+        net = DimeNetPlusPlus(hidden_channels=hidden, out_channels=2, num_blocks=layers, int_emb_size=hidden // 2,
+                              basis_emb_size=8, out_emb_channels=2 * hidden, num_spherical=7, num_radial=6,
+                              cutoff=cutoff, max_num_neighbors=32)
+        atomwise = PyGAtomwise(net, net.output_blocks)
+    elif name == "schnet":
+        from torch_geometric.nn.models import SchNet
+
+        use_plain_torch_graph_ops()
+        net = SchNet(hidden_channels=hidden, num_filters=hidden, num_interactions=layers, num_gaussians=50,
+                     cutoff=cutoff, max_num_neighbors=32)
+        net.lin2 = torch.nn.Linear(hidden // 2, 2)      # two per-atom outputs instead of one
+        atomwise = PyGAtomwise(net, [net.lin2])
+    else:
+        raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+    return PropertyModel(atomwise)
+
+
+# ------------------------------------------------------------------ memory
+def _proc_status_kb(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{key} not in /proc/self/status")
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")    # resets VmHWM to the current RSS
+        return True
+    except OSError:
+        return False
+
+
+# ------------------------------------------------------------------ one model (subprocess)
+def worker(args) -> dict:
+    from openmm_cgml.properties import PropertyData, evaluate, train
+
+    torch.set_num_threads(args.threads)
+    data = PropertyData.load(args.data)
+    train_idx, test_idx = data.split(args.test_trajectories)
+    torch.manual_seed(args.seed)
+    model = build_model(args.worker, args.hidden, args.layers, args.cutoff)
+    cuda = args.device == "cuda"
+    if cuda:
+        model = model.cuda()
+        torch.cuda.reset_peak_memory_stats()
+    rss_before = _proc_status_kb("VmRSS")
+    reset = _reset_peak_rss()
+    history = train(model, data, train_idx, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                    seed=args.seed, max_seconds=args.max_seconds_per_model,
+                    log=(lambda msg: print(f"[{args.worker}] {msg}", file=sys.stderr)) if args.verbose else None)
+    metrics = evaluate(model, data, test_idx, batch_size=args.batch_size)
+    if cuda:
+        peak_mb = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak_mb = (_proc_status_kb("VmHWM") - rss_before) / 1024 if reset else float("nan")
+    return {**metrics, "peak_mem_mb": peak_mb, "train_ms_per_batch": history["train_ms_per_batch"],
+            "epochs_done": history["epochs"], "final_train_loss": history["loss"][-1],
+            "params": sum(p.numel() for p in model.parameters())}
+
+
+# ------------------------------------------------------------------ neighbour search timings
+def bench_neighbors(threads: int) -> dict:
+    from openmm_cgml.nn import radius_graph
+
+    torch.set_num_threads(threads)
+    out = {}
+    gen = torch.Generator().manual_seed(0)
+    for n in (64, 256, 512, 1024, 4096, 16384):
+        side = (n / 100.0) ** (1 / 3)                  # water-like 100 atoms/nm^3
+        pos = torch.rand(n, 3, generator=gen) * side
+        box = torch.eye(3) * side if side >= 1.0 else None
+        row = {}
+        for method in ("dense", "cell"):
+            if method == "dense" and n > 4096:
+                continue
+            for _ in range(2):
+                radius_graph(pos, 0.5, None, box, 128, method)
+            t0 = time.perf_counter()
+            reps = 5
+            for _ in range(reps):
+                edges, _ = radius_graph(pos, 0.5, None, box, 128, method)
+            row[f"{method}_ms"] = 1000 * (time.perf_counter() - t0) / reps
+        row["edges"] = int(edges.size(1))
+        if "dense_ms" in row:
+            row["cell_over_dense"] = row["cell_ms"] / row["dense_ms"]
+        out[str(n)] = row
+    return {"radius_graph_cutoff_0.5nm_periodic_when_box_ge_1nm": out}
+
+
+def hardware(device: str) -> dict:
+    info = {"device": device, "cpu_cores": os.cpu_count(), "platform": platform.platform(),
+            "torch": torch.__version__, "note": "shared machine: other jobs may run at the same time"}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default=",".join(MODELS))
+    p.add_argument("--epochs", type=int, default=200, help="epochs (an upper bound under a time budget)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--layers", type=int, default=3)
+    p.add_argument("--cutoff", type=float, default=0.5, help="nm, global cutoff for all models")
+    p.add_argument("--temperatures", default="300,450,600", help="K")
+    p.add_argument("--trajectories", type=int, default=3, help="per temperature")
+    p.add_argument("--frames", type=int, default=150, help="per trajectory")
+    p.add_argument("--stride", type=int, default=50, help="MD steps (1 fs) between frames")
+    p.add_argument("--test-trajectories", default=None,
+                   help="comma-separated trajectory ids for the test set (default: the last of each temperature)")
+    p.add_argument("--max-seconds-per-model", type=float, default=140.0,
+                   help="training wall-time budget per model (the same for all); 0 = train all --epochs")
+    p.add_argument("--workdir", default="/tmp/cgml-bench-backbone", help="MD trajectories and the data cache")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--neighbors", action="store_true", help="time radius_graph (dense vs cell) instead")
+    p.add_argument("--verbose", action="store_true")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--data", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.max_seconds_per_model is not None and args.max_seconds_per_model <= 0:
+        args.max_seconds_per_model = None
+    temperatures = [float(t) for t in args.temperatures.split(",")]
+    if args.test_trajectories is None:
+        args.test_trajectories = [(k + 1) * args.trajectories - 1 for k in range(len(temperatures))]
+    elif isinstance(args.test_trajectories, str):
+        args.test_trajectories = [int(t) for t in args.test_trajectories.split(",")]
+
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return
+    if args.neighbors:
+        print(json.dumps({"hardware": hardware("cpu"), **bench_neighbors(args.threads)}, indent=2))
+        return
+
+    from openmm_cgml.properties import PropertyData, sample_configurations
+
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    cache = workdir / (f"ala2-T{args.temperatures.replace(',', '-')}-n{args.trajectories}-f{args.frames}"
+                       f"-s{args.stride}-seed{args.seed}.npz")
+    t0 = time.perf_counter()
+    if cache.exists():
+        data = PropertyData.load(cache)
+    else:
+        data = sample_configurations(workdir / cache.stem, temperatures=temperatures,
+                                     trajectories_per_temperature=args.trajectories, frames=args.frames,
+                                     stride=args.stride, seed=args.seed)
+        data.save(cache)
+    sampling_s = time.perf_counter() - t0
+    train_idx, test_idx = data.split(args.test_trajectories)
+
+    results = {}
+    for name in args.models.split(","):
+        cmd = [sys.executable, __file__, "--worker", name, "--data", str(cache),
+               "--test-trajectories", ",".join(map(str, args.test_trajectories))]
+        for key in ("epochs", "batch_size", "lr", "hidden", "layers", "cutoff", "device", "threads", "seed"):
+            cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
+        if args.max_seconds_per_model is not None:
+            cmd += ["--max-seconds-per-model", str(args.max_seconds_per_model)]
+        if args.verbose:
+            cmd.append("--verbose")
+        t_model = time.perf_counter()
+        done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+        if done.returncode != 0:
+            results[name] = {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"}
+            print(done.stderr, file=sys.stderr)
+            continue
+        if args.verbose:
+            print(done.stderr, file=sys.stderr, end="")
+        results[name] = json.loads(done.stdout.strip().splitlines()[-1])
+        results[name]["wall_s"] = time.perf_counter() - t_model
+
+    ratios = {}
+    if "paxnet" in results and "error" not in results["paxnet"]:
+        for base in ("dimenetpp", "schnet"):
+            if base in results and "error" not in results[base]:
+                ratios[f"paxnet_over_{base}"] = {
+                    key: results["paxnet"][key] / results[base][key]
+                    for key in ("energy_mae", "force_mae", "dipole_mae", "peak_mem_mb", "train_ms_per_batch",
+                                "infer_ms_per_batch") if results[base][key]}
+    report = {
+        **results,
+        "ratios": ratios,
+        "hardware": hardware(args.device),
+        "config": {"system": "alanine-dipeptide (22 atoms), amber14 + GBn2, no constraints, Langevin 1 fs",
+                   "temperatures_K": temperatures, "trajectories_per_temperature": args.trajectories,
+                   "frames_per_trajectory": args.frames, "frame_stride_steps": args.stride,
+                   "train_frames": int(len(train_idx)), "test_frames": int(len(test_idx)),
+                   "test_trajectories": args.test_trajectories, "max_epochs": args.epochs,
+                   "train_seconds_budget_per_model": args.max_seconds_per_model,
+                   "batch_size": args.batch_size, "lr": args.lr, "hidden": args.hidden, "layers": args.layers,
+                   "cutoff_nm": args.cutoff, "threads": args.threads, "sampling_s": sampling_s,
+                   "units": {"energy_mae": "kJ/mol", "force_mae": "kJ/mol/nm (per component)",
+                             "dipole_mae": "Debye (per component)", "peak_mem_mb": "MiB (CPU: peak RSS growth)"},
+                   "loss": "MSE of energy, forces, dipole, each divided by its training std, weights 1:1:1"},
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

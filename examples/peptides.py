@@ -1,0 +1,174 @@
+"""Peptides end to end: free-energy surfaces of a learned coarse-grained propagator.
+
+Reference MD of alanine dipeptide (and chignolin in ``--full``) in implicit
+solvent -> METIS coarse-graining -> training one propagator per peptide ->
+rollouts with ``CGMLIntegrator`` inside an ordinary ``openmm.app.Simulation``
+(DCDReporter, several replicas in one batch), started from held-out reference
+states -> ``cgml evaluate``: TICA free-energy surfaces (TICA fitted on the
+reference, rollouts projected on it), Jensen-Shannon divergences of the
+structural distributions, bead collisions and the speed-up.
+
+    OMP_NUM_THREADS=1 python examples/peptides.py            # --small: 2 CPU cores, ~15 min
+    python examples/peptides.py --full --out runs/peptides-full  # GPU, hours
+
+Stages whose output exists are skipped (reference runs resume, training
+resumes from its last checkpoint); nothing is deleted. The metrics are
+printed as JSON and written to ``OUT/report/``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import openmm
+import openmm.app as app
+import openmm.unit as u
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from polymer_chains import DEFAULT_CONFIG, apply_setting, reference_speed  # noqa: E402  (shared helpers)
+
+from openmm_cgml import CGMLIntegrator, analysis, coarse_grained_system, report, systems  # noqa: E402
+from openmm_cgml.data import coarse_grain  # noqa: E402
+from openmm_cgml.export import export, load  # noqa: E402
+from openmm_cgml.generate import generate  # noqa: E402
+from openmm_cgml.integrator import UnstableRolloutError  # noqa: E402
+from openmm_cgml.train import TrainConfig, train  # noqa: E402
+from openmm_cgml.trajectory import FineTrajectory  # noqa: E402
+
+# Units: MD steps of 2 fs. Frames every `stride` steps; one model step = `model_steps` MD steps.
+CONFIGS = {
+    "small": dict(peptides="alanine-dipeptide", train_replicas=3, train_frames=2000, test_frames=4000, stride=50,
+                  model_steps=500, k=4, atoms_per_bead=4, rollout_steps=400, rollout_replicas=4,
+                  model=dict(hidden=32, n_layers=2, embed_hidden=16, embed_layers=2, score_hidden=16, score_layers=1),
+                  train=dict(max_epochs=6, batch_size=32, limit_train_batches=60, limit_val_batches=10, lr=2e-3,
+                             warmup_steps=20, threads=0)),
+    "full": dict(peptides="alanine-dipeptide,chignolin", train_replicas=8, train_frames=50000, test_frames=50000,
+                 stride=50, model_steps=500, k=16, atoms_per_bead=4, rollout_steps=20000, rollout_replicas=16,
+                 model=dict(hidden=128, n_layers=4, embed_hidden=64, embed_layers=4, score_hidden=64, score_layers=3,
+                            refine_sigmas=[0.3, 0.1]),
+                 train=dict(max_epochs=50, batch_size=64, lr=1e-3, warmup_steps=500)),
+}
+
+
+def roll_out(model, fine_path: Path, lag: int, n_steps: int, replicas: int, seed: int, dcd: Path, pdb: Path):
+    """Run ``replicas`` copies with CGMLIntegrator from the reference's first k states.
+
+    Returns (wall seconds, simulated ps of one replica).
+
+    A plain OpenMM Simulation: bead topology/system from ``coarse_grained_system``,
+    real starting history via ``setHistory`` (no warm-up), one DCD frame per model step.
+    """
+    with FineTrajectory(fine_path) as fine:
+        atoms = np.asarray(fine.positions[: (model.k - 1) * lag + 1 : lag], dtype=np.float64)
+        topology = fine.topology
+    cg = coarse_grained_system(model, topology, positions=atoms[-1] * u.nanometer, replicas=replicas)
+    integrator = CGMLIntegrator(model, seed=seed, collision_distance=0.0)  # collisions: counted by the evaluation
+    simulation = app.Simulation(cg.topology, cg.system, integrator, openmm.Platform.getPlatformByName("CPU"))
+    simulation.context.setPositions(cg.positions)
+    history = cg.mapping.bead_positions(atoms)
+    # TorchScript optimises a model on its first calls: take that one-off cost before timing, then restart
+    integrator.setHistory(history)
+    simulation.step(3)
+    integrator.setHistory(history)  # copied to every replica; the noise differs per replica
+    simulation.currentStep = 0
+    simulation.context.setTime(0.0)
+    with open(pdb, "w") as handle:
+        app.PDBFile.writeFile(cg.topology, cg.positions, handle)
+    simulation.reporters.append(app.DCDReporter(str(dcd), 1))
+    start = time.perf_counter()
+    try:
+        simulation.step(n_steps)
+    except UnstableRolloutError as error:  # NaN: the DCD keeps the frames written so far
+        print(f"      {fine_path.stem}: {error}", file=sys.stderr)
+    # Speed of ONE trajectory: replicas share the batch, so counting all of them would flatter the
+    # comparison with the single-trajectory reference MD speed.
+    return time.perf_counter() - start, simulation.currentStep * model.model_timestep.value_in_unit(u.picosecond)
+
+
+def run_peptide(name: str, config: dict, out: Path, seed: int, log) -> tuple[Path, Path, Path, float, float]:
+    """Reference MD, dataset, training, export and rollout of one peptide; returns what evaluation needs."""
+    log(f"[{name}] reference MD: {config['train_replicas']} training runs of {config['train_frames']} frames, "
+        f"1 held-out run of {config['test_frames']} frames, every {config['stride']} steps")
+    started = time.perf_counter()
+    train_paths = generate(name, out / "fine-train", frames=config["train_frames"], stride=config["stride"],
+                           replicas=config["train_replicas"], seed=seed, progress=False)
+    (test_path,) = generate(name, out / "fine-test", frames=config["test_frames"], stride=config["stride"],
+                            seed=seed + 1, progress=False)
+    log(f"      {time.perf_counter() - started:.0f} s")
+
+    dataset = out / "coarse.h5"
+    if not dataset.exists():
+        log(f"[{name}] coarse-graining (METIS, {config['atoms_per_bead']} atoms per bead)")
+        coarse_grain(train_paths, dataset, mapping="metis", atoms_per_bead=config["atoms_per_bead"], k=config["k"],
+                     model_steps=config["model_steps"], split=(0.8, 0.2, 0.0), split_by="trajectory")
+
+    log(f"[{name}] training")
+    started = time.perf_counter()
+    train_config = TrainConfig.from_yaml(DEFAULT_CONFIG)
+    train_config.data, train_config.out_dir = str(dataset), str(out / "training")
+    train_config.model.update(config["model"])
+    for key, value in config["train"].items():
+        setattr(train_config.train, key, value)
+    train_config.trainer.enable_progress_bar = False
+    model = load(export(train(train_config), out / "model.pt", overwrite=True))
+    log(f"      {time.perf_counter() - started:.0f} s; {model!r}")
+
+    log(f"[{name}] rollout: {config['rollout_replicas']} replicas x {config['rollout_steps']} model steps "
+        f"({model.model_timestep} each)")
+    dcd, pdb = out / "rollout.dcd", out / "rollout_beads.pdb"
+    lag = config["model_steps"] // config["stride"]
+    wall, simulated_ps = roll_out(model, test_path, lag, config["rollout_steps"], config["rollout_replicas"],
+                                  seed, dcd, pdb)
+    return test_path, dcd, pdb, analysis.ns_per_day(simulated_ps, wall), reference_speed(systems.load(name))
+
+
+def run(config: dict, out: Path, seed: int = 0, log=print) -> dict:
+    """All peptides, then one evaluation over them; returns the summary (also in ``out/report``)."""
+    out.mkdir(parents=True, exist_ok=True)
+    names = [name.strip() for name in config["peptides"].split(",") if name.strip()]
+    results = [run_peptide(name, config, out / name, seed, log) for name in names]
+    log("evaluation")
+    # the speed-up is per peptide; evaluate() takes one pair of speeds, so evaluate each, then all together
+    summaries = {}
+    for name, (ref, dcd, pdb, rollout_speed, reference_speed_) in zip(names, results):
+        summaries[name] = report.evaluate([ref], [dcd], out / name / "report", topology=pdb,
+                                          model=out / name / "model.pt", reference_ns_per_day=reference_speed_,
+                                          rollout_ns_per_day=rollout_speed, names=[name], overwrite=True)["summary"]
+        log(f"      {name}: {out / name / 'report' / 'report.md'}")
+    combined = {key: summaries[names[0]][key] for key in ("js_divergence", "collisions", "speedup")} \
+        if len(names) == 1 else {
+            "js_divergence": float(np.mean([s["js_divergence"] for s in summaries.values()])),
+            "collisions": int(sum(s["collisions"] for s in summaries.values())),
+            "speedup": float(np.mean([s["speedup"] for s in summaries.values()]))}
+    return {**combined, "per_peptide": summaries}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--small", dest="size", action="store_const", const="small", help="2 CPU cores (default)")
+    size.add_argument("--full", dest="size", action="store_const", const="full", help="GPU: + chignolin, long runs")
+    parser.add_argument("--out", type=Path, default=None, help="working folder (default runs/peptides-SIZE)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="override a setting, e.g. --set rollout_steps=1000 train.max_epochs=20")
+    args = parser.parse_args(argv)
+    size = args.size or "small"
+    config = json.loads(json.dumps(CONFIGS[size]))
+    for item in args.set:
+        try:
+            apply_setting(config, item)
+        except (KeyError, ValueError) as error:
+            parser.error(f"--set {item}: {error}")
+    out = args.out or Path("runs") / f"peptides-{size}"
+    summary = run(config, out, seed=args.seed, log=lambda text: print(text, file=sys.stderr, flush=True))
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
