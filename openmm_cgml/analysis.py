@@ -40,7 +40,7 @@ from openmm_cgml.units import AMU, NM, PS, strip, strip_array
 __all__ = [
     "as_positions", "radius_of_gyration", "autocorrelation", "relaxation_time",
     "angle_triplets", "dihedral_quadruplets", "bond_lengths", "bond_angles", "dihedral_angles",
-    "common_edges", "comparison_edges", "histogram", "rdf", "pair_distance_distribution", "all_pairs", "contact_map",
+    "common_edges", "comparison_edges", "histogram", "pair_distances", "rdf", "pair_distance_distribution", "all_pairs", "contact_map",
     "distance_features", "tica", "free_energy_surface", "js_divergence", "js_divergence_samples",
     "collisions", "r_squared", "ns_per_day", "speedup",
 ]
@@ -122,6 +122,13 @@ def _pair_distances(xyz: np.ndarray, pairs: np.ndarray, box: np.ndarray | None) 
     """Distances (n_frames, n_pairs) nm; minimum image when a box is given."""
     return np.concatenate([mdtraj.compute_distances(piece, pairs, periodic=box is not None)
                            for piece in _chunks(xyz, box)])
+
+
+def pair_distances(positions, pairs=None, box=None) -> np.ndarray:
+    """Bead-bead distances (n_frames, n_pairs) in nm (default all pairs i < j; minimum image with a box)."""
+    xyz = as_positions(positions)
+    pairs = all_pairs(xyz.shape[1]) if pairs is None else _index_array(pairs, 2, xyz.shape[1], "pairs")
+    return _pair_distances(xyz, pairs, _as_box(box, len(xyz)))
 
 
 # --------------------------------------------------------------------------- size and dynamics

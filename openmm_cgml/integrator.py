@@ -60,6 +60,7 @@ __all__ = [
     "step_noise",
     "model_graph",
     "periodic_marker",
+    "reference_history",
 ]
 
 # Integers live in OpenMM globals, which a single-precision GPU platform may hold
@@ -104,12 +105,16 @@ def _module_float(module, name: str) -> float:
 class UnstableRolloutError(RuntimeError):
     """A rollout produced a NaN or a bead collision.
 
-    Attributes: ``step`` (the number of the step that produced the bad frame:
-    ``first_step + 1`` for the first step of a rollout; for the integrator,
-    the Context step count the bad frame would have had), ``beads`` (global bead indices involved), ``reason``
-    (``"nan"`` or ``"collision"``), ``distance`` (nm, collisions only),
-    ``history`` (the last good ``(k, N, 3)`` history) and ``steps_done``
-    (good steps completed before the bad one).
+    Attributes:
+
+    * ``step``: the number of the step that produced the bad frame
+      (``first_step + 1`` for the first step of a rollout; for the integrator,
+      the Context step count the bad frame would have had);
+    * ``beads``: global bead indices involved (empty when the model itself
+      refused to go on, e.g. a NaN inside its refinement);
+    * ``reason``: ``"nan"`` or ``"collision"``; ``distance``: nm, collisions only;
+    * ``history``: the last good ``(k, N, 3)`` history; ``steps_done``: good
+      steps completed before the bad one.
     """
 
     def __init__(self, message, *, step, beads, reason, distance, history, steps_done):
@@ -366,6 +371,41 @@ def coarse_grained_system(model, pdb_or_topology, positions=None, replicas: int 
         topology=top, system=system, positions=u.Quantity(stacked, u.nanometer),
         bead_features=model.embed_mapping(mapping), mapping=mapping, replicas=replicas,
     )
+
+
+def reference_history(model, trajectory, end: int = -1) -> u.Quantity:
+    """The ``k`` bead frames ending at frame ``end`` of a fine trajectory, one model step apart.
+
+    ``trajectory`` is a fine HDF5 file from ``cgml generate`` (path or open
+    ``FineTrajectory``) of the model's molecule; its save stride must divide
+    the model's ``md_steps_per_model_step``. Returns a ``(k, n_beads, 3)``
+    Quantity (nm) for ``CGMLIntegrator.setHistory``: a start without warm-up.
+    """
+    from openmm_cgml.trajectory import FineTrajectory
+
+    model = _as_model(model)
+    if not isinstance(trajectory, FineTrajectory):
+        with FineTrajectory(trajectory) as opened:
+            return reference_history(model, opened, end)
+    model.mapping.check_fits(trajectory.topology, where="the model's mapping")
+    md_steps, stride = int(model.md_steps_per_model_step), int(trajectory.stride)
+    if stride <= 0 or md_steps % stride:
+        raise ValueError(f"the trajectory saves every {stride} MD steps, which does not divide the model step "
+                         f"of {md_steps} MD steps")
+    if not np.isclose(trajectory.timestep_ps, float(model.module.md_timestep_ps), rtol=1e-6):
+        raise ValueError(f"the trajectory's MD time step {trajectory.timestep_ps} ps differs from the model's "
+                         f"{float(model.module.md_timestep_ps)} ps")
+    lag, k, n = md_steps // stride, int(model.k), trajectory.n_frames
+    last = end % n if -n <= end < n else None
+    if last is None or last - (k - 1) * lag < 0:
+        raise ValueError(f"frame {end} with k={k} frames {lag} apart needs {(k - 1) * lag + 1} frames up to it; "
+                         f"the trajectory has {n}")
+    frames = list(range(last - (k - 1) * lag, last + 1, lag))
+    atoms = np.asarray(trajectory.positions[frames], dtype=np.float64)
+    box = None
+    if trajectory.is_periodic:
+        box = np.stack([trajectory.box_vectors(f) for f in frames])
+    return u.Quantity(model.mapping.bead_positions(atoms, box=box), u.nanometer)
 
 
 # ----------------------------------------------------------------------------

@@ -46,6 +46,8 @@ __all__ = ["BeadTrajectory", "load_reference", "load_rollout", "compare", "evalu
 REPORT_FILES = ("metrics.json", "report.md", "report.html")
 MIN_TICA_FRAMES = 200      # below this a 2-D free-energy surface is noise
 MAX_CONTACT_BEADS = 1000   # contact maps are (N, N); skip beyond this
+MAX_PAIRS = 5000           # bead pairs in the pair-distance distribution
+MAX_DISTANCES = 20_000_000  # frames x pairs held at once for a distribution (float32: 80 MB)
 AKMA_TIME_PS = 0.04888821  # the DCD header stores the time step in AKMA units
 
 
@@ -286,6 +288,11 @@ def _n_bins(*samples, low: int = 10, high: int = 100) -> int:
     return int(np.clip(round(np.sqrt(n)), low, high))
 
 
+def _frame_stride(n_frames: int, per_frame: int) -> int:
+    """Every how many frames to take so that frames x per_frame stays under MAX_DISTANCES."""
+    return max(1, int(np.ceil(n_frames * per_frame / MAX_DISTANCES)))
+
+
 def _distribution(ref_values, roll_values, n_bins: int | None = None, value_range=None) -> dict:
     ref_values = np.asarray(ref_values, dtype=np.float64).ravel()
     roll_values = np.asarray(roll_values, dtype=np.float64).ravel()
@@ -305,8 +312,7 @@ def compare(reference: BeadTrajectory, rollout: BeadTrajectory, *, tica_lag=None
                          "they are not the same coarse-grained system (wrong mapping or topology?)")
     replicas = n_roll // n_ref
     ref_xyz, roll_xyz = reference.positions, _per_replica(rollout, replicas)
-    ref_box = reference.box
-    roll_box = None if rollout.box is None else rollout.box
+    ref_box, roll_box = reference.box, rollout.box
     metrics: dict = {"replicas": replicas, "notes": list(reference.notes) + list(rollout.notes)}
     curves: dict = {}
     js: dict = {}
@@ -356,9 +362,11 @@ def compare(reference: BeadTrajectory, rollout: BeadTrajectory, *, tica_lag=None
             metrics["rdf_mean_abs_difference"] = float(np.mean(np.abs(g_ref - g_roll)))
         else:
             pairs = analysis.all_pairs(n_ref)
-            ref_d = analysis._pair_distances(ref_xyz, pairs, None)
-            roll_d = analysis._pair_distances(roll_xyz, pairs, None)
-            structure["pair_distance_nm"] = _distribution(ref_d, roll_d)
+            if len(pairs) > MAX_PAIRS:  # an evenly strided subset keeps memory bounded for big molecules
+                pairs = pairs[np.linspace(0, len(pairs) - 1, MAX_PAIRS).round().astype(int)]
+            structure["pair_distance_nm"] = _distribution(
+                analysis.pair_distances(ref_xyz[::_frame_stride(len(ref_xyz), len(pairs))], pairs),
+                analysis.pair_distances(roll_xyz[::_frame_stride(len(roll_xyz), len(pairs))], pairs))
     for name, dist in structure.items():
         js[name] = dist["js"]
     curves["structure"] = structure

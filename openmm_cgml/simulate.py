@@ -87,7 +87,8 @@ def configure_parser(parser) -> None:
     parser.add_argument("--report-interval", type=int, default=100,
                         help="model steps between trajectory frames and checkpoints (default 100)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--platform", default="auto", help="OpenMM platform: auto (CUDA if usable, else CPU), CPU, CUDA, Reference")
+    parser.add_argument("--platform", default="auto",
+                        help="OpenMM platform: auto (CUDA if usable, else CPU), CPU, CUDA, Reference")
     parser.add_argument("--temperature", type=float, default=None,
                         help="temperature in K; must be the model's training temperature (default: that temperature)")
     parser.add_argument("--replicas", type=int, default=1, help="independent copies simulated as one batch (default 1)")

@@ -339,6 +339,33 @@ def test_set_history_starts_from_real_frames(molecule):
         integrator.setHistory(frames[:2])
 
 
+def test_start_from_a_reference_trajectory_without_warm_up(walk, molecule, tmp_path):
+    from openmm_cgml.integrator import reference_history
+    from openmm_cgml.trajectory import FineTrajectory
+
+    topology, positions, mapping = molecule
+    # 9 frames saved every 500 MD steps of 2 fs: one model step (1000 MD steps) = 2 frames
+    frames = np.stack([positions + 0.01 * i for i in range(9)])
+    path = tmp_path / "fine.h5"
+    trajectory = FineTrajectory.create(path, topology=topology, masses=mapping.atom_masses,
+                                       atom_types=mapping.atom_types, charges=np.zeros(12), periodic=False,
+                                       attrs={"cgml_timestep_ps": 0.002, "cgml_stride": 500,
+                                              "cgml_temperature_K": 300.0, "cgml_system": "chain"})
+    trajectory.append(frames, np.zeros_like(frames), np.arange(9.0), np.zeros(9))
+    trajectory.commit(b"")
+    trajectory.close()
+    history = reference_history(walk, path, end=-2)   # frames 3, 5, 7
+    np.testing.assert_allclose(history.value_in_unit(u.nanometer), mapping.bead_positions(frames[[3, 5, 7]]),
+                               atol=1e-6)
+    simulation = make_simulation(walk, molecule, replicas=2)
+    simulation.integrator.setHistory(history)
+    assert simulation.integrator.getWarmupSteps() == 0
+    np.testing.assert_allclose(positions_of(simulation)[mapping.n_beads:], history[-1].value_in_unit(u.nanometer),
+                               atol=1e-6)
+    with pytest.raises(ValueError, match="needs 5 frames"):
+        reference_history(walk, path, end=3)
+
+
 def test_replicas_are_independent_and_reproducible(walk, molecule):
     mapping = molecule[2]
     many = make_simulation(walk, molecule, replicas=3, seed=4)
@@ -387,7 +414,8 @@ def test_nan_guard_names_step_and_beads_and_keeps_last_good_state(molecule, tmp_
 def test_model_refusing_nan_inside_a_step_is_reported_as_unstable(molecule):
     model = walk_model(molecule[2], sigma=0.0, drift=0.1, nan_beyond=1.55, raise_on_nan=True)
     simulation = make_simulation(model, molecule)
-    with pytest.raises(UnstableRolloutError, match=r"model step 3: the model failed \(step: pos contains NaN") as caught:
+    message = r"model step 3: the model failed \(step: pos contains NaN"
+    with pytest.raises(UnstableRolloutError, match=message) as caught:
         simulation.step(10)
     assert caught.value.reason == "nan" and caught.value.beads == []
     assert simulation.context.getStepCount() == 2
