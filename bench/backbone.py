@@ -118,6 +118,8 @@ def build_model(name: str, hidden: int, layers: int, cutoff: float):
         net = SchNet(hidden_channels=hidden, num_filters=hidden, num_interactions=layers, num_gaussians=50,
                      cutoff=cutoff, max_num_neighbors=32)
         net.lin2 = torch.nn.Linear(hidden // 2, 2)      # two per-atom outputs instead of one
+        torch.nn.init.zeros_(net.lin2.weight)           # start at the mean, as the other two models
+        torch.nn.init.zeros_(net.lin2.bias)
         atomwise = PyGAtomwise(net, [net.lin2])
     else:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")

@@ -31,7 +31,7 @@ from openmm_cgml.generate import generate, platform_properties, trajectory_seed
 CASES = {  # system -> (frames, stride)
     "polymer-chain": (200, 100),
     "alanine-dipeptide": (200, 50),
-    "polymer-melt": (40, 100),
+    "polymer-melt": (100, 100),
 }
 EQUILIBRATION = 200
 

@@ -144,29 +144,37 @@ def step_noise(generator: torch.Generator, seed: int, step: int, shape, dtype, d
     return torch.randn(shape, generator=generator, dtype=dtype, device=device)
 
 
-def _bad_frame(pos: torch.Tensor, n_replicas: int, collision_distance: float) -> torch.Tensor:
+def _pair_distances(pos: torch.Tensor, n_replicas: int, box: Optional[torch.Tensor]) -> torch.Tensor:
+    """(R, n, n) distances between the beads of each replica (minimum image if ``box``), inf on the diagonal."""
+    per = pos.view(n_replicas, -1, 3)
+    if box is None:
+        d = torch.cdist(per, per)
+    else:
+        delta = per.unsqueeze(2) - per.unsqueeze(1)                 # (R, n, n, 3)
+        fractional = delta @ torch.linalg.inv(box)
+        delta = (fractional - torch.round(fractional)) @ box
+        d = torch.linalg.vector_norm(delta, dim=-1)
+    d.diagonal(dim1=1, dim2=2).fill_(float("inf"))
+    return d
+
+
+def _bad_frame(pos: torch.Tensor, n_replicas: int, collision_distance: float,
+               box: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Scalar bool tensor: NaN/inf anywhere, or two beads of one replica closer than the threshold."""
     bad = ~torch.isfinite(pos).all()
-    if collision_distance > 0 and pos.shape[0] > 1:
-        per = pos.view(n_replicas, -1, 3)
-        if per.shape[1] > 1:
-            d = torch.cdist(per, per)
-            d.diagonal(dim1=1, dim2=2).fill_(float("inf"))
-            bad = bad | (d.amin() < collision_distance)
+    if collision_distance > 0 and pos.shape[0] > n_replicas:
+        bad = bad | (_pair_distances(pos, n_replicas, box).amin() < collision_distance)
     return bad
 
 
-def _describe_bad_frame(pos: torch.Tensor, n_replicas: int, collision_distance: float):
+def _describe_bad_frame(pos: torch.Tensor, n_replicas: int, box: Optional[torch.Tensor] = None):
     """(reason, global bead indices, distance or None) for a frame ``_bad_frame`` flagged."""
     finite = torch.isfinite(pos).all(dim=1)
     if not bool(finite.all()):
         return "nan", torch.nonzero(~finite).flatten().tolist(), None
-    per = pos.view(n_replicas, -1, 3)
-    d = torch.cdist(per, per)
-    d.diagonal(dim1=1, dim2=2).fill_(float("inf"))
-    flat = int(torch.argmin(d))
-    n = per.shape[1]
-    replica, rest = divmod(flat, n * n)
+    d = _pair_distances(pos, n_replicas, box)
+    n = d.shape[1]
+    replica, rest = divmod(int(torch.argmin(d)), n * n)
     i, j = divmod(rest, n)
     return "collision", [replica * n + i, replica * n + j], float(d[replica, i, j])
 
@@ -199,6 +207,7 @@ def rollout(
     """
     if generator is None:
         generator = torch.Generator(device=history.device)
+    periodic_box = box if bool((box != 0).any()) else None  # for minimum-image collision checks
     k = history.shape[0]
     shape, dtype, device = history.shape[1:], history.dtype, history.device
     done = 0
@@ -220,14 +229,14 @@ def rollout(
                     break
                 raise
             frames.append(new)
-            flags.append(_bad_frame(new, n_replicas, collision_distance))
+            flags.append(_bad_frame(new, n_replicas, collision_distance, periodic_box))
             history = torch.cat([history[1:], new.unsqueeze(0)], dim=0)
         flagged = torch.stack(flags) if flags else torch.zeros(0, dtype=torch.bool, device=device)
         if model_error is not None or bool(flagged.any()):  # the only host sync of the block
             bad = int(torch.nonzero(flagged)[0]) if bool(flagged.any()) else len(frames)
             good = torch.cat([start] + [f.unsqueeze(0) for f in frames[:bad]], dim=0)[-k:]
             if bad < len(frames):
-                reason, beads, distance = _describe_bad_frame(frames[bad], n_replicas, collision_distance)
+                reason, beads, distance = _describe_bad_frame(frames[bad], n_replicas, periodic_box)
             else:
                 reason, beads, distance = "nan", [], None
             step = first_step + done + bad + 1

@@ -176,6 +176,21 @@ class _VectorHead(nn.Module):
         return (v * self.gate(s).unsqueeze(1)).sum(-1)
 
 
+def _unwrap(frames: Tensor, reference: Tensor, box: Optional[Tensor], batch: Tensor) -> Tensor:
+    """``frames`` (..., N, 3) moved by box vectors to their nearest image of ``reference`` (N, 3).
+
+    Periodic positions may be wrapped between frames; unwrapping them around
+    the current frame keeps finite-difference velocities physical.
+    """
+    if box is None:
+        return frames
+    cell = box[batch]                                                    # (N, 3, 3) rows = box vectors
+    delta = frames - reference
+    fractional = torch.linalg.solve(cell.transpose(1, 2), delta.unsqueeze(-1)).squeeze(-1)
+    shift = torch.round(fractional)
+    return frames - (shift.unsqueeze(-1) * cell).sum(-2)
+
+
 def _mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(n_in, hidden), nn.SiLU(), nn.Linear(hidden, n_out))
 
@@ -334,11 +349,12 @@ class CGPropagator(nn.Module):
             scales.setdefault("n_atoms", int(mapping.n_atoms))
         return cls(config or PropagatorConfig(), type_masses, **scales)
 
-    def _graph_box(self, box: Tensor, n_graphs: int) -> Optional[Tensor]:
+    def _graph_box(self, box: Tensor, batch: Tensor) -> Optional[Tensor]:
         """(B, 3, 3) periodic box per graph, or None when the box is all zeros (no periodicity)."""
         if box.numel() == 0 or not bool((box != 0).any()):
             return None
         box = box.reshape(-1, 3, 3)
+        n_graphs = int(batch.max()) + 1 if batch.numel() > 0 else 1   # a device sync, periodic only
         if box.size(0) == n_graphs:
             return box
         return box[:1].expand(n_graphs, 3, 3)
@@ -428,15 +444,10 @@ class CGPropagator(nn.Module):
                 box: Tensor) -> Tuple[Tensor, Tensor]:
         """Acceleration mean (N, 3) and isotropic std (N, 1) in nm per model step^2."""
         self._check_step_inputs(pos_history, bead_features, coarse_edge_index, batch)
-        graph_box = self._graph_box(box, self._n_graphs(batch, box))
+        graph_box = self._graph_box(box, batch)
+        pos_history = _unwrap(pos_history, pos_history[-1], graph_box, batch)
         mean, std, _ = self._dynamics(pos_history, bead_features, coarse_edge_index, batch, graph_box)
         return mean * self.accel_std_nm, std * self.accel_std_nm
-
-    def _n_graphs(self, batch: Tensor, box: Tensor) -> int:
-        # only needed (and only worth a device sync) for periodic boxes
-        if box.numel() == 0 or not bool((box != 0).any()) or batch.numel() == 0:
-            return 1
-        return int(batch.max()) + 1
 
     @torch.jit.export
     def step(self, pos_history: Tensor, bead_features: Tensor, coarse_edge_index: Tensor, batch: Tensor,
@@ -445,7 +456,8 @@ class CGPropagator(nn.Module):
         self._check_step_inputs(pos_history, bead_features, coarse_edge_index, batch)
         if noise.shape != pos_history[-1].shape:
             raise ValueError("noise must have shape (n_beads, 3), got " + str(noise.shape))
-        graph_box = self._graph_box(box, self._n_graphs(batch, box))
+        graph_box = self._graph_box(box, batch)
+        pos_history = _unwrap(pos_history, pos_history[-1], graph_box, batch)
         mean, std, latents = self._dynamics(pos_history, bead_features, coarse_edge_index, batch, graph_box)
         x_t = pos_history[-1]
         velocity = x_t - pos_history[-2]
@@ -477,8 +489,9 @@ class CGPropagator(nn.Module):
         sigma^2, i.e. the mean squared error of the predicted unit noise) and
         ``accel_mse`` (of the mean, scaled units; a diagnostic).
         """
-        n_graphs = int(batch.max()) + 1 if batch.numel() else 1
-        graph_box = self._graph_box(box, n_graphs)
+        graph_box = self._graph_box(box, batch)
+        pos_history = _unwrap(pos_history, pos_history[-1], graph_box, batch)
+        pos_target = _unwrap(pos_target, pos_history[-1], graph_box, batch)
         # noisy history: the target acceleration is taken from the noisy frames,
         # so the model learns to correct the noise instead of integrating it
         noisy = pos_history + (history_sigma * self.accel_std_nm).unsqueeze(0) * torch.randn_like(pos_history)

@@ -191,6 +191,10 @@ class PaxNetAtomwise(torch.nn.Module):
         self.scalar_head = torch.nn.Sequential(torch.nn.Linear(hidden, hidden), torch.nn.SiLU(),
                                                torch.nn.Linear(hidden, 2))
         self.vector_head = torch.nn.Linear(hidden, 1, bias=False)
+        # start from E = mean energy, no forces, no dipole (as DimeNet++'s zero-initialised outputs)
+        for layer in (self.scalar_head[-1], self.vector_head):
+            torch.nn.init.zeros_(layer.weight)
+        torch.nn.init.zeros_(self.scalar_head[-1].bias)
 
     def forward(self, z: Tensor, pos: Tensor, batch: Tensor, bonds: Tensor) -> tuple[Tensor, Tensor]:
         s = element_one_hot(z).to(pos.dtype)

@@ -65,6 +65,19 @@ def trajectory_reporter(path: Path, interval: int, append: bool):
     return _FORMATS[suffix](str(path), interval, append=append)
 
 
+def _dcd_last_step(path: Path):
+    """Step number of the last frame in a DCD written by OpenMM (None if unreadable)."""
+    import struct
+
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(24)
+        n_frames, first, interval = struct.unpack("<3i", header[8:20])
+    except (OSError, struct.error):
+        return None
+    return first + (n_frames - 1) * interval if n_frames > 0 else None
+
+
 def _platform(name: str):
     if name != "auto":
         try:
@@ -135,6 +148,11 @@ def run(args) -> int:
             raise ValueError(f"--checkpoint {checkpoint}: cannot be loaded into this simulation (same model, "
                              f"structure, replicas and platform are needed): {error}") from None
     start = simulation.currentStep
+    if resuming and out.suffix.lower() == ".dcd" and out.exists():
+        last = _dcd_last_step(out)
+        if last is not None and last > start:
+            print(f"warning: {out} has frames up to step {last} but {checkpoint} is at step {start} (the run was "
+                  f"killed between the two writes); frames after step {start} will appear twice", file=sys.stderr)
     if start >= args.steps:
         print(f"nothing to do: the run is at step {start}, --steps is {args.steps}", file=sys.stderr)
         return 0

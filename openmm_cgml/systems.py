@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import io
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +39,17 @@ from openmm_cgml.units import AMU, KELVIN, NM, PS, strip, strip_array
 __all__ = ["ReferenceSystem", "load", "available", "SYSTEMS_DIR", "BEAD_TYPES", "configure_parser", "run"]
 
 # Shipped YAML files live in the repository's systems/ folder (next to the package).
-SYSTEMS_DIR = Path(__file__).resolve().parent.parent / "systems"
+def _find_systems_dir() -> Path:
+    """The ready systems: ``systems/`` beside the package (a source checkout or
+    editable install), else the copy a wheel installs under ``<prefix>/share``."""
+    import sys
+
+    beside = Path(__file__).resolve().parent.parent / "systems"
+    installed = Path(sys.prefix) / "share" / "openmm-cgml" / "systems"
+    return beside if beside.is_dir() or not installed.is_dir() else installed
+
+
+SYSTEMS_DIR = _find_systems_dir()
 BEAD_TYPES = ("B1", "B2", "S1", "S2")  # atom_types 0..3 of the polymer systems
 
 _UNIT_SUFFIXES = {"_K": KELVIN, "_ps": PS, "_per_ps": PS**-1, "_nm": NM, "_amu": AMU,

@@ -430,6 +430,19 @@ def test_collision_guard(molecule):
     assert simulation.context.getStepCount() == 0
 
 
+def test_collision_check_uses_the_minimum_image(molecule):
+    model = walk_model(molecule[2], sigma=0.0)
+    edges, batch = model_graph(molecule[2], 1)
+    beads = torch.tensor([[0.02, 0.0, 0.0], [0.8, 0.0, 0.0], [1.6, 0.0, 0.0], [2.98, 0.0, 0.0]])
+    history = beads.repeat(3, 1, 1)
+    features = model.embed_mapping()
+    out = rollout(model, history, features, edges, batch, torch.zeros(3, 3), 2)  # no box: 0.78 nm apart at least
+    np.testing.assert_allclose(out[-1].numpy(), beads.numpy())
+    with pytest.raises(UnstableRolloutError, match="beads 0 and 3 are 0.0400 nm apart") as caught:
+        rollout(model, history, features, edges, batch, torch.eye(3) * 3.0, 2)
+    assert caught.value.step == 1 and caught.value.steps_done == 0
+
+
 def test_bad_arguments(walk, molecule):
     with pytest.raises(ValueError, match="training temperature 300"):
         CGMLIntegrator(walk, temperature=350 * u.kelvin)
@@ -597,3 +610,5 @@ def test_cli_simulate_guard_keeps_frames(molecule, tmp_path, capsys):
     assert "NaN" in err and "keeps the frames written so far" in err
     traj = mdtraj.load(str(out), top=str(tmp_path / "traj_beads.pdb"))
     assert traj.n_frames > 3 and np.all(np.isfinite(traj.xyz))
+    # XTC frames carry the true simulated time: one frame per 2 model steps of DT_PS
+    np.testing.assert_allclose(traj.time, 2 * DT_PS * np.arange(1, traj.n_frames + 1), rtol=1e-5)

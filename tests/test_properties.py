@@ -75,11 +75,15 @@ def test_forces_are_the_negative_gradient_and_dipole_rotates(data):
     torch.manual_seed(0)
     model = PropertyModel(PaxNetAtomwise(hidden=16, n_layers=2, cutoff=0.5)).double()
     model.fit_normalisation(data, np.arange(data.n_frames))
+    heads = list(model.atomwise.scalar_head[-1].parameters()) + list(model.atomwise.vector_head.parameters())
+    for parameter in heads:                  # the heads start at zero; make the outputs non-trivial
+        torch.nn.init.normal_(parameter, std=0.5)
     z = torch.as_tensor(data.atom_types)
     pos = torch.as_tensor(data.positions[0], dtype=torch.float64)
     bonds = torch.as_tensor(data.bonds).t()
     batch = torch.zeros(22, dtype=torch.long)
     energy, forces, dipole = model(z, pos.clone(), batch, bonds, 1)
+    assert forces.abs().max() > 1.0 and dipole.abs().max() > 1e-3
     step = 1e-5
     for atom, axis in ((0, 0), (5, 2), (13, 1)):
         plus, minus = pos.clone(), pos.clone()

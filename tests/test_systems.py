@@ -1,10 +1,8 @@
 """Reference systems: every shipped system builds, has a finite energy, and bad input fails clearly."""
 import shutil
-from pathlib import Path
 
 import numpy as np
 import openmm as mm
-import openmm.app as app
 import openmm.unit as unit
 import pytest
 

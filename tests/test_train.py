@@ -4,6 +4,7 @@ import csv
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from openmm_cgml.cli import main
 from openmm_cgml.data import CoarseDataset, coarse_grain
@@ -88,9 +89,10 @@ def test_training_lowers_nll_resumes_and_exports(dataset, tmp_path):
     assert "train_nll" in first_log and "val_nll" in first_log
     steps_before = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
 
-    # resume automatically with one more epoch: earlier logs kept, a new log version written
-    config.train.max_epochs = 5
-    train(config)
+    # `cgml train` resumes automatically with one more epoch: earlier logs kept, a new log version written
+    yaml_path = tmp_path / "config.yaml"
+    yaml_path.write_text(yaml.safe_dump(config.to_dict()))
+    assert main(["train", str(yaml_path), "--max-epochs", "5"]) == 0
     last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["global_step"] > steps_before and last["epoch"] == 4
     assert (run / "logs" / "version_0" / "metrics.csv").read_text() == first_log
