@@ -23,27 +23,27 @@ COMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``cgml`` parser. Only the module of ``command`` is imported (torch and
+    Lightning are slow to import), so ``cgml generate`` does not pay for ``train``."""
     parser = argparse.ArgumentParser(prog="cgml", description="Learned coarse-grained MD for OpenMM.")
     from openmm_cgml import __version__
 
     parser.add_argument("--version", action="version", version=f"openmm-cgml {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
-        try:
+        stage = sub.add_parser(name, help=help_text, description=help_text)
+        if name == command:
             module = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            if error.name != module_name:
-                raise
-            continue  # stage not built yet
-        command = sub.add_parser(name, help=help_text, description=help_text)
-        module.configure_parser(command)
-        command.set_defaults(_run=module.run)
+            module.configure_parser(stage)
+            stage.set_defaults(_run=module.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((word for word in argv if word in COMMANDS), None)
+    parser = build_parser(command)
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help()
