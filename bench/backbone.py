@@ -166,7 +166,7 @@ def worker(args) -> dict:
     else:
         peak_mb = (_proc_status_kb("VmHWM") - rss_before) / 1024 if reset else float("nan")
     return {**metrics, "peak_mem_mb": peak_mb, "train_ms_per_batch": history["train_ms_per_batch"],
-            "epochs_done": history["epochs"], "final_train_loss": history["loss"][-1],
+            "epochs_done": history["epochs"], "train_steps": history["steps"], "final_train_loss": history["loss"][-1],
             "params": sum(p.numel() for p in model.parameters())}
 
 
@@ -219,7 +219,7 @@ def main(argv=None) -> None:
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--epochs", type=int, default=200, help="epochs (an upper bound under a time budget)")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--layers", type=int, default=3)
     p.add_argument("--cutoff", type=float, default=0.5, help="nm, global cutoff for all models")
@@ -233,7 +233,8 @@ def main(argv=None) -> None:
                    help="training wall-time budget per model (the same for all); 0 = train all --epochs")
     p.add_argument("--workdir", default="/tmp/cgml-bench-backbone", help="MD trajectories and the data cache")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads per model (1: robust on a shared machine; >1 oversubscribes easily)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--neighbors", action="store_true", help="time radius_graph (dense vs cell) instead")
     p.add_argument("--verbose", action="store_true")

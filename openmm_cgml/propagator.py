@@ -176,6 +176,17 @@ class _VectorHead(nn.Module):
         return (v * self.gate(s).unsqueeze(1)).sum(-1)
 
 
+def graph_mean(x: Tensor, batch: Tensor) -> Tuple[Tensor, Tensor]:
+    """Each node's graph mean of ``x`` (N, D) and its graph's node count (N, 1), without a device sync.
+
+    Graph indices are < N, so N scatter slots always suffice.
+    """
+    ones = torch.ones(x.size(0), 1, dtype=x.dtype, device=x.device)
+    counts = torch.zeros_like(ones).index_add(0, batch, ones)
+    sums = torch.zeros_like(x).index_add(0, batch, x)
+    return (sums / counts.clamp_min(1.0))[batch], counts[batch]
+
+
 def _unwrap(frames: Tensor, reference: Tensor, box: Optional[Tensor], batch: Tensor) -> Tensor:
     """``frames`` (..., N, 3) moved by box vectors to their nearest image of ``reference`` (N, 3).
 
@@ -198,11 +209,14 @@ def _mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
 class PairScore(nn.Module):
     """Light equivariant score network: one round of pair messages at the candidate positions.
 
-    ``eps_i = sum_j c(d_ij, a_i + a_j) u_ij + sum_bonds b(d_ij, a_i + a_j) u_ij
-    + g_i offset_i + h_i velocity_i`` with unit vectors ``u_ij`` (j -> i) and
-    invariant coefficients from the node context ``a`` (dynamics latents and
-    noise level) and a radial basis. Pair terms see close contacts (the
-    collisions a sampled step can make); bond terms the chain geometry.
+    ``eps_i = sum_j c(d_ij, a_i + a_j) u_ij + sum_bonds b(d_ij, a_i + a_j) u_ij``
+    with unit vectors ``u_ij`` (j -> i) and invariant coefficients from the
+    node context ``a`` (dynamics latents and noise level) and a radial basis.
+    Central, pairwise-symmetric terms: the correction never moves the centre
+    of mass and carries no net torque, so refining a sampled step fixes the
+    internal geometry (stretched bonds, overlaps) without damping the
+    diffusion the dynamics network sampled. Pair terms see close contacts,
+    bond terms the chain geometry.
     """
 
     def __init__(self, latent: int, hidden: int, cutoff: float, n_rbf: int, max_num_neighbors: int = 64):
@@ -214,10 +228,9 @@ class PairScore(nn.Module):
         self.envelope = PolynomialEnvelope(cutoff)
         self.pair = _mlp(hidden + n_rbf, hidden, 1)
         self.bond = _mlp(hidden + n_rbf, hidden, 1)
-        self.own = nn.Linear(hidden, 2)
 
-    def forward(self, candidate: Tensor, offset: Tensor, velocity: Tensor, latents: Tensor, log_sigma: Tensor,
-                bonds: Tensor, batch: Tensor, box: Optional[Tensor]) -> Tensor:
+    def forward(self, candidate: Tensor, latents: Tensor, log_sigma: Tensor, bonds: Tensor, batch: Tensor,
+                box: Optional[Tensor]) -> Tensor:
         a = self.node(torch.cat([latents, log_sigma], dim=-1))
         edge, shift = radius_graph(candidate, self.cutoff, batch, box, self.max_num_neighbors)
         j, i = edge[0], edge[1]
@@ -232,23 +245,22 @@ class PairScore(nn.Module):
             bj, bi = bonds[0], bonds[1]
             bond_coeff = self.bond(torch.cat([a[bi] + a[bj], self.rbf(bond_dist.squeeze(-1))], dim=-1))
             eps = eps.index_add(0, bi, bond_coeff * bond_vec / bond_dist)
-        own = self.own(a)
-        return eps + own[:, :1] * offset + own[:, 1:] * velocity
+        return eps
 
 
 class PaxNetScore(nn.Module):
-    """Score network on the PaxNet backbone (heavier; ``score_net: paxnet``)."""
+    """Score network on the PaxNet backbone (heavier; ``score_net: paxnet``); geometry and context only."""
 
     def __init__(self, latent: int, hidden: int, n_layers: int, cutoff: float, n_rbf: int, n_sbf: int):
         super().__init__()
         self.backbone = PaxNet(hidden=hidden, n_layers=n_layers, cutoff=cutoff, n_rbf=n_rbf, n_sbf=n_sbf,
-                               vector_in=2, scalar_in=latent + 1)
+                               vector_in=0, scalar_in=latent + 1)
         self.head = _VectorHead(hidden)
 
-    def forward(self, candidate: Tensor, offset: Tensor, velocity: Tensor, latents: Tensor, log_sigma: Tensor,
-                bonds: Tensor, batch: Tensor, box: Optional[Tensor]) -> Tensor:
-        v_in = torch.stack([offset, velocity], dim=-1)                               # (N, 3, 2)
-        s, v = self.backbone(torch.cat([latents, log_sigma], dim=-1), v_in, candidate, bonds, batch, box)
+    def forward(self, candidate: Tensor, latents: Tensor, log_sigma: Tensor, bonds: Tensor, batch: Tensor,
+                box: Optional[Tensor]) -> Tensor:
+        no_vectors = torch.zeros(candidate.size(0), 3, 0, dtype=candidate.dtype, device=candidate.device)
+        s, v = self.backbone(torch.cat([latents, log_sigma], dim=-1), no_vectors, candidate, bonds, batch, box)
         return self.head(s, v)
 
 
@@ -315,6 +327,9 @@ class CGPropagator(nn.Module):
         self.accel_head = _VectorHead(config.hidden)
         self.std_head = nn.Sequential(nn.Linear(config.hidden, config.hidden), nn.SiLU(),
                                       nn.Linear(config.hidden, 1))
+        # std of the collective (centre-of-mass) acceleration of each graph, from pooled latents
+        self.collective_std_head = nn.Sequential(nn.Linear(config.hidden, config.hidden), nn.SiLU(),
+                                                 nn.Linear(config.hidden, 1))
         # Score net context: dynamics latents + log noise level; vectors: offset of
         # the candidate from the mean prediction, and the last velocity.
         if config.score_net == "pair":
@@ -381,22 +396,36 @@ class CGPropagator(nn.Module):
             raise ValueError("pos_history contains NaN or infinite positions")
 
     def _dynamics(self, pos_history: Tensor, bead_features: Tensor, coarse_edge_index: Tensor, batch: Tensor,
-                  box: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
-        """Acceleration mean (N, 3), std (N, 1) in accel-std units, and the scalar latents (N, hidden)."""
+                  box: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Acceleration mean (N, 3), internal std (N, 1), collective std (N, 1, per graph) in accel-std
+        units, and the scalar latents (N, hidden)."""
         velocities = (pos_history[1:] - pos_history[:-1]) / self.velocity_std_nm     # (k-1, N, 3)
         v_in = velocities.permute(1, 2, 0)                                            # (N, 3, k-1)
         s_in = torch.cat([torch.linalg.vector_norm(v_in, dim=1), bead_features], dim=-1)
         s, v = self.dynamics(s_in, v_in, pos_history[-1], coarse_edge_index, batch, box)
         mean = self.accel_head(s, v)
         std = self.min_std + nn.functional.softplus(self.std_head(s))
-        return mean, std, s
+        pooled, _ = graph_mean(s, batch)
+        collective = self.min_std + nn.functional.softplus(self.collective_std_head(pooled))
+        return mean, std, collective, s
 
-    def _score_eps(self, candidate: Tensor, mean_position: Tensor, last_velocity: Tensor, latents: Tensor,
-                   sigma: Tensor, coarse_edge_index: Tensor, batch: Tensor, box: Optional[Tensor]) -> Tensor:
+    def _sample(self, mean: Tensor, std: Tensor, collective: Tensor, noise: Tensor, batch: Tensor) -> Tensor:
+        """Acceleration sample: internal noise per bead plus one shared centre-of-mass kick per graph.
+
+        Both parts are linear in ``noise``: the graph mean of the noise (times
+        sqrt(n)) is itself standard normal and drives the centre of mass with
+        std ``collective``; the rest (independent of it) drives the internal
+        motion with std ``std`` per bead. Beads of a molecule thus move
+        together as they do in MD, instead of being kicked apart.
+        """
+        noise_mean, count = graph_mean(noise, batch)
+        # noise - noise_mean is independent of noise_mean (Gaussian, zero covariance)
+        return mean + std * (noise - noise_mean) + collective * torch.sqrt(count) * noise_mean
+
+    def _score_eps(self, candidate: Tensor, latents: Tensor, sigma: Tensor, coarse_edge_index: Tensor,
+                   batch: Tensor, box: Optional[Tensor]) -> Tensor:
         """Predicted unit noise ``eps`` (N, 3) of ``candidate`` at noise level ``sigma`` (N, 1) accel-std units."""
-        offset = (candidate - mean_position) / self.accel_std_nm
-        return self.score(candidate, offset, last_velocity / self.velocity_std_nm, latents, torch.log(sigma),
-                          coarse_edge_index, batch, box)
+        return self.score(candidate, latents, torch.log(sigma), coarse_edge_index, batch, box)
 
     # ------------------------------------------------------------- public API
     @torch.jit.export
@@ -446,8 +475,11 @@ class CGPropagator(nn.Module):
         self._check_step_inputs(pos_history, bead_features, coarse_edge_index, batch)
         graph_box = self._graph_box(box, batch)
         pos_history = _unwrap(pos_history, pos_history[-1], graph_box, batch)
-        mean, std, _ = self._dynamics(pos_history, bead_features, coarse_edge_index, batch, graph_box)
-        return mean * self.accel_std_nm, std * self.accel_std_nm
+        mean, std, collective, _ = self._dynamics(pos_history, bead_features, coarse_edge_index, batch, graph_box)
+        _, count = graph_mean(std, batch)
+        # marginal per-bead std of the sampled acceleration (internal part has n-1 of n degrees of freedom)
+        marginal = torch.sqrt(std * std * (1.0 - 1.0 / count) + collective * collective)
+        return mean * self.accel_std_nm, marginal * self.accel_std_nm
 
     @torch.jit.export
     def step(self, pos_history: Tensor, bead_features: Tensor, coarse_edge_index: Tensor, batch: Tensor,
@@ -458,17 +490,16 @@ class CGPropagator(nn.Module):
             raise ValueError("noise must have shape (n_beads, 3), got " + str(noise.shape))
         graph_box = self._graph_box(box, batch)
         pos_history = _unwrap(pos_history, pos_history[-1], graph_box, batch)
-        mean, std, latents = self._dynamics(pos_history, bead_features, coarse_edge_index, batch, graph_box)
+        mean, std, collective, latents = self._dynamics(pos_history, bead_features, coarse_edge_index, batch,
+                                                        graph_box)
         x_t = pos_history[-1]
         velocity = x_t - pos_history[-2]
         # semi-implicit Euler with dt = 1 model step: v += a; x += v
-        mean_position = x_t + velocity + mean * self.accel_std_nm
-        candidate = mean_position + (std * self.accel_std_nm) * noise
+        candidate = x_t + velocity + self._sample(mean, std, collective, noise, batch) * self.accel_std_nm
         if refine:
             for sigma in self.refine_sigmas:
                 sigma_column = torch.full_like(std, sigma)
-                eps = self._score_eps(candidate, mean_position, velocity, latents, sigma_column,
-                                      coarse_edge_index, batch, graph_box)
+                eps = self._score_eps(candidate, latents, sigma_column, coarse_edge_index, batch, graph_box)
                 candidate = candidate - (sigma * self.accel_std_nm) * eps  # Tweedie: x + sigma^2 * score
         return candidate
 
@@ -497,14 +528,16 @@ class CGPropagator(nn.Module):
         noisy = pos_history + (history_sigma * self.accel_std_nm).unsqueeze(0) * torch.randn_like(pos_history)
         x_t, x_prev = noisy[-1], noisy[-2]
         accel = (pos_target - 2.0 * x_t + x_prev) / self.accel_std_nm
-        mean, std, latents = self._dynamics(noisy, bead_features, coarse_edge_index, batch, graph_box)
-        nll = gaussian_nll(accel, mean, std)
-        velocity = x_t - x_prev
-        mean_position = x_t + velocity + mean * self.accel_std_nm
+        mean, std, collective, latents = self._dynamics(noisy, bead_features, coarse_edge_index, batch, graph_box)
+        # NLL of the internal accelerations (per bead) and of the centre-of-mass one (per graph)
+        accel_com, count = graph_mean(accel, batch)
+        mean_com, _ = graph_mean(mean, batch)
+        nll = gaussian_nll(accel - accel_com, mean - mean_com, std)
+        z = (accel_com - mean_com) / collective
+        nll = nll + ((0.5 * z.pow(2).sum(-1) + 3.0 * torch.log(collective.squeeze(-1))) / count.squeeze(-1)).mean()
         eps = torch.randn_like(pos_target)
         candidate = pos_target + (score_sigma * self.accel_std_nm) * eps
-        eps_pred = self._score_eps(candidate, mean_position, velocity, latents, score_sigma,
-                                   coarse_edge_index, batch, graph_box)
+        eps_pred = self._score_eps(candidate, latents, score_sigma, coarse_edge_index, batch, graph_box)
         dsm = (eps_pred - eps).pow(2).sum(-1).mean()
         return {"nll": nll, "dsm": dsm, "accel_mse": (mean - accel).pow(2).sum(-1).mean().detach()}
 

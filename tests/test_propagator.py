@@ -101,17 +101,32 @@ def test_std_positive_and_floored():
 
 
 def test_step_is_semi_implicit_euler_of_predict():
-    """Without refinement: x[t+1] = x[t] + (x[t] - x[t-1]) + mean + std * noise."""
+    """x[t+1] = x[t] + (x[t] - x[t-1]) + a, a linear in the noise, mean and std as `predict` says."""
     model = make_model(k=4)
     history, features, coarse, batch, box = inputs(model)
     noise = torch.randn(N_BEADS, 3)
     with torch.no_grad():
         mean, std = model.predict(history, features, coarse, batch, box)
-        x = model.step(history, features, coarse, batch, box, noise, False)
+        x0 = model.step(history, features, coarse, batch, box, torch.zeros(N_BEADS, 3), False)
+        x1 = model.step(history, features, coarse, batch, box, noise, False)
+        x2 = model.step(history, features, coarse, batch, box, 2 * noise, False)
         refined = model.step(history, features, coarse, batch, box, noise, True)
-    expected = history[-1] + (history[-1] - history[-2]) + mean + std * noise
-    torch.testing.assert_close(x, expected, atol=1e-6, rtol=1e-5)
-    assert not torch.allclose(refined, x)  # the score refinement does move the beads
+    torch.testing.assert_close(x0, history[-1] + (history[-1] - history[-2]) + mean, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(x2 - x0, 2 * (x1 - x0), atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(refined, x1)  # the score refinement does move the beads
+
+    # many copies (one graph each, far apart): per-bead sample std matches predict's std
+    copies = 1500
+    spread = torch.arange(copies).repeat_interleave(N_BEADS).unsqueeze(1) * torch.tensor([0.0, 0.0, 40.0])
+    many = history.repeat(1, copies, 1) + spread
+    edges = torch.cat([coarse + c * N_BEADS for c in range(copies)], 1)
+    copy_batch = torch.arange(copies).repeat_interleave(N_BEADS)
+    with torch.no_grad():
+        samples = model.step(many, features.repeat(copies, 1), edges, copy_batch, box,
+                             torch.randn(copies * N_BEADS, 3, generator=torch.Generator().manual_seed(5)), False)
+    accel = (samples - spread - x0.repeat(copies, 1)).reshape(copies, N_BEADS, 3)  # a - mean
+    empirical = accel.std(dim=(0, 2))
+    torch.testing.assert_close(empirical, std.squeeze(1), rtol=0.06, atol=0)
 
 
 def test_copies_in_one_batch_match_single_molecules():

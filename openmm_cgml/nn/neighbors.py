@@ -19,7 +19,7 @@ Conventions (used everywhere in ``openmm_cgml.nn``):
 """
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor

@@ -1,0 +1,320 @@
+"""Two ways to run a learned propagator inside OpenMM, timed side by side; prints JSON.
+
+Same exported model (an untrained ``CGPropagator`` of the default size, k = 8,
+refinement on: speed does not depend on the weights), same molecule, same
+platform, in one run:
+
+(a) ``torchforce``: the propagator inside an openmm-torch ``TorchForce``
+    (``setOutputsForces(True)``) driven by a ``CustomIntegrator`` whose
+    program is ``cgml_step += 1; v = f*c/dt; x = x + f*c`` (c = 1). The
+    TorchScript module (:class:`GuardedTorchForcePropagator`) keeps the k-frame
+    history and a noise table in buffers and returns the displacement
+    ``x_{t+1} - x_t`` as "forces", so OpenMM moves the beads exactly to the
+    model's next frame. Positions live in the Context (on the GPU there).
+(b) ``rollout``: ``openmm_cgml.CGMLIntegrator``, whose ``step(n)`` runs ``n``
+    model steps in torch on the platform's device and syncs with the Context
+    (setPositions/setVelocities/setTime/setStepCount + the per-DOF history)
+    once per call; timed with a sync every 1, 10 and 100 model steps.
+(c) ``bare``: the model call alone in a torch loop (``module.step`` + history
+    shift), the floor both paths are measured against.
+
+Each path fetches positions after every report interval (what a trajectory
+reporter does). Bead counts: a bead-spring polymer chain (``polymer-chain``,
+one bead per particle) of 10, 100 and 1000 beads.
+
+    OMP_NUM_THREADS=1 python bench/integrator_paths.py [--beads 10 100 1000] [--repeats 5]
+
+Timings are interleaved (bare, rollout@1, rollout@10, ..., torchforce@1, ...,
+bare, ...) and the median over repeats is reported, so load from other
+processes hits all paths alike. The platform is CUDA (with the Context's
+GPU as torch device) when both OpenMM and torch see one, else CPU.
+
+The pitfall of (a): openmm-torch calls the module on EVERY force evaluation:
+once per step, but also on every ``getState(getForces/getEnergy)``, every
+minimiser iteration and every ``setPositions`` followed by a force query. A
+module that advances its buffer-held history on each call would take an extra
+model step (and use the next noise) each time a reporter asks for the energy.
+The guard here: the integrator increments a global parameter ``cgml_step``
+before the force evaluation, the module advances only when it sees
+``cgml_step == last + 1`` and the positions it produced last; the same
+counter again returns the cached displacement without calling the model;
+any other counter or moved positions restart the history (warm-up, k copies
+of the current frame), as ``CGMLIntegrator`` does. What the guard cannot fix:
+the buffers are not part of OpenMM checkpoints or ``saveState``, so a
+restored Context restarts with a warm-up instead of resuming bit-exactly.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform as host
+import statistics
+import tempfile
+import time
+
+import torch  # before openmm: openmm-torch's plugin only loads when torch's libraries are already loaded
+
+import openmm
+import openmm.unit as u
+
+from openmm_cgml import systems
+from openmm_cgml.export import export_model, load
+from openmm_cgml.integrator import CGMLIntegrator, coarse_grained_system, model_graph, step_noise
+from openmm_cgml.mapping import Mapping
+from openmm_cgml.propagator import CGPropagator, PropagatorConfig
+
+
+class GuardedTorchForcePropagator(torch.nn.Module):
+    """A CGPropagator as an openmm-torch TorchForce: "forces" = next frame - current frame (nm).
+
+    ``forward(positions (N,3) nm, cgml_step)`` -> ``(energy 0, displacement (N,3) nm)``.
+    Buffers: ``history`` (k, N, 3) float32, oldest first, last = the frame the
+    Context should hold now; ``displacement``, the last answer (returned again
+    on re-evaluation); ``last_step``; ``noise`` (T, N, 3), standard normal
+    noise of model step i = ``noise[i % T]`` (from ``step_noise(seed, i)``,
+    so the first T steps equal ``CGMLIntegrator``'s with the same seed).
+    ``guard=False`` is the naive module that advances on every call (kept to
+    show the pitfall in the tests).
+    """
+
+    def __init__(self, module, features, edges, batch, noise, k: int, guard: bool = True):
+        super().__init__()
+        self.model = module
+        self.k = k
+        self.guard = guard
+        self.refine = True
+        n = features.shape[0]
+        self.register_buffer("features", features)
+        self.register_buffer("edges", edges)
+        self.register_buffer("batch", batch)
+        self.register_buffer("box", torch.zeros(3, 3))
+        self.register_buffer("noise", noise)
+        self.register_buffer("history", torch.zeros(k, n, 3))
+        self.register_buffer("displacement", torch.zeros(n, 3))
+        self.register_buffer("last_step", torch.full((1,), -2, dtype=torch.long))
+
+    def forward(self, positions: torch.Tensor, cgml_step: torch.Tensor):
+        step = int(cgml_step.item())  # exact for counters < 2**24 even on single-precision platforms
+        last = int(self.last_step.item())
+        zero = torch.zeros((), dtype=positions.dtype, device=positions.device)
+        if not self.guard:
+            return zero, self._naive(positions, last)
+        if step == last:
+            # a re-evaluation (getState(getForces/getEnergy), minimiser, reporter): do not advance
+            return zero, self.displacement.to(positions.dtype)
+        x = positions.to(torch.float32)
+        continuing = step == last + 1 and bool(torch.allclose(x, self.history[-1], rtol=0.0, atol=1e-5))
+        if not continuing:
+            # first step, positions moved from outside, or a restored Context: warm-up from here
+            self.history.copy_(x.unsqueeze(0).expand(self.k, -1, -1))
+        noise = self.noise[(step - 1) % self.noise.shape[0]]
+        new = self.model.step(self.history, self.features, self.edges, self.batch, self.box, noise, self.refine)
+        self.history.copy_(torch.cat([self.history[1:], new.unsqueeze(0)], dim=0))
+        self.displacement.copy_(new - x)
+        self.last_step.fill_(step)
+        # displacement in the Context's precision from the full-precision positions: x + f lands on `new`
+        return zero, new.to(positions.dtype) - positions
+
+    def _naive(self, positions: torch.Tensor, last: int) -> torch.Tensor:
+        """The unguarded design: every call pushes the positions it gets and takes a model step."""
+        x = positions.to(torch.float32)
+        if last < 0:
+            self.history.copy_(x.unsqueeze(0).expand(self.k, -1, -1))
+        else:
+            self.history.copy_(torch.cat([self.history[1:], x.unsqueeze(0)], dim=0))
+        step = max(last, -1) + 1  # its own call counter, from 0 (the guarded module's noise index too)
+        noise = self.noise[step % self.noise.shape[0]]
+        new = self.model.step(self.history, self.features, self.edges, self.batch, self.box, noise, self.refine)
+        self.last_step.fill_(step)
+        return new.to(positions.dtype) - positions
+
+
+def torchforce_context(model, cg, platform, seed: int = 1, noise_steps: int = 256, properties=None,
+                       guard: bool = True):
+    """A Context running ``model`` through openmm-torch; returns ``(context, integrator)``.
+
+    The System is ``cg.system`` plus the TorchForce; the integrator's step size
+    is the model step. Raises ImportError when openmm-torch is not installed.
+    """
+    from openmmtorch import TorchForce
+
+    replicas = cg.replicas
+    edges, batch = model_graph(model.mapping, replicas)
+    n = cg.system.getNumParticles()
+    generator = torch.Generator()
+    noise = torch.stack([step_noise(generator, seed, i, (n, 3), torch.float32, "cpu") for i in range(noise_steps)])
+    wrapper = GuardedTorchForcePropagator(model.module, model.embed_mapping().repeat(replicas, 1).cpu(),
+                                          edges, batch, noise, model.k, guard)
+    force = TorchForce(torch.jit.script(wrapper))
+    force.setOutputsForces(True)
+    force.addGlobalParameter("cgml_step", 0.0)
+    system = openmm.XmlSerializer.clone(cg.system)
+    system.addForce(force)
+    integrator = openmm.CustomIntegrator(model.module.model_dt_ps)
+    integrator.addGlobalVariable("c", 1.0)  # displacement per unit "force" (nm per nm)
+    integrator.addComputeGlobal("cgml_step", "cgml_step + 1")  # before f is read: one fresh evaluation
+    integrator.addComputePerDof("v", "f * c / dt")
+    integrator.addComputePerDof("x", "x + f * c")
+    context = openmm.Context(system, integrator, platform, properties or {})
+    context.setPositions(cg.positions)
+    return context, integrator
+
+
+def polymer_model(n_beads: int, k: int, directory: str):
+    """An exported, untrained propagator for a ``n_beads``-bead polymer chain (one bead per particle)."""
+    if n_beads < 2 or n_beads % 2:
+        raise ValueError(f"bead counts must be even and >= 2 (two beads per monomer), got {n_beads}")
+    reference = systems.load("polymer-chain", length=n_beads // 2)
+    mapping = Mapping.metis(reference.topology, reference.masses, atoms_per_bead=1,
+                            atom_types=reference.atom_types)
+    dt = reference.timestep.value_in_unit(u.picosecond)
+    steps = 500  # one model step = 5 tau, as in the published polymer setup
+    module = CGPropagator.from_mapping(
+        mapping, PropagatorConfig(k=k), model_dt_ps=steps * dt, md_steps_per_model_step=steps, md_timestep_ps=dt,
+        temperature_K=reference.temperature.value_in_unit(u.kelvin), accel_std_nm=1e-2, velocity_std_nm=1e-2)
+    model = load(export_model(module, os.path.join(directory, f"polymer{n_beads}.pt"), {"mapping": mapping}))
+    return model, reference
+
+
+def choose_platform(name: str):
+    """``(openmm.Platform, torch.device)``: CUDA when both sides have it (for "auto"), else CPU."""
+    if name == "auto":
+        names = {openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())}
+        name = "CUDA" if "CUDA" in names and torch.cuda.is_available() else "CPU"
+    return openmm.Platform.getPlatformByName(name), torch.device("cuda:0" if name == "CUDA" else "cpu")
+
+
+def _synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_config(model, reference, platform, device, steps, intervals, repeats):
+    """Median ms per model step of every path for one molecule; paths interleaved per repeat."""
+    cg = coarse_grained_system(model, reference.topology, reference.positions)
+    start = torch.as_tensor(cg.positions.value_in_unit(u.nanometer), dtype=torch.float32)
+    n = start.shape[0]
+
+    # (c) the floor: the model call alone, on the device
+    model.to(device)
+    features = model.embed_mapping().to(device)
+    edges, batch = model_graph(model.mapping, 1, device)
+    box = torch.zeros(3, 3, device=device)
+    noise = torch.randn(steps, n, 3, device=device)
+
+    def bare():
+        history = start.to(device).repeat(model.k, 1, 1)
+        _synchronize(device)
+        t = time.perf_counter()
+        for i in range(steps):
+            new = model.step(history, features, edges, batch, box, noise[i], True)  # no_grad, as rollout
+            history = torch.cat([history[1:], new.unsqueeze(0)], dim=0)
+        _synchronize(device)
+        return (time.perf_counter() - t) / steps
+
+    # (b) CGMLIntegrator: torch rollout, one Context sync per step(n) call
+    # (collisions are not the point here, an untrained model wanders: guard NaNs only)
+    rollout_integrator = CGMLIntegrator(model, seed=1, collision_distance=0.0)
+    rollout_context = openmm.Context(cg.system, rollout_integrator, platform)
+    rollout_context.setPositions(cg.positions)
+
+    # (a) openmm-torch TorchForce + CustomIntegrator (its own copy of the module, on the Context's device).
+    # On the CPU platform OpenMM's own worker threads (default: one per core) compete with torch for the
+    # cores while the model runs: Threads=1 is the fair setting; the default is timed too, to show it.
+    on_cpu = platform.getName() == "CPU"
+    tf_context, tf_integrator = torchforce_context(model, cg, platform, properties={"Threads": "1"} if on_cpu else None)
+    default_threads = torchforce_context(model, cg, platform) if on_cpu else None
+
+    def stepped(context, integrator, interval):
+        def run():
+            context.setPositions(cg.positions)  # same start and same work for every repeat
+            t = time.perf_counter()
+            for _ in range(steps // interval):
+                integrator.step(interval)
+                context.getState(getPositions=True).getPositions(asNumpy=True)  # a trajectory reporter
+            return (time.perf_counter() - t) / steps
+        return run
+
+    paths = {"bare": bare}
+    for interval in intervals:
+        paths[f"rollout_sync_every_{interval}"] = stepped(rollout_context, rollout_integrator, interval)
+    for interval in intervals:
+        paths[f"torchforce_report_every_{interval}"] = stepped(tf_context, tf_integrator, interval)
+    if default_threads is not None:
+        paths[f"torchforce_cpu_default_threads_report_every_{intervals[-1]}"] = stepped(*default_threads, intervals[-1])
+
+    for run in paths.values():  # warm-up: TorchScript profiling runs, allocations, plugin setup
+        run()
+    samples = {name: [] for name in paths}
+    for _ in range(repeats):
+        for name, run in paths.items():
+            samples[name].append(run())
+    ms = {name: statistics.median(values) * 1e3 for name, values in samples.items()}
+    bare_ms = samples["bare"]
+    result = {"n_beads": n, "ms_per_step": ms,
+              # ratios from the same repeat (back to back), then the median: load cancels
+              "overhead_vs_bare": {name: statistics.median(s / b for s, b in zip(values, bare_ms)) - 1
+                                   for name, values in samples.items() if name != "bare"},
+              "spread_ms": {name: [min(v) * 1e3, max(v) * 1e3] for name, v in samples.items()}}
+    result["torchforce_over_rollout"] = {
+        str(i): statistics.median(t / r for t, r in zip(samples[f"torchforce_report_every_{i}"],
+                                                        samples[f"rollout_sync_every_{i}"]))
+        for i in intervals}
+    result["fastest_path"] = min((name for name in paths if name != "bare"), key=ms.get)
+    if on_cpu:
+        result["torchforce_cpu_platform_threads"] = 1
+    return result
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--beads", type=int, nargs="+", default=[10, 100, 1000])
+    parser.add_argument("--intervals", type=int, nargs="+", default=[1, 10, 100],
+                        help="model steps between syncs with the Context / position reports")
+    parser.add_argument("--steps", type=int, default=100, help="model steps per timing (a multiple of every interval)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--k", type=int, default=8, help="history length (the coarse-grain default)")
+    parser.add_argument("--platform", default="auto", choices=["auto", "CPU", "CUDA", "Reference"])
+    args = parser.parse_args()
+    bad = [i for i in args.intervals if i < 1 or args.steps % i]
+    if bad:
+        parser.error(f"--steps {args.steps} must be a multiple of every interval; not of {bad}")
+
+    platform, device = choose_platform(args.platform)
+    result = {
+        "hardware": {"cpu": host.processor() or host.machine(), "cores": os.cpu_count(),
+                     "torch_threads": torch.get_num_threads(), "platform": platform.getName(),
+                     "cuda": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+                     "note": "medians of interleaved repeats; on a shared machine absolute numbers vary, "
+                             "ratios from back-to-back runs less"},
+        "versions": {"openmm": openmm.__version__, "torch": torch.__version__},
+        "model": {"kind": "exported untrained CGPropagator (default size, refinement on)", "k": args.k,
+                  "molecule": "polymer-chain, one bead per particle"},
+        "steps_per_timing": args.steps, "repeats": args.repeats,
+        "notes": ["every path fetches positions once per interval (a trajectory reporter)",
+                  "rollout = CGMLIntegrator.step(interval): torch loop + one Context sync per call, "
+                  "noise re-seeded per step (step_noise)",
+                  "torchforce noise comes from a precomputed table buffer (no per-step re-seeding)",
+                  "torchforce Context on the CPU platform with Threads=1; the default thread count is "
+                  "timed once as torchforce_cpu_default_threads_*"],
+        "by_beads": {},
+    }
+    with tempfile.TemporaryDirectory() as directory:
+        for n_beads in args.beads:
+            model, reference = polymer_model(n_beads, args.k, directory)
+            result["model"]["n_parameters"] = sum(p.numel() for p in model.module.parameters())
+            result["by_beads"][str(n_beads)] = time_config(model, reference, platform, device, args.steps,
+                                                           args.intervals, args.repeats)
+    # the verdict: which design is faster at each report interval, over all bead counts
+    verdict = {}
+    for interval in args.intervals:
+        ratios = [r["torchforce_over_rollout"][str(interval)] for r in result["by_beads"].values()]
+        verdict[str(interval)] = "rollout" if all(x > 1 for x in ratios) else (
+            "torchforce" if all(x < 1 for x in ratios) else "mixed")
+    result["faster_design_by_interval"] = verdict
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
