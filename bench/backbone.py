@@ -102,7 +102,7 @@ def build_model(name: str, hidden: int, layers: int, cutoff: float):
     from openmm_cgml.properties import PaxNetAtomwise, PropertyModel
 
     if name == "paxnet":
-        atomwise = PaxNetAtomwise(hidden=hidden, n_layers=layers, cutoff=cutoff, max_num_neighbors=32)
+        atomwise = PaxNetAtomwise(hidden=hidden, n_layers=layers, cutoff=cutoff, max_num_neighbors=32, n_rbf=32)
     elif name == "dimenetpp":
         from torch_geometric.nn.models import DimeNetPlusPlus
 

@@ -22,7 +22,11 @@ Each path fetches positions after every report interval (what a trajectory
 reporter does). Bead counts: a bead-spring polymer chain (``polymer-chain``,
 one bead per particle) of 10, 100 and 1000 beads.
 
-    OMP_NUM_THREADS=1 python bench/integrator_paths.py [--beads 10 100 1000] [--repeats 5]
+    OMP_NUM_THREADS=1 python bench/integrator_paths.py [--beads 10 100 1000] [--repeats 3]
+
+From --large-beads (500) beads on, a timing is --large-steps (10) model
+steps, so the intervals that fit are 1 and 10 (a 1000-bead model step takes
+~70 ms here; the sync is then a rounding error anyway).
 
 Timings are interleaved (bare, rollout@1, rollout@10, ..., torchforce@1, ...,
 bare, ...) and the median over repeats is reported, so load from other
@@ -50,6 +54,7 @@ import json
 import os
 import platform as host
 import statistics
+import sys
 import tempfile
 import time
 
@@ -273,7 +278,11 @@ def main():
     parser.add_argument("--intervals", type=int, nargs="+", default=[1, 10, 100],
                         help="model steps between syncs with the Context / position reports")
     parser.add_argument("--steps", type=int, default=100, help="model steps per timing (a multiple of every interval)")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--large-steps", type=int, default=10,
+                        help="model steps per timing from --large-beads beads on (the model step dominates there); "
+                             "intervals that do not divide it are skipped")
+    parser.add_argument("--large-beads", type=int, default=500)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--k", type=int, default=8, help="history length (the coarse-grain default)")
     parser.add_argument("--platform", default="auto", choices=["auto", "CPU", "CUDA", "Reference"])
     args = parser.parse_args()
@@ -291,7 +300,8 @@ def main():
         "versions": {"openmm": openmm.__version__, "torch": torch.__version__},
         "model": {"kind": "exported untrained CGPropagator (default size, refinement on)", "k": args.k,
                   "molecule": "polymer-chain, one bead per particle"},
-        "steps_per_timing": args.steps, "repeats": args.repeats,
+        "steps_per_timing": {"below_large_beads": args.steps, "from_large_beads": args.large_steps,
+                             "large_beads": args.large_beads}, "repeats": args.repeats,
         "notes": ["every path fetches positions once per interval (a trajectory reporter)",
                   "rollout = CGMLIntegrator.step(interval): torch loop + one Context sync per call, "
                   "noise re-seeded per step (step_noise)",
@@ -304,12 +314,16 @@ def main():
         for n_beads in args.beads:
             model, reference = polymer_model(n_beads, args.k, directory)
             result["model"]["n_parameters"] = sum(p.numel() for p in model.module.parameters())
-            result["by_beads"][str(n_beads)] = time_config(model, reference, platform, device, args.steps,
-                                                           args.intervals, args.repeats)
+            steps = args.large_steps if n_beads >= args.large_beads else args.steps
+            intervals = [i for i in args.intervals if steps % i == 0] or [steps]
+            print(f"{n_beads} beads: {steps} model steps per timing, intervals {intervals}", file=sys.stderr, flush=True)
+            result["by_beads"][str(n_beads)] = time_config(model, reference, platform, device, steps,
+                                                           intervals, args.repeats)
     # the verdict: which design is faster at each report interval, over all bead counts
     verdict = {}
     for interval in args.intervals:
-        ratios = [r["torchforce_over_rollout"][str(interval)] for r in result["by_beads"].values()]
+        ratios = [r["torchforce_over_rollout"][str(interval)] for r in result["by_beads"].values()
+                  if str(interval) in r["torchforce_over_rollout"]]
         verdict[str(interval)] = "rollout" if all(x > 1 for x in ratios) else (
             "torchforce" if all(x < 1 for x in ratios) else "mixed")
     result["faster_design_by_interval"] = verdict

@@ -8,7 +8,7 @@ size is representative), then a rollout from the same start counts bead
 pairs closer than ``--threshold`` (default 0.1 nm).
 
     OMP_NUM_THREADS=1 python bench/propagator.py                      # untrained default-size model
-    OMP_NUM_THREADS=1 python bench/propagator.py --model model.pt --system polymer-chain --system-param length=5
+    OMP_NUM_THREADS=1 python bench/propagator.py --model ala2.pt --system alanine-dipeptide --refine-sigmas 0.6 0.3 0.1
 
 ``collision_rate`` = colliding bead pairs per bead per model step, averaged
 over the rollout (0 = no collision ever). With an untrained model (no
@@ -105,25 +105,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="exported model (default: an untrained model of the default size)")
     parser.add_argument("--system", default="polymer-chain")
-    parser.add_argument("--system-param", action="append", default=["length=5"],
-                        help="KEY=VALUE override of the reference system (repeatable)")
+    parser.add_argument("--system-param", action="append", default=[],
+                        help="KEY=VALUE override of the reference system (repeatable; polymer-chain: length=5)")
     parser.add_argument("--beads", type=int, nargs="+", default=[10, 100, 1000, 10000])
     parser.add_argument("--devices", nargs="+", default=["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--rollout-steps", type=int, default=200)
     parser.add_argument("--threshold", type=float, default=0.1, help="collision distance (nm)")
     parser.add_argument("--k", type=int, default=4, help="history length of the untrained model")
+    parser.add_argument("--refine-sigmas", type=float, nargs="+", help="override the model's refinement levels")
     args = parser.parse_args()
     params = {}
     for item in args.system_param:
         key, value = item.split("=", 1)
         params[key] = json.loads(value) if value[:1].isdigit() or value in ("true", "false") else value
+    if args.system == "polymer-chain" and not params:
+        params = {"length": 5}  # a 10-bead chain
     torch.manual_seed(0)
 
     with tempfile.TemporaryDirectory() as directory, torch.inference_mode():
         model = load(args.model) if args.model else None
         mapping, positions = reference_molecule(args.system, params, model)
         model = model or untrained(mapping, directory, args.k)
+        if args.refine_sigmas:
+            model.refine_sigmas = args.refine_sigmas
         rows = []
         for device in args.devices:
             module = model.module.to(device)
@@ -149,7 +154,7 @@ def main() -> None:
             "benchmark": "propagator model step",
             "model": args.model or "untrained, default PropagatorConfig (collision rates not meaningful)",
             "system": args.system, "system_params": params, "beads_per_molecule": mapping.n_beads,
-            "threshold_nm": args.threshold, "refine_calls": len(model.metadata.get("refine_sigmas", [])),
+            "threshold_nm": args.threshold, "refine_sigmas": model.refine_sigmas,
             "hardware": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                          "torch_threads": torch.get_num_threads(),
                          "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None},

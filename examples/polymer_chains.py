@@ -149,6 +149,9 @@ def run(config: dict, out: Path, seed: int = 0, log=print) -> dict:
     log("[4/6] export")
     model = load(export(checkpoint, out / "model.pt", overwrite=True))
 
+    # A bead model of a few dozen beads is bound by per-operation overhead: one thread is fastest, and
+    # on a busy machine more threads wait on each other at every operation (training set 2+).
+    torch.set_num_threads(1)
     log(f"[5/6] rollouts of the {len(test_paths)} unseen sequences, {config['rollout_steps']} model steps each")
     lag = config["model_steps"] // config["stride"]
     rollouts, topologies, wall, simulated = [], [], 0.0, 0.0

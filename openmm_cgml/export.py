@@ -207,6 +207,18 @@ class CGModel:
             self._mapping = Mapping.from_json(self.metadata["mapping"])
         return self._mapping
 
+    @property
+    def refine_sigmas(self) -> list[float]:
+        """Noise levels (accel-std units) of the Score refinement: one network call each per step."""
+        return list(self.module.refine_sigmas)
+
+    @refine_sigmas.setter
+    def refine_sigmas(self, sigmas) -> None:
+        values = [float(s) for s in sigmas]
+        if not all(s > 0 for s in values):
+            raise ValueError(f"refine_sigmas must all be > 0, got {values}")
+        self.module.refine_sigmas = values
+
     def to(self, device) -> "CGModel":
         self.module.to(device)
         return self

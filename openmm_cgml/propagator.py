@@ -64,7 +64,7 @@ class PropagatorConfig:
     score_net: str = "pair"          # "pair": one equivariant pair-message round (fast); "paxnet"
     score_hidden: int = 32           # Score network width
     score_layers: int = 2            # Score PaxNet layers (score_net = "paxnet" only)
-    refine_sigmas: List[float] = field(default_factory=lambda: [0.3])  # Tweedie steps at inference
+    refine_sigmas: List[float] = field(default_factory=lambda: [0.6, 0.3, 0.1])  # Tweedie steps at inference
 
     @classmethod
     def from_dict(cls, values: dict | None) -> "PropagatorConfig":
@@ -229,10 +229,13 @@ class PairScore(nn.Module):
         self.pair = _mlp(hidden + n_rbf, hidden, 1)
         self.bond = _mlp(hidden + n_rbf, hidden, 1)
 
+    def graph(self, candidate: Tensor, batch: Tensor, box: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+        """Radius graph (edges, shifts) to reuse over the refinement calls of one step (beads move little)."""
+        return radius_graph(candidate, self.cutoff, batch, box, self.max_num_neighbors)
+
     def forward(self, candidate: Tensor, latents: Tensor, log_sigma: Tensor, bonds: Tensor, batch: Tensor,
-                box: Optional[Tensor]) -> Tensor:
+                box: Optional[Tensor], edge: Tensor, shift: Tensor) -> Tensor:
         a = self.node(torch.cat([latents, log_sigma], dim=-1))
-        edge, shift = radius_graph(candidate, self.cutoff, batch, box, self.max_num_neighbors)
         j, i = edge[0], edge[1]
         vec = candidate[i] - candidate[j] + shift
         dist = torch.linalg.vector_norm(vec, dim=-1, keepdim=True).clamp_min(1e-6)
@@ -257,8 +260,13 @@ class PaxNetScore(nn.Module):
                                vector_in=0, scalar_in=latent + 1)
         self.head = _VectorHead(hidden)
 
+    def graph(self, candidate: Tensor, batch: Tensor, box: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+        """PaxNet builds its own graphs: nothing to precompute."""
+        return (torch.zeros(2, 0, dtype=torch.long, device=candidate.device),
+                torch.zeros(0, 3, dtype=candidate.dtype, device=candidate.device))
+
     def forward(self, candidate: Tensor, latents: Tensor, log_sigma: Tensor, bonds: Tensor, batch: Tensor,
-                box: Optional[Tensor]) -> Tensor:
+                box: Optional[Tensor], edge: Tensor, shift: Tensor) -> Tensor:
         no_vectors = torch.zeros(candidate.size(0), 3, 0, dtype=candidate.dtype, device=candidate.device)
         s, v = self.backbone(torch.cat([latents, log_sigma], dim=-1), no_vectors, candidate, bonds, batch, box)
         return self.head(s, v)
@@ -423,9 +431,9 @@ class CGPropagator(nn.Module):
         return mean + std * (noise - noise_mean) + collective * torch.sqrt(count) * noise_mean
 
     def _score_eps(self, candidate: Tensor, latents: Tensor, sigma: Tensor, coarse_edge_index: Tensor,
-                   batch: Tensor, box: Optional[Tensor]) -> Tensor:
+                   batch: Tensor, box: Optional[Tensor], edge: Tensor, shift: Tensor) -> Tensor:
         """Predicted unit noise ``eps`` (N, 3) of ``candidate`` at noise level ``sigma`` (N, 1) accel-std units."""
-        return self.score(candidate, latents, torch.log(sigma), coarse_edge_index, batch, box)
+        return self.score(candidate, latents, torch.log(sigma), coarse_edge_index, batch, box, edge, shift)
 
     # ------------------------------------------------------------- public API
     @torch.jit.export
@@ -496,10 +504,12 @@ class CGPropagator(nn.Module):
         velocity = x_t - pos_history[-2]
         # semi-implicit Euler with dt = 1 model step: v += a; x += v
         candidate = x_t + velocity + self._sample(mean, std, collective, noise, batch) * self.accel_std_nm
-        if refine:
+        if refine and len(self.refine_sigmas) > 0:
+            edge, shift = self.score.graph(candidate, batch, graph_box)
             for sigma in self.refine_sigmas:
                 sigma_column = torch.full_like(std, sigma)
-                eps = self._score_eps(candidate, latents, sigma_column, coarse_edge_index, batch, graph_box)
+                eps = self._score_eps(candidate, latents, sigma_column, coarse_edge_index, batch, graph_box,
+                                      edge, shift)
                 candidate = candidate - (sigma * self.accel_std_nm) * eps  # Tweedie: x + sigma^2 * score
         return candidate
 
@@ -537,7 +547,8 @@ class CGPropagator(nn.Module):
         nll = nll + ((0.5 * z.pow(2).sum(-1) + 3.0 * torch.log(collective.squeeze(-1))) / count.squeeze(-1)).mean()
         eps = torch.randn_like(pos_target)
         candidate = pos_target + (score_sigma * self.accel_std_nm) * eps
-        eps_pred = self._score_eps(candidate, latents, score_sigma, coarse_edge_index, batch, graph_box)
+        edge, shift = self.score.graph(candidate, batch, graph_box)
+        eps_pred = self._score_eps(candidate, latents, score_sigma, coarse_edge_index, batch, graph_box, edge, shift)
         dsm = (eps_pred - eps).pow(2).sum(-1).mean()
         return {"nll": nll, "dsm": dsm, "accel_mse": (mean - accel).pow(2).sum(-1).mean().detach()}
 

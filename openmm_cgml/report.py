@@ -120,8 +120,7 @@ def load_reference(path, *, topology=None, model=None, mapping_method: str = "me
     if not path.is_file():
         raise FileNotFoundError(f"reference file {path} does not exist")
     if not _is_fine_hdf5(path):
-        return load_rollout(path, topology=topology, model=model, frame_interval=frame_interval,
-                            role="reference"), None
+        return load_rollout(path, topology=topology, frame_interval=frame_interval, role="reference"), None
     from openmm_cgml.trajectory import FineTrajectory
 
     with FineTrajectory(path) as fine:
@@ -192,7 +191,7 @@ def _quiet_c_stdout():
         os.close(saved)
 
 
-def load_rollout(path, *, topology=None, model=None, frame_interval=None, role: str = "rollout") -> BeadTrajectory:
+def load_rollout(path, *, topology=None, frame_interval=None, role: str = "rollout") -> BeadTrajectory:
     """Load a bead trajectory (DCD/XTC/other mdtraj formats with a topology, or mdtraj HDF5)."""
     import mdtraj
 
@@ -489,7 +488,7 @@ def _plot_system(index: int, name: str, curves: dict, reference: BeadTrajectory,
         bins = _n_bins(ref_proj, roll_proj, high=50) // 2  # 2-D: 5..25 bins per axis, >= 4 samples per cell
         edges_x = analysis.comparison_edges(ref_proj[:, 0], roll_proj[:, 0], n_bins=bins)
         edges_y = analysis.comparison_edges(ref_proj[:, 1], roll_proj[:, 1], n_bins=bins)
-        figure, axes = plt.subplots(1, 2, figsize=(9, 3.8), sharex=True, sharey=True)
+        figure, axes = plt.subplots(1, 2, figsize=(9, 4.0), sharex=True, sharey=True, layout="constrained")
         for axis, proj, title in ((axes[0], ref_proj, "reference"), (axes[1], roll_proj, "rollout")):
             fes = analysis.free_energy_surface(proj, edges_x, edges_y)
             image = axis.pcolormesh(edges_x, edges_y, np.where(np.isfinite(fes), fes, np.nan).T,
@@ -503,7 +502,7 @@ def _plot_system(index: int, name: str, curves: dict, reference: BeadTrajectory,
         plt.close(figure)
         written.append(("TICA free-energy surfaces", file))
     if "contacts" in curves:
-        figure, axes = plt.subplots(1, 2, figsize=(8, 3.8))
+        figure, axes = plt.subplots(1, 2, figsize=(8, 4.0), layout="constrained")
         for axis, matrix, title in zip(axes, curves["contacts"], ("reference", "rollout")):
             image = axis.imshow(matrix, vmin=0, vmax=1, cmap="Greys", origin="lower")
             axis.set(title=title, xlabel="bead", ylabel="bead")
@@ -803,8 +802,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="time between reference frames (ps) when the file does not say")
     parser.add_argument("--rollout-interval", type=float, default=None, metavar="PS",
                         help="time between rollout frames (ps) when the file does not say")
-    parser.add_argument("--reference-ns-per-day", type=float, default=None, help="reference MD speed, for the speed-up")
-    parser.add_argument("--rollout-ns-per-day", type=float, default=None, help="rollout speed, for the speed-up")
+    parser.add_argument("--reference-ns-per-day", type=float, default=None, metavar="NS_PER_DAY",
+                        help="reference MD speed, for the speed-up")
+    parser.add_argument("--rollout-ns-per-day", type=float, default=None, metavar="NS_PER_DAY",
+                        help="rollout speed, for the speed-up")
     parser.add_argument("--tica-lag", type=float, default=None, metavar="PS",
                         help="TICA lag time (ps); default the rollout frame interval")
     parser.add_argument("--contact-cutoff", type=float, default=0.8, metavar="NM", help="contact distance (nm)")

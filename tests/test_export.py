@@ -130,3 +130,19 @@ def test_failed_export_keeps_existing_file(exported):
         export_model(model, path, {"bad": object()})
     assert path.read_bytes() == before
     assert sorted(p.name for p in path.parent.iterdir()) == ["model.pt"]  # no temporary left behind
+
+
+def test_refinement_levels_can_be_changed_after_loading(exported):
+    _, path = exported
+    loaded = load(path)
+    assert loaded.refine_sigmas == [0.5, 0.2]
+    history, features = chain_history(3), loaded.embed_mapping()
+    _, _, _, coarse = chain_molecule()
+    args = (history, features, coarse, torch.zeros(N_BEADS, dtype=torch.long), torch.zeros(3, 3),
+            torch.randn(N_BEADS, 3))
+    before = loaded.step(*args)
+    loaded.refine_sigmas = [0.1]
+    assert loaded.refine_sigmas == [0.1]
+    assert not torch.allclose(loaded.step(*args), before)
+    with pytest.raises(ValueError, match="> 0"):
+        loaded.refine_sigmas = [0.0]

@@ -254,3 +254,23 @@ def test_periodic_beads_get_an_rdf(tmp_path):
     assert m["rdf_mean_abs_difference"] < 0.2  # two ideal gases: g(r) = 1 on both sides
     assert any("no Rg" in note for note in m["notes"])
     assert (tmp_path / "out" / "system00_distributions.png").exists()
+
+
+@pytest.mark.slow
+def test_polymer_example_runs_end_to_end(tmp_path):
+    """examples/polymer_chains.py with a tiny configuration: every stage, then a report."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    import polymer_chains
+
+    config = json.loads(json.dumps(polymer_chains.CONFIGS["small"]))
+    for item in ("train_sequences=2", "test_sequences=2", "frames=220", "rollout_steps=30", "train.max_epochs=1",
+                 "train.limit_train_batches=4", "train.limit_val_batches=2"):
+        polymer_chains.apply_setting(config, item)
+    summary = polymer_chains.run(config, tmp_path, log=lambda text: None)
+    assert summary["n_systems"] == 2 and summary["speedup"] > 0
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert all(s["rollout"]["n_frames"] >= 2 for s in metrics["systems"])
+    assert metrics["systems"][0]["rollout"]["frame_interval_ps"] == pytest.approx(5.0, rel=1e-5)  # one model step

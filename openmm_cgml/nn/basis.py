@@ -36,12 +36,14 @@ class PolynomialEnvelope(torch.nn.Module):
 
 
 class BesselBasis(torch.nn.Module):
-    """Radial Bessel functions sin(f_n x) / (f_n x), x = r / cutoff, f_n = n pi, n = 1..n_rbf.
+    """Radial Bessel functions sin(f_n x) / (pi x), x = r / cutoff, f_n = n pi, n = 1..n_rbf.
 
-    These are the zeroth spherical Bessel functions of DimeNet/PaiNN, each
-    scaled to 1 at r = 0 so that the features are O(1) whatever the length
-    unit (nm here). The frequencies are trainable, as in NequIP. Defined for
-    any r >= 0, also beyond ``cutoff`` (bonded edges may be longer).
+    The zeroth spherical Bessel functions of DimeNet/PaiNN in the
+    dimensionless x, so the features have the same O(1) amplitude whatever
+    the length unit (nm here) and the same envelope 1/(pi x) for every
+    frequency (a 1/f_n normalisation would starve the high frequencies,
+    which resolve stiff bonds). Frequencies are trainable, as in NequIP.
+    Defined for any r >= 0, also beyond ``cutoff`` (bonded edges may be longer).
     """
 
     def __init__(self, n_rbf: int, cutoff: float, trainable: bool = True):
@@ -53,9 +55,9 @@ class BesselBasis(torch.nn.Module):
         self.freq = torch.nn.Parameter(freq, requires_grad=trainable)
 
     def forward(self, r: Tensor) -> Tensor:
-        fx = self.freq * (r / self.cutoff).unsqueeze(-1)
-        # sin(y) / y -> 1 at y -> 0; the clamp only avoids 0/0 for coincident atoms
-        return torch.sin(fx) / fx.clamp(min=1e-6)
+        x = (r / self.cutoff).unsqueeze(-1)
+        # sin(f x) / x -> f at x -> 0; the clamp only avoids 0/0 for coincident atoms
+        return torch.sin(self.freq * x) / (math.pi * x.clamp(min=1e-6))
 
 
 def legendre(x: Tensor, n: int) -> Tensor:
