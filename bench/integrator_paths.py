@@ -114,7 +114,10 @@ class GuardedTorchForcePropagator(torch.nn.Module):
             # first step, positions moved from outside, or a restored Context: warm-up from here
             self.history.copy_(x.unsqueeze(0).expand(self.k, -1, -1))
         noise = self.noise[(step - 1) % self.noise.shape[0]]
-        new = self.model.step(self.history, self.features, self.edges, self.batch, self.box, noise, self.refine)
+        # detach: openmm-torch runs the module with autograd on, and a buffer written from an output that
+        # carries a graph chains every step's graph to the last one (time per step grows without bound)
+        new = self.model.step(self.history, self.features, self.edges, self.batch, self.box, noise,
+                              self.refine).detach()
         self.history.copy_(torch.cat([self.history[1:], new.unsqueeze(0)], dim=0))
         self.displacement.copy_(new - x)
         self.last_step.fill_(step)
@@ -130,7 +133,8 @@ class GuardedTorchForcePropagator(torch.nn.Module):
             self.history.copy_(torch.cat([self.history[1:], x.unsqueeze(0)], dim=0))
         step = max(last, -1) + 1  # its own call counter, from 0 (the guarded module's noise index too)
         noise = self.noise[step % self.noise.shape[0]]
-        new = self.model.step(self.history, self.features, self.edges, self.batch, self.box, noise, self.refine)
+        new = self.model.step(self.history, self.features, self.edges, self.batch, self.box, noise,
+                              self.refine).detach()
         self.last_step.fill_(step)
         return new.to(positions.dtype) - positions
 
@@ -206,7 +210,10 @@ def time_config(model, reference, platform, device, steps, intervals, repeats):
     features = model.embed_mapping().to(device)
     edges, batch = model_graph(model.mapping, 1, device)
     box = torch.zeros(3, 3, device=device)
-    noise = torch.randn(steps, n, 3, device=device)
+    # Every path takes the same trajectory (same start, same noise: step_noise(seed 1, i) for step i of a
+    # timing), so they do the same work: an untrained model's cost varies with the beads' neighbour counts.
+    generator = torch.Generator()
+    noise = torch.stack([step_noise(generator, 1, i, (n, 3), torch.float32, "cpu") for i in range(steps)]).to(device)
 
     def bare():
         history = start.to(device).repeat(model.k, 1, 1)
@@ -228,12 +235,20 @@ def time_config(model, reference, platform, device, steps, intervals, repeats):
     # On the CPU platform OpenMM's own worker threads (default: one per core) compete with torch for the
     # cores while the model runs: Threads=1 is the fair setting; the default is timed too, to show it.
     on_cpu = platform.getName() == "CPU"
-    tf_context, tf_integrator = torchforce_context(model, cg, platform, properties={"Threads": "1"} if on_cpu else None)
-    default_threads = torchforce_context(model, cg, platform) if on_cpu else None
+    table = max(256, steps)
+    tf_context, tf_integrator = torchforce_context(model, cg, platform, seed=1, noise_steps=table,
+                                                   properties={"Threads": "1"} if on_cpu else None)
+    default_threads = torchforce_context(model, cg, platform, seed=1, noise_steps=table) if on_cpu else None
 
     def stepped(context, integrator, interval):
         def run():
-            context.setPositions(cg.positions)  # same start and same work for every repeat
+            # same start (a warm-up from k copies) and noise from step 0: the same work for every repeat
+            context.setPositions(cg.positions)
+            if isinstance(integrator, CGMLIntegrator):
+                integrator.setGlobalVariableByName("cgml_model_step_hi", 0.0)  # its noise counter
+                integrator.setGlobalVariableByName("cgml_model_step_lo", 0.0)
+            else:
+                context.setParameter("cgml_step", 0.0)
             t = time.perf_counter()
             for _ in range(steps // interval):
                 integrator.step(interval)

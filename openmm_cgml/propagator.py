@@ -15,16 +15,19 @@ system and the lag.
   (radius graph globally, coarse bonds locally) whose vector inputs are the
   last ``k - 1`` velocities and scalar inputs their norms, the bead
   embedding and the bead mass. It returns per bead an equivariant mean
-  acceleration and an invariant, strictly positive std
-  (``std = min_std + softplus(.)``).
-- Score network - a smaller PaxNet at the candidate positions, conditioned
+  acceleration and an invariant, strictly positive internal std
+  (``std = min_std + softplus(.)``), and per graph the std of the
+  centre-of-mass acceleration.
+- Score network - by default a light equivariant pair network
+  (:class:`PairScore`; or a PaxNet) at the candidate positions, conditioned
   on the noise level and the dynamics latents. It predicts the noise ``eps``
   of a candidate ``x~ = x + sigma * eps`` (score ``-eps / sigma``) and
-  refines a sampled step with one or two Tweedie corrections
-  ``x <- x~ + sigma^2 score(x~) = x~ - sigma * eps`` instead of the 200
-  annealed-Langevin network calls of the published method.
+  refines a sampled step with a few Tweedie corrections
+  ``x <- x~ + sigma^2 score(x~) = x~ - sigma * eps`` (default 3) instead of
+  the 200 annealed-Langevin network calls of the published method.
 
-``step`` samples ``a = mean + std * noise``, integrates semi-implicit Euler in
+``step`` samples ``a = mean + std * (noise - z) + std_com * sqrt(n) * z``
+(``z`` the graph mean of the noise), integrates semi-implicit Euler in
 model-step units (``v = x[t] - x[t-1]; v += a; x += v``) and refines. The
 whole module is TorchScript-able; see ``openmm_cgml.export``.
 """

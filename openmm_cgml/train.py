@@ -278,6 +278,9 @@ def _make_module_class():
         def _monitor(self) -> str:
             return "val_loss" if self.hparams.metadata.get("training", {}).get("has_val") else "train_loss"
 
+    # a module-level name for pickling (ddp_spawn, multiprocessing): found through __getattr__ below
+    PropagatorModule.__qualname__ = "PropagatorModule"
+    PropagatorModule.__module__ = __name__
     return PropagatorModule
 
 

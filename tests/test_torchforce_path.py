@@ -117,3 +117,19 @@ def test_moved_positions_restart_history_like_the_rollout(polymer):
         context.setPositions(moved)  # the user moves the beads: both start a new warm-up here
         stepper.step(2)
     np.testing.assert_allclose(_positions(tf_context), _positions(rollout_context), rtol=0, atol=1e-6)
+
+
+def test_history_buffers_carry_no_autograd_graph(polymer):
+    """openmm-torch calls the module with autograd on: buffers must not chain graphs across steps."""
+    model, cg = polymer
+    edges, batch = paths.model_graph(model.mapping, 1)
+    wrapper = torch.jit.script(paths.GuardedTorchForcePropagator(
+        model.module, model.embed_mapping(), edges, batch, torch.randn(4, 10, 3), K))
+    positions = torch.as_tensor(cg.positions.value_in_unit(u.nanometer), dtype=torch.float64)
+    with torch.enable_grad():
+        for step in range(1, 4):
+            _, displacement = wrapper(positions, torch.tensor(float(step), dtype=torch.float64))
+            positions = positions + displacement
+    assert wrapper.history.grad_fn is None and not wrapper.history.requires_grad
+    assert wrapper.displacement.grad_fn is None
+    assert torch.isfinite(wrapper.history).all()
