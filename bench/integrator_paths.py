@@ -43,7 +43,11 @@ before the force evaluation, the module advances only when it sees
 ``cgml_step == last + 1`` and the positions it produced last; the same
 counter again returns the cached displacement without calling the model;
 any other counter or moved positions restart the history (warm-up, k copies
-of the current frame), as ``CGMLIntegrator`` does. What the guard cannot fix:
+of the current frame), as ``CGMLIntegrator`` does. Second pitfall: openmm-torch
+runs the module with autograd on and passes positions with requires_grad even
+with setOutputsForces(True), so anything written into a buffer must be
+detached, or each step's graph chains to the last and the time per step grows
+without bound. What the guard cannot fix:
 the buffers are not part of OpenMM checkpoints or ``saveState``, so a
 restored Context restarts with a warm-up instead of resuming bit-exactly.
 """
@@ -108,25 +112,26 @@ class GuardedTorchForcePropagator(torch.nn.Module):
         if step == last:
             # a re-evaluation (getState(getForces/getEnergy), minimiser, reporter): do not advance
             return zero, self.displacement.to(positions.dtype)
-        x = positions.to(torch.float32)
+        x = positions.detach().to(torch.float32)
         continuing = step == last + 1 and bool(torch.allclose(x, self.history[-1], rtol=0.0, atol=1e-5))
         if not continuing:
             # first step, positions moved from outside, or a restored Context: warm-up from here
             self.history.copy_(x.unsqueeze(0).expand(self.k, -1, -1))
         noise = self.noise[(step - 1) % self.noise.shape[0]]
-        # detach: openmm-torch runs the module with autograd on, and a buffer written from an output that
-        # carries a graph chains every step's graph to the last one (time per step grows without bound)
+        # detach (here and the positions above): openmm-torch runs the module with autograd on and passes
+        # positions with requires_grad=True even with setOutputsForces(True); a buffer written from a tensor
+        # that carries a graph chains every step's graph to the last one (time per step grows without bound)
         new = self.model.step(self.history, self.features, self.edges, self.batch, self.box, noise,
                               self.refine).detach()
         self.history.copy_(torch.cat([self.history[1:], new.unsqueeze(0)], dim=0))
         self.displacement.copy_(new - x)
         self.last_step.fill_(step)
         # displacement in the Context's precision from the full-precision positions: x + f lands on `new`
-        return zero, new.to(positions.dtype) - positions
+        return zero, new.to(positions.dtype) - positions.detach()
 
     def _naive(self, positions: torch.Tensor, last: int) -> torch.Tensor:
         """The unguarded design: every call pushes the positions it gets and takes a model step."""
-        x = positions.to(torch.float32)
+        x = positions.detach().to(torch.float32)
         if last < 0:
             self.history.copy_(x.unsqueeze(0).expand(self.k, -1, -1))
         else:
@@ -136,7 +141,7 @@ class GuardedTorchForcePropagator(torch.nn.Module):
         new = self.model.step(self.history, self.features, self.edges, self.batch, self.box, noise,
                               self.refine).detach()
         self.last_step.fill_(step)
-        return new.to(positions.dtype) - positions
+        return new.to(positions.dtype) - positions.detach()
 
 
 def torchforce_context(model, cg, platform, seed: int = 1, noise_steps: int = 256, properties=None,

@@ -128,6 +128,8 @@ def test_history_buffers_carry_no_autograd_graph(polymer):
     positions = torch.as_tensor(cg.positions.value_in_unit(u.nanometer), dtype=torch.float64)
     with torch.enable_grad():
         for step in range(1, 4):
+            # as openmm-torch passes them: requires_grad even with setOutputsForces(True)
+            positions = positions.detach().requires_grad_(True)
             _, displacement = wrapper(positions, torch.tensor(float(step), dtype=torch.float64))
             positions = positions + displacement
     assert wrapper.history.grad_fn is None and not wrapper.history.requires_grad
