@@ -108,7 +108,18 @@ class GuardedTorchForcePropagator(torch.nn.Module):
         last = int(self.last_step.item())
         zero = torch.zeros((), dtype=positions.dtype, device=positions.device)
         if not self.guard:
-            return zero, self._naive(positions, last)
+            # the unguarded design: every call pushes the positions it gets and takes a model step
+            x = positions.detach().to(torch.float32)
+            if last < 0:
+                self.history.copy_(x.unsqueeze(0).expand(self.k, -1, -1))
+            else:
+                self.history.copy_(torch.cat([self.history[1:], x.unsqueeze(0)], dim=0))
+            step = max(last, -1) + 1  # its own call counter, from 0 (the guarded module's noise index too)
+            noise = self.noise[step % self.noise.shape[0]]
+            new = self.model.step(self.history, self.features, self.edges, self.batch, self.box, noise,
+                                  self.refine).detach()
+            self.last_step.fill_(step)
+            return zero, new.to(positions.dtype) - positions.detach()
         if step == last:
             # a re-evaluation (getState(getForces/getEnergy), minimiser, reporter): do not advance
             return zero, self.displacement.to(positions.dtype)
@@ -129,19 +140,6 @@ class GuardedTorchForcePropagator(torch.nn.Module):
         # displacement in the Context's precision from the full-precision positions: x + f lands on `new`
         return zero, new.to(positions.dtype) - positions.detach()
 
-    def _naive(self, positions: torch.Tensor, last: int) -> torch.Tensor:
-        """The unguarded design: every call pushes the positions it gets and takes a model step."""
-        x = positions.detach().to(torch.float32)
-        if last < 0:
-            self.history.copy_(x.unsqueeze(0).expand(self.k, -1, -1))
-        else:
-            self.history.copy_(torch.cat([self.history[1:], x.unsqueeze(0)], dim=0))
-        step = max(last, -1) + 1  # its own call counter, from 0 (the guarded module's noise index too)
-        noise = self.noise[step % self.noise.shape[0]]
-        new = self.model.step(self.history, self.features, self.edges, self.batch, self.box, noise,
-                              self.refine).detach()
-        self.last_step.fill_(step)
-        return new.to(positions.dtype) - positions.detach()
 
 
 def torchforce_context(model, cg, platform, seed: int = 1, noise_steps: int = 256, properties=None,

@@ -8,7 +8,7 @@ states -> ``cgml evaluate``: TICA free-energy surfaces (TICA fitted on the
 reference, rollouts projected on it), Jensen-Shannon divergences of the
 structural distributions, bead collisions and the speed-up.
 
-    OMP_NUM_THREADS=1 python examples/peptides.py            # --small: 2 CPU cores, ~15 min
+    OMP_NUM_THREADS=1 python examples/peptides.py            # --small: 2 CPU cores, ~7-15 min
     python examples/peptides.py --full --out runs/peptides-full  # GPU, hours
 
 Stages whose output exists are skipped (reference runs resume, training

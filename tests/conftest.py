@@ -1,20 +1,15 @@
 """Shared fixtures: tiny real systems, a temporary work directory, CUDA skip."""
 import os
 
-import pytest
+os.environ.setdefault("OMP_NUM_THREADS", "2")  # before torch is imported, or it has no effect
 
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+import pytest  # noqa: E402
+import torch  # noqa: E402  -- before any openmm import: openmm-torch's plugin loads only when torch's libraries are loaded
 
 
 def pytest_collection_modifyitems(config, items):
     """Skip tests marked ``cuda`` cleanly when no GPU is present."""
-    try:
-        import torch
-
-        has_cuda = torch.cuda.is_available()
-    except ImportError:
-        has_cuda = False
-    if has_cuda:
+    if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="no CUDA GPU on this machine")
     for item in items:

@@ -27,7 +27,7 @@ STEPS = 6
 
 def _load_bench():
     path = Path(__file__).resolve().parents[1] / "bench" / "integrator_paths.py"
-    spec = importlib.util.spec_from_file_location("integrator_paths", path)
+    spec = importlib.util.spec_from_file_location("cgml_bench_integrator_paths", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
