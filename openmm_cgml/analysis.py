@@ -437,10 +437,14 @@ def tica(reference_features, lagtime: int, dim: int = 2, others: Sequence = ()):
 def free_energy_surface(projection, edges_x, edges_y, temperature=None) -> np.ndarray:
     """Free energy ``-kT ln p`` on a 2-D grid (x bins, y bins), minimum shifted to 0.
 
-    In units of kT when ``temperature`` is None, else kJ/mol. Empty bins are +inf.
+    In units of kT when ``temperature`` is None, else kJ/mol. Empty bins are +inf;
+    so is every bin when no sample falls on the grid (a rollout that left the
+    reference's region entirely).
     """
     projection = np.asarray(projection, dtype=np.float64)
     counts, _, _ = np.histogram2d(projection[:, 0], projection[:, 1], bins=[edges_x, edges_y])
+    if counts.sum() == 0:
+        return np.full(counts.shape, np.inf)
     with np.errstate(divide="ignore"):
         energy = -np.log(counts / counts.sum())
     energy -= energy[np.isfinite(energy)].min()

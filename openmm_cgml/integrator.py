@@ -37,6 +37,7 @@ How it stays correct (see docs/integrator.md):
 from __future__ import annotations
 
 import gc
+import json
 import os
 import random
 import weakref
@@ -49,6 +50,7 @@ import openmm.app as app
 import openmm.unit as u
 import torch
 
+from openmm_cgml.mapping import Mapping, periodic_marker
 from openmm_cgml.units import strip, strip_array
 
 __all__ = [
@@ -59,6 +61,7 @@ __all__ = [
     "rollout",
     "step_noise",
     "model_graph",
+    "molecule_mapping",
     "periodic_marker",
     "reference_history",
 ]
@@ -86,8 +89,6 @@ def _as_model(model):
                 f"model must be a CGModel from openmm_cgml.load(path) or a path to an exported model; "
                 f"got {type(model).__name__} without .{name}"
             )
-    if model.mapping is None:
-        raise ValueError("the model file carries no mapping: re-export it with its training mapping")
     return model
 
 
@@ -292,31 +293,145 @@ class CoarseGrainedSystem:
 
 
 def _read_structure(pdb_or_topology, positions):
-    """(topology, atom positions nm, box nm or None) from a structure file or a Topology + positions."""
+    """(topology, atom positions nm, box nm or None, atom types or None) from a structure or a Topology.
+
+    Files are read with ``mapping.load_structure``: PDB/PDBx, a fine trajectory
+    (.h5, first frame) or a reference system name/YAML; the last two carry
+    atom types (e.g. the bead types of a polymer), a PDB does not.
+    """
     if isinstance(pdb_or_topology, app.Topology):
         if positions is None:
             raise ValueError("positions are required when a Topology is given")
         box = pdb_or_topology.getPeriodicBoxVectors()
         box = None if box is None else np.asarray(box.value_in_unit(u.nanometer), dtype=np.float64)
-        return pdb_or_topology, strip_array(positions, u.nanometer, "positions"), box
+        return pdb_or_topology, strip_array(positions, u.nanometer, "positions"), box, None
     from openmm_cgml.mapping import load_structure
 
-    topology, file_positions, _, _, box = load_structure(os.fspath(pdb_or_topology))
+    topology, file_positions, _, types, box = load_structure(os.fspath(pdb_or_topology))
     atoms = file_positions if positions is None else strip_array(positions, u.nanometer, "positions")
-    return topology, atoms, box
+    return topology, atoms, box, (None if types is None else np.asarray(types, dtype=np.int64))
 
 
-def periodic_marker() -> openmm.Force:
-    """A force with no terms that makes ``System.usesPeriodicBoundaryConditions()`` true.
+# Mapping rules that depend only on the molecule (plus a stored seed), so they can be re-made for a new one.
+_REMAKEABLE = ("metis", "residue")
 
-    OpenMM calls a System periodic only if one of its forces is; a bead
-    System has no forces, so without this the integrator (and Simulation's
-    reporters) would treat a periodic box as absent.
+
+def mapping_rule(model):
+    """``(method, params)`` of the rule the model's mapping was made with, or None if it cannot be re-made.
+
+    Taken from the model's own mapping, or, for a model trained on several
+    molecules (no single mapping in the file), from its training data's
+    ``mapping_method``/``mapping_params``. Only rules that depend on the
+    molecule alone ("metis" with its seed, "residue") can be re-made.
     """
-    marker = openmm.CustomBondForce("0")
-    marker.setUsesPeriodicBoundaryConditions(True)
-    marker.setName("cgml periodic box")
-    return marker
+    model = _as_model(model)
+    own = model.mapping
+    if own is not None:
+        method, params = own.method, dict(own.params)
+    else:
+        attrs = ((model.metadata.get("training") or {}).get("data") or {}).get("attrs") or {}
+        method, params = attrs.get("mapping_method"), attrs.get("mapping_params") or {}
+        try:
+            params = json.loads(params) if isinstance(params, str) else dict(params)
+        except (json.JSONDecodeError, TypeError, ValueError):
+            return None
+    return (method, params) if method in _REMAKEABLE else None
+
+
+def _type_masses(model) -> np.ndarray:
+    """The model's mass (amu) per atom type; 0 = a type never seen in training."""
+    table = getattr(model.module, "type_masses", None)
+    if table is None:
+        raise ValueError("the exported model has no 'type_masses' table: re-export it with `cgml export`")
+    return table.detach().cpu().double().numpy()
+
+
+def _check_vocabulary(model, types: np.ndarray, topology: app.Topology, where: str) -> None:
+    """ValueError naming the first atom whose type the model's embedding never saw."""
+    table = _type_masses(model)
+    unseen = (types < 0) | (types >= len(table))
+    unseen[~unseen] = table[types[~unseen]] <= 0
+    if unseen.any():
+        index = int(np.flatnonzero(unseen)[0])
+        atom = list(topology.atoms())[index]
+        known = np.flatnonzero(table > 0).tolist()
+        raise ValueError(
+            f"{where}: atom {index} ({atom.name}) has type {int(types[index])}, which the model never saw in "
+            f"training (its atom types: {known}); atom types are atomic numbers unless given "
+            "(atom_types=, or a fine trajectory .h5 / system YAML that carries them)")
+
+
+def molecule_mapping(model, topology: app.Topology, atom_types=None, mapping=None) -> Mapping:
+    """The atom-to-bead mapping to run ``model`` on the molecule(s) of ``topology``.
+
+    * ``mapping`` given (a :class:`Mapping`, or a mapping file path): it is
+      checked against the topology and used.
+    * The model's own mapping, if the molecule fits it.
+    * Otherwise, for a transferable model (``n_beads == 0``: trained on
+      several molecules, or exported as transferable) whose mapping rule can
+      be re-made (see :func:`mapping_rule`), the rule is applied to this
+      molecule, deterministically (the stored METIS seed), with the model's
+      mass per atom type. ``atom_types`` default to atomic numbers; every
+      type must be one the model saw in training.
+    * Anything else is a ``ValueError`` naming the mismatch.
+    """
+    model = _as_model(model)
+    n_model = int(getattr(model.module, "n_beads", 0))
+    types = None if atom_types is None else np.asarray(atom_types, dtype=np.int64).reshape(-1)
+    if types is not None and len(types) != topology.getNumAtoms():
+        raise ValueError(f"atom_types has {len(types)} entries but the topology has {topology.getNumAtoms()} atoms")
+    if mapping is not None:
+        if not isinstance(mapping, Mapping):
+            given = types if types is not None else _element_types(topology)
+            _check_vocabulary(model, given, topology, f"mapping file {mapping}")
+            mapping = Mapping.from_file(mapping, topology, _type_masses(model)[given], atom_types=types)
+        mapping.check_fits(topology, where="the given mapping")
+        if types is not None and not np.array_equal(types, mapping.atom_types):
+            raise ValueError("atom_types differ from the given mapping's atom types")
+        _check_vocabulary(model, mapping.atom_types, topology, "the given mapping")
+        if n_model and mapping.n_beads % n_model:
+            raise ValueError(f"the given mapping has {mapping.n_beads} beads; this model is molecule-specific "
+                             f"({n_model} beads per molecule)")
+        return mapping
+    own = model.mapping
+    mismatch = "the model file carries no mapping"
+    if own is not None:
+        try:
+            own.check_fits(topology, where="the model's mapping")
+            if types is not None and not np.array_equal(types, own.atom_types):
+                differ = int(np.flatnonzero(types != own.atom_types)[0])
+                raise ValueError(f"the model's mapping does not fit: atom {differ} has type {int(types[differ])} "
+                                 f"but {int(own.atom_types[differ])} in the model's mapping")
+            return own
+        except ValueError as error:
+            mismatch = str(error)
+    rule = mapping_rule(model)
+    if n_model:
+        raise ValueError(f"{mismatch}; this model is molecule-specific ({n_model} beads, trained on one molecule), "
+                         "so it cannot be transferred to another molecule")
+    if rule is None:
+        raise ValueError(f"{mismatch}, and the model's mapping rule cannot be re-made for another molecule "
+                         "(only metis and residue mappings can); pass mapping= (a Mapping or mapping file)")
+    method, params = rule
+    if params.get("atom_types_from") == "given" and types is None:
+        raise ValueError(f"{mismatch}; the model's atom types are not atomic numbers (its {method} mapping was "
+                         "made with given atom types): pass atom_types=, or a fine trajectory (.h5) or system "
+                         "YAML that carries them")
+    if method == "metis" and params.get("n_beads") is not None and own is not None \
+            and topology.getNumAtoms() != own.n_atoms:
+        raise ValueError(f"{mismatch}; the model's metis mapping fixes the total bead count (n_beads="
+                         f"{params['n_beads']}), which is a different resolution for a molecule of another size: "
+                         "pass mapping=")
+    given = types if types is not None else _element_types(topology)
+    _check_vocabulary(model, given, topology, "the molecule")
+    params.pop("atom_types_from", None)
+    # masses per type from the model: what it was trained with, and what its embedding assumes
+    return Mapping.build(method, topology, _type_masses(model)[given], atom_types=types, **params)
+
+
+def _element_types(topology: app.Topology) -> np.ndarray:
+    return np.array([a.element.atomic_number if a.element is not None else 0 for a in topology.atoms()],
+                    dtype=np.int64)
 
 
 def _replicate(topology: app.Topology, system: openmm.System, positions: np.ndarray, replicas: int,
@@ -355,38 +470,47 @@ def _replicate(topology: app.Topology, system: openmm.System, positions: np.ndar
     return top, out, stacked
 
 
-def coarse_grained_system(model, pdb_or_topology, positions=None, replicas: int = 1) -> CoarseGrainedSystem:
+def coarse_grained_system(model, pdb_or_topology, positions=None, replicas: int = 1, *, mapping=None,
+                          atom_types=None) -> CoarseGrainedSystem:
     """Build the bead topology, bead system and starting bead positions for ``model``.
 
-    ``pdb_or_topology`` is a fine-grained PDB/PDBx file or an
-    ``openmm.app.Topology`` (then ``positions`` are required, a Quantity or nm).
-    The molecule must fit the model's mapping (same atoms in the same order);
-    otherwise a ``ValueError`` names the mismatch. ``replicas`` independent
-    copies go into one system; the integrator simulates them as one batch.
+    ``pdb_or_topology`` is a fine-grained structure file (PDB/PDBx, a fine
+    trajectory .h5 or a reference system name/YAML) or an
+    ``openmm.app.Topology`` (then ``positions`` are required, a Quantity or
+    nm). The mapping is the model's own if the molecule fits it; a
+    transferable model re-makes its mapping rule for a new molecule; an
+    explicit ``mapping`` (Mapping or file) overrides both (see
+    :func:`molecule_mapping`). ``atom_types`` (n_atoms,) override the atom
+    types (default: from the file if it has them, else atomic numbers).
+    Anything that does not fit is a ``ValueError`` naming the mismatch.
+    ``replicas`` independent copies go into one system; the integrator
+    simulates them as one batch. The returned System remembers its mapping,
+    so a ``CGMLIntegrator`` in a Context of it uses the same one.
     """
     model = _as_model(model)
     if int(replicas) != replicas or replicas < 1:
         raise ValueError(f"replicas must be a positive integer, got {replicas!r}")
     replicas = int(replicas)
-    mapping = model.mapping
-    topology, atoms, box = _read_structure(pdb_or_topology, positions)
-    mapping.check_fits(topology, where="the model's mapping")
+    topology, atoms, box, file_types = _read_structure(pdb_or_topology, positions)
+    mapping = molecule_mapping(model, topology, atom_types if atom_types is not None else file_types, mapping)
     if atoms.shape != (mapping.n_atoms, 3):
-        raise ValueError(f"positions have shape {atoms.shape}, the model's mapping expects ({mapping.n_atoms}, 3)")
+        raise ValueError(f"positions have shape {atoms.shape}, the mapping expects ({mapping.n_atoms}, 3)")
     beads = np.asarray(mapping.bead_positions(atoms, box=box), dtype=np.float64)
     top, system, stacked = _replicate(mapping.bead_topology(box), mapping.bead_system(box), beads, replicas,
                                       periodic=box is not None)
+    system.cgml_mapping = mapping  # read by CGMLIntegrator._setup through Context._system
     return CoarseGrainedSystem(
         topology=top, system=system, positions=u.Quantity(stacked, u.nanometer),
         bead_features=model.embed_mapping(mapping), mapping=mapping, replicas=replicas,
     )
 
 
-def reference_history(model, trajectory, end: int = -1) -> u.Quantity:
+def reference_history(model, trajectory, end: int = -1, mapping=None) -> u.Quantity:
     """The ``k`` bead frames ending at frame ``end`` of a fine trajectory, one model step apart.
 
     ``trajectory`` is a fine HDF5 file from ``cgml generate`` (path or open
-    ``FineTrajectory``) of the model's molecule; its save stride must divide
+    ``FineTrajectory``); its molecule is mapped as in
+    :func:`coarse_grained_system` (``mapping`` overrides); its save stride must divide
     the model's ``md_steps_per_model_step``. Returns a ``(k, n_beads, 3)``
     Quantity (nm) for ``CGMLIntegrator.setHistory``: a start without warm-up.
     """
@@ -395,8 +519,8 @@ def reference_history(model, trajectory, end: int = -1) -> u.Quantity:
     model = _as_model(model)
     if not isinstance(trajectory, FineTrajectory):
         with FineTrajectory(trajectory) as opened:
-            return reference_history(model, opened, end)
-    model.mapping.check_fits(trajectory.topology, where="the model's mapping")
+            return reference_history(model, opened, end, mapping)
+    mapping = molecule_mapping(model, trajectory.topology, trajectory.atom_types, mapping)
     md_steps, stride = int(model.md_steps_per_model_step), int(trajectory.stride)
     if stride <= 0 or md_steps % stride:
         raise ValueError(f"the trajectory saves every {stride} MD steps, which does not divide the model step "
@@ -414,7 +538,7 @@ def reference_history(model, trajectory, end: int = -1) -> u.Quantity:
     box = None
     if trajectory.is_periodic:
         box = np.stack([trajectory.box_vectors(f) for f in frames])
-    return u.Quantity(model.mapping.bead_positions(atoms, box=box), u.nanometer)
+    return u.Quantity(mapping.bead_positions(atoms, box=box), u.nanometer)
 
 
 # ----------------------------------------------------------------------------
@@ -441,13 +565,23 @@ class CGMLIntegrator(openmm.CustomIntegrator):
         closer than this (default 0.1 nm); 0 disables the check. NaNs always stop.
     check_every : int
         Model steps between guard checks inside one ``step(n)`` (host syncs on GPU).
+    mapping : Mapping, optional
+        The molecule's mapping. Default: the one ``coarse_grained_system``
+        built the Context's System with (it remembers it), else the model's own.
 
     ``getStepSize()`` is the model time step. The Context may hold ``R`` copies
     of the mapped molecule (see ``coarse_grained_system(..., replicas=R)``).
+
+    Threads: on the CPU the model runs with torch's global thread count
+    (``torch.get_num_threads()``; ``OMP_NUM_THREADS`` or
+    ``torch.set_num_threads``), which the integrator does not change. Set it
+    before stepping: ``openmm_cgml.train`` sets it for training, and that
+    setting stays in force in the same process. For one small molecule 1-2
+    threads are fastest; OpenMM's own CPU threads are idle during a model step.
     """
 
     def __init__(self, model, temperature=None, seed: int = 0, refine: bool = True,
-                 collision_distance=0.1 * u.nanometer, check_every: int = 64):
+                 collision_distance=0.1 * u.nanometer, check_every: int = 64, mapping=None):
         model = _as_model(model)
         module = model.module
         self._model = model
@@ -464,9 +598,14 @@ class CGMLIntegrator(openmm.CustomIntegrator):
                     "a learned propagator samples the ensemble it was trained on: train a model at this temperature"
                 )
         self._temperature = trained
+        if mapping is not None and not isinstance(mapping, Mapping):
+            raise ValueError(f"mapping must be an openmm_cgml.mapping.Mapping, got {type(mapping).__name__}")
+        self._mapping = mapping
         n_model = int(getattr(module, "n_beads", 0))
-        if n_model and int(model.mapping.n_beads) % n_model:
-            raise ValueError(f"model expects {n_model} beads but its mapping has {model.mapping.n_beads}")
+        for candidate in (mapping, model.mapping):
+            if candidate is not None and n_model and int(candidate.n_beads) % n_model:
+                raise ValueError(f"model expects {n_model} beads per molecule but the mapping has "
+                                 f"{candidate.n_beads}")
         seed = int(seed)
         if not 0 <= seed < _MAX_SEED:
             raise ValueError(f"seed must be in [0, 2**48), got {seed}")
@@ -586,7 +725,7 @@ class CGMLIntegrator(openmm.CustomIntegrator):
         self._sync_out(context, state, advanced=advanced)
 
     def _explain(self, error, context, bad_step: int) -> str:
-        names = list(getattr(self._model.mapping, "bead_names", []) or [])
+        names = list(getattr(self._bound["mapping"], "bead_names", []) or [])
         n = self._bound["n_beads"]
         described = []
         for b in error.beads[:10]:
@@ -640,23 +779,38 @@ class CGMLIntegrator(openmm.CustomIntegrator):
             index = platform.getPropertyValue(context, "DeviceIndex").split(",")[0] or "0"
             device = torch.device(f"cuda:{int(index)}")
         system = context.getSystem()
+        # the mapping: given, else the one coarse_grained_system built this System with, else the model's own
+        mapping = self._mapping or getattr(getattr(context, "_system", None), "cgml_mapping", None) \
+            or self._model.mapping
+        if mapping is None:
+            raise ValueError("the model file carries no mapping (a transferable model): build the System with "
+                             "coarse_grained_system, or pass CGMLIntegrator(..., mapping=cg.mapping)")
         n_particles = system.getNumParticles()
-        n_beads = int(self._model.mapping.n_beads)
+        n_beads = int(mapping.n_beads)
         if n_particles == 0 or n_particles % n_beads:
             raise ValueError(
-                f"the System has {n_particles} particles; the model's mapping has {n_beads} beads per molecule, "
-                "so the System must hold a whole number of copies (use coarse_grained_system)"
+                f"the System has {n_particles} particles; the mapping has {n_beads} beads per molecule, "
+                "so the System must hold a whole number of copies (use coarse_grained_system, and pass "
+                "CGMLIntegrator(..., mapping=cg.mapping) if the System was copied or serialised)"
             )
+        masses = np.array([system.getParticleMass(i).value_in_unit(u.dalton) for i in range(n_particles)])
         for i in range(n_particles):
-            if system.isVirtualSite(i) or system.getParticleMass(i).value_in_unit(u.dalton) <= 0:
+            if system.isVirtualSite(i) or masses[i] <= 0:
                 raise ValueError(f"particle {i} is massless or a virtual site: not a bead system")
         replicas = n_particles // n_beads
+        expected = np.tile(mapping.bead_masses, replicas)
+        if not np.allclose(masses, expected, rtol=1e-4):
+            bead = int(np.flatnonzero(~np.isclose(masses, expected, rtol=1e-4))[0])
+            raise ValueError(
+                f"particle {bead} has mass {masses[bead]:g} amu but bead {bead % n_beads} of the mapping has "
+                f"{expected[bead]:g} amu: the System was built for another molecule; pass "
+                "CGMLIntegrator(..., mapping=cg.mapping) with the mapping it was built with")
         if device.type != "cpu":
             self._model.to(device)  # the ScriptModule moves once; positions then stay on the device
-        features = self._model.embed_mapping().to(device)
-        edge_index, batch = model_graph(self._model.mapping, replicas, device)
+        features = self._model.embed_mapping(mapping).to(device)
+        edge_index, batch = model_graph(mapping, replicas, device)
         self._bound = dict(
-            context=context, device=device, dtype=features.dtype if features.is_floating_point() else torch.float32,
+            context=context, device=device, mapping=mapping, dtype=features.dtype if features.is_floating_point() else torch.float32,
             n_particles=n_particles, n_beads=n_beads, replicas=replicas,
             features=features.repeat(replicas, 1), edge_index=edge_index, batch=batch,
             periodic=system.usesPeriodicBoundaryConditions(),

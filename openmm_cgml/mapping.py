@@ -36,7 +36,7 @@ from scipy.sparse.csgraph import breadth_first_order, connected_components
 
 from openmm_cgml.units import AMU, NM, strip_array
 
-__all__ = ["Mapping", "draw_mapping", "configure_parser", "run"]
+__all__ = ["Mapping", "periodic_marker", "draw_mapping", "configure_parser", "run"]
 
 FORMAT_NAME = "openmm-cgml-mapping"
 FORMAT_VERSION = 1
@@ -600,14 +600,34 @@ class Mapping:
         return topology
 
     def bead_system(self, box_vectors=None) -> openmm.System:
-        """An ``openmm.System`` of bead particles with the bead masses (never zero) and no forces."""
+        """An ``openmm.System`` of bead particles with the bead masses (never zero) and no interactions.
+
+        With ``box_vectors`` (3x3 nm or Vec3 quantities) the System is periodic:
+        it gets that default box and a :func:`periodic_marker` (a force with
+        no terms), because OpenMM calls a System periodic only if a force is.
+        """
         system = openmm.System()
         for mass in self.bead_masses:
             system.addParticle(float(mass) * AMU)
         if box_vectors is not None:
             a, b, c = self._box(box_vectors)
             system.setDefaultPeriodicBoxVectors(*(openmm.Vec3(*v) * NM for v in (a, b, c)))
+            system.addForce(periodic_marker())
         return system
+
+
+def periodic_marker() -> openmm.Force:
+    """A force with no terms that makes ``System.usesPeriodicBoundaryConditions()`` true.
+
+    OpenMM calls a System periodic only if one of its forces is; a bead
+    System has no forces, so without this the integrator (and Simulation's
+    reporters) would treat a periodic box as absent. A System you build
+    yourself for beads in a box needs one too. It costs nothing per step.
+    """
+    marker = openmm.CustomBondForce("0")
+    marker.setUsesPeriodicBoundaryConditions(True)
+    marker.setName("cgml periodic box")
+    return marker
 
 
 def _partition_molecule(n_atoms: int, edges: np.ndarray, n_parts: int, options) -> np.ndarray:

@@ -199,8 +199,12 @@ def load_rollout(path, *, topology=None, frame_interval=None, role: str = "rollo
     if not path.is_file():
         raise FileNotFoundError(f"{role} file {path} does not exist")
     suffix = path.suffix.lower()
+    beside = path.with_name(path.stem + "_beads.pdb")  # written by `cgml simulate` next to a DCD/XTC
+    if topology is None and suffix not in (".h5", ".hdf5", ".pdb") and beside.is_file():
+        topology = beside
     if topology is None and suffix not in (".h5", ".hdf5", ".pdb"):
-        raise ValueError(f"{role} {path}: a {suffix or 'topology-less'} file needs --topology (the bead PDB)")
+        raise ValueError(f"{role} {path}: a {suffix or 'topology-less'} file needs --topology (the bead PDB; "
+                         f"`cgml simulate` writes it as {beside.name})")
     if topology is not None and not Path(topology).is_file():
         raise FileNotFoundError(f"topology file {topology} does not exist")
     try:

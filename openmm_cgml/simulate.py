@@ -3,7 +3,9 @@
     cgml simulate model.pt --pdb start.pdb --steps 10000 --out traj.dcd \\
         --report-interval 100 --checkpoint run.chk
 
-The fine-grained start structure is mapped to beads with the model's mapping;
+The fine-grained start structure is mapped to beads with the model's mapping
+(a transferable model re-makes its mapping rule for a new molecule; ``--mapping
+FILE`` gives one explicitly);
 the trajectory format follows the extension of ``--out`` (.dcd, .xtc, .pdb).
 With ``--checkpoint FILE`` a checkpoint is written every report and an
 existing one is resumed: the same command run again after an interruption
@@ -93,7 +95,12 @@ def _platform(name: str):
 
 def configure_parser(parser) -> None:
     parser.add_argument("model", help="exported model file (from `cgml export`)")
-    parser.add_argument("--pdb", required=True, help="fine-grained start structure (PDB/PDBx) of the model's molecule")
+    parser.add_argument("--pdb", required=True,
+                        help="fine-grained start structure: PDB/PDBx, a fine trajectory (.h5, first frame) or a "
+                             "reference system name/YAML (the last two carry atom types, e.g. polymer bead types)")
+    parser.add_argument("--mapping", default=None,
+                        help="mapping file (JSON/YAML, see docs/coarse_graining.md) to use instead of the model's "
+                             "own mapping or its re-made rule")
     parser.add_argument("--steps", type=int, required=True,
                         help="total number of model steps (a resumed run continues up to this count)")
     parser.add_argument("--out", required=True, help="trajectory file: .dcd, .xtc or .pdb")
@@ -134,10 +141,10 @@ def run(args) -> int:
               file=sys.stderr)
 
     model = load(args.model)
-    cg = coarse_grained_system(model, args.pdb, replicas=args.replicas)
+    cg = coarse_grained_system(model, args.pdb, replicas=args.replicas, mapping=args.mapping)
     temperature = None if args.temperature is None else args.temperature * u.kelvin
     integrator = CGMLIntegrator(model, temperature=temperature, seed=args.seed, refine=not args.no_refine,
-                                collision_distance=args.collision_distance * u.nanometer)
+                                collision_distance=args.collision_distance * u.nanometer, mapping=cg.mapping)
     platform = _platform(args.platform)
     simulation = app.Simulation(cg.topology, cg.system, integrator, platform)
     simulation.context.setPositions(cg.positions)

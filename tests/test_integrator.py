@@ -29,14 +29,14 @@ class DampedWalk(torch.nn.Module):
     """
 
     def __init__(self, k: int = 3, sigma: float = 0.01, drift: float = 0.0, nan_beyond: float = 1e9,
-                 raise_on_nan: bool = False):
+                 raise_on_nan: bool = False, n_beads: int = 0):
         super().__init__()
         self.k = k
         self.model_dt_ps = DT_PS
         self.md_steps_per_model_step = 1000
         self.md_timestep_ps = 0.002
         self.temperature_K = 300.0
-        self.n_beads = 0
+        self.n_beads = n_beads  # 0 = transferable, as the real model
         self.metadata = "{}"
         self.sigma = sigma
         self.drift = drift
@@ -165,10 +165,15 @@ def test_coarse_grained_system_replicas(walk, molecule):
     assert cg.bead_features.shape[0] == mapping.n_beads
 
 
-def test_coarse_grained_system_refuses_wrong_molecule(walk):
+def test_coarse_grained_system_refuses_wrong_molecule(molecule):
     topology, positions = chain_molecule(9)
-    with pytest.raises(ValueError, match="9 atoms"):
-        coarse_grained_system(walk, topology, positions)
+    mapping = molecule[2]
+    specific = walk_model(mapping, n_beads=mapping.n_beads)  # trained on one molecule: no transfer
+    with pytest.raises(ValueError, match="9 atoms.*molecule-specific"):
+        coarse_grained_system(specific, topology, positions)
+    custom = Mapping(mapping.bead_of_atom, mapping.atom_masses, mapping.atom_types, mapping.fine_bonds)
+    with pytest.raises(ValueError, match="9 atoms.*cannot be re-made"):  # a hand-made mapping is no rule
+        coarse_grained_system(walk_model(custom), topology, positions)
 
 
 def test_coarse_grained_system_from_pdb(walk, molecule, tmp_path):

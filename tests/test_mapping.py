@@ -194,7 +194,8 @@ def test_bead_topology_and_system():
     bead_system = mapping.bead_system(box)
     masses = [bead_system.getParticleMass(i).value_in_unit(unit.dalton) for i in range(bead_system.getNumParticles())]
     np.testing.assert_allclose(masses, mapping.bead_masses)
-    assert min(masses) > 0 and bead_system.usesPeriodicBoundaryConditions() is False  # no forces yet
+    assert min(masses) > 0 and bead_system.usesPeriodicBoundaryConditions()  # the periodic marker force
+    assert not mapping.bead_system().usesPeriodicBoundaryConditions()
     a, b, c = bead_system.getDefaultPeriodicBoxVectors()
     assert a[0].value_in_unit(unit.nanometer) == pytest.approx(box[0][0].value_in_unit(unit.nanometer))
     # a context runs on it: bead particles are integrated (non-zero masses)
