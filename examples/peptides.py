@@ -43,7 +43,7 @@ from openmm_cgml.trajectory import FineTrajectory  # noqa: E402
 # Units: MD steps of 2 fs. Frames every `stride` steps; one model step = `model_steps` MD steps.
 CONFIGS = {
     "small": dict(peptides="alanine-dipeptide", train_replicas=3, train_frames=2000, test_frames=4000, stride=50,
-                  model_steps=500, k=4, atoms_per_bead=4, rollout_steps=400, rollout_replicas=4,
+                  model_steps=1000, k=4, atoms_per_bead=4, rollout_steps=400, rollout_replicas=4,
                   model=dict(hidden=32, n_layers=2, embed_hidden=16, embed_layers=2, score_hidden=16, score_layers=1),
                   train=dict(max_epochs=20, batch_size=32, limit_train_batches=60, limit_val_batches=10, lr=2e-3,
                              warmup_steps=20, threads=0)),

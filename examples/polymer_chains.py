@@ -44,8 +44,8 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml
 # Units: MD steps of 0.01 ps (the polymer-chain system's time step).
 CONFIGS = {
     # 2 CPU cores: short chains, few sequences, a small network
-    "small": dict(length=8, train_sequences=6, test_sequences=4, frames=1500, stride=50, model_steps=500,
-                  k=4, atoms_per_bead=2, rollout_steps=300, model=dict(hidden=32, n_layers=2, embed_hidden=16,
+    "small": dict(length=8, train_sequences=10, test_sequences=8, frames=3000, stride=50, model_steps=1000,
+                  k=4, atoms_per_bead=2, rollout_steps=1000, model=dict(hidden=32, n_layers=2, embed_hidden=16,
                   embed_layers=2, score_hidden=16, score_layers=1),
                   train=dict(max_epochs=6, batch_size=32, limit_train_batches=60, limit_val_batches=10, lr=2e-3,
                              warmup_steps=20, threads=0)),
