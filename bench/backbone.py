@@ -17,6 +17,7 @@ Output: one object per model (``paxnet``, ``dimenetpp``, ``schnet``) with
     python bench/backbone.py --max-seconds-per-model 1200 --frames 500 --hidden 128   # a bigger run
     python bench/backbone.py --max-seconds-per-model 0 --epochs 20   # equal epochs instead of equal time
     python bench/backbone.py --neighbors          # radius_graph dense vs cell list timings
+    python bench/backbone.py --overhead           # per-call cost (PaxNet, model step) before/after
 
 PyG's radius_graph needs torch_cluster, which is not installable here, so the
 baselines use openmm_cgml.nn.radius_graph (same edges, same convention).
@@ -199,6 +200,115 @@ def bench_neighbors(threads: int) -> dict:
     return {"radius_graph_cutoff_0.5nm_periodic_when_box_ge_1nm": out}
 
 
+# Last revision of openmm_cgml/nn before the per-call overhead work: the "before" of --overhead.
+BASELINE_REV = "1d6bb39dcc13eb5989c18f8a972a67c5794e75d3"
+
+
+def _baseline_nn(rev: str, workdir: Path):
+    """The openmm_cgml.nn package as of git revision ``rev``, imported as a separate package."""
+    import importlib
+
+    root = workdir / f"nn-{rev[:12]}"
+    pkg = root / "cgml_nn_baseline"
+    pkg.mkdir(parents=True, exist_ok=True)
+    repo = Path(__file__).resolve().parents[1]
+    for name in ("__init__.py", "basis.py", "neighbors.py", "paxnet.py"):
+        text = subprocess.run(["git", "show", f"{rev}:openmm_cgml/nn/{name}"], cwd=repo, check=True,
+                              capture_output=True, text=True).stdout
+        (pkg / name).write_text(text.replace("from ..units import", "from openmm_cgml.units import"))
+    sys.path.insert(0, str(root))
+    return importlib.import_module("cgml_nn_baseline")
+
+
+def _interleaved_ms(calls: dict, repeats: int) -> dict:
+    """Median ms per call of each callable, timed in turn (A, B, A, B, ...) so load hits both alike."""
+    for f in calls.values():
+        for _ in range(10):
+            f()
+    times = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, f in calls.items():
+            t0 = time.perf_counter()
+            f()
+            times[name].append(1000 * (time.perf_counter() - t0))
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def bench_overhead(threads: int, rev: str, workdir: Path, repeats: int = 300) -> dict:
+    """ms per scripted PaxNet call and per exported model step: revision ``rev`` vs this checkout."""
+    import openmm_cgml.propagator as propagator
+    from openmm_cgml.export import export_model, load
+    from openmm_cgml.nn import PaxNet
+
+    torch.set_num_threads(threads)
+    old = _baseline_nn(rev, workdir)
+    out = {"baseline_rev": rev}
+    for n in (10, 100):
+        gen = torch.Generator().manual_seed(n)
+        if n <= 20:   # a zig-zag chain, like a coarse-grained peptide (0.38 nm bonds)
+            pos = torch.stack([torch.arange(n) * 0.33, (torch.arange(n) % 2) * 0.2, torch.zeros(n)], 1)
+            pos = pos + 0.03 * torch.randn(n, 3, generator=gen)
+        else:         # a random walk of beads
+            steps = torch.randn(n, 3, generator=gen)
+            pos = torch.cumsum(0.38 * steps / steps.norm(dim=1, keepdim=True), 0)
+        bonds = torch.stack([torch.arange(n - 1), torch.arange(1, n)])
+        bonds = torch.cat([bonds, bonds.flip(0)], 1)
+        batch = torch.zeros(n, dtype=torch.long)
+        k = 4
+        # PaxNet alone, as the propagator's Dynamics network is configured by default
+        args = (torch.randn(n, k - 1 + 17, generator=gen), torch.randn(n, 3, k - 1, generator=gen), pos, bonds,
+                batch, None)
+        nets = {}
+        for name, cls in (("before", old.PaxNet), ("after", PaxNet)):
+            torch.manual_seed(0)
+            nets[name] = torch.jit.script(cls(hidden=48, n_layers=2, cutoff=1.0, vector_in=k - 1,
+                                              scalar_in=k - 1 + 17).eval())
+        with torch.no_grad():
+            a, b = nets["before"](*args), nets["after"](*args)
+            diff = max(float((a[0] - b[0]).abs().max()), float((a[1] - b[1]).abs().max()))
+            ms = _interleaved_ms({name: (lambda f=f: f(*args)) for name, f in nets.items()}, repeats)
+        row = {"paxnet_ms_before": ms["before"], "paxnet_ms_after": ms["after"],
+               "paxnet_speedup": ms["before"] / ms["after"], "paxnet_max_abs_diff": diff}
+
+        # the whole exported model step (Dynamics PaxNet + sampling [+ refinement])
+        steps = {}
+        for name, nn_mod in (("before", old), ("after", None)):
+            saved = (propagator.PaxNet, propagator.radius_graph, propagator.edge_vectors)
+            if nn_mod is not None:
+                propagator.PaxNet, propagator.radius_graph, propagator.edge_vectors = (
+                    nn_mod.PaxNet, nn_mod.radius_graph, nn_mod.edge_vectors)
+            try:
+                torch.manual_seed(0)
+                masses = torch.zeros(7)
+                masses[1], masses[6] = 1.008, 12.011
+                model = propagator.CGPropagator(propagator.PropagatorConfig(k=k), masses, accel_std_nm=0.05,
+                                                velocity_std_nm=0.08, mass_scale_amu=13.0, model_dt_ps=1.0,
+                                                md_steps_per_model_step=500, md_timestep_ps=0.002,
+                                                n_beads=n, n_atoms=2 * n).eval()
+                steps[name] = load(export_model(model, workdir / f"overhead-{name}-{n}.pt"))
+            finally:
+                propagator.PaxNet, propagator.radius_graph, propagator.edge_vectors = saved
+        atom_types = torch.tensor([1 if i % 2 else 6 for i in range(2 * n)])
+        fine = torch.stack([torch.arange(2 * n - 1), torch.arange(1, 2 * n)])
+        fine = torch.cat([fine, fine.flip(0)], 1)
+        features = steps["after"].embed(atom_types, fine, torch.arange(2 * n) // 2, n)
+        history = torch.stack([pos + 0.01 * t for t in range(k)])
+        noise = torch.randn(n, 3, generator=gen)
+        box = torch.zeros(3, 3)
+        for refine in (False, True):
+            with torch.no_grad():
+                a = steps["before"].step(history, features, bonds, batch, box, noise, refine)
+                b = steps["after"].step(history, features, bonds, batch, box, noise, refine)
+                ms = _interleaved_ms({name: (lambda m=m: m.step(history, features, bonds, batch, box, noise, refine))
+                                      for name, m in steps.items()}, repeats // 2)
+            tag = "step_refine" if refine else "step"
+            row.update({f"{tag}_ms_before": ms["before"], f"{tag}_ms_after": ms["after"],
+                        f"{tag}_speedup": ms["before"] / ms["after"],
+                        f"{tag}_max_abs_diff_nm": float((a - b).abs().max())})
+        out[f"{n}_nodes"] = row
+    return {"per_call_overhead_1_thread_median_ms": out}
+
+
 def hardware(device: str) -> dict:
     info = {"device": device, "cpu_cores": os.cpu_count(), "platform": platform.platform(),
             "torch": torch.__version__, "note": "shared machine: other jobs may run at the same time"}
@@ -237,6 +347,10 @@ def main(argv=None) -> None:
                    help="torch threads per model (1: robust on a shared machine; >1 oversubscribes easily)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--neighbors", action="store_true", help="time radius_graph (dense vs cell) instead")
+    p.add_argument("--overhead", action="store_true",
+                   help="time one PaxNet call and one exported model step on 10 and 100 beads, "
+                        "this checkout vs --baseline-rev (interleaved medians)")
+    p.add_argument("--baseline-rev", default=BASELINE_REV, help="git revision of openmm_cgml/nn for --overhead")
     p.add_argument("--verbose", action="store_true")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)
@@ -254,6 +368,12 @@ def main(argv=None) -> None:
         return
     if args.neighbors:
         print(json.dumps({"hardware": hardware("cpu"), **bench_neighbors(args.threads)}, indent=2))
+        return
+    if args.overhead:
+        workdir = Path(args.workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        print(json.dumps({"hardware": hardware("cpu"), **bench_overhead(args.threads, args.baseline_rev, workdir)},
+                         indent=2))
         return
 
     from openmm_cgml.properties import PropertyData, sample_configurations

@@ -5,9 +5,21 @@
     against fine-grained OpenMM MD of the same molecule on the same platform;
 (b) stepping through OpenMM (Simulation.step with a DCD-like reporter every
     100 steps) against the bare torch rollout of the same model
-    (``openmm_cgml.integrator.rollout``, which the integrator itself calls).
+    (``openmm_cgml.integrator.rollout``, which the integrator itself calls),
+    for 1 replica and for several replicas in one batch (``--replicas``).
 
-    OMP_NUM_THREADS=1 python bench/integrator.py [--system alanine-dipeptide] [--steps 300]
+    OMP_NUM_THREADS=1 python bench/integrator.py [--system alanine-dipeptide] [--steps 100] [--threads 1]
+
+The model step is the model's own (``--md-steps-per-model-step`` fine MD
+steps, 1000 by default), so ``speedup_simulated_time`` is simulated time per
+wall time at that step against fine MD. torch's thread count is set
+explicitly (``--threads``, default 1) and OpenMM's CPU platform gets the
+same ``Threads``, so a setting left behind by an earlier ``train()`` in the
+process cannot leak into the numbers.
+
+The alternative design (the propagator inside an openmm-torch ``TorchForce``
+driven by a ``CustomIntegrator``) is measured by ``bench/integrator_paths.py``
+(see docs/integrator_paths.md), not here.
 
 Timings are interleaved (bare, OpenMM, bare, OpenMM, ...) and the median is
 reported, so load from other processes hits both sides alike.
@@ -56,10 +68,10 @@ class FrameReporter:
         self.frames += 1
 
 
-def fine_md(reference, platform, steps):
+def fine_md(reference, platform, properties, steps):
     """A closure timing ``steps`` fine MD steps; returns seconds per step."""
     integrator = reference.integrator(seed=1)
-    simulation = app.Simulation(reference.topology, reference.system, integrator, platform)
+    simulation = app.Simulation(reference.topology, reference.system, integrator, platform, properties)
     simulation.context.setPositions(reference.positions)
     simulation.minimizeEnergy(maxIterations=100)
     simulation.step(200)
@@ -85,16 +97,17 @@ def untrained_model(reference, directory, k, md_steps_per_model_step, atoms_per_
     return load(path)
 
 
-def coarse_timings(model, reference, platform, steps, repeats, replicas, torchforce=False, fine=None):
-    cg = coarse_grained_system(model, reference.topology, reference.positions, replicas=replicas)
+def coarse_timings(model, reference, platform, properties, steps, repeats, replicas, fine=None):
+    cg = coarse_grained_system(model, reference.topology, reference.positions, replicas=replicas,
+                               atom_types=reference.atom_types)
     # collisions are not the point here (an untrained model wanders): guard NaNs only
     integrator = CGMLIntegrator(model, seed=1, collision_distance=0.0)
-    simulation = app.Simulation(cg.topology, cg.system, integrator, platform)
+    simulation = app.Simulation(cg.topology, cg.system, integrator, platform, properties)
     simulation.context.setPositions(cg.positions)
     simulation.reporters.append(FrameReporter(100))
 
-    features = model.embed_mapping().repeat(replicas, 1)
-    edges, batch = model_graph(model.mapping, replicas)
+    features = cg.bead_features.repeat(replicas, 1)
+    edges, batch = model_graph(cg.mapping, replicas)
     start = torch.as_tensor(cg.positions.value_in_unit(u.nanometer), dtype=torch.float32)
     history = start.repeat(model.k, 1, 1)
     box = torch.zeros(3, 3)
@@ -128,26 +141,15 @@ def coarse_timings(model, reference, platform, steps, repeats, replicas, torchfo
         in_run.append(total / sum(inside) - 1)
         return total / steps
 
-    alternative = torchforce_simulation(model, cg, platform, replicas) if torchforce else None
-
-    def through_torchforce():
-        t = time.perf_counter()
-        alternative.step(steps)
-        return (time.perf_counter() - t) / steps
-
     bare(), through_openmm(), bare(False)  # warm-up: TorchScript profiling runs, allocations
-    if alternative is not None:
-        through_torchforce()
     in_run.clear()
-    bare_s, openmm_s, no_refine_s, torchforce_s, fine_s = [], [], [], [], []
+    bare_s, openmm_s, no_refine_s, fine_s = [], [], [], []
     for _ in range(repeats):
         if fine is not None:  # fine MD interleaved too: the speed-up ratio sees the same load
             fine_s.append(fine())
         bare_s.append(bare())
         openmm_s.append(through_openmm())
         no_refine_s.append(bare(False))
-        if alternative is not None:
-            torchforce_s.append(through_torchforce())
     # overheads from back-to-back pairs: load from other processes cancels out
     timing = {"beads": cg.system.getNumParticles(),
               "ms_per_step_bare_rollout": statistics.median(bare_s) * 1e3,
@@ -158,65 +160,7 @@ def coarse_timings(model, reference, platform, steps, repeats, replicas, torchfo
               "openmm_overhead_in_run": statistics.median(in_run)}
     if fine_s:
         timing["fine_s_per_step"] = statistics.median(fine_s)
-    if torchforce_s:
-        timing["torchforce_alternative"] = {
-            "ms_per_step": statistics.median(torchforce_s) * 1e3,
-            "overhead_vs_bare_rollout": statistics.median(t / b for t, b in zip(torchforce_s, bare_s)) - 1,
-            "note": "the propagator inside an openmm-torch TorchForce + CustomIntegrator (x += f/scale); "
-                    "its history buffer would be advanced by every extra force evaluation "
-                    "(getState(getForces/getEnergy), minimisation), so it is timed here, not offered",
-        }
     return timing
-
-
-class _TorchForcePropagator(torch.nn.Module):
-    """The alternative design: the propagator inside an openmm-torch TorchForce.
-
-    The force returns ``(x_new - x) * SCALE`` and a CustomIntegrator moves
-    ``x += f / SCALE``. The k-1 previous frames live in a buffer, so every
-    extra force evaluation (getState(getForces/getEnergy), minimisation)
-    would advance it: shown here for speed only.
-    """
-
-    def __init__(self, module, previous, features, edges, batch):
-        super().__init__()
-        self.model = module
-        self.register_buffer("previous", previous)
-        self.register_buffer("features", features)
-        self.register_buffer("edges", edges)
-        self.register_buffer("batch", batch)
-        self.register_buffer("box", torch.zeros(3, 3))
-
-    def forward(self, positions):
-        x = positions.to(torch.float32)
-        history = torch.cat([self.previous, x.unsqueeze(0)], dim=0)
-        new = self.model.step(history, self.features, self.edges, self.batch, self.box, torch.randn_like(x), True)
-        self.previous.copy_(history[1:])
-        return torch.zeros((), dtype=positions.dtype), ((new - x) * 1000.0).to(positions.dtype)
-
-
-def torchforce_simulation(model, cg, platform, replicas):
-    """A Simulation of the TorchForce + CustomIntegrator design (None if openmm-torch is missing)."""
-    try:
-        from openmmtorch import TorchForce
-    except ImportError:
-        return None
-    start = torch.as_tensor(cg.positions.value_in_unit(u.nanometer), dtype=torch.float32)
-    edges, batch = model_graph(model.mapping, replicas)
-    wrapper = torch.jit.script(_TorchForcePropagator(model.module, start.repeat(model.k - 1, 1, 1),
-                                                     model.embed_mapping().repeat(replicas, 1), edges, batch))
-    force = TorchForce(wrapper)
-    force.setOutputsForces(True)
-    system = openmm.XmlSerializer.clone(cg.system)
-    system.addForce(force)
-    integrator = openmm.CustomIntegrator(model.module.model_dt_ps)
-    integrator.addGlobalVariable("inverse_scale", 1e-3)
-    integrator.addComputePerDof("v", "f * inverse_scale / dt")
-    integrator.addComputePerDof("x", "x + f * inverse_scale")
-    simulation = app.Simulation(cg.topology, system, integrator, platform)
-    simulation.context.setPositions(cg.positions)
-    simulation.reporters.append(FrameReporter(100))
-    return simulation
 
 
 def main():
@@ -230,16 +174,21 @@ def main():
     parser.add_argument("--md-steps-per-model-step", type=int, default=1000)
     parser.add_argument("--atoms-per-bead", type=float, default=4.0)
     parser.add_argument("--replicas", type=int, nargs="*", default=[1, 8])
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads and OpenMM CPU-platform threads (default 1)")
     args = parser.parse_args()
 
+    torch.set_num_threads(args.threads)  # explicit: never inherit an earlier train()'s setting
     platform = openmm.Platform.getPlatformByName(args.platform)
+    properties = {"Threads": str(args.threads)} if args.platform == "CPU" else {}
     reference = systems.load(args.system)
-    fine = fine_md(reference, platform, args.fine_steps)
+    fine = fine_md(reference, platform, properties, args.fine_steps)
     fine()  # warm-up
     dt_fine = reference.timestep.value_in_unit(u.picosecond)
     result = {
         "hardware": {"cpu": host.processor() or host.machine(), "cores": os.cpu_count(),
-                     "torch_threads": torch.get_num_threads(), "platform": args.platform,
+                     "torch_threads": torch.get_num_threads(), "openmm_cpu_threads": properties.get("Threads"),
+                     "platform": args.platform,
                      "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
                      "note": "shared machine; medians of interleaved repeats"},
         "versions": {"openmm": openmm.__version__, "torch": torch.__version__},
@@ -253,8 +202,8 @@ def main():
                             "n_parameters": model.metadata.get("n_parameters"), "by_replicas": {}}
         for replicas in args.replicas:
             first = replicas == args.replicas[0]
-            timing = coarse_timings(model, reference, platform, args.steps, args.repeats, replicas,
-                                    torchforce=first, fine=fine if first else None)
+            timing = coarse_timings(model, reference, platform, properties, args.steps, args.repeats, replicas,
+                                    fine=fine if first else None)
             if first:
                 fine_step_s = timing.pop("fine_s_per_step")
                 fine_rate = dt_fine * 1e-3 / fine_step_s * 86400
@@ -262,6 +211,7 @@ def main():
                                   "integrator": "LangevinMiddleIntegrator", "steps_per_timing": args.fine_steps}
             # simulated time per wall day through OpenMM, summed over replicas
             timing["ns_per_day"] = replicas * dt_ps * 1e-3 / (timing["ms_per_step_openmm"] * 1e-3) * 86400
+            timing["speedup_simulated_time"] = timing["ns_per_day"] / fine_rate  # summed over replicas
             result["coarse"]["by_replicas"][str(replicas)] = timing
     single = result["coarse"]["by_replicas"][str(args.replicas[0])]
     result["speedup_simulated_time"] = single["ns_per_day"] / fine_rate

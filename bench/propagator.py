@@ -2,17 +2,20 @@
 
 One run, side by side: for each bead count (copies of one molecule, each its
 own graph, spaced beyond the cutoff) and each device, the exported model's
-``step`` is timed with ``refine=False`` and ``refine=True`` (interleaved,
-median of repeats, on a fixed equilibrium-like configuration so the graph
-size is representative), then a rollout from the same start counts bead
-pairs closer than ``--threshold`` (default 0.1 nm).
+``step`` is timed with ``refine=False``/``True`` and the hard-core projection
+off/on (interleaved, median of repeats, on a fixed equilibrium-like
+configuration so the graph size is representative), then a rollout from the
+same start, with the same noise and the same counting for every variant,
+counts bead pairs closer than ``--threshold`` (default 0.1 nm).
 
     OMP_NUM_THREADS=1 python bench/propagator.py                      # untrained default-size model
     OMP_NUM_THREADS=1 python bench/propagator.py --model ala2.pt --system alanine-dipeptide --refine-sigmas 0.6 0.3 0.1
 
 ``collision_rate`` = colliding bead pairs per bead per model step, averaged
-over the rollout (0 = no collision ever). With an untrained model (no
-``--model``) timings are meaningful but collision rates are not.
+over the rollout (0 = no collision ever); ``steps_with_collision`` counts model
+steps with at least one. With an untrained model (no ``--model``) timings
+are meaningful but collision rates are not; its hard core is set to 0.9 x
+the closest bonded / non-bonded bead distances of the reference structure.
 """
 from __future__ import annotations
 
@@ -47,9 +50,16 @@ def reference_molecule(name: str, params: dict, model):
     return mapping, np.asarray(mapping.bead_positions(np.asarray(positions)), dtype=np.float32)
 
 
-def untrained(mapping, directory: str, k: int):
+def untrained(mapping, positions, directory: str, k: int):
+    distances = torch.cdist(torch.as_tensor(positions), torch.as_tensor(positions))
+    bonded = torch.zeros_like(distances, dtype=torch.bool)
+    bonds = torch.as_tensor(mapping.coarse_bonds, dtype=torch.long).reshape(-1, 2)
+    bonded[bonds[:, 0], bonds[:, 1]] = bonded[bonds[:, 1], bonds[:, 0]] = True
+    other = ~bonded & ~torch.eye(len(positions), dtype=torch.bool)
+    minima = {"min_bonded_nm": 0.9 * float(distances[bonded].min()) if bool(bonded.any()) else 0.0,
+              "min_nonbonded_nm": 0.9 * float(distances[other].min()) if bool(other.any()) else 0.0}
     module = CGPropagator.from_mapping(mapping, PropagatorConfig(k=k), transferable=True, accel_std_nm=0.05,
-                                       velocity_std_nm=0.1, model_dt_ps=1.0)
+                                       velocity_std_nm=0.1, model_dt_ps=1.0, **minima)
     return load(export_model(module, os.path.join(directory, "model.pt"), {"mapping": mapping}))
 
 
@@ -84,11 +94,12 @@ def time_steps(module, inputs, refine: bool, n_steps: int, device: str) -> float
     return (time.perf_counter() - start) / n_steps * 1e3
 
 
-def collision_rate(module, inputs, refine: bool, n_steps: int, threshold: float, seed: int) -> tuple[float, int]:
-    """(colliding pairs per bead per step, steps completed) over a rollout from the inputs' start."""
+def collision_rate(module, inputs, refine: bool, n_steps: int, threshold: float, seed: int) -> tuple[float, int, int]:
+    """(colliding pairs per bead per step, steps completed, steps with a collision) over a rollout from the
+    inputs' start; the same noise sequence for every variant."""
     history, features, edges, batch, box = inputs
     generator = torch.Generator(device=history.device).manual_seed(seed)
-    pairs, done = 0, 0
+    pairs, done, steps_hit = 0, 0, 0
     for _ in range(n_steps):
         noise = torch.randn(history.shape[1:], generator=generator, device=history.device)
         try:
@@ -96,9 +107,11 @@ def collision_rate(module, inputs, refine: bool, n_steps: int, threshold: float,
         except (RuntimeError, torch.jit.Error):  # NaN/inf positions: the rollout diverged
             break
         history = torch.cat([history[1:], x[None]])
-        pairs += count_collisions(x, threshold, batch)
+        close = count_collisions(x, threshold, batch)
+        pairs += close
+        steps_hit += int(close > 0)
         done += 1
-    return (pairs / max(done, 1) / history.shape[1]), done
+    return (pairs / max(done, 1) / history.shape[1]), done, steps_hit
 
 
 def main() -> None:
@@ -126,9 +139,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as directory, torch.inference_mode():
         model = load(args.model) if args.model else None
         mapping, positions = reference_molecule(args.system, params, model)
-        model = model or untrained(mapping, directory, args.k)
+        model = model or untrained(mapping, positions, directory, args.k)
         if args.refine_sigmas:
             model.refine_sigmas = args.refine_sigmas
+        hard_core_modes = (False, True) if model.hard_core else (False,)
+        variants = [(refine, hard) for refine in (False, True) for hard in hard_core_modes]
         rows = []
         for device in args.devices:
             module = model.module.to(device)
@@ -136,25 +151,31 @@ def main() -> None:
                 copies = max(1, round(beads / mapping.n_beads))
                 inputs = replicate(model, mapping, positions, copies, 3.0 * (1 + float(np.ptp(positions, 0).max())), device)
                 n_steps = max(5, min(200, 20000 // (copies * mapping.n_beads)))
-                for refine in (False, True):  # warm-up: TorchScript profiling and allocator
+                for refine, hard in variants:  # warm-up: TorchScript profiling and allocator
+                    module.hard_core = hard
                     time_steps(module, inputs, refine, 3, device)
-                timings = {False: [], True: []}
+                timings = {variant: [] for variant in variants}
                 for _ in range(args.repeats):
-                    for refine in (False, True):
-                        timings[refine].append(time_steps(module, inputs, refine, n_steps, device))
+                    for refine, hard in variants:
+                        module.hard_core = hard
+                        timings[refine, hard].append(time_steps(module, inputs, refine, n_steps, device))
                 rollout_steps = max(10, min(args.rollout_steps, 200000 // (copies * mapping.n_beads)))
-                for refine in (False, True):
-                    rate, done = collision_rate(module, inputs, refine, rollout_steps, args.threshold, seed=1)
+                for refine, hard in variants:
+                    module.hard_core = hard
+                    rate, done, hit = collision_rate(module, inputs, refine, rollout_steps, args.threshold, seed=1)
                     rows.append({"beads": copies * mapping.n_beads, "molecules": copies, "device": device,
-                                 "refine": refine, "ms_per_step": round(statistics.median(timings[refine]), 4),
-                                 "collision_rate": rate, "rollout_steps": done,
+                                 "refine": refine, "hard_core": hard,
+                                 "ms_per_step": round(statistics.median(timings[refine, hard]), 4),
+                                 "collision_rate": rate, "steps_with_collision": hit, "rollout_steps": done,
                                  "diverged": done < rollout_steps})
-                print(json.dumps(rows[-2:]), flush=True, file=__import__("sys").stderr)
+                module.hard_core = hard_core_modes[-1]
+                print(json.dumps(rows[-len(variants):]), flush=True, file=__import__("sys").stderr)
         report = {
             "benchmark": "propagator model step",
             "model": args.model or "untrained, default PropagatorConfig (collision rates not meaningful)",
             "system": args.system, "system_params": params, "beads_per_molecule": mapping.n_beads,
             "threshold_nm": args.threshold, "refine_sigmas": model.refine_sigmas,
+            "hard_core_nm": model.min_distances,
             "hardware": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                          "torch_threads": torch.get_num_threads(),
                          "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
@@ -164,8 +185,12 @@ def main() -> None:
         }
         for key in list(report["ratios"]):
             device, beads = key.split(":")
-            pair = {r["refine"]: r["ms_per_step"] for r in rows if r["device"] == device and str(r["beads"]) == beads}
-            report["ratios"][key] = {"refine_over_plain": round(pair[True] / pair[False], 3)}
+            ms = {(r["refine"], r["hard_core"]): r["ms_per_step"] for r in rows
+                  if r["device"] == device and str(r["beads"]) == beads}
+            report["ratios"][key] = {"refine_over_plain": round(ms[True, False] / ms[False, False], 3)}
+            if (True, True) in ms:
+                report["ratios"][key].update(hard_core_over_none_refined=round(ms[True, True] / ms[True, False], 3),
+                                             hard_core_over_none_plain=round(ms[False, True] / ms[False, False], 3))
         print(json.dumps(report, indent=1))
 
 

@@ -3,7 +3,11 @@
     python examples/simulate_with_openmm.py model.pt start.pdb --steps 5000
 
 ``model.pt`` comes from ``cgml export``; ``start.pdb`` is a fine-grained
-(all-atom) structure of the molecule the model was trained on. The script is
+(all-atom) structure of the molecule the model was trained on, or, for a
+transferable model (trained on several molecules), of a new molecule: its
+mapping rule is re-made for it. ``start`` may also be a fine trajectory
+(.h5) or a system YAML, which carry atom types (polymer bead types need
+them); ``--mapping FILE`` gives a mapping explicitly. The script is
 ordinary OpenMM: the only openmm-cgml pieces are ``load``,
 ``coarse_grained_system`` and ``CGMLIntegrator``.
 
@@ -15,6 +19,7 @@ import argparse
 import sys
 import tempfile
 
+import torch  # noqa: F401 (before openmm, as everywhere in openmm-cgml)
 import openmm
 import openmm.app as app
 import openmm.unit as unit
@@ -49,8 +54,12 @@ def main():
     parser.add_argument("--replicas", type=int, default=1)
     parser.add_argument("--platform", default="CPU")
     parser.add_argument("--out", default="cg_traj.dcd")
+    parser.add_argument("--mapping", default=None, help="mapping file to use instead of the model's own")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads for the model (default 1)")
     parser.add_argument("--demo", action="store_true", help="use an untrained alanine-dipeptide model")
     args = parser.parse_args()
+    # the model runs with torch's global thread count; CGMLIntegrator does not change it
+    torch.set_num_threads(args.threads)
     if args.demo:
         args.model, args.pdb = demo_model(tempfile.mkdtemp())
     elif not (args.model and args.pdb):
@@ -59,7 +68,8 @@ def main():
     model = openmm_cgml.load(args.model)
     print(model, file=sys.stderr)
     # bead topology, bead system (masses, no forces) and bead positions from the all-atom structure
-    cg = openmm_cgml.coarse_grained_system(model, args.pdb, replicas=args.replicas)
+    cg = openmm_cgml.coarse_grained_system(model, args.pdb, replicas=args.replicas, mapping=args.mapping)
+    print(f"{cg.mapping.n_atoms} atoms -> {cg.mapping.n_beads} beads ({cg.mapping.method} mapping)", file=sys.stderr)
     # the propagator samples the temperature it was trained at: ask for that one
     integrator = openmm_cgml.CGMLIntegrator(model, temperature=model.temperature, seed=2024)
     simulation = app.Simulation(cg.topology, cg.system, integrator,

@@ -71,6 +71,8 @@ def export_model(model, path, metadata: dict | None = None) -> Path:
         "md_steps_per_model_step": module.md_steps_per_model_step, "md_timestep_ps": module.md_timestep_ps,
         "temperature_K": module.temperature_K, "n_beads": module.n_beads, "n_atoms": module.n_atoms,
         "n_features": module.n_features, "refine_sigmas": list(module.refine_sigmas),
+        "hard_core": {"enabled": bool(module.hard_core), "sweeps": module.hard_core_sweeps,
+                      "min_bonded_nm": module.min_bonded_nm, "min_nonbonded_nm": module.min_nonbonded_nm},
         "accel_std_nm": module.accel_std_nm, "velocity_std_nm": module.velocity_std_nm,
         "units": UNITS, "model_init": json.loads(module.init_json),
         "n_parameters": sum(p.numel() for p in module.parameters()),
@@ -218,6 +220,32 @@ class CGModel:
         if not all(s > 0 for s in values):
             raise ValueError(f"refine_sigmas must all be > 0, got {values}")
         self.module.refine_sigmas = values
+
+    @property
+    def hard_core(self) -> bool:
+        """Whether ``step`` pushes bead pairs closer than the learned minimum distances apart (False for
+        files exported before the hard core existed)."""
+        return bool(getattr(self.module, "hard_core", False))
+
+    @hard_core.setter
+    def hard_core(self, enabled: bool) -> None:
+        if not hasattr(self.module, "hard_core"):
+            raise ValueError("this model file predates the hard-core projection (re-export it from its checkpoint)")
+        if enabled and not max(self.module.min_bonded_nm, self.module.min_nonbonded_nm) > 0:
+            raise ValueError("this model has no learned minimum distances (trained before the hard core)")
+        self.module.hard_core = bool(enabled)
+
+    @property
+    def min_distances(self) -> dict:
+        """Hard-core distances ``{"bonded": nm, "nonbonded": nm}`` (0 = none)."""
+        return {"bonded": float(getattr(self.module, "min_bonded_nm", 0.0)),
+                "nonbonded": float(getattr(self.module, "min_nonbonded_nm", 0.0))}
+
+    @property
+    def hard_core_events(self) -> int:
+        """Close pairs the hard core has pushed apart since loading."""
+        events = getattr(self.module, "hard_core_events", None)
+        return int(events) if events is not None else 0
 
     def to(self, device) -> "CGModel":
         self.module.to(device)

@@ -61,6 +61,7 @@ __all__ = [
     "rollout",
     "step_noise",
     "model_graph",
+    "mapping_rule",
     "molecule_mapping",
     "periodic_marker",
     "reference_history",
@@ -180,7 +181,9 @@ def _describe_bad_frame(pos: torch.Tensor, n_replicas: int, box: Optional[torch.
     return "collision", [replica * n + i, replica * n + j], float(d[replica, i, j])
 
 
-@torch.inference_mode()
+# no_grad, not inference_mode: inference tensors (the returned history, anything a module caches
+# during the call) raise "cannot be saved for backward" if they later meet autograd code.
+@torch.no_grad()
 def rollout(
     model,
     history: torch.Tensor,
@@ -382,9 +385,13 @@ def molecule_mapping(model, topology: app.Topology, atom_types=None, mapping=Non
         raise ValueError(f"atom_types has {len(types)} entries but the topology has {topology.getNumAtoms()} atoms")
     if mapping is not None:
         if not isinstance(mapping, Mapping):
+            # a saved Mapping (to_json) carries its own masses and types; a list of beads takes the model's
+            # mass per type (types it never saw are refused just below, from the mapping's atom types)
             given = types if types is not None else _element_types(topology)
-            _check_vocabulary(model, given, topology, f"mapping file {mapping}")
-            mapping = Mapping.from_file(mapping, topology, _type_masses(model)[given], atom_types=types)
+            table = _type_masses(model)
+            known = (given >= 0) & (given < len(table))
+            masses = np.where(known, table[np.where(known, given, 0)], 0.0)
+            mapping = Mapping.from_file(mapping, topology, np.where(masses > 0, masses, 1.0), atom_types=types)
         mapping.check_fits(topology, where="the given mapping")
         if types is not None and not np.array_equal(types, mapping.atom_types):
             raise ValueError("atom_types differ from the given mapping's atom types")
@@ -394,6 +401,12 @@ def molecule_mapping(model, topology: app.Topology, atom_types=None, mapping=Non
                              f"({n_model} beads per molecule)")
         return mapping
     own = model.mapping
+    rule = mapping_rule(model)
+    if not n_model and types is None and rule is not None and rule[1].get("atom_types_from") == "given":
+        # A transferable model of non-element types (e.g. polymer bead types): another sequence has the
+        # same bond graph, so without types the molecule cannot be told from the model's own.
+        raise ValueError("this transferable model uses given atom types (not atomic numbers), which a PDB does "
+                         "not carry: pass atom_types=, or a fine trajectory (.h5) or system YAML that carries them")
     mismatch = "the model file carries no mapping"
     if own is not None:
         try:
@@ -405,7 +418,6 @@ def molecule_mapping(model, topology: app.Topology, atom_types=None, mapping=Non
             return own
         except ValueError as error:
             mismatch = str(error)
-    rule = mapping_rule(model)
     if n_model:
         raise ValueError(f"{mismatch}; this model is molecule-specific ({n_model} beads, trained on one molecule), "
                          "so it cannot be transferred to another molecule")

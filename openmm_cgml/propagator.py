@@ -68,6 +68,8 @@ class PropagatorConfig:
     score_hidden: int = 32           # Score network width
     score_layers: int = 2            # Score PaxNet layers (score_net = "paxnet" only)
     refine_sigmas: List[float] = field(default_factory=lambda: [0.6, 0.3, 0.1])  # Tweedie steps at inference
+    hard_core: bool = True           # project pairs closer than the learned minimum distances apart after each step
+    hard_core_sweeps: int = 8        # projection sweeps (vectorised over all close pairs) per model step
 
     @classmethod
     def from_dict(cls, values: dict | None) -> "PropagatorConfig":
@@ -95,6 +97,10 @@ class PropagatorConfig:
             raise ValueError(f"model.score_net must be 'pair' or 'paxnet', got {self.score_net!r}")
         if any(not s > 0 for s in self.refine_sigmas):
             raise ValueError(f"model.refine_sigmas must all be > 0, got {self.refine_sigmas}")
+        if not isinstance(self.hard_core, bool):
+            raise ValueError(f"model.hard_core must be true or false, got {self.hard_core!r}")
+        if int(self.hard_core_sweeps) < 1:
+            raise ValueError(f"model.hard_core_sweeps must be >= 1, got {self.hard_core_sweeps}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -289,6 +295,10 @@ class CGPropagator(nn.Module):
             what one model step stands for (carried into the exported file).
         n_beads, n_atoms: the molecule the model is for (0 = transferable);
             ``step``/``embed`` accept whole multiples of them (copies).
+        min_bonded_nm, min_nonbonded_nm: hard-core distances (nm) for bead
+            pairs joined by a coarse bond and for all other pairs, learned
+            from the reference data (``openmm_cgml.train.reference_min_distances``);
+            0 = unknown: no projection (models trained before the hard core).
     """
 
     refine_sigmas: List[float]
@@ -296,7 +306,7 @@ class CGPropagator(nn.Module):
     def __init__(self, config: PropagatorConfig, type_masses: Tensor, accel_std_nm: float = 1.0,
                  velocity_std_nm: float = 1.0, mass_scale_amu: float = 1.0, model_dt_ps: float = 1.0,
                  md_steps_per_model_step: int = 1, md_timestep_ps: float = 1.0, temperature_K: float = 300.0,
-                 n_beads: int = 0, n_atoms: int = 0):
+                 n_beads: int = 0, n_atoms: int = 0, min_bonded_nm: float = 0.0, min_nonbonded_nm: float = 0.0):
         super().__init__()
         config.validate()
         type_masses = torch.as_tensor(type_masses, dtype=torch.float32).flatten()
@@ -318,6 +328,18 @@ class CGPropagator(nn.Module):
         self.n_atoms = int(n_atoms)
         self.min_std = float(config.min_std)
         self.refine_sigmas = [float(s) for s in config.refine_sigmas]
+        for name, value in (("min_bonded_nm", min_bonded_nm), ("min_nonbonded_nm", min_nonbonded_nm)):
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0 nm, got {value}")
+        self.min_bonded_nm = float(min_bonded_nm)
+        self.min_nonbonded_nm = float(min_nonbonded_nm)
+        self.hard_core = bool(config.hard_core) and max(self.min_bonded_nm, self.min_nonbonded_nm) > 0
+        self.hard_core_sweeps = int(config.hard_core_sweeps)
+        # [bonded, nonbonded] nm; not persistent, so checkpoints from before the hard core still load
+        self.register_buffer("min_distance_nm", torch.tensor([self.min_bonded_nm, self.min_nonbonded_nm]),
+                             persistent=False)
+        # close pairs the projection has pushed apart since loading (a diagnostic)
+        self.register_buffer("hard_core_events", torch.zeros((), dtype=torch.long), persistent=False)
         self.metadata = "{}"
         self.n_features = int(config.embed_hidden) + 1  # pooled embedding + scaled mass
         self.hidden = int(config.hidden)
@@ -328,7 +350,8 @@ class CGPropagator(nn.Module):
             "velocity_std_nm": self.velocity_std_nm, "mass_scale_amu": self.mass_scale_amu,
             "model_dt_ps": self.model_dt_ps, "md_steps_per_model_step": self.md_steps_per_model_step,
             "md_timestep_ps": self.md_timestep_ps, "temperature_K": self.temperature_K,
-            "n_beads": self.n_beads, "n_atoms": self.n_atoms})
+            "n_beads": self.n_beads, "n_atoms": self.n_atoms,
+            "min_bonded_nm": self.min_bonded_nm, "min_nonbonded_nm": self.min_nonbonded_nm})
 
         self.embedding = EmbeddingGNN(type_masses.numel(), config.embed_hidden, config.embed_layers)
         n_vel = self.k - 1
@@ -438,6 +461,45 @@ class CGPropagator(nn.Module):
         """Predicted unit noise ``eps`` (N, 3) of ``candidate`` at noise level ``sigma`` (N, 1) accel-std units."""
         return self.score(candidate, latents, torch.log(sigma), coarse_edge_index, batch, box, edge, shift)
 
+    def _hard_core(self, x: Tensor, masses: Tensor, bonds: Tensor, batch: Tensor, box: Optional[Tensor],
+                   edge: Tensor, shift: Tensor) -> Tensor:
+        """Push bead pairs closer than their minimum distance apart (SHAKE-like, for inequalities).
+
+        ``x`` (N, 3) nm; ``edge``/``shift`` a radius graph (both directions)
+        that holds every close pair; ``bonds`` the coarse bonds (either or both
+        directions) select the bonded minimum, all other pairs get the
+        non-bonded one. Each violating pair is moved apart along its pair
+        vector by the violation, shared inversely to the masses, so the centre
+        of mass never moves; Jacobi sweeps (all pairs at once), so a bead in
+        several violations gets the sum of its corrections. Only pair vectors
+        enter: exactly E(3)-equivariant, and the identity when no pair is too
+        close (the common case costs one distance pass and one host sync).
+        """
+        limit = max(self.min_bonded_nm, self.min_nonbonded_nm)
+        j, i = edge[0], edge[1]
+        dist = torch.linalg.vector_norm(x[i] - x[j] + shift, dim=-1)
+        # pairs within a margin of the limit: a correction can push a bead into a neighbour
+        near = torch.nonzero(dist < 1.25 * limit).squeeze(1)
+        if near.numel() == 0 or not bool((dist[near] < limit).any()):
+            return x
+        i, j, shift = i[near], j[near], shift[near]
+        n = x.size(0)
+        if bonds.numel() > 0:
+            bond_keys = torch.cat([bonds[1] * n + bonds[0], bonds[0] * n + bonds[1]])
+            bonded = torch.isin(i * n + j, bond_keys)
+        else:
+            bonded = torch.zeros_like(i, dtype=torch.bool)
+        minimum = torch.where(bonded, self.min_distance_nm[0], self.min_distance_nm[1]).to(x.dtype)
+        share = (masses[j] / (masses[i] + masses[j])).unsqueeze(-1)   # i moves by m_j / (m_i + m_j)
+        for sweep in range(self.hard_core_sweeps):
+            vec = x[i] - x[j] + shift
+            dist = torch.linalg.vector_norm(vec, dim=-1).clamp_min(1e-9)
+            push = (minimum - dist).clamp_min(0.0)
+            if sweep == 0:
+                self.hard_core_events.add_((push > 0).sum() // 2)   # both directions of each pair
+            x = x.index_add(0, i, share * (push / dist).unsqueeze(-1) * vec)
+        return x
+
     # ------------------------------------------------------------- public API
     @torch.jit.export
     def embed(self, atom_types: Tensor, fine_edge_index: Tensor, bead_of_atom: Tensor, n_beads: int) -> Tensor:
@@ -507,6 +569,8 @@ class CGPropagator(nn.Module):
         velocity = x_t - pos_history[-2]
         # semi-implicit Euler with dt = 1 model step: v += a; x += v
         candidate = x_t + velocity + self._sample(mean, std, collective, noise, batch) * self.accel_std_nm
+        edge = torch.zeros(2, 0, dtype=torch.long, device=candidate.device)
+        shift = torch.zeros(0, 3, dtype=candidate.dtype, device=candidate.device)
         if refine and len(self.refine_sigmas) > 0:
             edge, shift = self.score.graph(candidate, batch, graph_box)
             for sigma in self.refine_sigmas:
@@ -514,6 +578,13 @@ class CGPropagator(nn.Module):
                 eps = self._score_eps(candidate, latents, sigma_column, coarse_edge_index, batch, graph_box,
                                       edge, shift)
                 candidate = candidate - (sigma * self.accel_std_nm) * eps  # Tweedie: x + sigma^2 * score
+        limit = max(self.min_bonded_nm, self.min_nonbonded_nm)
+        if self.hard_core and limit > 0:
+            if edge.size(1) == 0:  # no Score graph to reuse: a short-range one suffices
+                edge, shift = radius_graph(candidate, 1.25 * limit, batch, graph_box)
+            # the Score graph was built before refinement; it still holds every close pair (beads move << cutoff)
+            candidate = self._hard_core(candidate, bead_features[:, -1], coarse_edge_index, batch, graph_box,
+                                        edge, shift)
         return candidate
 
     def forward(self, pos_history: Tensor, bead_features: Tensor, coarse_edge_index: Tensor, batch: Tensor,

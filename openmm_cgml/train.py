@@ -27,7 +27,8 @@ import numpy as np
 import torch
 import yaml
 
-__all__ = ["TrainConfig", "train", "PropagatorModule", "plot_losses", "configure_parser", "run"]
+__all__ = ["TrainConfig", "train", "PropagatorModule", "plot_losses", "reference_min_distances", "hard_core_distance",
+           "configure_parser", "run"]
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
@@ -190,6 +191,75 @@ def dataset_summary(path) -> dict:
     }
 
 
+COLLISION_NM = 0.1        # bead pairs closer than this count as collisions (evaluation threshold)
+HARD_CORE_MARGIN = 0.95   # the hard core sits this fraction below the closest approach seen in the data
+MAX_FRAMES_PER_TRAJ = 5000
+
+
+def _pair_distances(positions: np.ndarray, box: np.ndarray | None) -> torch.Tensor:
+    """(F, N, N) bead-bead distances (nm) of frames (F, N, 3); minimum image if ``box`` (F, 3, 3) is given."""
+    pos = torch.as_tensor(positions, dtype=torch.float64)
+    delta = pos.unsqueeze(2) - pos.unsqueeze(1)                         # (F, N, N, 3)
+    if box is not None and np.any(box):
+        cell = torch.as_tensor(box, dtype=torch.float64)                  # rows = box vectors
+        fractional = delta @ torch.linalg.inv(cell).unsqueeze(1)
+        delta = (fractional - torch.round(fractional)) @ cell.unsqueeze(1)  # exact for rectangular boxes
+    return torch.linalg.vector_norm(delta, dim=-1)
+
+
+def reference_min_distances(path, split: str = "train") -> dict:
+    """Closest approach (nm) of bead pairs in the reference frames of one split of a coarse dataset.
+
+    Returns ``{"bonded_nm", "nonbonded_nm", "frames"}``: the minimum over all
+    frames (evenly subsampled to at most 5000 per trajectory) of the distance
+    between beads joined by a coarse bond, and between all other bead pairs
+    of a trajectory (within and between molecules). One global value per
+    class: the small training sets here do not support one per pair of bead
+    types. A class with no pairs gives 0 (no hard core for it).
+    """
+    from openmm_cgml.data import CoarseDataset
+
+    handle = CoarseDataset(path, split=None)._handle()
+    bonded, nonbonded, frames = math.inf, math.inf, 0
+    for name in handle["traj"]:
+        group = handle["traj"][name]
+        split_name = group.attrs["split"]
+        if (split_name.decode() if isinstance(split_name, bytes) else str(split_name)) != split:
+            continue
+        n_frames, n = group["positions"].shape[:2]
+        if n < 2:
+            continue
+        is_bond = torch.zeros(n, n, dtype=torch.bool)
+        bonds = torch.as_tensor(np.asarray(group["coarse_bonds"], dtype=np.int64).reshape(-1, 2))
+        is_bond[bonds[:, 0], bonds[:, 1]] = True
+        is_bond |= is_bond.clone().T
+        other = ~is_bond & ~torch.eye(n, dtype=torch.bool)
+        picks = np.unique(np.linspace(0, n_frames - 1, min(n_frames, MAX_FRAMES_PER_TRAJ)).astype(np.int64))
+        chunk = max(1, int(2e7 // (n * n * 3)))
+        for start in range(0, len(picks), chunk):
+            rows = picks[start:start + chunk]
+            box = np.asarray(group["box"][rows[0]:rows[-1] + 1])[rows - rows[0]] if "box" in group else None
+            positions = np.asarray(group["positions"][rows[0]:rows[-1] + 1])[rows - rows[0]]
+            distances = _pair_distances(positions, box)
+            if bool(is_bond.any()):
+                bonded = min(bonded, float(distances[:, is_bond].min()))
+            if bool(other.any()):
+                nonbonded = min(nonbonded, float(distances[:, other].min()))
+            frames += len(rows)
+    if frames == 0:
+        raise ValueError(f"{path}: no '{split}' frames to measure bead distances on")
+    return {"bonded_nm": bonded if math.isfinite(bonded) else 0.0,
+            "nonbonded_nm": nonbonded if math.isfinite(nonbonded) else 0.0, "frames": frames}
+
+
+def hard_core_distance(observed_nm: float) -> float:
+    """Hard-core distance (nm) for an observed closest approach: 5 % below it, but never below the
+    collision threshold (0.1 nm) unless the data itself comes closer than that."""
+    if not observed_nm > 0:
+        return 0.0
+    return min(observed_nm, max(HARD_CORE_MARGIN * observed_nm, COLLISION_NM))
+
+
 def _noise_levels(bounds, n: int) -> torch.Tensor:
     from openmm_cgml.propagator import log_spaced_sigmas
 
@@ -324,7 +394,8 @@ def _resume_path(config: TrainConfig, out_dir: Path) -> str | None:
 
 
 def build_model_init(config: TrainConfig, summary: dict) -> str:
-    """The propagator's ``init_json`` for a config and a dataset summary."""
+    """The propagator's ``init_json`` for a config and a dataset summary (with ``min_distances`` from
+    :func:`reference_min_distances`, if measured: the hard core)."""
     from openmm_cgml.propagator import CGPropagator, PropagatorConfig
 
     attrs = summary["attrs"]
@@ -342,7 +413,9 @@ def build_model_init(config: TrainConfig, summary: dict) -> str:
         md_timestep_ps=float(attrs.get("md_timestep_ps", attrs["model_dt_ps"])),
         temperature_K=float(attrs.get("temperature_K", 300.0)),
         n_beads=mapping.n_beads if mapping is not None else 0,
-        n_atoms=mapping.n_atoms if mapping is not None else 0)
+        n_atoms=mapping.n_atoms if mapping is not None else 0,
+        min_bonded_nm=hard_core_distance(summary.get("min_distances", {}).get("bonded_nm", 0.0)),
+        min_nonbonded_nm=hard_core_distance(summary.get("min_distances", {}).get("nonbonded_nm", 0.0)))
     return model.init_json
 
 
@@ -352,6 +425,16 @@ def train(config: TrainConfig | dict | str | os.PathLike) -> Path:
         config = TrainConfig.from_yaml(config)
     elif isinstance(config, dict):
         config = TrainConfig.from_dict(config)
+    # torch settings are process-global: restored afterwards, so later rollouts in this process keep theirs
+    threads, precision = torch.get_num_threads(), torch.get_float32_matmul_precision()
+    try:
+        return _train(config)
+    finally:
+        torch.set_num_threads(threads)
+        torch.set_float32_matmul_precision(precision)
+
+
+def _train(config: TrainConfig) -> Path:
     pl = _lightning()
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
@@ -367,6 +450,7 @@ def train(config: TrainConfig | dict | str | os.PathLike) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
 
     summary = dataset_summary(config.data)
+    summary["min_distances"] = reference_min_distances(config.data, "train")
     model_init = build_model_init(config, summary)
     train_loader, val_loader = _loaders(config, json.loads(model_init)["config"]["k"])
     mapping = summary.pop("single_mapping")

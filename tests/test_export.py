@@ -10,7 +10,7 @@ import torch
 
 from openmm_cgml.export import CGModel, export_model, load
 from openmm_cgml.mapping import Mapping
-from test_propagator import N_BEADS, chain_history, chain_molecule, make_model
+from test_propagator import N_BEADS, chain_history, chain_molecule, compressed_history, hard_core_model, make_model
 
 
 def chain_mapping():
@@ -146,3 +146,31 @@ def test_refinement_levels_can_be_changed_after_loading(exported):
     assert not torch.allclose(loaded.step(*args), before)
     with pytest.raises(ValueError, match="> 0"):
         loaded.refine_sigmas = [0.0]
+
+
+def test_hard_core_survives_export_and_can_be_switched(tmp_path, exported):
+    _, plain_path = exported
+    plain = load(plain_path)  # no learned minima (as models trained before the hard core): off, cannot be on
+    assert not plain.hard_core and plain.min_distances == {"bonded": 0.0, "nonbonded": 0.0}
+    with pytest.raises(ValueError, match="no learned minimum distances"):
+        plain.hard_core = True
+    path = export_model(hard_core_model(k=3), tmp_path / "hard.pt", {"mapping": chain_mapping()})
+    model = load(path)
+    assert model.hard_core and model.min_distances == {"bonded": pytest.approx(0.30), "nonbonded": pytest.approx(0.45)}
+    assert model.metadata["hard_core"] == {"enabled": True, "sweeps": 8, "min_bonded_nm": pytest.approx(0.30),
+                                           "min_nonbonded_nm": pytest.approx(0.45)}
+    _, _, _, coarse = chain_molecule()
+    args = (compressed_history(3, torch.float32), model.embed_mapping(), coarse, torch.zeros(N_BEADS, dtype=torch.long),
+            torch.zeros(3, 3), torch.zeros(N_BEADS, 3))
+    pushed = model.step(*args)
+    assert model.hard_core_events > 0
+    model.hard_core = False
+    assert not model.hard_core and not torch.allclose(model.step(*args), pushed)
+
+
+def test_files_from_before_the_hard_core_still_load():
+    """A module without the hard-core attributes (an older export) reports it off and refuses to switch it on."""
+    old = CGModel(torch.jit.script(torch.nn.Linear(2, 2)), {"format": "openmm-cgml-model"})
+    assert not old.hard_core and old.hard_core_events == 0 and old.min_distances["bonded"] == 0.0
+    with pytest.raises(ValueError, match="predates the hard-core"):
+        old.hard_core = True

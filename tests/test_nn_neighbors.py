@@ -140,3 +140,15 @@ def test_bad_input_is_named():
         radius_graph(pos, 0.2, torch.tensor([0] * 5 + [1] * 5), torch.eye(3).repeat(3, 1, 1))
     edge_index, shift = radius_graph(torch.zeros(0, 3), 0.5)
     assert edge_index.shape == (2, 0) and shift.shape == (0, 3)
+
+
+def test_open_dense_fast_path_equals_cell_list_with_a_neighbour_cap():
+    """No box (or an all-zero box) takes a short dense path; it must equal the general cell-list search."""
+    gen = torch.Generator().manual_seed(8)
+    pos = torch.rand(90, 3, generator=gen, dtype=torch.float64) * 1.5
+    batch = torch.arange(90) % 3
+    for cap in (4, 1000):
+        cell = radius_graph(pos, 0.6, batch, max_num_neighbors=cap, method="cell")
+        for box in (None, torch.zeros(3, 3, dtype=torch.float64)):
+            dense = radius_graph(pos, 0.6, batch, box, max_num_neighbors=cap, method="dense")
+            assert torch.equal(dense[0], cell[0]) and torch.equal(dense[1], cell[1])

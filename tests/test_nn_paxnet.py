@@ -212,3 +212,59 @@ def test_cuda_float32_matches_cpu():
     h2, vec2 = scripted(s.cuda(), v.cuda(), pos.cuda(), bonds.cuda(), batch.cuda(), torch.eye(3).cuda() * 2.0)
     torch.testing.assert_close(h2.cpu(), h, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(vec2.cpu(), vec, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("scripted", [False, True])
+def test_cached_bond_indices_follow_changes_of_the_local_graph(scripted):
+    """The bond/angle indices are cached between calls; every change of the bonds must be seen."""
+    import copy
+
+    net = model(local_cutoff=None)
+    fresh = copy.deepcopy(net)           # an untouched copy: nothing cached, the uncached path
+    cached = torch.jit.script(net) if scripted else net
+    pos, bonds, s, v = chain()
+    batch = torch.zeros(N, dtype=torch.long)
+    ring = torch.cat([bonds, torch.tensor([[N - 1], [0]])], dim=1)
+    branched = bonds.clone()
+    branched[0, 5] = 2                   # node 6 now hangs off node 2
+    mutable = bonds.clone()
+    sequence = [bonds, bonds, ring, bonds.flip(0), branched, bonds.int(), mutable, torch.zeros(2, 0, dtype=torch.long)]
+    for step, edges in enumerate(sequence):
+        if step == 7:
+            mutable[1, 3] = 9            # changed in place after being cached at step 6
+            edges = mutable
+        h, vec = cached(s, v, pos, edges, batch)
+        h_ref, vec_ref = copy.deepcopy(fresh)(s, v, pos, edges, batch)
+        torch.testing.assert_close(h, h_ref, atol=1e-12, rtol=0)
+        torch.testing.assert_close(vec, vec_ref, atol=1e-12, rtol=0)
+    # in-place change of the cached tensor itself
+    h, _ = cached(s, v, pos, mutable, batch)
+    torch.testing.assert_close(h, copy.deepcopy(fresh)(s, v, pos, mutable, batch)[0], atol=1e-12, rtol=0)
+    # a different node count with the same bond tensor
+    short = bonds[:, :-1].clone()
+    cached(s, v, pos, short, batch)
+    h, _ = cached(s[:-1], v[:-1], pos[:-1], short, batch[:-1])
+    torch.testing.assert_close(h, copy.deepcopy(fresh)(s[:-1], v[:-1], pos[:-1], short, batch[:-1])[0],
+                               atol=1e-12, rtol=0)
+    # the cache is no state: the state dict is unchanged and bad bonds are still caught after a hit
+    assert set(net.state_dict()) == set(fresh.state_dict())
+    with pytest.raises((ValueError, torch.jit.Error), match="local_edge_index"):   # scripted: torch.jit.Error
+        cached(s, v, pos, bonds + N, batch)
+
+
+def test_cached_model_follows_positions_and_dtype():
+    """Same bonds, new positions / dtype: the cache holds indices only, so results track the inputs."""
+    import copy
+
+    net = model(local_cutoff=None)
+    fresh = copy.deepcopy(net)
+    pos, bonds, s, v = chain()
+    batch = torch.zeros(N, dtype=torch.long)
+    net(s, v, pos, bonds, batch)
+    moved = pos + 0.05 * torch.randn(N, 3, generator=torch.Generator().manual_seed(4), dtype=pos.dtype)
+    torch.testing.assert_close(net(s, v, moved, bonds, batch)[0], fresh(s, v, moved, bonds, batch)[0],
+                               atol=1e-12, rtol=0)
+    net32, fresh32 = copy.deepcopy(net).float(), copy.deepcopy(fresh).float()
+    assert net32._cache_n == -1 and net._cache_n == N     # .float()/.to() empty it: no stale device tensors
+    out = net32(s.float(), v.float(), moved.float(), bonds, batch)[0]
+    torch.testing.assert_close(out, fresh32(s.float(), v.float(), moved.float(), bonds, batch)[0])

@@ -244,3 +244,87 @@ def test_periodic_images_give_the_same_dynamics():
     expected = x.clone()
     expected[3] += box[1]
     torch.testing.assert_close(x2, expected, atol=1e-9, rtol=1e-7)
+
+
+# ------------------------------------------------------------------------------ hard core
+def hard_core_model(**overrides):
+    """Bonded pairs >= 0.30 nm, others >= 0.45 nm: the zig-zag chain (bonds 0.38, 1-3 pairs 0.66) violates
+    neither at rest, the compressed one below violates both."""
+    model = make_model(**overrides)
+    init = __import__("json").loads(model.init_json)
+    init.update(min_bonded_nm=0.30, min_nonbonded_nm=0.45)
+    hard = CGPropagator.from_init_json(__import__("json").dumps(init))
+    hard.load_state_dict(model.state_dict())
+    return hard.eval()
+
+
+def compressed_history(k, dtype=torch.float64):
+    history = chain_history(k, dtype=dtype)
+    return history * torch.tensor([0.5, 1.0, 1.0], dtype=dtype)  # bonds ~0.26 nm, 1-3 pairs 0.33 nm
+
+
+def pair_minima(x, coarse):
+    d = torch.cdist(x, x)
+    bonded = torch.zeros_like(d, dtype=torch.bool)
+    bonded[coarse[0], coarse[1]] = True
+    off = ~bonded & ~torch.eye(len(x), dtype=torch.bool)
+    return float(d[bonded].min()), float(d[off].min())
+
+
+@pytest.mark.parametrize("refine", [True, False])
+def test_hard_core_pushes_close_pairs_apart_keeping_centre_of_mass(refine):
+    model = hard_core_model().double()
+    _, features, coarse, batch, box = inputs(model, torch.float64)
+    features = features.double()
+    history = compressed_history(model.k)
+    noise = torch.zeros(N_BEADS, 3, dtype=torch.float64)
+    with torch.no_grad():
+        model.hard_core = False
+        free = model.step(history, features, coarse, batch, box, noise, refine)
+        model.hard_core = True
+        x = model.step(history, features, coarse, batch, box, noise, refine)
+    assert min(pair_minima(free, coarse)) < 0.28  # the step itself leaves pairs inside the hard core
+    bonded, other = pair_minima(x, coarse)
+    assert bonded > 0.30 * 0.97 and other > 0.45 * 0.97
+    masses = features[:, -1:]
+    torch.testing.assert_close((masses * x).sum(0), (masses * free).sum(0), atol=1e-10, rtol=0)
+    assert int(model.hard_core_events) > 0
+
+
+def test_hard_core_is_equivariant_and_a_no_op_when_nothing_is_close():
+    model = hard_core_model().double()
+    _, features, coarse, batch, box = inputs(model, torch.float64)
+    features = features.double()
+    history = compressed_history(model.k)
+    rotation = random_orthogonal(5, reflect=True)
+    shift = torch.tensor([0.3, -1.2, 2.0], dtype=torch.float64)
+    noise = torch.randn(N_BEADS, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        x = model.step(history, features, coarse, batch, box, noise, True)
+        x2 = model.step(history @ rotation.T + shift, features, coarse, batch, box, noise @ rotation.T, True)
+        torch.testing.assert_close(x2, x @ rotation.T + shift, atol=1e-9, rtol=1e-7)
+        # a relaxed chain: the projection leaves the step exactly as it was
+        relaxed = chain_history(model.k, dtype=torch.float64)
+        events = int(model.hard_core_events)
+        model.hard_core = False
+        free = model.step(relaxed, features, coarse, batch, box, 0.0 * noise, True)
+        model.hard_core = True
+        assert min(pair_minima(free, coarse)) > 0.30  # nothing inside the hard core
+        assert torch.equal(model.step(relaxed, features, coarse, batch, box, 0.0 * noise, True), free)
+        assert int(model.hard_core_events) == events
+
+
+def test_hard_core_scripts_and_models_without_minima_keep_it_off():
+    plain = make_model()
+    assert not plain.hard_core and plain.min_bonded_nm == 0.0  # older checkpoints: no minima, no projection
+    model = hard_core_model()
+    assert model.hard_core
+    scripted = torch.jit.script(model)
+    _, features, coarse, batch, box = inputs(model)
+    history = compressed_history(model.k, torch.float32)
+    noise = torch.zeros(N_BEADS, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted.step(history, features, coarse, batch, box, noise, False),
+                                   model.step(history, features, coarse, batch, box, noise, False))
+    with pytest.raises(ValueError, match="hard_core_sweeps"):
+        PropagatorConfig(hard_core_sweeps=0).validate()

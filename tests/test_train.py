@@ -10,7 +10,8 @@ from openmm_cgml.cli import main
 from openmm_cgml.data import CoarseDataset, coarse_grain
 from openmm_cgml.export import load, propagator_from_checkpoint
 from openmm_cgml.generate import generate
-from openmm_cgml.train import DEFAULT_CONFIG, TrainConfig, build_model_init, dataset_summary, train
+from openmm_cgml.train import (DEFAULT_CONFIG, TrainConfig, build_model_init, dataset_summary, hard_core_distance,
+                               reference_min_distances, train)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +77,13 @@ def test_training_lowers_nll_resumes_and_exports(dataset, tmp_path):
     from openmm_cgml.propagator import CGPropagator
 
     initial = CGPropagator.from_init_json(build_model_init(config, dataset_summary(dataset)))
-    best = train(config)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        best = train(config)  # with threads: 1
+        assert torch.get_num_threads() == 2  # restored: later rollouts in this process keep their threads
+    finally:
+        torch.set_num_threads(previous_threads)
     assert best.name == "best.ckpt"
     trained, hparams, _ = propagator_from_checkpoint(best)
     before, after = mean_nll(initial, dataset), mean_nll(trained.eval(), dataset)
@@ -104,6 +111,10 @@ def test_training_lowers_nll_resumes_and_exports(dataset, tmp_path):
     assert main(["export", str(run), "--out", str(out)]) == 2  # refuses to overwrite
     model = load(out)
     assert model.k == 3 and model.n_beads == 10 and model.md_steps_per_model_step == 100
+    minima = reference_min_distances(dataset)
+    assert model.hard_core and model.metadata["hard_core"]["enabled"]
+    assert model.min_distances["bonded"] == pytest.approx(hard_core_distance(minima["bonded_nm"]), rel=1e-6)
+    assert model.min_distances["nonbonded"] == pytest.approx(hard_core_distance(minima["nonbonded_nm"]), rel=1e-6)
     assert model.metadata["training"]["epochs"] >= 1
     window = CoarseDataset(dataset, "val", k=3)[0]
     features = model.embed(window.atom_types, window.fine_edge_index, window.bead_of_atom, 10)
@@ -112,6 +123,32 @@ def test_training_lowers_nll_resumes_and_exports(dataset, tmp_path):
     eager, _, _ = propagator_from_checkpoint(run)
     with torch.no_grad():
         torch.testing.assert_close(model.predict(*args)[0], eager.eval().predict(*args)[0], atol=1e-6, rtol=1e-5)
+
+
+def test_reference_min_distances_match_brute_force(dataset):
+    import h5py
+
+    bonded, other = np.inf, np.inf
+    with h5py.File(dataset) as handle:
+        for group in handle["traj"].values():
+            if group.attrs["split"] != "train":
+                continue
+            x = group["positions"][:].astype(np.float64)
+            d = np.linalg.norm(x[:, :, None] - x[:, None], axis=-1)
+            is_bond = np.zeros(d.shape[1:], bool)
+            for a, b in group["coarse_bonds"][:]:
+                is_bond[a, b] = is_bond[b, a] = True
+            bonded = min(bonded, d[:, is_bond].min())
+            other = min(other, d[:, ~is_bond & ~np.eye(len(is_bond), dtype=bool)].min())
+    minima = reference_min_distances(dataset)
+    assert minima["bonded_nm"] == pytest.approx(bonded) and minima["nonbonded_nm"] == pytest.approx(other)
+    assert 0.1 < minima["bonded_nm"] < minima["nonbonded_nm"] + 0.2 and minima["frames"] > 0
+    # 5 % below the data, never below the 0.1 nm collision threshold unless the data is
+    assert hard_core_distance(0.4) == pytest.approx(0.38)
+    assert hard_core_distance(0.102) == pytest.approx(0.1) and hard_core_distance(0.08) == pytest.approx(0.076)
+    assert hard_core_distance(0.0) == 0.0
+    with pytest.raises(ValueError, match="no 'test' frames"):
+        reference_min_distances(dataset, "test")
 
 
 def test_fresh_run_refuses_existing_checkpoints(dataset, tmp_path):
@@ -149,8 +186,9 @@ ROLLOUT_CASES = {
 @pytest.mark.slow
 @pytest.mark.parametrize("system", sorted(ROLLOUT_CASES))
 def test_trained_rollout_is_stable_for_10000_steps(system, tmp_path):
-    """Generate, coarse-grain, train a small model in minutes, export; 10,000 model steps stay finite,
-    the Score refinement cuts bead collisions (pairs < 0.1 nm) and keeps the reference bond lengths."""
+    """Generate, coarse-grain, train a small model in minutes, export; 10,000 model steps stay finite and,
+    with the hard core learned from the data, never bring two beads closer than 0.1 nm (with or without
+    the Score refinement); the refined rollout keeps the reference bond lengths and size."""
     from openmm_cgml.propagator import count_collisions
 
     case = ROLLOUT_CASES[system]
@@ -165,6 +203,7 @@ def test_trained_rollout_is_stable_for_10000_steps(system, tmp_path):
         "trainer": {"enable_progress_bar": False}})
     assert main(["export", str(train(config)), "--out", str(tmp_path / "model.pt")]) == 0
     model = load(tmp_path / "model.pt")
+    assert model.hard_core
 
     data = CoarseDataset(coarse, "val", k=4)
     window = data[0]
@@ -177,22 +216,29 @@ def test_trained_rollout_is_stable_for_10000_steps(system, tmp_path):
     def bond_length(x):
         return float((x[..., bonds[:, 0], :] - x[..., bonds[:, 1], :]).norm(dim=-1).mean())
 
+    def gyration_radius(x):
+        return float((x - x.mean(-2, keepdim=True)).pow(2).sum(-1).mean(-1).sqrt().mean())
+
     results = {}
-    for refine in (True, False):
+    for refine, hard_core in ((True, True), (False, True), (True, False)):
+        model.hard_core = hard_core
         history = window.pos_history.transpose(0, 1).contiguous()
         generator = torch.Generator().manual_seed(0)
-        collisions, frames = 0, []
+        steps_with_collision, frames = 0, []
         with torch.no_grad():
             for step in range(10_000):
                 noise = torch.randn(n, 3, generator=generator)
                 x = model.module.step(history, features, window.coarse_edge_index, batch, box, noise, refine)
                 assert bool(torch.isfinite(x).all()), f"NaN at model step {step} (refine={refine})"
                 history = torch.cat([history[1:], x[None]])
-                collisions += count_collisions(x, 0.1)
+                steps_with_collision += int(count_collisions(x, 0.1) > 0)
                 if step % 10 == 0:
                     frames.append(x)
-        results[refine] = (collisions, bond_length(torch.stack(frames)))
-    print(f"{system}: collisions refined {results[True][0]} / plain {results[False][0]}; bond refined "
-          f"{results[True][1]:.4f} plain {results[False][1]:.4f} reference {bond_length(reference):.4f} nm")
-    assert results[True][0] < results[False][0]
-    assert results[True][1] == pytest.approx(bond_length(reference), rel=0.2)
+        frames = torch.stack(frames)
+        results[refine, hard_core] = (steps_with_collision, bond_length(frames),
+                                      gyration_radius(frames) / gyration_radius(reference))
+    print(f"{system}: (refine, hard_core): (steps with a collision, bond nm, Rg / reference Rg) {results}; "
+          f"reference bond {bond_length(reference):.4f} nm")
+    assert results[True, True][0] == 0 and results[False, True][0] == 0
+    assert results[True, True][1] == pytest.approx(bond_length(reference), rel=0.2)
+    assert results[True, True][2] == pytest.approx(1.0, abs=0.2)

@@ -86,8 +86,9 @@ def edge_vectors(pos: Tensor, edge_index: Tensor, batch: Optional[Tensor] = None
     Differentiable in ``pos``; the shift is piecewise constant and returned detached.
     """
     j, i = edge_index[0], edge_index[1]
-    vec = pos[i] - pos[j]
-    if box is None:
+    vec = pos.index_select(0, i) - pos.index_select(0, j)
+    if box is None or not bool(box.any()):
+        # no box or an all-zero box (= not periodic): skip the lattice arithmetic
         return vec, torch.zeros_like(vec)
     n = pos.size(0)
     if batch is None:
@@ -152,6 +153,11 @@ def radius_graph(pos: Tensor, cutoff: float, batch: Optional[Tensor] = None,
     if batch.dim() != 1 or batch.size(0) != n:
         raise ValueError("batch must have shape (N,) = (" + str(n) + ",), got " + str(list(batch.shape)))
     pos = pos.detach()
+    if box is not None and not bool(box.any()):
+        box = None      # all-zero box = not periodic: take the cheap open-boundary path
+    dense = n <= _dense_max_atoms() if method == "auto" else method == "dense"
+    if box is None and dense:
+        return _dense_open_graph(pos, batch, cutoff, max_num_neighbors)
     n_graphs = int(batch.max()) + 1
     box_g, inv_g, flag = graph_boxes(box, n_graphs, pos.dtype, device)
     periodic = flag > 0
@@ -162,7 +168,6 @@ def radius_graph(pos: Tensor, cutoff: float, batch: Optional[Tensor] = None,
         if cutoff > 0.5 * shortest * (1.0 + 1e-9):
             raise ValueError("cutoff " + str(cutoff) + " nm exceeds half the shortest periodic box width ("
                              + str(0.5 * shortest) + " nm); minimum image would be ambiguous")
-    dense = n <= _dense_max_atoms() if method == "auto" else method == "dense"
 
     # Fractional coordinates wrapped into [0, 1) and the matching Cartesian
     # positions; pair vectors come from these, the nearest image of j being
@@ -215,6 +220,30 @@ def radius_graph(pos: Tensor, cutoff: float, batch: Optional[Tensor] = None,
     canon = torch.argsort(i * n + j)
     edge_index = torch.stack([j[canon], i[canon]], dim=0)
     return edge_index, shift[canon]
+
+
+def _dense_open_graph(pos: Tensor, batch: Tensor, cutoff: float, max_num_neighbors: int) -> Tuple[Tensor, Tensor]:
+    """Radius graph without a box from the all-pairs distance matrix, in few ops.
+
+    The fast path for small molecules (called every model step): the matrix
+    test is exact, and ``nonzero`` returns pairs in row-major order, i.e.
+    already sorted by (i, j), so no re-check or sort is needed.
+    """
+    n = pos.size(0)
+    diff = pos.unsqueeze(1) - pos.unsqueeze(0)                   # (N, N, 3): pos[i] - pos[j]
+    dist2 = (diff * diff).sum(dim=2)
+    close = (dist2 < cutoff * cutoff) & (batch.unsqueeze(0) == batch.unsqueeze(1))
+    close.fill_diagonal_(False)
+    if n > max_num_neighbors and int(close.sum(dim=1).max()) > max_num_neighbors:
+        # keep the nearest: rank each row's candidates by distance (ties by index, as the general path)
+        far = torch.where(close, dist2, torch.full_like(dist2, float("inf")))
+        order = torch.argsort(far, dim=1, stable=True)[:, :max_num_neighbors]
+        keep = torch.zeros_like(close)
+        keep.scatter_(1, order, True)
+        close = close & keep
+    ij = torch.nonzero(close)
+    i, j = ij[:, 0], ij[:, 1]
+    return torch.stack([j, i], dim=0), torch.zeros(i.size(0), 3, dtype=pos.dtype, device=pos.device)
 
 
 def _dense_candidates(wrapped: Tensor, frac: Tensor, batch: Tensor, flag: Tensor, box_g: Tensor,

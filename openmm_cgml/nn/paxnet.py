@@ -252,6 +252,26 @@ class PaxNet(torch.nn.Module):
             raise ValueError(f"vector_width must be >= 1, got {vector_width}")
         self.layers = torch.nn.ModuleList([PaxLayer(hidden, n_rbf, n_angle_rbf * n_sbf, global_scale, width)
                                            for _ in range(n_layers)])
+        # Cache of the index work that depends on the bonds only (local edges
+        # and angle triplets): a propagator calls the network every model step
+        # with the same bonds, and rebuilding them costs more than the layers
+        # on a small molecule. Plain tensor attributes (not buffers): not in
+        # the state dict, kept by TorchScript, re-made on any change of the
+        # bonds' values, shape, dtype or device, or of the node count.
+        # Unused with local_cutoff, where the local graph follows the positions.
+        self._clear_bond_cache()
+
+    def _clear_bond_cache(self) -> None:
+        self._cache_n = -1
+        self._cache_bonds = torch.zeros(2, 0, dtype=torch.long)
+        self._cache_graph = [torch.zeros(2, 0, dtype=torch.long), torch.zeros(0, dtype=torch.bool)]
+        self._cache_triplets = [torch.zeros(0, dtype=torch.long) for _ in range(4)]
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to()/.cpu()/.cuda()/.float() move parameters, not plain attributes: empty the cache so
+        # that no tensor is left behind on another device (e.g. inside an exported CPU model)
+        self._clear_bond_cache()
+        return super()._apply(fn, *args, **kwargs)
 
     def local_graph(self, pos: Tensor, local_edge_index: Tensor, batch: Tensor,
                     box: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
@@ -267,6 +287,32 @@ class PaxNet(torch.nn.Module):
         is_bond = torch.isin(keys, bond_keys)
         edges = torch.stack([torch.remainder(keys, n), torch.div(keys, n, rounding_mode="floor")], dim=0)
         return edges, is_bond
+
+    def _local_indices(self, pos: Tensor, local_edge_index: Tensor, batch: Tensor, box: Optional[Tensor]
+                       ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Local edges, bond flags and angle triplets; cached while the bonds stay the same."""
+        n = pos.size(0)
+        if not self.use_local_cutoff and self._cache_n == n \
+                and local_edge_index.device == self._cache_bonds.device \
+                and local_edge_index.dtype == self._cache_bonds.dtype \
+                and local_edge_index.size() == self._cache_bonds.size() \
+                and bool(torch.equal(local_edge_index, self._cache_bonds)):
+            edges, is_bond = self._cache_graph[0], self._cache_graph[1]
+            t = self._cache_triplets
+            return edges, is_bond, t[0], t[1], t[2], t[3]
+        if local_edge_index.dim() != 2 or local_edge_index.size(0) != 2:
+            raise ValueError("local_edge_index must have shape (2, E), got " + str(list(local_edge_index.shape)))
+        if local_edge_index.numel() > 0 and (int(local_edge_index.min()) < 0 or int(local_edge_index.max()) >= n):
+            raise ValueError("local_edge_index refers to nodes outside 0.." + str(n - 1))
+        edges, is_bond = self.local_graph(pos, local_edge_index.long(), batch, box)
+        two_in, two_out, one_in, one_out = _triplets(edges[0], edges[1], n)
+        if not self.use_local_cutoff:
+            # clone: the caller may change its tensor in place later
+            self._cache_bonds = local_edge_index.clone()
+            self._cache_n = n
+            self._cache_graph = [edges, is_bond]
+            self._cache_triplets = [two_in, two_out, one_in, one_out]
+        return edges, is_bond, two_in, two_out, one_in, one_out
 
     def forward(self, s: Tensor, v: Tensor, pos: Tensor, local_edge_index: Tensor, batch: Tensor,
                 box: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
@@ -290,8 +336,8 @@ class PaxNet(torch.nn.Module):
         if v.size(0) != n or v.size(1) != 3 or v.size(2) != self.vector_in:
             raise ValueError("v must have shape (N, 3, vector_in) = (" + str(n) + ", 3, " + str(self.vector_in)
                              + "), got " + str(list(v.shape)))
-        if local_edge_index.numel() > 0 and (int(local_edge_index.min()) < 0 or int(local_edge_index.max()) >= n):
-            raise ValueError("local_edge_index refers to nodes outside 0.." + str(n - 1))
+        if box is not None and not bool(box.any()):
+            box = None          # all-zero box = not periodic
 
         # global graph: distances only
         edge, shift = radius_graph(pos, self.cutoff, batch, box, self.max_num_neighbors)
@@ -303,14 +349,13 @@ class PaxNet(torch.nn.Module):
         g_env = self.envelope_global(g_dist)
 
         # local graph: bonds (+ near pairs), with angles
-        l_edge, is_bond = self.local_graph(pos, local_edge_index, batch, box)
+        l_edge, is_bond, two_in, two_out, one_in, one_out = self._local_indices(pos, local_edge_index, batch, box)
         l_src, l_dst = l_edge[0], l_edge[1]
         l_vec, _ = edge_vectors(pos, l_edge, batch, box)
         l_dist = torch.sqrt((l_vec * l_vec).sum(dim=1))
         l_unit = l_vec / l_dist.unsqueeze(1)
         l_rbf = self.rbf_local(l_dist)
         l_env = torch.where(is_bond, torch.ones_like(l_dist), self.envelope_local(l_dist))
-        two_in, two_out, one_in, one_out = _triplets(l_src, l_dst, n)
         # angle k-j-i at j between x_k - x_j = -l_vec[kj] and x_i - x_j = l_vec[ji]
         cos_two = -(l_unit[two_in] * l_unit[two_out]).sum(dim=1)
         # angle j-i-k at i between x_j - x_i and x_k - x_i: both edges point into i
