@@ -257,7 +257,9 @@ def hard_core_distance(observed_nm: float) -> float:
     collision threshold (0.1 nm) unless the data itself comes closer than that."""
     if not observed_nm > 0:
         return 0.0
-    return min(observed_nm, max(HARD_CORE_MARGIN * observed_nm, COLLISION_NM))
+    if observed_nm < COLLISION_NM:  # the reference itself has such contacts: keep the margin below them
+        return HARD_CORE_MARGIN * observed_nm
+    return max(HARD_CORE_MARGIN * observed_nm, COLLISION_NM)
 
 
 def _noise_levels(bounds, n: int) -> torch.Tensor:

@@ -268,3 +268,20 @@ def test_cached_model_follows_positions_and_dtype():
     assert net32._cache_n == -1 and net._cache_n == N     # .float()/.to() empty it: no stale device tensors
     out = net32(s.float(), v.float(), moved.float(), bonds, batch)[0]
     torch.testing.assert_close(out, fresh32(s.float(), v.float(), moved.float(), bonds, batch)[0])
+
+
+@pytest.mark.cuda
+def test_cuda_cache_follows_the_device():
+    """Bond cache filled on CPU, then used on CUDA (eager after .cuda(), and scripted): same results."""
+    net = model(local_cutoff=None).float()
+    pos, bonds, s, v = chain(dtype=torch.float32)
+    batch = torch.zeros(N, dtype=torch.long)
+    h, vec = net(s, v, pos, bonds, batch)
+    scripted = torch.jit.script(net)
+    scripted(s, v, pos, bonds, batch)                    # scripted cache on CPU
+    scripted.cuda()
+    net.cuda()
+    for module in (net, scripted, scripted):             # twice: a cache miss (device), then a hit
+        h2, vec2 = module(s.cuda(), v.cuda(), pos.cuda(), bonds.cuda(), batch.cuda())
+        torch.testing.assert_close(h2.cpu(), h, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(vec2.cpu(), vec, atol=1e-4, rtol=1e-4)

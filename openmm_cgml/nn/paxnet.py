@@ -20,7 +20,7 @@ like rotations (E(3)). Units: positions and cutoffs in nm.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -88,10 +88,11 @@ class GlobalMessage(torch.nn.Module):
         self.filter = Linear(n_rbf, hidden + 2 * vector_width)
         self.vector = VectorChannel(hidden, vector_width)
 
-    def forward(self, h: Tensor, v: Tensor, src: Tensor, dst: Tensor, rbf: Tensor, envelope: Tensor,
+    def forward(self, h: Tensor, v: Tensor, src: Tensor, dst: Tensor, rbf: Tensor, weight: Tensor,
                 unit: Tensor) -> Tuple[Tensor, Tensor]:
+        """``weight`` (E, 1) = envelope * scale, computed once per call for all layers."""
         n = h.size(0)
-        m = self.node(h).index_select(0, src) * self.filter(rbf) * (envelope * self.scale).unsqueeze(1)
+        m = self.node(h).index_select(0, src) * self.filter(rbf) * weight
         dh = _scatter_sum(m[:, :self.hidden], dst, n)
         dv = self.vector(v, src, dst, unit, m[:, self.hidden:])
         return dh, dv
@@ -115,12 +116,15 @@ class LocalMessage(torch.nn.Module):
         self.vector = VectorChannel(hidden, vector_width)
         self.act = SiLU()
 
-    def forward(self, h: Tensor, v: Tensor, src: Tensor, dst: Tensor, rbf: Tensor, envelope: Tensor,
+    def forward(self, h: Tensor, v: Tensor, src: Tensor, dst: Tensor, rbf: Tensor, envelope: Optional[Tensor],
                 unit: Tensor, two_hop_in: Tensor, two_hop_out: Tensor, two_hop_basis: Tensor,
                 one_hop_in: Tensor, one_hop_out: Tensor, one_hop_basis: Tensor) -> Tuple[Tensor, Tensor]:
+        """``envelope`` (E_l, 1), or None when all local edges are bonds (no cutoff, weight 1)."""
         n = h.size(0)
         n_edges = src.size(0)
-        m = self.node(h).index_select(0, src) * self.filter(rbf) * envelope.unsqueeze(1)   # (E_l, H) edge j->i
+        m = self.node(h).index_select(0, src) * self.filter(rbf)   # (E_l, H) edge j->i
+        if envelope is not None:
+            m = m * envelope
         low = self.down(m)
         # two-hop: message k->j modulated by the angle k-j-i flows into edge j->i
         t2 = low.index_select(0, two_hop_in) * self.angle_two_hop(two_hop_basis)
@@ -129,7 +133,9 @@ class LocalMessage(torch.nn.Module):
         m = m + self.up_two_hop(self.act(_scatter_sum(t2, two_hop_out, n_edges)))
         m = m + self.up_one_hop(self.act(_scatter_sum(t1, one_hop_out, n_edges)))
         # the envelope again so that angle terms also vanish smoothly for cutoff pairs
-        m = self.out(m) * envelope.unsqueeze(1)
+        m = self.out(m)
+        if envelope is not None:
+            m = m * envelope
         dh = _scatter_sum(m[:, :self.hidden], dst, n)
         dv = self.vector(v, src, dst, unit, m[:, self.hidden:])
         return dh, dv
@@ -247,6 +253,7 @@ class PaxNet(torch.nn.Module):
         self.envelope_local = PolynomialEnvelope(self.local_cutoff, envelope_exponent)
         self.angle_basis = AngularBasis(n_angle_rbf, n_sbf, self.local_cutoff)
         global_scale = float(avg_num_neighbors) ** -0.5
+        self.global_scale = global_scale
         width = max(8, hidden // 4) if vector_width is None else int(vector_width)
         if width < 1:
             raise ValueError(f"vector_width must be >= 1, got {vector_width}")
@@ -265,7 +272,7 @@ class PaxNet(torch.nn.Module):
         self._cache_n = -1
         self._cache_bonds = torch.zeros(2, 0, dtype=torch.long)
         self._cache_graph = [torch.zeros(2, 0, dtype=torch.long), torch.zeros(0, dtype=torch.bool)]
-        self._cache_triplets = [torch.zeros(0, dtype=torch.long) for _ in range(4)]
+        self._cache_triplets = [torch.zeros(0, dtype=torch.long) for _ in range(7)]
 
     def _apply(self, fn, *args, **kwargs):
         # .to()/.cpu()/.cuda()/.float() move parameters, not plain attributes: empty the cache so
@@ -289,30 +296,38 @@ class PaxNet(torch.nn.Module):
         return edges, is_bond
 
     def _local_indices(self, pos: Tensor, local_edge_index: Tensor, batch: Tensor, box: Optional[Tensor]
-                       ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """Local edges, bond flags and angle triplets; cached while the bonds stay the same."""
+                       ) -> Tuple[Tensor, Tensor, List[Tensor]]:
+        """Local edges, bond flags and angle triplets; cached while the bonds stay the same.
+
+        Triplets: [two_in, two_out, one_in, one_out, angle_in, angle_out, angle_sign], the
+        last three being both kinds concatenated (two-hop first) so that one gather and one
+        basis evaluation serve both; angle_sign (+-1) turns the dot product into the cosine.
+        """
         n = pos.size(0)
         if not self.use_local_cutoff and self._cache_n == n \
                 and local_edge_index.device == self._cache_bonds.device \
                 and local_edge_index.dtype == self._cache_bonds.dtype \
                 and local_edge_index.size() == self._cache_bonds.size() \
                 and bool(torch.equal(local_edge_index, self._cache_bonds)):
-            edges, is_bond = self._cache_graph[0], self._cache_graph[1]
-            t = self._cache_triplets
-            return edges, is_bond, t[0], t[1], t[2], t[3]
+            return self._cache_graph[0], self._cache_graph[1], self._cache_triplets
         if local_edge_index.dim() != 2 or local_edge_index.size(0) != 2:
             raise ValueError("local_edge_index must have shape (2, E), got " + str(list(local_edge_index.shape)))
         if local_edge_index.numel() > 0 and (int(local_edge_index.min()) < 0 or int(local_edge_index.max()) >= n):
             raise ValueError("local_edge_index refers to nodes outside 0.." + str(n - 1))
         edges, is_bond = self.local_graph(pos, local_edge_index.long(), batch, box)
         two_in, two_out, one_in, one_out = _triplets(edges[0], edges[1], n)
+        # angle k-j-i at j is between x_k - x_j = -vec[kj] and x_i - x_j = vec[ji]: sign -1;
+        # angle j-i-k at i is between x_j - x_i and x_k - x_i, both edges point into i: sign +1
+        sign = torch.cat([torch.full_like(two_in, -1), torch.ones_like(one_in)])
+        triplets = [two_in, two_out, one_in, one_out, torch.cat([two_in, one_in]), torch.cat([two_out, one_out]),
+                    sign]
         if not self.use_local_cutoff:
             # clone: the caller may change its tensor in place later
             self._cache_bonds = local_edge_index.clone()
             self._cache_n = n
             self._cache_graph = [edges, is_bond]
-            self._cache_triplets = [two_in, two_out, one_in, one_out]
-        return edges, is_bond, two_in, two_out, one_in, one_out
+            self._cache_triplets = triplets
+        return edges, is_bond, triplets
 
     def forward(self, s: Tensor, v: Tensor, pos: Tensor, local_edge_index: Tensor, batch: Tensor,
                 box: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
@@ -342,26 +357,31 @@ class PaxNet(torch.nn.Module):
         # global graph: distances only
         edge, shift = radius_graph(pos, self.cutoff, batch, box, self.max_num_neighbors)
         g_src, g_dst = edge[0], edge[1]
-        g_vec = pos.index_select(0, g_dst) - pos.index_select(0, g_src) + shift
+        g_vec = pos.index_select(0, g_dst) - pos.index_select(0, g_src)
+        if box is not None:
+            g_vec = g_vec + shift
         g_dist = torch.sqrt((g_vec * g_vec).sum(dim=1))
         g_unit = g_vec / g_dist.unsqueeze(1)
         g_rbf = self.rbf_global(g_dist)
-        g_env = self.envelope_global(g_dist)
+        g_weight = (self.envelope_global(g_dist) * self.global_scale).unsqueeze(1)
 
         # local graph: bonds (+ near pairs), with angles
-        l_edge, is_bond, two_in, two_out, one_in, one_out = self._local_indices(pos, local_edge_index, batch, box)
+        l_edge, is_bond, triplets = self._local_indices(pos, local_edge_index, batch, box)
+        two_in, two_out, one_in, one_out = triplets[0], triplets[1], triplets[2], triplets[3]
         l_src, l_dst = l_edge[0], l_edge[1]
         l_vec, _ = edge_vectors(pos, l_edge, batch, box)
         l_dist = torch.sqrt((l_vec * l_vec).sum(dim=1))
         l_unit = l_vec / l_dist.unsqueeze(1)
         l_rbf = self.rbf_local(l_dist)
-        l_env = torch.where(is_bond, torch.ones_like(l_dist), self.envelope_local(l_dist))
-        # angle k-j-i at j between x_k - x_j = -l_vec[kj] and x_i - x_j = l_vec[ji]
-        cos_two = -(l_unit[two_in] * l_unit[two_out]).sum(dim=1)
-        # angle j-i-k at i between x_j - x_i and x_k - x_i: both edges point into i
-        cos_one = (l_unit[one_in] * l_unit[one_out]).sum(dim=1)
-        two_basis = self.angle_basis(l_dist[two_in], cos_two)
-        one_basis = self.angle_basis(l_dist[one_in], cos_one)
+        l_env: Optional[Tensor] = None     # bonds only: no envelope
+        if self.use_local_cutoff:
+            l_env = torch.where(is_bond, torch.ones_like(l_dist), self.envelope_local(l_dist)).unsqueeze(1)
+        # cosines of both angle kinds in one pass (signs: see _local_indices)
+        angle_in, angle_out = triplets[4], triplets[5]
+        cos = (l_unit.index_select(0, angle_in) * l_unit.index_select(0, angle_out)).sum(dim=1) * triplets[6]
+        basis = self.angle_basis(l_dist.index_select(0, angle_in), cos)
+        n_two = two_in.size(0)
+        two_basis, one_basis = basis[:n_two], basis[n_two:]
 
         if self.scalar_in > 0:
             h = self.embed(s)
@@ -373,7 +393,7 @@ class PaxNet(torch.nn.Module):
             vec = torch.zeros(n, 3, self.hidden, dtype=pos.dtype, device=pos.device)
 
         for layer in self.layers:
-            dh_g, dv_g = layer.global_message(h, vec, g_src, g_dst, g_rbf, g_env, g_unit)
+            dh_g, dv_g = layer.global_message(h, vec, g_src, g_dst, g_rbf, g_weight, g_unit)
             dh_l, dv_l = layer.local_message(h, vec, l_src, l_dst, l_rbf, l_env, l_unit,
                                              two_in, two_out, two_basis, one_in, one_out, one_basis)
             h, vec = layer.fusion(h, vec, dh_g, dv_g, dh_l, dv_l)
