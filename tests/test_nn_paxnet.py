@@ -285,3 +285,23 @@ def test_cuda_cache_follows_the_device():
         h2, vec2 = module(s.cuda(), v.cuda(), pos.cuda(), bonds.cuda(), batch.cuda())
         torch.testing.assert_close(h2.cpu(), h, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(vec2.cpu(), vec, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("scripted", [False, True])
+def test_bond_cache_made_under_inference_mode_does_not_break_training(scripted):
+    """Lightning validates under torch.inference_mode; the next training step must still backpropagate."""
+    torch.manual_seed(0)
+    net = PaxNet(hidden=16, n_layers=2, cutoff=1.0, scalar_in=4, vector_in=1).double()
+    if scripted:
+        net = torch.jit.script(net)
+    n = 6
+    pos = torch.randn(n, 3, dtype=torch.double) * 0.3
+    s, v = torch.randn(n, 4, dtype=torch.double), torch.randn(n, 3, 1, dtype=torch.double)
+    bonds = torch.tensor([[0, 1, 1, 2, 2, 3, 3, 4, 4, 5], [1, 0, 2, 1, 3, 2, 4, 3, 5, 4]])
+    batch = torch.zeros(n, dtype=torch.long)
+    with torch.inference_mode():
+        net(s, v, pos, bonds, batch)
+    pos.requires_grad_(True)
+    scalars, vectors = net(s, v, pos, bonds, batch)
+    (scalars.sum() + vectors.sum()).backward()
+    assert pos.grad is not None and torch.isfinite(pos.grad).all() and pos.grad.abs().sum() > 0

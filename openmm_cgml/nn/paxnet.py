@@ -308,6 +308,7 @@ class PaxNet(torch.nn.Module):
                 and local_edge_index.device == self._cache_bonds.device \
                 and local_edge_index.dtype == self._cache_bonds.dtype \
                 and local_edge_index.size() == self._cache_bonds.size() \
+                and not (self._cache_bonds.is_inference() and torch.is_grad_enabled()) \
                 and bool(torch.equal(local_edge_index, self._cache_bonds)):
             return self._cache_graph[0], self._cache_graph[1], self._cache_triplets
         if local_edge_index.dim() != 2 or local_edge_index.size(0) != 2:
@@ -321,6 +322,8 @@ class PaxNet(torch.nn.Module):
         sign = torch.cat([torch.full_like(two_in, -1), torch.ones_like(one_in)])
         triplets = [two_in, two_out, one_in, one_out, torch.cat([two_in, one_in]), torch.cat([two_out, one_out]),
                     sign]
+        # (a cache made under torch.inference_mode, e.g. in validation, holds inference tensors that
+        # autograd cannot save: the hit test above rebuilds instead of reusing them when grad is on)
         if not self.use_local_cutoff:
             # clone: the caller may change its tensor in place later
             self._cache_bonds = local_edge_index.clone()
