@@ -292,10 +292,18 @@ class CGModel:
 
 
 def load(path, device: str | torch.device = "cpu") -> CGModel:
-    """Load an exported model file; a missing, corrupted or foreign file raises an error naming it."""
+    """Load an exported model file, or a shipped pretrained model by name (``openmm_cgml.pretrained``).
+
+    A missing, corrupted or foreign file raises an error naming it.
+    """
+    from openmm_cgml import pretrained
+
     path = Path(path)
+    if not path.is_file() and path.suffix == "" and str(path) in pretrained.available():
+        path = pretrained.path(str(path))
     if not path.is_file():
-        raise FileNotFoundError(f"model file {path} does not exist")
+        shipped = ", ".join(pretrained.available()) or "none"
+        raise FileNotFoundError(f"model file {path} does not exist (pretrained models by name: {shipped})")
     extra = {"metadata.json": ""}
     try:
         module = torch.jit.load(str(path), map_location=device, _extra_files=extra)

@@ -265,6 +265,7 @@ class PaxNetScore(nn.Module):
 
     def __init__(self, latent: int, hidden: int, n_layers: int, cutoff: float, n_rbf: int, n_sbf: int):
         super().__init__()
+        self.cutoff = float(cutoff)
         self.backbone = PaxNet(hidden=hidden, n_layers=n_layers, cutoff=cutoff, n_rbf=n_rbf, n_sbf=n_sbf,
                                vector_in=0, scalar_in=latent + 1)
         self.head = _VectorHead(hidden)
@@ -476,28 +477,34 @@ class CGPropagator(nn.Module):
         close (the common case costs one distance pass and one host sync).
         """
         limit = max(self.min_bonded_nm, self.min_nonbonded_nm)
-        j, i = edge[0], edge[1]
-        dist = torch.linalg.vector_norm(x[i] - x[j] + shift, dim=-1)
-        # pairs within a margin of the limit: a correction can push a bead into a neighbour
-        near = torch.nonzero(dist < 1.25 * limit).squeeze(1)
-        if near.numel() == 0 or not bool((dist[near] < limit).any()):
-            return x
-        i, j, shift = i[near], j[near], shift[near]
         n = x.size(0)
-        if bonds.numel() > 0:
-            bond_keys = torch.cat([bonds[1] * n + bonds[0], bonds[0] * n + bonds[1]])
+        j_all, i_all = edge[0], edge[1]
+        bond_keys = torch.cat([bonds[1] * n + bonds[0], bonds[0] * n + bonds[1]])
+        counted = False
+        for _ in range(3):  # re-select the close pairs from the whole graph after a round of corrections
+            dist = torch.linalg.vector_norm(x[i_all] - x[j_all] + shift, dim=-1)
+            # pairs within a margin of the limit: a correction can push a bead into a neighbour
+            near = torch.nonzero(dist < 1.25 * limit).squeeze(1)
+            if near.numel() == 0:
+                return x
+            i, j, pair_shift = i_all[near], j_all[near], shift[near]
             bonded = torch.isin(i * n + j, bond_keys)
-        else:
-            bonded = torch.zeros_like(i, dtype=torch.bool)
-        minimum = torch.where(bonded, self.min_distance_nm[0], self.min_distance_nm[1]).to(x.dtype)
-        share = (masses[j] / (masses[i] + masses[j])).unsqueeze(-1)   # i moves by m_j / (m_i + m_j)
-        for sweep in range(self.hard_core_sweeps):
-            vec = x[i] - x[j] + shift
-            dist = torch.linalg.vector_norm(vec, dim=-1).clamp_min(1e-9)
-            push = (minimum - dist).clamp_min(0.0)
-            if sweep == 0:
-                self.hard_core_events.add_((push > 0).sum() // 2)   # both directions of each pair
-            x = x.index_add(0, i, share * (push / dist).unsqueeze(-1) * vec)
+            minimum = torch.where(bonded, self.min_distance_nm[0], self.min_distance_nm[1]).to(x.dtype)
+            share = (masses[j] / (masses[i] + masses[j])).unsqueeze(-1)   # i moves by m_j / (m_i + m_j)
+            moved = False
+            for _sweep in range(self.hard_core_sweeps):
+                vec = x[i] - x[j] + pair_shift
+                dist = torch.linalg.vector_norm(vec, dim=-1).clamp_min(1e-9)
+                push = (minimum - dist).clamp_min(0.0)
+                if not bool((push > 0).any()):
+                    break
+                if not counted:
+                    self.hard_core_events.add_((push > 0).sum() // 2)   # both directions of each pair
+                    counted = True
+                moved = True
+                x = x.index_add(0, i, share * (push / dist).unsqueeze(-1) * vec)
+            if not moved:
+                return x
         return x
 
     # ------------------------------------------------------------- public API
@@ -571,6 +578,7 @@ class CGPropagator(nn.Module):
         candidate = x_t + velocity + self._sample(mean, std, collective, noise, batch) * self.accel_std_nm
         edge = torch.zeros(2, 0, dtype=torch.long, device=candidate.device)
         shift = torch.zeros(0, 3, dtype=candidate.dtype, device=candidate.device)
+        sampled = candidate
         if refine and len(self.refine_sigmas) > 0:
             edge, shift = self.score.graph(candidate, batch, graph_box)
             for sigma in self.refine_sigmas:
@@ -580,9 +588,16 @@ class CGPropagator(nn.Module):
                 candidate = candidate - (sigma * self.accel_std_nm) * eps  # Tweedie: x + sigma^2 * score
         limit = max(self.min_bonded_nm, self.min_nonbonded_nm)
         if self.hard_core and limit > 0:
-            if edge.size(1) == 0:  # no Score graph to reuse: a short-range one suffices
-                edge, shift = radius_graph(candidate, 1.25 * limit, batch, graph_box)
-            # the Score graph was built before refinement; it still holds every close pair (beads move << cutoff)
+            # The Score graph (built before refinement) holds every pair now closer than 2 * limit
+            # unless refinement moved beads by more than the skin (as for a Verlet list); else, or
+            # without one, a short-range graph at the final positions. 2 * limit: a correction moves
+            # a bead by at most ~limit, so the beads it can be pushed into are in the graph too.
+            reuse = edge.size(1) > 0  # the PaxNet Score network builds its own graphs: none to reuse
+            if reuse:
+                moved = torch.linalg.vector_norm(candidate - sampled, dim=-1).max()
+                reuse = bool(2.0 * moved + 2.0 * limit < self.score.cutoff)
+            if not reuse:
+                edge, shift = radius_graph(candidate, 2.0 * limit, batch, graph_box)
             candidate = self._hard_core(candidate, bead_features[:, -1], coarse_edge_index, batch, graph_box,
                                         edge, shift)
         return candidate

@@ -1,4 +1,5 @@
 """The propagator networks: symmetry, the step maths, input checks (tiny, untrained models)."""
+import json
 import math
 
 import pytest
@@ -251,9 +252,9 @@ def hard_core_model(**overrides):
     """Bonded pairs >= 0.30 nm, others >= 0.45 nm: the zig-zag chain (bonds 0.38, 1-3 pairs 0.66) violates
     neither at rest, the compressed one below violates both."""
     model = make_model(**overrides)
-    init = __import__("json").loads(model.init_json)
+    init = json.loads(model.init_json)
     init.update(min_bonded_nm=0.30, min_nonbonded_nm=0.45)
-    hard = CGPropagator.from_init_json(__import__("json").dumps(init))
+    hard = CGPropagator.from_init_json(json.dumps(init))
     hard.load_state_dict(model.state_dict())
     return hard.eval()
 
