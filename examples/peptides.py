@@ -45,8 +45,8 @@ CONFIGS = {
     "small": dict(peptides="alanine-dipeptide", train_replicas=3, train_frames=2000, test_frames=4000, stride=50,
                   model_steps=1000, k=4, atoms_per_bead=4, rollout_steps=400, rollout_replicas=4,
                   model=dict(hidden=32, n_layers=2, embed_hidden=16, embed_layers=2, score_hidden=16, score_layers=1),
-                  train=dict(max_epochs=20, batch_size=32, limit_train_batches=60, limit_val_batches=10, lr=2e-3,
-                             warmup_steps=20, threads=0)),
+                  train=dict(max_epochs=60, batch_size=32, limit_train_batches=60, limit_val_batches=10, lr=2e-3,
+                             warmup_steps=50, threads=0)),
     # one GPU: 8 x 100 ns of training data per peptide (chignolin folds on this scale), 10 ps model steps
     "full": dict(peptides="alanine-dipeptide,chignolin", train_replicas=8, train_frames=100000, test_frames=100000,
                  stride=500, model_steps=5000, k=16, atoms_per_bead=4, rollout_steps=20000, rollout_replicas=16,

@@ -45,10 +45,10 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml
 CONFIGS = {
     # 2 CPU cores: short chains, few sequences, a small network
     "small": dict(length=8, train_sequences=10, test_sequences=8, frames=3000, stride=50, model_steps=1000,
-                  k=4, atoms_per_bead=2, rollout_steps=1000, model=dict(hidden=32, n_layers=2, embed_hidden=16,
+                  k=4, atoms_per_bead=2, rollout_steps=1000, model=dict(hidden=48, n_layers=2, embed_hidden=16,
                   embed_layers=2, score_hidden=16, score_layers=1),
-                  train=dict(max_epochs=6, batch_size=32, limit_train_batches=60, limit_val_batches=10, lr=2e-3,
-                             warmup_steps=20, threads=0)),
+                  train=dict(max_epochs=40, batch_size=32, limit_train_batches=100, limit_val_batches=10, lr=2e-3,
+                             warmup_steps=50, threads=0)),
     # one GPU: the paper's scale (20-monomer chains, 90/10/40 sequences, long runs)
     "full": dict(length=20, train_sequences=100, test_sequences=40, frames=10000, stride=100, model_steps=500,
                  k=16, atoms_per_bead=2, rollout_steps=20000, model=dict(hidden=128, n_layers=4, embed_hidden=64,
