@@ -83,16 +83,20 @@ def export_model(model, path, metadata: dict | None = None) -> Path:
     except TypeError as error:
         raise ValueError(f"metadata must be JSON-serialisable: {error}") from None
     module.metadata = text
-    scripted = torch.jit.script(module)
+    _save_atomically(torch.jit.script(module), path, text)
+    return path
+
+
+def _save_atomically(scripted: torch.jit.ScriptModule, path: Path, metadata_text: str) -> None:
+    """Write the TorchScript file through a temporary file, so a failure never leaves half a model at ``path``."""
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(handle)
     try:
-        torch.jit.save(scripted, tmp, _extra_files={"metadata.json": text})
+        torch.jit.save(scripted, tmp, _extra_files={"metadata.json": metadata_text})
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    return path
 
 
 def _find_checkpoint(checkpoint) -> Path:
@@ -220,6 +224,20 @@ class CGModel:
         if not all(s > 0 for s in values):
             raise ValueError(f"refine_sigmas must all be > 0, got {values}")
         self.module.refine_sigmas = values
+
+    def save(self, path, overwrite: bool = False) -> Path:
+        """Write this model, with its current inference settings (``refine_sigmas``, ``hard_core``), to ``path``."""
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+        metadata = dict(self.metadata, refine_sigmas=self.refine_sigmas)
+        if isinstance(metadata.get("hard_core"), dict):
+            metadata["hard_core"] = dict(metadata["hard_core"], enabled=self.hard_core)
+        text = json.dumps(metadata, sort_keys=True)
+        self.module.metadata = text
+        self.metadata = metadata
+        _save_atomically(self.module, path, text)
+        return path
 
     @property
     def hard_core(self) -> bool:

@@ -174,3 +174,21 @@ def test_files_from_before_the_hard_core_still_load():
     assert not old.hard_core and old.hard_core_events == 0 and old.min_distances["bonded"] == 0.0
     with pytest.raises(ValueError, match="predates the hard-core"):
         old.hard_core = True
+
+
+def test_saved_model_keeps_changed_inference_settings(exported, tmp_path):
+    _, path = exported
+    loaded = load(path)
+    history, features = chain_history(3), loaded.embed_mapping()
+    _, _, _, coarse = chain_molecule()
+    args = (history, features, coarse, torch.zeros(N_BEADS, dtype=torch.long), torch.zeros(3, 3),
+            torch.randn(N_BEADS, 3))
+    loaded.refine_sigmas = [0.15]
+    expected = loaded.step(*args)
+    saved = loaded.save(tmp_path / "tuned.pt")
+    with pytest.raises(FileExistsError):
+        loaded.save(saved)
+    again = load(saved)
+    assert again.refine_sigmas == [0.15] and again.metadata["refine_sigmas"] == [0.15]
+    assert torch.equal(again.step(*args), expected)
+    assert torch.jit.load(str(saved)).refine_sigmas == [0.15]
