@@ -1,0 +1,58 @@
+"""Copy the models of a finished small end-to-end run into the package's pretrained set.
+
+    OMP_NUM_THREADS=1 python bench/reproduce.py --out runs/reproduce > runs/reproduce/result.json
+    python examples/install_pretrained.py runs/reproduce
+
+Each model goes to ``openmm_cgml/pretrained/NAME.pt``; ``index.json`` beside
+them records the command that made it and the metrics of its evaluation, so
+every shipped model can be traced to the documented pipeline.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from openmm_cgml import pretrained
+from openmm_cgml.export import load
+
+# pretrained name -> (model file, evaluation metrics) inside a bench/reproduce.py --out folder
+SOURCES = {
+    "polymer-chain": ("polymer/model.pt", "polymer/report/metrics.json",
+                      "python examples/polymer_chains.py --small (via bench/reproduce.py)"),
+    "alanine-dipeptide": ("peptides/alanine-dipeptide/model.pt", "peptides/alanine-dipeptide/report/metrics.json",
+                          "python examples/peptides.py --small (via bench/reproduce.py)"),
+}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path, help="the --out folder of a finished bench/reproduce.py run")
+    args = parser.parse_args(argv)
+    index_path = pretrained.PRETRAINED_DIR / "index.json"
+    index = json.loads(index_path.read_text()) if index_path.is_file() else {}
+    for name, (model_file, metrics_file, command) in SOURCES.items():
+        source = args.run / model_file
+        if not source.is_file():
+            print(f"skipping {name}: {source} does not exist", file=sys.stderr)
+            continue
+        model = load(source)  # refuses a corrupted file before it is copied
+        metrics = json.loads((args.run / metrics_file).read_text()) if (args.run / metrics_file).is_file() else {}
+        shutil.copyfile(source, pretrained.PRETRAINED_DIR / f"{name}.pt")
+        index[name] = {
+            "command": command,
+            "model_timestep_ps": model.model_timestep._value,
+            "md_steps_per_model_step": model.metadata["md_steps_per_model_step"],
+            "k": model.k, "n_parameters": model.metadata.get("n_parameters"),
+            "refine_sigmas": model.refine_sigmas, "training": model.metadata.get("training", {}),
+            "evaluation": metrics.get("summary", {}),
+        }
+        print(f"installed {name}: {pretrained.PRETRAINED_DIR / (name + '.pt')}")
+    index_path.write_text(json.dumps(index, indent=1, sort_keys=True) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
