@@ -17,7 +17,6 @@ printed as JSON and written to ``OUT/report/``.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -30,7 +29,7 @@ import openmm.unit as u
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from polymer_chains import DEFAULT_CONFIG, apply_setting, reference_speed  # noqa: E402  (shared helpers)
+from polymer_chains import DEFAULT_CONFIG, command_line, reference_speed  # noqa: E402  (shared helpers)
 
 from openmm_cgml import CGMLIntegrator, analysis, coarse_grained_system, report, systems  # noqa: E402
 from openmm_cgml.data import coarse_grain  # noqa: E402
@@ -153,26 +152,8 @@ def run(config: dict, out: Path, seed: int = 0, log=print) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    size = parser.add_mutually_exclusive_group()
-    size.add_argument("--small", dest="size", action="store_const", const="small", help="2 CPU cores (default)")
-    size.add_argument("--full", dest="size", action="store_const", const="full", help="GPU: + chignolin, long runs")
-    parser.add_argument("--out", type=Path, default=None, help="working folder (default runs/peptides-SIZE)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="override a setting, e.g. --set rollout_steps=1000 train.max_epochs=20")
-    args = parser.parse_args(argv)
-    size = args.size or "small"
-    config = json.loads(json.dumps(CONFIGS[size]))
-    for item in args.set:
-        try:
-            apply_setting(config, item)
-        except (KeyError, ValueError) as error:
-            parser.error(f"--set {item}: {error}")
-    out = args.out or Path("runs") / f"peptides-{size}"
-    summary = run(config, out, seed=args.seed, log=lambda text: print(text, file=sys.stderr, flush=True))
-    print(json.dumps(summary))
-    return 0
+    return command_line(__doc__, CONFIGS, run, "peptides", "GPU: + chignolin, long runs",
+                        "rollout_steps=1000 train.max_epochs=20", argv)
 
 
 if __name__ == "__main__":

@@ -198,27 +198,34 @@ def apply_setting(config: dict, item: str) -> None:
     target[name] = type(target[name])(value)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def command_line(doc: str, configs: dict, run_pipeline, name: str, full_help: str, example_setting: str,
+                 argv=None) -> int:
+    """The shared command line of the examples: --small/--full, --out, --seed, --set KEY=VALUE."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--small", dest="size", action="store_const", const="small", help="2 CPU cores (default)")
-    size.add_argument("--full", dest="size", action="store_const", const="full", help="paper scale, one GPU")
-    parser.add_argument("--out", type=Path, default=None, help="working folder (default runs/polymer-SIZE)")
+    size.add_argument("--full", dest="size", action="store_const", const="full", help=full_help)
+    parser.add_argument("--out", type=Path, default=None, help=f"working folder (default runs/{name}-SIZE)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="override a setting, e.g. --set test_sequences=8 train.max_epochs=20")
+                        help=f"override a setting, e.g. --set {example_setting}")
     args = parser.parse_args(argv)
     size = args.size or "small"
-    config = json.loads(json.dumps(CONFIGS[size]))
+    config = json.loads(json.dumps(configs[size]))
     for item in args.set:
         try:
             apply_setting(config, item)
         except (KeyError, ValueError) as error:
             parser.error(f"--set {item}: {error}")
-    out = args.out or Path("runs") / f"polymer-{size}"
-    summary = run(config, out, seed=args.seed, log=lambda text: print(text, file=sys.stderr, flush=True))
+    out = args.out or Path("runs") / f"{name}-{size}"
+    summary = run_pipeline(config, out, seed=args.seed, log=lambda text: print(text, file=sys.stderr, flush=True))
     print(json.dumps(summary))
     return 0
+
+
+def main(argv=None) -> int:
+    return command_line(__doc__, CONFIGS, run, "polymer", "paper scale, one GPU",
+                        "test_sequences=8 train.max_epochs=20", argv)
 
 
 if __name__ == "__main__":

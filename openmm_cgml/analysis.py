@@ -236,14 +236,20 @@ def relaxation_time(acf, dt=1.0, method: str = "integrated") -> float:
 
 # --------------------------------------------------------------------------- internal coordinates
 
-def angle_triplets(bonds) -> np.ndarray:
-    """Bead triplets (i, j, k) with bonds i-j and j-k, each angle once, shape (A, 3)."""
-    bonds = np.asarray(bonds, dtype=np.int64).reshape(-1, 2)
+def _bonded_neighbours(bonds: np.ndarray) -> dict[int, set[int]]:
+    """Each bead's bonded neighbours (self-bonds ignored)."""
     neighbours: dict[int, set[int]] = {}
     for a, b in bonds:
         if a != b:
             neighbours.setdefault(int(a), set()).add(int(b))
             neighbours.setdefault(int(b), set()).add(int(a))
+    return neighbours
+
+
+def angle_triplets(bonds) -> np.ndarray:
+    """Bead triplets (i, j, k) with bonds i-j and j-k, each angle once, shape (A, 3)."""
+    bonds = np.asarray(bonds, dtype=np.int64).reshape(-1, 2)
+    neighbours = _bonded_neighbours(bonds)
     triplets = [(i, j, k) for j, nbrs in sorted(neighbours.items())
                 for i in sorted(nbrs) for k in sorted(nbrs) if i < k]
     return np.asarray(triplets, dtype=np.int64).reshape(-1, 3)
@@ -252,11 +258,7 @@ def angle_triplets(bonds) -> np.ndarray:
 def dihedral_quadruplets(bonds) -> np.ndarray:
     """Bead quadruplets (i, j, k, l) along bonded paths i-j-k-l, each torsion once, shape (D, 4)."""
     bonds = np.asarray(bonds, dtype=np.int64).reshape(-1, 2)
-    neighbours: dict[int, set[int]] = {}
-    for a, b in bonds:
-        if a != b:
-            neighbours.setdefault(int(a), set()).add(int(b))
-            neighbours.setdefault(int(b), set()).add(int(a))
+    neighbours = _bonded_neighbours(bonds)
     quads = set()
     for j, k in bonds:
         j, k = int(min(j, k)), int(max(j, k))
