@@ -7,7 +7,7 @@ their reference states -> ``cgml evaluate``: the r^2 across test sequences of
 the mean radius of gyration and of the Rg^2 relaxation time (the paper: 0.90
 and 0.48), JS divergences, bead collisions and the speed-up.
 
-    OMP_NUM_THREADS=1 python examples/polymer_chains.py            # --small: 2 CPU cores, ~25 min
+    OMP_NUM_THREADS=1 python examples/polymer_chains.py            # --small: 2 CPU cores, ~18 min
     python examples/polymer_chains.py --full --out runs/polymer-full  # GPU, hours
 
 Every stage keeps its output in ``--out`` and is skipped when its output
