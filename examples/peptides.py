@@ -17,7 +17,6 @@ printed as JSON and written to ``OUT/report/``.
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -29,14 +28,13 @@ import openmm.unit as u
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from polymer_chains import DEFAULT_CONFIG, command_line, reference_speed  # noqa: E402  (shared helpers)
+from polymer_chains import command_line, reference_speed, train_example  # noqa: E402  (shared helpers)
 
 from openmm_cgml import CGMLIntegrator, analysis, coarse_grained_system, report, systems  # noqa: E402
 from openmm_cgml.data import coarse_grain  # noqa: E402
 from openmm_cgml.export import export, load  # noqa: E402
 from openmm_cgml.generate import generate  # noqa: E402
 from openmm_cgml.integrator import UnstableRolloutError  # noqa: E402
-from openmm_cgml.train import TrainConfig, train  # noqa: E402
 from openmm_cgml.trajectory import FineTrajectory  # noqa: E402
 
 # Units: MD steps of 2 fs. Frames every `stride` steps; one model step = `model_steps` MD steps.
@@ -109,13 +107,7 @@ def run_peptide(name: str, config: dict, out: Path, seed: int, log) -> tuple[Pat
 
     log(f"[{name}] training")
     started = time.perf_counter()
-    train_config = TrainConfig.from_yaml(DEFAULT_CONFIG)
-    train_config.data, train_config.out_dir = str(dataset), str(out / "training")
-    train_config.model.update(config["model"])
-    for key, value in config["train"].items():
-        setattr(train_config.train, key, value)
-    train_config.trainer.enable_progress_bar = False
-    model = load(export(train(train_config), out / "model.pt", overwrite=True))
+    model = load(export(train_example(config, dataset, out / "training"), out / "model.pt", overwrite=True))
     log(f"      {time.perf_counter() - started:.0f} s; {model!r}")
 
     log(f"[{name}] rollout: {config['rollout_replicas']} replicas x {config['rollout_steps']} model steps "

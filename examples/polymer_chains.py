@@ -114,6 +114,17 @@ def write_beads(frames: np.ndarray, mapping: Mapping, model_dt_ps: float, dcd: P
             writer.writeModel(frame * u.nanometer)
 
 
+def train_example(config: dict, dataset: Path, out_dir: Path) -> Path:
+    """Train on ``dataset`` with configs/default.yaml plus the example's ``model``/``train`` settings."""
+    train_config = TrainConfig.from_yaml(DEFAULT_CONFIG)
+    train_config.data, train_config.out_dir = str(dataset), str(out_dir)
+    train_config.model.update(config["model"])
+    for key, value in config["train"].items():
+        setattr(train_config.train, key, value)
+    train_config.trainer.enable_progress_bar = False
+    return train(train_config)
+
+
 def run(config: dict, out: Path, seed: int = 0, log=print) -> dict:
     """The whole pipeline; returns the evaluation summary (also in ``out/report/metrics.json``)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -139,13 +150,7 @@ def run(config: dict, out: Path, seed: int = 0, log=print) -> dict:
 
     log("[3/6] training")
     started = time.perf_counter()
-    train_config = TrainConfig.from_yaml(DEFAULT_CONFIG)
-    train_config.data, train_config.out_dir = str(dataset), str(out / "training")
-    train_config.model.update(config["model"])
-    for key, value in config["train"].items():
-        setattr(train_config.train, key, value)
-    train_config.trainer.enable_progress_bar = False
-    checkpoint = train(train_config)
+    checkpoint = train_example(config, dataset, out / "training")
     log(f"      {time.perf_counter() - started:.0f} s")
 
     log("[4/6] export")
