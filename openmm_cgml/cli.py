@@ -20,6 +20,7 @@ COMMANDS = {
     "export": ("openmm_cgml.export", "export a training checkpoint to one TorchScript file"),
     "simulate": ("openmm_cgml.simulate", "run an exported model as an OpenMM integrator"),
     "evaluate": ("openmm_cgml.report", "compare rollouts with reference MD: JSON and report"),
+    "benchmark": ("openmm_cgml.evaluation.benchmark", "fidelity benchmark: held-out chains, ceilings, CIs, baseline"),
 }
 
 

@@ -30,7 +30,6 @@ import json
 import os
 import struct
 import sys
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -39,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from openmm_cgml import analysis
+from openmm_cgml.io import jsonable, write_atomic
 from openmm_cgml.units import NM, PS, strip
 
 __all__ = ["BeadTrajectory", "load_reference", "load_rollout", "compare", "evaluate", "configure_parser", "run"]
@@ -637,34 +637,6 @@ def _html(result: dict) -> str:
     return "\n".join(parts)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so an interrupted run never leaves a truncated file."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, (np.floating, float)):
-        return float(value) if np.isfinite(value) else None  # JSON has no NaN
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
-# --------------------------------------------------------------------------- the whole evaluation
-
 def evaluate(references, rollouts, out_dir, *, topology=None, model=None, mapping_method: str = "metis",
              mapping_params: dict | None = None, reference_interval=None, rollout_interval=None,
              reference_ns_per_day=None, rollout_ns_per_day=None, tica_lag=None, contact_cutoff=0.8,
@@ -748,10 +720,10 @@ def evaluate(references, rollouts, out_dir, *, topology=None, model=None, mappin
                 _plot_scatter(across[key]["reference_values"], across[key]["rollout_values"], across[key], label,
                               out / file)
                 result["plots"]["across_systems"].append((f"{label}: rollout vs reference", file))
-    result = _jsonable(result)
-    _write_atomic(out / "metrics.json", json.dumps(result, indent=2))
-    _write_atomic(out / "report.md", _markdown(result))
-    _write_atomic(out / "report.html", _html(result))
+    result = jsonable(result)
+    write_atomic(out / "metrics.json", json.dumps(result, indent=2))
+    write_atomic(out / "report.md", _markdown(result))
+    write_atomic(out / "report.html", _html(result))
     return result
 
 

@@ -10,13 +10,16 @@ from __future__ import annotations
 import numpy as np
 import openmm.unit as u
 
-__all__ = ["strip", "strip_array", "NM", "PS", "KJ_PER_MOL", "AMU", "KELVIN"]
+__all__ = ["strip", "strip_array", "NM", "PS", "KJ_PER_MOL", "AMU", "KELVIN", "COLLISION_DISTANCE_NM"]
 
 NM = u.nanometer
 PS = u.picosecond
 KJ_PER_MOL = u.kilojoule_per_mole
 AMU = u.dalton
 KELVIN = u.kelvin
+
+# Two beads closer than this have collided: the "bead collision" criterion of Fu et al. (TMLR 2023).
+COLLISION_DISTANCE_NM = 0.1
 
 
 def strip(value, unit: u.Unit, name: str) -> float:

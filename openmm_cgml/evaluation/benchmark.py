@@ -1,0 +1,425 @@
+"""``cgml benchmark``: the fidelity benchmark, defined by a versioned YAML file.
+
+    cgml benchmark polymer --scale small --out runs/bench-polymer [--model polymer-chain]
+
+The definition (``openmm_cgml/benchmarks/NAME.yaml``) fixes the sequences of
+each split (train, validation, test at the training length, and a longer
+test set for length transfer), the reference lengths, the model step and the
+rollout lengths. A run:
+
+1. designs the sequences (disjoint splits) and runs, or finds in the cache,
+   the reference MD: two independent replicas (A, B) of every test chain;
+2. fits the composition baseline (mean Rg against sequence features) on the
+   training chains;
+3. chooses the model's inference settings (Score refinement levels) on the
+   validation chains only;
+4. rolls out every test chain, with the hard-core correction off (raw
+   collisions) and again with it on (how often it fires);
+5. computes every metric for the rollout against A (the model) and for B
+   against A (the ceiling), with 95% bootstrap intervals;
+6. times fine MD and the rollout interleaved in this process;
+7. writes ``fidelity.json`` and a report with plots.
+
+Test references are read only in steps 4-7.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from openmm_cgml.evaluation import fidelity, sequences as seqs
+from openmm_cgml.evaluation.references import ReferenceBatch, chain_atoms, chain_system_params, run_batches
+from openmm_cgml.evaluation.statistics import LinearBaseline, integrated_time
+from openmm_cgml.io import jsonable, write_atomic
+
+__all__ = ["BENCHMARKS_DIR", "available", "load_definition", "design_splits", "run_benchmark",
+           "configure_parser", "run"]
+
+BENCHMARKS_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
+SPLITS = ("test", "test_long", "validation", "train")  # design order: the test sets get first pick
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in BENCHMARKS_DIR.glob("*.yaml"))
+
+
+def load_definition(name_or_path, scale: str) -> dict:
+    """The benchmark definition with the chosen scale's settings merged in (``ValueError`` if unknown)."""
+    path = Path(name_or_path)
+    if not path.is_file():
+        path = BENCHMARKS_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise ValueError(f"unknown benchmark {name_or_path!r}; available: {', '.join(available())}")
+    try:
+        definition = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path} is not valid YAML: {error}") from None
+    scales = definition.get("scales") if isinstance(definition, dict) else None
+    if not isinstance(scales, dict) or scale not in scales:
+        raise ValueError(f"{path}: no scale {scale!r}; scales: {', '.join(scales or [])}")
+    merged = {key: value for key, value in definition.items() if key != "scales"}
+    merged.update(scales[scale], scale=scale, file=str(path))
+    return merged
+
+
+def design_splits(definition: dict) -> dict:
+    """``{split: [sequence, ...]}`` for the four splits, disjoint up to reversal."""
+    used: set[str] = set()
+    designed = {}
+    for split in SPLITS:
+        spec = definition[split]
+        if split == "train":
+            designed[split] = seqs.uniform(spec["n"], spec["lengths"], spec["seed"], used)
+        else:
+            designed[split] = seqs.stratified(spec["n"], spec["length"], spec["seed"], used)
+    return designed
+
+
+def _batches(definition: dict, designed: dict, params: dict) -> list[ReferenceBatch]:
+    """The reference MD: replicas A and B of the test sets, A of validation and training."""
+    dt = float(params["timestep_ps"])
+    stride = int(definition["frame_stride"])
+    per_context = int(definition["chains_per_context"])
+    frozen = ReferenceBatch.freeze(params)
+    batches = []
+    for split, replicas in (("test", 2), ("test_long", 2), ("validation", 1), ("train", 1)):
+        frames = int(round(definition[split]["reference_ns"] * 1000.0 / (stride * dt))) + 1
+        chains = designed[split]
+        for replica in range(replicas):
+            for start in range(0, len(chains), per_context):
+                seed = 1000 * (SPLITS.index(split) + 1) + 100 * replica + start // per_context
+                batches.append(ReferenceBatch(split, replica, tuple(chains[start:start + per_context]), frames,
+                                              stride, int(definition["equilibration_steps"]), seed, frozen))
+    return batches
+
+
+class _Split:
+    """Bead trajectories of one split and replica: chains, their mappings, their single-chain systems."""
+
+    def __init__(self, chains, mappings, references):
+        self.chains, self.mappings, self.references = chains, mappings, references
+
+
+def _bead_chains(model, definition, batches, paths, split, replica) -> _Split:
+    from openmm_cgml import systems
+    from openmm_cgml.integrator import molecule_mapping
+
+    chains, mappings, references = [], [], []
+    for batch in (b for b in batches if b.split == split and b.replica == replica):
+        atoms, interval = chain_atoms(paths[batch], batch.sequences)
+        for sequence, positions in zip(batch.sequences, atoms):
+            reference = systems.load(definition["system"], sequence=sequence, **definition["system_params"])
+            mapping = molecule_mapping(model, reference.topology, reference.atom_types)
+            chains.append(fidelity.Chain(sequence, mapping.bead_positions(positions), interval,
+                                         np.asarray(mapping.bead_masses),
+                                         np.asarray(mapping.coarse_bonds, dtype=np.int64).reshape(-1, 2),
+                                         _bead_kinds(mapping), seqs.features(sequence)))
+            mappings.append(mapping)
+            references.append(reference)
+    return _Split(chains, mappings, references)
+
+
+def _bead_kinds(mapping) -> np.ndarray:
+    """An integer per bead naming its kind, the same in every molecule: its sorted atom types, in base 64."""
+    types = np.asarray(mapping.atom_types, dtype=np.int64)
+    owner = np.asarray(mapping.bead_of_atom)
+    labels = [sum((t + 1) * 64 ** i for i, t in enumerate(sorted(types[owner == bead].tolist())))
+              for bead in range(mapping.n_beads)]
+    return np.asarray(labels, dtype=np.int64)
+
+
+def _lag(model_dt: float, interval: float) -> int:
+    lag = model_dt / interval
+    if lag < 1 - 1e-6 or abs(lag - round(lag)) > 1e-6:
+        raise ValueError(f"the model step ({model_dt} ps) must be a whole number of reference frames "
+                         f"({interval} ps apart)")
+    return int(round(lag))
+
+
+def _start(chain: fidelity.Chain, k: int, lag: int) -> np.ndarray:
+    return chain.positions[: (k - 1) * lag + 1: lag]
+
+
+def _rollout_chains(split: _Split, frames: list[np.ndarray], model_dt: float) -> list[fidelity.Chain]:
+    return [fidelity.Chain(c.name, f, model_dt, c.masses, c.bonds, c.bead_types, c.features)
+            for c, f in zip(split.chains, frames)]
+
+
+def _tune(model, definition, validation: _Split, model_dt: float, log) -> dict:
+    """Choose the Score refinement levels on the validation chains: the lowest mean Rg + bond JS."""
+    from openmm_cgml.evaluation.rollouts import roll_out
+
+    lag = _lag(model_dt, validation.chains[0].dt_ps)
+    starts = [_start(c, model.k, lag) for c in validation.chains]
+    reference = [fidelity.observe(c, n_boot=10) for c in validation.chains]
+    scores = {}
+    original = model.refine_sigmas
+    for candidate in definition["refine_candidates"]:
+        if candidate:
+            model.refine_sigmas = candidate
+        result = roll_out(model, validation.mappings, starts, int(definition["tune_model_steps"]), seed=7,
+                          refine=bool(candidate))
+        score = 0.0
+        for ref, frames, chain in zip(reference, result["frames"], validation.chains):
+            if len(frames) < 10:
+                score += 2.0
+                continue
+            rolled = fidelity.Chain(chain.name, frames, model_dt, chain.masses, chain.bonds, chain.bead_types)
+            roll = fidelity.observe(rolled, n_boot=10)
+            score += fidelity._js(ref.rg, roll.rg, 50) + fidelity._js(ref.bonds, roll.bonds, 50)
+        scores[json.dumps(candidate)] = score / len(validation.chains)
+        log(f"      validation: refine {candidate or 'off'}: mean Rg+bond JS {scores[json.dumps(candidate)]:.4f}")
+    best = json.loads(min(scores, key=scores.get))
+    model.refine_sigmas = best if best else original
+    return {"refine_sigmas": {"value": best, "split": "validation", "objective": "mean of Rg JS + bond JS",
+                              "scores": scores, "model_steps": int(definition["tune_model_steps"])}}
+
+
+def _split_half_r(chains: list[fidelity.Chain]) -> float:
+    from openmm_cgml.evaluation.dynamics import rg2_relaxation
+
+    first, second = [], []
+    for chain in chains:
+        half = chain.positions.shape[0] // 2
+        first.append(rg2_relaxation(chain.positions[:half], chain.masses, chain.dt_ps)["integrated"])
+        second.append(rg2_relaxation(chain.positions[half:], chain.masses, chain.dt_ps)["integrated"])
+    return float(np.corrcoef(np.log(first), np.log(second))[0, 1])
+
+
+def _stability(rollouts: list[fidelity.Chain], references: list[fidelity.Chain], unstable: dict,
+               factor: float) -> dict:
+    from openmm_cgml import analysis
+
+    blown = []
+    for index, (roll, ref) in enumerate(zip(rollouts, references)):
+        if index in unstable:
+            continue
+        limit = factor * analysis.radius_of_gyration(ref.positions, ref.masses).max()
+        if analysis.radius_of_gyration(roll.positions, roll.masses).max() > limit:
+            blown.append(index)
+    return {"nan": sorted(int(i) for i in unstable), "blown_up": blown,
+            "unstable_at_model_step": {str(int(k)): int(v) for k, v in unstable.items()}}
+
+
+def _baseline(train: _Split) -> LinearBaseline:
+    features = np.stack([c.features for c in train.chains])
+    mean_rg = [np.mean(fidelity.analysis.radius_of_gyration(c.positions, c.masses)) for c in train.chains]
+    return LinearBaseline(seqs.FEATURE_NAMES).fit(features, mean_rg)
+
+
+def _hard_core_block(model, test_sets, rollout_on: dict, reference_chains, n_steps, model_dt) -> dict:
+    limits = model.min_distances
+    chains_on = [fidelity.Chain(c.name, f, model_dt, c.masses, c.bonds, c.bead_types)
+                 for c, f in zip(reference_chains, rollout_on["frames"])]
+    return {
+        "hard_core_rate": rollout_on["hard_core_events"] / max(rollout_on["bead_steps"], 1),
+        "at_limit_fraction": {
+            "model": fidelity.at_limit_fraction(chains_on, limits["bonded"], limits["nonbonded"]),
+            "reference": fidelity.at_limit_fraction(reference_chains, limits["bonded"], limits["nonbonded"]),
+        },
+        "hard_core_limits_nm": limits, "hard_core_model_steps": int(n_steps),
+    }
+
+
+def run_benchmark(name: str, scale: str, out, model="polymer-chain", cache=None, workers: int | None = None,
+                  log=print, overwrite: bool = False) -> dict:
+    """Run the benchmark and write ``out/fidelity.json`` and ``out/report.md``; returns the JSON content."""
+    from openmm_cgml.export import load
+
+    started = time.perf_counter()
+    definition = load_definition(name, scale)
+    out = Path(out)
+    if (out / "fidelity.json").exists() and not overwrite:
+        raise FileExistsError(f"{out / 'fidelity.json'} exists; pass --overwrite to replace it")
+    out.mkdir(parents=True, exist_ok=True)
+    cache = Path(cache) if cache else out / "references"
+    workers = workers or max(1, min(2, os.cpu_count() or 1))
+
+    designed = design_splits(definition)
+    params = chain_system_params(definition["system"], definition["system_params"])
+    batches = _batches(definition, designed, params)
+    log(f"[1/6] reference MD ({definition['name']} v{definition['version']}, scale {scale})")
+    md_started = time.perf_counter()
+    paths = run_batches(batches, cache, workers=workers, log=log)
+    md_seconds = time.perf_counter() - md_started
+
+    import torch
+
+    torch.set_num_threads(1)
+    cg_model = load(model)
+    model_dt = float(cg_model.model_timestep.value_in_unit(cg_model.model_timestep.unit))
+    log("[2/6] baseline on the training chains; inference settings on the validation chains")
+    splits = {(s, r): _bead_chains(cg_model, definition, batches, paths, s, r)
+              for s, r in (("train", 0), ("validation", 0))}
+    baseline = _baseline(splits[("train", 0)])
+    choices = _tune(cg_model, definition, splits[("validation", 0)], model_dt, log)
+
+    log("[3/6] test rollouts (hard core off, then on)")
+    for key in (("test", 0), ("test", 1), ("test_long", 0), ("test_long", 1)):
+        splits[key] = _bead_chains(cg_model, definition, batches, paths, *key)
+    result = _evaluate(cg_model, definition, splits, baseline, model_dt, log)
+    log("[6/6] interleaved timing")
+    test_a = splits[("test", 0)]
+    from openmm_cgml.evaluation.rollouts import interleaved_speedup
+
+    timing = definition["timing"]
+    speedup = interleaved_speedup(test_a.references[0], cg_model, test_a.mappings[0],
+                                  _start(test_a.chains[0], cg_model.k, _lag(model_dt, test_a.chains[0].dt_ps)),
+                                  rounds=timing["rounds"], md_steps=timing["md_steps"],
+                                  model_steps=timing["model_steps"])
+    document = _document(definition, designed, cg_model, model, choices, baseline, result, speedup,
+                         md_seconds, time.perf_counter() - started)
+    write_atomic(out / "fidelity.json", json.dumps(jsonable(document), indent=1))
+    from openmm_cgml.evaluation.fidelity_report import write_report
+
+    write_report(document, result["plots"], out)
+    log(f"      wrote {out / 'fidelity.json'} and {out / 'report.md'}")
+    return jsonable(document)
+
+
+def _evaluate(model, definition, splits, baseline, model_dt, log) -> dict:
+    """Rollouts of both test sets, then every metric; returns the metrics and what the plots need."""
+    from openmm_cgml.evaluation.rollouts import roll_out
+
+    test_a, test_b = splits[("test", 0)], splits[("test", 1)]
+    long_a, long_b = splits[("test_long", 0)], splits[("test_long", 1)]
+    everything = test_a.chains + long_a.chains
+    mappings = test_a.mappings + long_a.mappings
+    lag = _lag(model_dt, everything[0].dt_ps)
+    starts = [_start(c, model.k, lag) for c in everything]
+    reference_ps = max(definition["test"]["reference_ns"], definition["test_long"]["reference_ns"]) * 1000.0
+    n_steps = max(int(definition["rollout_min_model_steps"]), int(math.ceil(reference_ps / model_dt)))
+    began = time.perf_counter()
+    off = roll_out(model, mappings, starts, n_steps, seed=11, hard_core=False)
+    log(f"      {len(everything)} chains x {n_steps} model steps, hard core off: {time.perf_counter() - began:.0f} s")
+    on = None
+    if max(model.min_distances.values()) > 0:
+        on = roll_out(model, mappings, starts, n_steps, seed=11, hard_core=True)
+    rolled = _rollout_chains(_Split(everything, mappings, None), off["frames"], model_dt)
+    stability = _stability(rolled, everything, off["unstable"], float(definition["blow_up_rg_factor"]))
+    usable = [i for i in range(len(everything)) if len(rolled[i].positions) >= 100]
+    n_test = len(test_a.chains)
+    keep = [i for i in usable if i < n_test]
+    keep_long = [i - n_test for i in usable if i >= n_test]
+
+    log("[4/6] observables and metrics")
+    n_boot = int(definition["bootstrap"])
+    obs = {name: [fidelity.observe(c, n_boot=n_boot, seed=i) for i, c in enumerate(chains)]
+           for name, chains in (("A", test_a.chains), ("B", test_b.chains), ("model", rolled[:n_test]))}
+    pick = {name: [values[i] for i in keep] for name, values in obs.items()}
+    features = np.stack([c.features for c in test_a.chains])[keep]
+    metrics = fidelity.across_chains(pick["A"], pick["B"], pick["model"], baseline.predict(features), n_boot)
+    distributions, per_chain = fidelity.distribution_metrics(pick["A"], pick["B"], pick["model"],
+                                                             int(definition["js_bins"]),
+                                                             float(definition["pair_cutoff_nm"]), n_boot)
+    metrics.update(distributions)
+    long_obs = {name: [fidelity.observe(chains[i], n_boot=n_boot, seed=i) for i in keep_long]
+                for name, chains in (("A", long_a.chains), ("B", long_b.chains), ("model", rolled[n_test:]))}
+    long_features = np.stack([long_a.chains[i].features for i in keep_long])
+    long_metrics = fidelity.across_chains(long_obs["A"], long_obs["B"], long_obs["model"],
+                                          baseline.predict(long_features), n_boot, prefix="length_transfer_")
+    metrics["length_transfer_rg_R2"] = long_metrics["length_transfer_rg_R2"]
+    metrics["length_transfer_rg_r2"] = long_metrics["length_transfer_rg_r2"]
+    minima = fidelity.type_pair_minima(test_a.chains + test_b.chains + long_a.chains + long_b.chains)
+    tau_steps = np.array([o.tau_integrated for o in obs["A"]]) / model_dt
+    summary = {
+        "metrics": metrics,
+        "collisions_raw": fidelity.collision_metrics([rolled[i] for i in usable], minima),
+        "nan_rollouts": len(stability["nan"]) + len(stability["blown_up"]),
+        "stability": dict(stability, model_steps=n_steps, chains=len(everything)),
+        "reference_tau_split_half_r": _split_half_r(test_a.chains),
+        "reference_tau_replica_r": float(np.corrcoef(np.log([o.tau_integrated for o in obs["A"]]),
+                                                     np.log([o.tau_integrated for o in obs["B"]]))[0, 1]),
+        "reference_tau_model_steps": {"min": float(tau_steps.min()), "median": float(np.median(tau_steps)),
+                                      "max": float(tau_steps.max())},
+        "per_chain": _per_chain(test_a.chains, obs, per_chain, keep),
+        "rollout_model_steps": n_steps,
+    }
+    if on is not None:
+        summary.update(_hard_core_block(model, None, on, everything, n_steps, model_dt))
+    else:
+        summary.update({"hard_core_rate": None, "at_limit_fraction": None})
+    summary["plots"] = {"obs": obs, "keep": keep, "test_a": test_a.chains, "rolled": rolled[:n_test]}
+    return summary
+
+
+def _per_chain(chains, obs, rows, keep) -> list[dict]:
+    table = []
+    for slot, index in enumerate(keep):
+        a, b, m = obs["A"][index], obs["B"][index], obs["model"][index]
+        table.append({"sequence": chains[index].name, "features": dict(zip(seqs.FEATURE_NAMES, chains[index].features)),
+                      "mean_rg_nm": {"A": a.rg.mean(), "B": b.rg.mean(), "model": m.rg.mean()},
+                      "tau_rg2_ps": {"A": a.tau_integrated, "B": b.tau_integrated, "model": m.tau_integrated},
+                      "rouse1_ps": {"A": a.rouse_times[0], "B": b.rouse_times[0], "model": m.rouse_times[0]},
+                      **rows[slot]})
+    return table
+
+
+def _hardware() -> dict:
+    import openmm
+    import torch
+
+    return {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+            "openmm": openmm.__version__, "torch_threads": torch.get_num_threads()}
+
+
+def _document(definition, designed, cg_model, model_name, choices, baseline, result, speedup, md_seconds,
+              seconds) -> dict:
+    sets = {split: len(designed[split]) for split in SPLITS}
+    disjoint = len({seqs.canonical(s) for v in designed.values() for s in v}) == sum(sets.values())
+    md_steps = int(round(cg_model.model_timestep / cg_model.md_timestep))
+    summary = {key: value for key, value in result.items() if key != "plots"}
+    return {
+        "benchmark": definition["name"], "version": definition["version"], "scale": definition["scale"],
+        "n_train": sets["train"], "n_val": sets["validation"], "n_test": sets["test"],
+        "n_test_long": sets["test_long"], "splits_disjoint": bool(disjoint), "tuned_on": "validation",
+        "reference_tau_split_half_r": summary.pop("reference_tau_split_half_r"),
+        **{key: summary.pop(key) for key in ("metrics", "collisions_raw", "hard_core_rate", "at_limit_fraction",
+                                             "nan_rollouts")},
+        "speedup": speedup,
+        "model": {"name": str(model_name), "path": cg_model.path, "model_step_ps": cg_model.model_timestep._value,
+                  "md_steps_per_model_step": md_steps, "k": cg_model.k,
+                  "benchmark_model_step_md_steps": int(definition["model_step_md_steps"]),
+                  "model_step_matches_benchmark": md_steps == int(definition["model_step_md_steps"])},
+        "choices": choices, "baseline": baseline.to_dict(), "sequences": designed,
+        **summary,
+        "timing_s": {"reference_md": md_seconds, "total": seconds},
+        "hardware": _hardware(),
+        "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+# --------------------------------------------------------------------------- command line
+
+def configure_parser(parser) -> None:
+    parser.add_argument("benchmark", help=f"benchmark name ({', '.join(available())}) or a definition YAML")
+    parser.add_argument("--scale", default="small", help="scale defined in the benchmark file (default small)")
+    parser.add_argument("--out", required=True, help="output folder: fidelity.json, report.md, plots")
+    parser.add_argument("--model", default="polymer-chain",
+                        help="model file or pretrained name to evaluate (default: the shipped polymer-chain)")
+    parser.add_argument("--cache", default=None, help="reference MD cache folder (default OUT/references)")
+    parser.add_argument("--workers", type=int, default=None, help="parallel reference MD processes (default 2)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing fidelity.json")
+
+
+def run(args) -> int:
+    import sys
+
+    document = run_benchmark(args.benchmark, args.scale, args.out, model=args.model, cache=args.cache,
+                             workers=args.workers, overwrite=args.overwrite,
+                             log=lambda text: print(text, file=sys.stderr, flush=True))
+    brief = {key: document[key] for key in ("scale", "n_train", "n_val", "n_test", "n_test_long", "splits_disjoint",
+                                           "reference_tau_split_half_r", "nan_rollouts", "hard_core_rate")}
+    brief["metrics"] = {name: {k: v for k, v in metric.items() if k in ("model", "ceiling", "ci95", "baseline")}
+                        for name, metric in document["metrics"].items()}
+    print(json.dumps(brief, indent=1))
+    return 0

@@ -1,0 +1,122 @@
+"""Reference MD for a benchmark: isolated chains simulated side by side, cached by what defines them.
+
+A :class:`ReferenceBatch` is one OpenMM Context of up to ``chains_per_context``
+isolated chains (the ``polymer-chains`` builder) and one replica seed. Its
+trajectory lives in ``CACHE/<hash>/``, where the hash covers everything that
+defines the trajectory (force field, sequences, lengths, seeds), so a rerun,
+or a run with another model, reuses it; a half-written one resumes.
+Batches run in parallel worker processes, one CPU thread each.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from openmm_cgml import systems
+from openmm_cgml.trajectory import FineTrajectory
+
+__all__ = ["ReferenceBatch", "chain_system_params", "run_batches", "chain_atoms"]
+
+
+def chain_system_params(system: str, overrides: dict) -> dict:
+    """Force-field parameters of ``system`` (a polymer-chain YAML) in the form the ``polymer-chains`` builder takes."""
+    params = systems.load(system, **overrides).params
+    allowed = systems._BUILDER_KEYS["polymer-chains"] | {"temperature_K", "friction_per_ps", "timestep_ps"}
+    return {key: value for key, value in params.items() if key in allowed and key != "sequences"}
+
+
+@dataclass(frozen=True)
+class ReferenceBatch:
+    """Chains of one split and one replica, integrated together; ``frames`` every ``stride`` MD steps."""
+    split: str
+    replica: int
+    sequences: tuple[str, ...]
+    frames: int
+    stride: int
+    equilibration_steps: int
+    seed: int
+    params: tuple  # sorted (key, JSON text of the value) pairs of the force field: hashable
+
+    @classmethod
+    def freeze(cls, params: dict) -> tuple:
+        """The ``params`` field for a force-field dictionary."""
+        return tuple(sorted((key, json.dumps(value, sort_keys=True)) for key, value in params.items()))
+
+    @property
+    def force_field(self) -> dict:
+        return {key: json.loads(value) for key, value in self.params}
+
+    @property
+    def key(self) -> str:
+        """Content hash of what defines the trajectory (not of where or by which version it is run)."""
+        text = json.dumps({"sequences": self.sequences, "frames": self.frames, "stride": self.stride,
+                           "equilibration_steps": self.equilibration_steps, "seed": self.seed,
+                           "params": self.force_field}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def path(self, cache: Path) -> Path:
+        return Path(cache) / self.key / "polymer-chains-r000.h5"
+
+    @property
+    def cost(self) -> int:
+        """Bead-steps to integrate, for scheduling the largest first."""
+        return self.frames * self.stride * sum(2 * len(s) for s in self.sequences)
+
+
+def _run(batch: ReferenceBatch, cache: str) -> str:
+    import torch
+
+    torch.set_num_threads(1)
+    from openmm_cgml.generate import generate
+
+    params = dict(batch.force_field, sequences=list(batch.sequences))
+    folder = Path(cache) / batch.key
+    paths = generate("polymer-chains", folder, frames=batch.frames, stride=batch.stride, seed=batch.seed,
+                     equilibration_steps=batch.equilibration_steps, params=params, progress=False,
+                     platform="CPU", cpu_threads=1)
+    (folder / "definition.json").write_text(json.dumps({"split": batch.split, "replica": batch.replica,
+                                                        "sequences": batch.sequences}, indent=1))
+    return str(paths[0])
+
+
+def _complete(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        with FineTrajectory(path) as trajectory:
+            return bool(trajectory.complete)
+    except (OSError, ValueError):
+        return False
+
+
+def run_batches(batches: list[ReferenceBatch], cache, workers: int = 2, log=print) -> dict:
+    """Run (or find in ``cache``) every batch; returns ``{batch: path}``. Missing ones run largest first."""
+    cache = Path(cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    todo = sorted((b for b in batches if not _complete(b.path(cache))), key=lambda b: -b.cost)
+    if todo:
+        log(f"      reference MD: {len(todo)} of {len(batches)} batches to run "
+            f"({sum(b.cost for b in todo) / 1e6:.0f} M bead-steps) on {workers} worker(s); cache {cache}")
+        if workers <= 1:
+            for batch in todo:
+                _run(batch, str(cache))
+        else:
+            with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                for future in [pool.submit(_run, batch, str(cache)) for batch in todo]:
+                    future.result()
+    return {batch: batch.path(cache) for batch in batches}
+
+
+def chain_atoms(path: Path, sequences) -> tuple[list[np.ndarray], float]:
+    """Atom positions (F, n_atoms, 3) nm of each chain in a batch trajectory, and the frame interval (ps)."""
+    offsets = np.concatenate([[0], np.cumsum([2 * len(s) for s in sequences])]).astype(int)
+    with FineTrajectory(path) as trajectory:
+        everything = np.asarray(trajectory.positions[:], dtype=np.float64)
+        interval = float(trajectory.frame_interval_ps)
+    return [everything[:, a:b] for a, b in zip(offsets[:-1], offsets[1:])], interval

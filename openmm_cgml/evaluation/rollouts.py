@@ -1,0 +1,161 @@
+"""Rollouts of a propagator over many different molecules at once, and interleaved speed measurement.
+
+:func:`roll_out` batches molecules of any sizes into one graph (one batch
+index per molecule), so one model call advances all of them; a molecule whose
+rollout turns non-finite is dropped from the batch and recorded, and the
+others go on. :func:`interleaved_speedup` times fine MD and the rollout of one
+molecule alternately in this process, on the same thread count.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import openmm
+import torch
+
+from openmm_cgml.integrator import UnstableRolloutError, rollout
+
+__all__ = ["roll_out", "interleaved_speedup"]
+
+
+def _graph(model, mappings):
+    """Concatenated bead features, coarse bond edges (both directions) and batch vector of the molecules."""
+    features, edges, batch, offset = [], [], [], 0
+    for index, mapping in enumerate(mappings):
+        features.append(model.embed_mapping(mapping))
+        bonds = torch.as_tensor(np.asarray(mapping.coarse_bonds, dtype=np.int64).reshape(-1, 2)) + offset
+        edges.append(torch.cat([bonds.T, bonds.T.flip(0)], dim=1))
+        batch.append(torch.full((mapping.n_beads,), index, dtype=torch.long))
+        offset += mapping.n_beads
+    return torch.cat(features), torch.cat(edges, dim=1), torch.cat(batch)
+
+
+def roll_out(model, mappings, histories, n_steps: int, seed: int = 0, refine: bool = True,
+             hard_core: bool = False) -> dict:
+    """Roll out every molecule for ``n_steps`` model steps, all in one batch.
+
+    Parameters
+    ----------
+    model : CGModel
+    mappings : list of Mapping
+        One per molecule (the model's rule applied to it).
+    histories : list of ndarray, shape (k, n_beads_i, 3)
+        The last ``k`` bead frames of each molecule (nm), oldest first.
+    n_steps : int
+        Model steps.
+    seed : int
+        Noise seed; the noise of a step depends only on (seed, step, batch layout).
+    refine : bool
+        Apply the model's Score refinement.
+    hard_core : bool
+        Apply the model's hard-core projection (a post-hoc correction: off for honest collision counts).
+
+    Returns
+    -------
+    dict
+        ``frames``: list of (n_frames_i, n_beads_i, 3) arrays (the start frame, then one per model step;
+        shorter for a molecule that went unstable); ``unstable``: {molecule index: model step};
+        ``hard_core_events``: close pairs the projection pushed apart; ``bead_steps``: beads x steps run.
+    """
+    previous = model.hard_core
+    if hard_core != previous:
+        model.hard_core = hard_core
+    try:
+        return _roll_out(model, list(mappings), [np.asarray(h, dtype=np.float32) for h in histories], n_steps,
+                         seed, refine)
+    finally:
+        if model.hard_core != previous:
+            model.hard_core = previous
+
+
+def _roll_out(model, mappings, histories, n_steps, seed, refine) -> dict:
+    alive = list(range(len(mappings)))
+    frames = [[h[-1].copy()] for h in histories]
+    unstable, bead_steps = {}, 0
+    events_before = model.hard_core_events
+    box = torch.zeros(3, 3)
+    generator = torch.Generator()
+    step = 0
+    while step < n_steps and alive:
+        features, edges, batch = _graph(model, [mappings[i] for i in alive])
+        history = torch.as_tensor(np.concatenate([histories[i] for i in alive], axis=1))
+        sizes = [mappings[i].n_beads for i in alive]
+        bounds = np.concatenate([[0], np.cumsum(sizes)])
+        try:
+            while step < n_steps:
+                history = rollout(model, history, features, edges, batch, box, 1, seed=seed, first_step=step,
+                                  refine=refine, collision_distance=0.0, generator=generator)
+                last = history[-1].numpy()
+                for slot, molecule in enumerate(alive):
+                    frames[molecule].append(last[bounds[slot]:bounds[slot + 1]].copy())
+                bead_steps += int(bounds[-1])
+                step += 1
+        except (UnstableRolloutError, torch.jit.Error, ValueError) as error:
+            good = error.history if isinstance(error, UnstableRolloutError) else history
+            good = good.numpy()
+            bad_beads = getattr(error, "beads", None) or []
+            bad = {int(np.searchsorted(bounds, b, side="right") - 1) for b in bad_beads}
+            if not bad:  # the model failed without naming beads: drop the molecules with non-finite inputs
+                bad = {slot for slot in range(len(alive))
+                       if not np.isfinite(good[:, bounds[slot]:bounds[slot + 1]]).all()} or set(range(len(alive)))
+            for slot in bad:
+                unstable[alive[slot]] = step + 1
+            for slot, molecule in enumerate(alive):
+                histories[molecule] = good[:, bounds[slot]:bounds[slot + 1]]
+            alive = [m for slot, m in enumerate(alive) if slot not in bad]
+            step += 1  # the failed step is skipped for the survivors (their noise stays a function of the step)
+    return {"frames": [np.stack(f) for f in frames], "unstable": unstable,
+            "hard_core_events": model.hard_core_events - events_before, "bead_steps": bead_steps}
+
+
+def interleaved_speedup(reference, model, mapping, history, rounds: int = 3, md_steps: int = 20000,
+                        model_steps: int = 2000, seed: int = 0, threads: int = 1) -> dict:
+    """Simulated time per wall second of fine MD and of the rollout of one molecule, alternately.
+
+    Both run in this process with ``threads`` CPU threads (OpenMM's CPU
+    platform and torch). Each round times ``md_steps`` MD steps, then
+    ``model_steps`` model steps of the library rollout in one call, with the
+    model's inference settings (refinement on, as they are); one untimed
+    warm-up of each comes first.
+    Returns the per-round ratios and their median, min and max.
+    """
+    torch.set_num_threads(threads)
+    platform = openmm.Platform.getPlatformByName("CPU")
+    context = openmm.Context(reference.system, reference.integrator(seed + 1), platform,
+                             {"Threads": str(threads)})
+    context.setPositions(reference.positions)
+    openmm.LocalEnergyMinimizer.minimize(context)
+    context.setVelocitiesToTemperature(reference.temperature, seed + 1)
+    integrator = context.getIntegrator()
+    md_dt = reference.timestep.value_in_unit(openmm.unit.picosecond)
+    model_dt = model.model_timestep.value_in_unit(openmm.unit.picosecond)
+
+    def md(steps):
+        start = time.perf_counter()
+        integrator.step(steps)
+        context.getState(getPositions=True)
+        return steps * md_dt / (time.perf_counter() - start)
+
+    features, edges, batch = _graph(model, [mapping])
+    start_history = torch.as_tensor(np.asarray(history, dtype=np.float32))
+    box = torch.zeros(3, 3)
+
+    def coarse(steps):
+        # the library rollout as CGMLIntegrator.step(n) runs it: n model steps in one call
+        start = time.perf_counter()
+        rollout(model, start_history, features, edges, batch, box, steps, seed=seed, collision_distance=0.0)
+        return steps * model_dt / (time.perf_counter() - start)
+
+    md(max(100, md_steps // 20))
+    coarse(max(10, model_steps // 20))
+    rows = []
+    for _ in range(int(rounds)):
+        fine_ps_per_s = md(md_steps)
+        model_ps_per_s = coarse(model_steps)
+        rows.append({"md_ps_per_s": fine_ps_per_s, "model_ps_per_s": model_ps_per_s,
+                     "ratio": model_ps_per_s / fine_ps_per_s})
+    ratios = np.array([row["ratio"] for row in rows])
+    return {"median": float(np.median(ratios)), "min": float(ratios.min()), "max": float(ratios.max()),
+            "interleaved": True, "rounds": rows, "threads": int(threads), "platform": "CPU",
+            "md_steps_per_round": int(md_steps), "model_steps_per_round": int(model_steps)}
