@@ -230,7 +230,7 @@ def _hard_core_block(model, test_sets, rollout_on: dict, reference_chains, n_ste
 
 
 def run_benchmark(name: str, scale: str, out, model="polymer-chain", cache=None, workers: int | None = None,
-                  log=print, overwrite: bool = False) -> dict:
+                  log=print, overwrite: bool = False, platform: str = "CPU") -> dict:
     """Run the benchmark and write ``out/fidelity.json`` and ``out/report.md``; returns the JSON content."""
     from openmm_cgml.export import load
 
@@ -248,7 +248,7 @@ def run_benchmark(name: str, scale: str, out, model="polymer-chain", cache=None,
     batches = _batches(definition, designed, params)
     log(f"[1/6] reference MD ({definition['name']} v{definition['version']}, scale {scale})")
     md_started = time.perf_counter()
-    paths = run_batches(batches, cache, workers=workers, log=log)
+    paths = run_batches(batches, cache, workers=workers, log=log, platform=platform)
     md_seconds = time.perf_counter() - md_started
 
     import torch
@@ -409,13 +409,15 @@ def configure_parser(parser) -> None:
     parser.add_argument("--cache", default=None, help="reference MD cache folder (default OUT/references)")
     parser.add_argument("--workers", type=int, default=None, help="parallel reference MD processes (default 2)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing fidelity.json")
+    parser.add_argument("--platform", default="CPU",
+                        help="OpenMM platform of the reference MD (default CPU; CUDA for the paper scale)")
 
 
 def run(args) -> int:
     import sys
 
     document = run_benchmark(args.benchmark, args.scale, args.out, model=args.model, cache=args.cache,
-                             workers=args.workers, overwrite=args.overwrite,
+                             workers=args.workers, overwrite=args.overwrite, platform=args.platform,
                              log=lambda text: print(text, file=sys.stderr, flush=True))
     brief = {key: document[key] for key in ("scale", "n_train", "n_val", "n_test", "n_test_long", "splits_disjoint",
                                            "reference_tau_split_half_r", "nan_rollouts", "hard_core_rate")}

@@ -48,21 +48,22 @@ def rouse_times(positions, dt: float, modes=(1, 2, 3)) -> np.ndarray:
     return np.array(times)
 
 
-def com_diffusion(positions, masses, dt: float, lag_fraction: tuple[float, float] = (0.01, 0.1)) -> float:
+def com_diffusion(positions, masses, dt: float, lag_range_ps: tuple[float, float] = (20.0, 200.0)) -> float:
     """Centre-of-mass self-diffusion coefficient (nm^2/ps) from the slope of the MSD, ``MSD = 6 D t``.
 
-    The slope is a least-squares line through the origin over lags between
-    ``lag_fraction`` of the trajectory length (at least 1 and 2 frames): long
-    enough to be diffusive, short enough to have many independent windows.
+    The slope is a least-squares line through the origin over the lags in
+    ``lag_range_ps`` (at least one frame, and at most a tenth of the
+    trajectory): beyond the velocity relaxation, so diffusive for the fine
+    model and for a model step alike, and short enough to average many windows.
     """
     xyz = np.asarray(positions, dtype=np.float64)
     m = np.asarray(masses, dtype=np.float64)
     com = np.einsum("b,fbx->fx", m / m.sum(), xyz)
     n = len(com)
-    first = max(1, int(lag_fraction[0] * n))
-    last = max(first + 1, int(lag_fraction[1] * n))
-    if last >= n:
-        raise ValueError(f"com_diffusion needs more frames than {last}, got {n}")
+    first = max(1, int(round(lag_range_ps[0] / dt)))
+    last = min(max(first + 1, int(round(lag_range_ps[1] / dt))), n // 10)
+    if last < first:
+        raise ValueError(f"com_diffusion needs at least {10 * first} frames, got {n}")
     lags = np.arange(first, last + 1)
     msd = np.array([((com[lag:] - com[:-lag]) ** 2).sum(axis=1).mean() for lag in lags])
     t = lags * float(dt)

@@ -5,7 +5,9 @@ isolated chains (the ``polymer-chains`` builder) and one replica seed. Its
 trajectory lives in ``CACHE/<hash>/``, where the hash covers everything that
 defines the trajectory (force field, sequences, lengths, seeds), so a rerun,
 or a run with another model, reuses it; a half-written one resumes.
-Batches run in parallel worker processes, one CPU thread each.
+Batches run in parallel worker processes, one CPU thread each, or one after
+another on a GPU platform (``platform="CUDA"``), where one Context of many
+chains already fills the device.
 """
 from __future__ import annotations
 
@@ -69,7 +71,7 @@ class ReferenceBatch:
         return self.frames * self.stride * sum(2 * len(s) for s in self.sequences)
 
 
-def _run(batch: ReferenceBatch, cache: str) -> str:
+def _run(batch: ReferenceBatch, cache: str, platform: str = "CPU") -> str:
     import torch
 
     torch.set_num_threads(1)
@@ -79,7 +81,7 @@ def _run(batch: ReferenceBatch, cache: str) -> str:
     folder = Path(cache) / batch.key
     paths = generate("polymer-chains", folder, frames=batch.frames, stride=batch.stride, seed=batch.seed,
                      equilibration_steps=batch.equilibration_steps, params=params, progress=False,
-                     platform="CPU", cpu_threads=1)
+                     platform=platform, cpu_threads=1)
     (folder / "definition.json").write_text(json.dumps({"split": batch.split, "replica": batch.replica,
                                                         "sequences": batch.sequences}, indent=1))
     return str(paths[0])
@@ -95,17 +97,23 @@ def _complete(path: Path) -> bool:
         return False
 
 
-def run_batches(batches: list[ReferenceBatch], cache, workers: int = 2, log=print) -> dict:
-    """Run (or find in ``cache``) every batch; returns ``{batch: path}``. Missing ones run largest first."""
+def run_batches(batches: list[ReferenceBatch], cache, workers: int = 2, log=print, platform: str = "CPU") -> dict:
+    """Run (or find in ``cache``) every batch; returns ``{batch: path}``. Missing ones run largest first.
+
+    ``platform`` is the OpenMM platform of the reference MD; anything but CPU runs the
+    batches one after another in this process. The platform is not part of the cache
+    key: CPU and CUDA trajectories of one definition are the same ensemble.
+    """
     cache = Path(cache)
     cache.mkdir(parents=True, exist_ok=True)
     todo = sorted((b for b in batches if not _complete(b.path(cache))), key=lambda b: -b.cost)
     if todo:
         log(f"      reference MD: {len(todo)} of {len(batches)} batches to run "
-            f"({sum(b.cost for b in todo) / 1e6:.0f} M bead-steps) on {workers} worker(s); cache {cache}")
-        if workers <= 1:
+            f"({sum(b.cost for b in todo) / 1e6:.0f} M bead-steps) on {platform}, "
+            f"{workers if platform == 'CPU' else 1} worker(s); cache {cache}")
+        if workers <= 1 or platform != "CPU":
             for batch in todo:
-                _run(batch, str(cache))
+                _run(batch, str(cache), platform)
         else:
             with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
                 for future in [pool.submit(_run, batch, str(cache)) for batch in todo]:

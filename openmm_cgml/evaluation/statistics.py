@@ -52,8 +52,10 @@ def block_bootstrap_means(series, n_boot: int = 1000, block: int | None = None, 
     n_boot : int
         Number of replicates.
     block : int, optional
-        Block length in samples; it should exceed the correlation time. Default
-        ``max(block_length(n), 2 * integrated time)``.
+        Block length in samples. Correlations longer than a block are lost, which
+        narrows the interval by about ``tau / block``; the default
+        ``max(block_length(n), 10 * integrated time)``, at most ``n / 10``, keeps
+        that near 10% while leaving at least 10 blocks.
     seed : int
         Seed of the resampling.
     """
@@ -63,7 +65,7 @@ def block_bootstrap_means(series, n_boot: int = 1000, block: int | None = None, 
         raise ValueError(f"block_bootstrap_means needs at least 2 samples, got {n}")
     if block is None:
         tau = integrated_time(_acf(x)) if np.ptp(x) > 0 else 0.0
-        block = max(block_length(n), int(np.ceil(2.0 * tau)))
+        block = min(max(block_length(n), int(np.ceil(10.0 * tau))), max(1, n // 10))
     block = int(min(max(block, 1), n))
     rng = np.random.default_rng(seed)
     n_blocks = int(np.ceil(n / block))
