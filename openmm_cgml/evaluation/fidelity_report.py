@@ -15,7 +15,24 @@ from openmm_cgml.analysis import autocorrelation
 from openmm_cgml.evaluation.statistics import percentile_ci
 from openmm_cgml.io import write_atomic
 
-__all__ = ["write_report", "markdown"]
+__all__ = ["write_report", "markdown", "readme_table"]
+
+# README rows: metric name -> what it measures (the README table is regenerated from fidelity.json with these)
+README_ROWS = {
+    "rg_R2": "mean Rg across test chains, R^2 (1 - SS_res/SS_tot)",
+    "rg_r2": "mean Rg across test chains, Pearson r^2",
+    "logtau_R2": "log tau(Rg^2) across test chains, R^2",
+    "logtau_r2": "log tau(Rg^2) across test chains, Pearson r^2",
+    "rouse1_ratio": "first Rouse-mode time, rollout / reference (geometric mean)",
+    "com_diffusion_ratio": "centre-of-mass diffusion, rollout / reference",
+    "bond_js": "bond-length distribution, JS (base 2)",
+    "angle_js": "bond-angle distribution, JS",
+    "rg_js": "Rg distribution, JS",
+    "end_to_end_js": "end-to-end distance distribution, JS",
+    "pair_js": "non-bonded pair distances < 1.2 nm, JS",
+    "bond_over_max_fraction": "rollout bonds longer than the reference's longest",
+    "length_transfer_rg_R2": "mean Rg of 1.5x longer chains, R^2",
+}
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -82,6 +99,34 @@ def markdown(document: dict) -> str:
     return "\n".join(lines)
 
 
+def readme_table(document: dict) -> str:
+    """The README results table of a ``fidelity.json``: model with its 95% CI, ceiling, baseline."""
+    model, speed, hardware = document["model"], document["speedup"], document["hardware"]
+    collisions = document["collisions_raw"]
+    lines = ["| metric | model [95% CI] | ceiling (MD vs MD) | composition baseline |", "|---|---|---|---|"]
+    for name, meaning in README_ROWS.items():
+        metric = document["metrics"][name]
+        lines.append(f"| {meaning} | {_fmt(metric['model'])} {_fmt(metric['ci95'])} | {_fmt(metric['ceiling'])} "
+                     f"| {_fmt(metric.get('baseline')) if 'baseline' in metric else ''} |")
+    lines += [
+        f"| raw collisions (hard core off): pair-frames < 1 A; under the reference's per-type minimum "
+        f"| {collisions['under_1_angstrom']}; {collisions['under_reference_minimum']} | | |",
+        f"| unstable rollouts (NaN or blow-up), {document['stability']['model_steps']} model steps each "
+        f"| {document['nan_rollouts']} of {document['stability']['chains']} | | |",
+        f"| speed-up in simulated time, interleaved, median (min-max) of {len(speed['rounds'])} rounds "
+        f"| {_fmt(speed['median'], 0)} ({_fmt(speed['min'], 0)}-{_fmt(speed['max'], 0)}) | | |",
+        "",
+        f"`cgml benchmark {document['benchmark']} --scale {document['scale']}` (v{document['version']}) on the model "
+        f"`{model['name']}` (model step {_fmt(model['model_step_ps'], 1)} ps = {model['md_steps_per_model_step']} MD "
+        f"steps): {document['n_test']} test chains, {document['n_test_long']} longer ones, "
+        f"{document['n_val']} validation chains for the inference settings; reference tau split-half r "
+        f"{_fmt(document['reference_tau_split_half_r'], 2)}. {hardware['machine']}, {hardware['cpu_count']} cores, "
+        f"torch {hardware['torch']} and openmm {hardware['openmm']}, {speed['threads']} thread on {speed['platform']}; "
+        f"{_fmt(document['timing_s']['total'] / 60, 0)} min in all.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def _save(figure: Figure, path: Path) -> None:
     FigureCanvasAgg(figure)
     figure.savefig(path, dpi=110, bbox_inches="tight")
@@ -100,6 +145,16 @@ def _parity(obs, keep, value, label, path: Path, logarithmic: bool = False) -> N
             axis.plot([truth[i], truth[i]], [lo, hi], color="C0", lw=0.8)
     low, high = np.nanmin(truth) * 0.9, np.nanmax(truth) * 1.1
     axis.plot([low, high], [low, high], color="grey", lw=0.8)
+    # The ceiling as a band: 95% of replica B's deviations from A (relative ones on a log axis).
+    replica = np.array([value(obs["B"][i]) for i in keep])
+    line = np.linspace(low, high, 50)
+    if logarithmic:
+        spread = 1.96 * np.nanstd(np.log(replica / truth))
+        axis.fill_between(line, line * np.exp(-spread), line * np.exp(spread), color="grey", alpha=0.2,
+                          label="ceiling band")
+    else:
+        spread = 1.96 * np.nanstd(replica - truth)
+        axis.fill_between(line, line - spread, line + spread, color="grey", alpha=0.2, label="ceiling band")
     if logarithmic:
         axis.set_xscale("log")
         axis.set_yscale("log")
@@ -158,4 +213,5 @@ def write_report(document: dict, plots: dict, out) -> Path:
     _parity(obs, keep, lambda o: o.tau_integrated, "tau(Rg^2) (ps)", out / "tau_parity.png", logarithmic=True)
     _distributions(obs, keep, plots["test_a"], out / "distributions.png")
     _acfs(obs, keep, plots["test_a"], plots["rolled"], out / "acf.png")
+    write_atomic(out / "readme_table.md", readme_table(document))
     return write_atomic(out / "report.md", markdown(document))
