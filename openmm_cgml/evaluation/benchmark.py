@@ -9,8 +9,9 @@ rollout lengths. A run:
 
 1. designs the sequences (disjoint splits) and runs, or finds in the cache,
    the reference MD: two independent replicas (A, B) of every test chain;
-2. fits the composition baseline (mean Rg against sequence features) on the
-   training chains;
+2. fits the composition baseline (mean Rg against solvophobic fraction and
+   log length) on the training chains, and a stronger one that also knows
+   the blockiness of the arrangement;
 3. chooses the model's inference settings (Score refinement levels) on the
    validation chains only;
 4. rolls out every test chain, with the hard-core correction off (raw
@@ -37,7 +38,7 @@ import yaml
 
 from openmm_cgml.evaluation import fidelity, sequences as seqs
 from openmm_cgml.evaluation.references import ReferenceBatch, chain_atoms, chain_system_params, run_batches
-from openmm_cgml.evaluation.statistics import LinearBaseline, integrated_time
+from openmm_cgml.evaluation.statistics import LinearBaseline, integrated_time, r2_scores
 from openmm_cgml.io import jsonable, write_atomic
 
 __all__ = ["BENCHMARKS_DIR", "available", "load_definition", "design_splits", "run_benchmark",
@@ -209,10 +210,32 @@ def _stability(rollouts: list[fidelity.Chain], references: list[fidelity.Chain],
             "unstable_at_model_step": {str(int(k)): int(v) for k, v in unstable.items()}}
 
 
-def _baseline(train: _Split) -> LinearBaseline:
-    features = np.stack([c.features for c in train.chains])
-    mean_rg = [np.mean(fidelity.analysis.radius_of_gyration(c.positions, c.masses)) for c in train.chains]
-    return LinearBaseline(seqs.FEATURE_NAMES).fit(features, mean_rg)
+COMPOSITION = ("solvophobic_fraction", "log_length")  # what the chain is made of, not how it is arranged
+
+
+class _Baselines:
+    """Least-squares lines of mean Rg fitted on the training chains: on composition, and on every sequence feature."""
+
+    def __init__(self, train: _Split):
+        features = np.stack([c.features for c in train.chains])
+        mean_rg = [np.mean(fidelity.analysis.radius_of_gyration(c.positions, c.masses)) for c in train.chains]
+        self.columns = [seqs.FEATURE_NAMES.index(name) for name in COMPOSITION]
+        self.composition = LinearBaseline(COMPOSITION).fit(features[:, self.columns], mean_rg)
+        self.sequence = LinearBaseline(seqs.FEATURE_NAMES).fit(features, mean_rg)
+
+    def predict(self, features) -> np.ndarray:
+        """The composition baseline's mean Rg (nm) for chains with these sequence features."""
+        return self.composition.predict(np.asarray(features)[:, self.columns])
+
+    def annotate(self, metrics: dict, truth: np.ndarray, features, prefix: str = "") -> None:
+        """Add the all-feature baseline's R^2 and r^2 beside the composition baseline's."""
+        R2, r2 = r2_scores(truth, self.sequence.predict(features))
+        metrics[f"{prefix}rg_R2"]["baseline_sequence_features"] = R2
+        metrics[f"{prefix}rg_r2"]["baseline_sequence_features"] = r2
+
+    def to_dict(self) -> dict:
+        return {"composition": self.composition.to_dict(), "sequence_features": self.sequence.to_dict(),
+                "fitted_on": "train"}
 
 
 def _hard_core_block(model, test_sets, rollout_on: dict, reference_chains, n_steps, model_dt) -> dict:
@@ -245,6 +268,7 @@ def run_benchmark(name: str, scale: str, out, model="polymer-chain", cache=None,
 
     designed = design_splits(definition)
     params = chain_system_params(definition["system"], definition["system_params"])
+    definition["_md_timestep_ps"] = float(params["timestep_ps"])
     batches = _batches(definition, designed, params)
     log(f"[1/6] reference MD ({definition['name']} v{definition['version']}, scale {scale})")
     md_started = time.perf_counter()
@@ -259,7 +283,7 @@ def run_benchmark(name: str, scale: str, out, model="polymer-chain", cache=None,
     log("[2/6] baseline on the training chains; inference settings on the validation chains")
     splits = {(s, r): _bead_chains(cg_model, definition, batches, paths, s, r)
               for s, r in (("train", 0), ("validation", 0))}
-    baseline = _baseline(splits[("train", 0)])
+    baseline = _Baselines(splits[("train", 0)])
     choices = _tune(cg_model, definition, splits[("validation", 0)], model_dt, log)
 
     log("[3/6] test rollouts (hard core off, then on)")
@@ -317,6 +341,7 @@ def _evaluate(model, definition, splits, baseline, model_dt, log) -> dict:
     pick = {name: [values[i] for i in keep] for name, values in obs.items()}
     features = np.stack([c.features for c in test_a.chains])[keep]
     metrics = fidelity.across_chains(pick["A"], pick["B"], pick["model"], baseline.predict(features), n_boot)
+    baseline.annotate(metrics, np.array([o.rg.mean() for o in pick["A"]]), features)
     distributions, per_chain = fidelity.distribution_metrics(pick["A"], pick["B"], pick["model"],
                                                              int(definition["js_bins"]),
                                                              float(definition["pair_cutoff_nm"]), n_boot)
@@ -326,10 +351,13 @@ def _evaluate(model, definition, splits, baseline, model_dt, log) -> dict:
     long_features = np.stack([long_a.chains[i].features for i in keep_long])
     long_metrics = fidelity.across_chains(long_obs["A"], long_obs["B"], long_obs["model"],
                                           baseline.predict(long_features), n_boot, prefix="length_transfer_")
+    baseline.annotate(long_metrics, np.array([o.rg.mean() for o in long_obs["A"]]), long_features,
+                      prefix="length_transfer_")
     metrics["length_transfer_rg_R2"] = long_metrics["length_transfer_rg_R2"]
     metrics["length_transfer_rg_r2"] = long_metrics["length_transfer_rg_r2"]
     minima = fidelity.type_pair_minima(test_a.chains + test_b.chains + long_a.chains + long_b.chains)
-    tau_steps = np.array([o.tau_integrated for o in obs["A"]]) / model_dt
+    tau_ps = np.array([o.tau_integrated for o in obs["A"]])
+    benchmark_dt = int(definition["model_step_md_steps"]) * float(definition["_md_timestep_ps"])
     summary = {
         "metrics": metrics,
         "collisions_raw": fidelity.collision_metrics([rolled[i] for i in usable], minima),
@@ -338,8 +366,13 @@ def _evaluate(model, definition, splits, baseline, model_dt, log) -> dict:
         "reference_tau_split_half_r": _split_half_r(test_a.chains),
         "reference_tau_replica_r": float(np.corrcoef(np.log([o.tau_integrated for o in obs["A"]]),
                                                      np.log([o.tau_integrated for o in obs["B"]]))[0, 1]),
-        "reference_tau_model_steps": {"min": float(tau_steps.min()), "median": float(np.median(tau_steps)),
-                                      "max": float(tau_steps.max())},
+        # tau(Rg^2) of the references in the benchmark's model step (the design) and in this model's
+        "reference_tau_model_steps": {"min": float(tau_ps.min() / benchmark_dt),
+                                      "median": float(np.median(tau_ps) / benchmark_dt),
+                                      "max": float(tau_ps.max() / benchmark_dt), "model_step_ps": benchmark_dt},
+        "reference_tau_this_model_steps": {"min": float(tau_ps.min() / model_dt),
+                                           "median": float(np.median(tau_ps) / model_dt),
+                                           "max": float(tau_ps.max() / model_dt), "model_step_ps": model_dt},
         "per_chain": _per_chain(test_a.chains, obs, per_chain, keep),
         "rollout_model_steps": n_steps,
     }

@@ -59,7 +59,8 @@ def markdown(document: dict) -> str:
         f"{document['splits_disjoint']}; inference settings tuned on: {document['tuned_on']}.",
         "",
         "Model = rollout against reference replica A; ceiling = replica B against A (the best a model can do "
-        "with trajectories this long); baseline = sequence composition alone.",
+        "with trajectories this long); baseline = a line of mean Rg on composition (solvophobic fraction, "
+        "log length) fitted on the training chains; in brackets, the same with blockiness added.",
         "",
         "| metric | model | 95% CI | ceiling | baseline |",
         "|---|---|---|---|---|",
@@ -73,6 +74,10 @@ def markdown(document: dict) -> str:
     tau = document["reference_tau_model_steps"]
     lines += [
         "",
+        "Baselines in brackets (all sequence features): "
+        + ", ".join(f"`{name}` {_fmt(metric.get('baseline_sequence_features'))}"
+                    for name, metric in document["metrics"].items() if "baseline_sequence_features" in metric) + ".",
+        "",
         f"- Raw collisions (hard core off): {collisions['under_1_angstrom']} pair-frames under 1 A, "
         f"{collisions['under_reference_minimum']} under the reference's per-type-pair minimum "
         f"(fraction {_fmt(collisions['under_reference_minimum_fraction'])}).",
@@ -82,7 +87,9 @@ def markdown(document: dict) -> str:
         f"{document['stability']['model_steps']} model steps each.",
         f"- Reference quality: split-half r of log tau(Rg^2) {_fmt(document['reference_tau_split_half_r'])}, "
         f"replica A vs B r {_fmt(document['reference_tau_replica_r'])}; tau(Rg^2) spans "
-        f"{_fmt(tau['min'], 1)}-{_fmt(tau['max'], 1)} model steps (median {_fmt(tau['median'], 1)}).",
+        f"{_fmt(tau['min'], 1)}-{_fmt(tau['max'], 1)} benchmark model steps of {_fmt(tau['model_step_ps'], 1)} ps "
+        f"(median {_fmt(tau['median'], 1)}); {_fmt(document['reference_tau_this_model_steps']['min'], 1)}-"
+        f"{_fmt(document['reference_tau_this_model_steps']['max'], 1)} steps of this model.",
         f"- Speed-up in simulated time, interleaved with fine MD ({len(speed['rounds'])} rounds, "
         f"{speed['threads']} thread, {speed['platform']}): median {_fmt(speed['median'], 1)}, min "
         f"{_fmt(speed['min'], 1)}, max {_fmt(speed['max'], 1)}.",
@@ -103,11 +110,15 @@ def readme_table(document: dict) -> str:
     """The README results table of a ``fidelity.json``: model with its 95% CI, ceiling, baseline."""
     model, speed, hardware = document["model"], document["speedup"], document["hardware"]
     collisions = document["collisions_raw"]
-    lines = ["| metric | model [95% CI] | ceiling (MD vs MD) | composition baseline |", "|---|---|---|---|"]
+    lines = ["| metric | model [95% CI] | ceiling (MD vs MD) | baseline: composition (+ blockiness) |",
+             "|---|---|---|---|"]
     for name, meaning in README_ROWS.items():
         metric = document["metrics"][name]
+        baseline = ""
+        if "baseline" in metric:
+            baseline = f"{_fmt(metric['baseline'])} ({_fmt(metric.get('baseline_sequence_features'))})"
         lines.append(f"| {meaning} | {_fmt(metric['model'])} {_fmt(metric['ci95'])} | {_fmt(metric['ceiling'])} "
-                     f"| {_fmt(metric.get('baseline')) if 'baseline' in metric else ''} |")
+                     f"| {baseline} |")
     lines += [
         f"| raw collisions (hard core off): pair-frames < 1 A; under the reference's per-type minimum "
         f"| {collisions['under_1_angstrom']}; {collisions['under_reference_minimum']} | | |",

@@ -59,7 +59,8 @@ def stratified(n: int, length: int, seed: int, used: set[str],
     while len(chosen) < n:
         fraction, level = cells[len(chosen) % len(cells)]
         n_a = int(np.clip(round(fraction * length), 1, length - 1))
-        candidates = sorted(set(_arrangements(n_a, length, rng)), key=lambda s: features(s)[1])
+        # ties in blockiness broken by the sequence itself: a set's order changes with PYTHONHASHSEED
+        candidates = sorted(set(_arrangements(n_a, length, rng)), key=lambda s: (features(s)[1], s))
         # start at the wanted blockiness quantile and walk outwards until an unused sequence turns up
         start = int(level * (len(candidates) - 1))
         order = sorted(range(len(candidates)), key=lambda i: (abs(i - start), i))

@@ -51,3 +51,15 @@ def test_isolated_chains_need_sequences():
         systems.load("polymer-chains", sequences=[])
     with pytest.raises(ValueError, match="A and B"):
         systems.load("polymer-chains", sequences=["ABX"])
+
+
+def test_designed_splits_do_not_depend_on_the_hash_seed():
+    """The benchmark's sequences are part of its definition: two interpreters must design the same ones."""
+    import subprocess
+    import sys
+
+    code = ("from openmm_cgml.evaluation.benchmark import design_splits, load_definition;"
+            "print(design_splits(load_definition('polymer', 'small')))")
+    outputs = {subprocess.run([sys.executable, "-c", code], env={**__import__("os").environ, "PYTHONHASHSEED": seed},
+                              capture_output=True, text=True, check=True).stdout for seed in ("1", "2")}
+    assert len(outputs) == 1
