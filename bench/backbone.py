@@ -293,9 +293,9 @@ def bench_overhead(threads: int, rev: str, workdir: Path, repeats: int = 300) ->
         fine = torch.cat([fine, fine.flip(0)], 1)
         features = steps["after"].embed(atom_types, fine, torch.arange(2 * n) // 2, n)
         history = torch.stack([pos + 0.01 * t for t in range(k)])
-        noise = torch.randn(n, 3, generator=gen)
         box = torch.zeros(3, 3)
         for refine in (False, True):
+            noise = torch.randn(steps["after"].noise_draws(refine), n, 3, generator=gen)
             with torch.no_grad():
                 a = steps["before"].step(history, features, bonds, batch, box, noise, refine)
                 b = steps["after"].step(history, features, bonds, batch, box, noise, refine)

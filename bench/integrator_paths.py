@@ -80,7 +80,7 @@ class GuardedTorchForcePropagator(torch.nn.Module):
     ``forward(positions (N,3) nm, cgml_step)`` -> ``(energy 0, displacement (N,3) nm)``.
     Buffers: ``history`` (k, N, 3) float32, oldest first, last = the frame the
     Context should hold now; ``displacement``, the last answer (returned again
-    on re-evaluation); ``last_step``; ``noise`` (T, N, 3), standard normal
+    on re-evaluation); ``last_step``; ``noise`` (T, D, N, 3), standard normal
     noise of model step i = ``noise[i % T]`` (from ``step_noise(seed, i)``,
     so the first T steps equal ``CGMLIntegrator``'s with the same seed).
     ``guard=False`` is the naive module that advances on every call (kept to
@@ -155,7 +155,8 @@ def torchforce_context(model, cg, platform, seed: int = 1, noise_steps: int = 25
     edges, batch = model_graph(model.mapping, replicas)
     n = cg.system.getNumParticles()
     generator = torch.Generator()
-    noise = torch.stack([step_noise(generator, seed, i, (n, 3), torch.float32, "cpu") for i in range(noise_steps)])
+    shape = (model.noise_draws(True), n, 3)
+    noise = torch.stack([step_noise(generator, seed, i, shape, torch.float32, "cpu") for i in range(noise_steps)])
     wrapper = GuardedTorchForcePropagator(model.module, model.embed_mapping().repeat(replicas, 1).cpu(),
                                           edges, batch, noise, model.k, guard)
     force = TorchForce(torch.jit.script(wrapper))
@@ -216,7 +217,8 @@ def time_config(model, reference, platform, device, steps, intervals, repeats):
     # Every path takes the same trajectory (same start, same noise: step_noise(seed 1, i) for step i of a
     # timing), so they do the same work: an untrained model's cost varies with the beads' neighbour counts.
     generator = torch.Generator()
-    noise = torch.stack([step_noise(generator, 1, i, (n, 3), torch.float32, "cpu") for i in range(steps)]).to(device)
+    shape = (model.noise_draws(True), n, 3)
+    noise = torch.stack([step_noise(generator, 1, i, shape, torch.float32, "cpu") for i in range(steps)]).to(device)
 
     def bare():
         history = start.to(device).repeat(model.k, 1, 1)

@@ -83,7 +83,7 @@ def replicate(model, mapping, positions, n_copies: int, spacing_nm: float, devic
 
 def time_steps(module, inputs, refine: bool, n_steps: int, device: str) -> float:
     history, features, edges, batch, box = inputs
-    noise = torch.randn(n_steps, history.shape[1], 3, device=device)
+    noise = torch.randn(n_steps, module.noise_draws(refine), history.shape[1], 3, device=device)
     if device == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()

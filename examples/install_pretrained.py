@@ -2,10 +2,16 @@
 
     OMP_NUM_THREADS=1 python bench/reproduce.py --out runs/reproduce > runs/reproduce/result.json
     python examples/install_pretrained.py runs/reproduce
+    python examples/install_pretrained.py --upgrade     # re-export the shipped models with this version's step
 
 Each model goes to ``openmm_cgml/pretrained/NAME.pt``; ``index.json`` beside
 them records the command that made it and the metrics of its evaluation, so
 every shipped model can be traced to the documented pipeline.
+
+``--upgrade`` keeps the shipped weights and metadata but rebuilds each model
+from this package's code (``openmm_cgml.export.rebuild``) and exports it
+again, so a change to the step (such as the refinement sampler) reaches the
+shipped files without retraining; ``index.json`` records the upgrade.
 """
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ import sys
 from pathlib import Path
 
 from openmm_cgml import pretrained
-from openmm_cgml.export import load
+from openmm_cgml.export import export_model, load, rebuild
 
 # pretrained name -> (model file, evaluation metrics) inside a bench/reproduce.py --out folder
 SOURCES = {
@@ -29,10 +35,22 @@ SOURCES = {
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run", type=Path, help="the --out folder of a finished bench/reproduce.py run")
+    parser.add_argument("run", type=Path, nargs="?", help="the --out folder of a finished bench/reproduce.py run")
+    parser.add_argument("--upgrade", action="store_true", help="re-export the shipped models with this code")
     args = parser.parse_args(argv)
+    if (args.run is None) == (not args.upgrade):
+        parser.error("give either a run folder or --upgrade")
     index_path = pretrained.PRETRAINED_DIR / "index.json"
     index = json.loads(index_path.read_text()) if index_path.is_file() else {}
+    if args.upgrade:
+        for name in pretrained.available():
+            model = load(pretrained.path(name))
+            before = {key: model.metadata.get(key) for key in ("exported_at", "versions")}
+            export_model(rebuild(model), pretrained.path(name), dict(model.metadata, upgraded_from=before))
+            index.setdefault(name, {})["upgraded_from"] = before
+            print(f"upgraded {name}: {pretrained.path(name)}")
+        index_path.write_text(json.dumps(index, indent=1, sort_keys=True) + "\n")
+        return 0
     for name, (model_file, metrics_file, command) in SOURCES.items():
         source = args.run / model_file
         if not source.is_file():

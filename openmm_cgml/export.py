@@ -26,7 +26,8 @@ import numpy as np
 import openmm.unit as u
 import torch
 
-__all__ = ["FORMAT", "export_model", "export", "load", "CGModel", "software_versions", "configure_parser", "run"]
+__all__ = ["FORMAT", "export_model", "export", "load", "CGModel", "software_versions", "rebuild",
+           "configure_parser", "run"]
 
 FORMAT = "openmm-cgml-model"
 FORMAT_VERSION = 1
@@ -145,6 +146,32 @@ def propagator_from_checkpoint(checkpoint):
     except RuntimeError as error:
         raise ValueError(f"{path}: weights do not match the model description: {str(error).splitlines()[0]}") from None
     return model, hparams, path
+
+
+def rebuild(model: "CGModel"):
+    """A :class:`~openmm_cgml.propagator.CGPropagator` of this package's code with the weights of a loaded file.
+
+    The architecture comes from the file's ``model_init`` description, the
+    weights from its tensors; none of the file's scripted code is kept. Export
+    the result again (:func:`export_model`, with ``model.metadata``) to carry a
+    model file over to a newer version of the step (e.g. the refinement).
+    """
+    from openmm_cgml.propagator import CGPropagator
+
+    init = model.metadata.get("model_init")
+    if not init:
+        raise ValueError(f"{model.path}: no model_init in the metadata; the architecture cannot be rebuilt")
+    propagator = CGPropagator.from_init_json(json.dumps(init))
+    propagator.refine_sigmas = model.refine_sigmas
+    propagator.hard_core = model.hard_core
+    wanted = propagator.state_dict()  # persistent tensors only: a scripted state_dict also lists the others
+    try:
+        propagator.load_state_dict({key: value.detach().cpu() for key, value in model.module.state_dict().items()
+                                    if key in wanted})
+    except RuntimeError as error:
+        raise ValueError(f"{model.path}: weights do not match the model description: "
+                         f"{str(error).splitlines()[0]}") from None
+    return propagator.eval()
 
 
 def export(checkpoint, out, overwrite: bool = False) -> Path:
@@ -299,6 +326,12 @@ class CGModel:
     def step(self, pos_history, bead_features, coarse_edge_index, batch, box, noise, refine: bool = True):
         """Next bead positions (N, 3) nm; see the TorchScript contract in docs/design.md."""
         return self._call("step", pos_history, bead_features, coarse_edge_index, batch, box, noise, bool(refine))
+
+    def noise_draws(self, refine: bool = True) -> int:
+        """How many (N, 3) standard normal draws one ``step`` takes (``noise`` is (draws, N, 3))."""
+        if not hasattr(self.module, "noise_draws"):
+            raise ValueError("this model file predates the stochastic refinement (re-export it)")
+        return int(self.module.noise_draws(bool(refine)))
 
     def predict(self, pos_history, bead_features, coarse_edge_index, batch, box):
         """Acceleration mean (N, 3) and std (N, 1) in nm per model step^2."""

@@ -213,7 +213,8 @@ def rollout(
         generator = torch.Generator(device=history.device)
     periodic_box = box if bool((box != 0).any()) else None  # for minimum-image collision checks
     k = history.shape[0]
-    shape, dtype, device = history.shape[1:], history.dtype, history.device
+    dtype, device = history.dtype, history.device
+    shape = (model.noise_draws(refine),) + tuple(history.shape[1:])
     done = 0
     while done < n_steps:
         block = min(check_every, n_steps - done)

@@ -21,15 +21,16 @@ system and the lag.
 - Score network - by default a light equivariant pair network
   (:class:`PairScore`; or a PaxNet) at the candidate positions, conditioned
   on the noise level and the dynamics latents. It predicts the noise ``eps``
-  of a candidate ``x~ = x + sigma * eps`` (score ``-eps / sigma``) and
-  refines a sampled step with a few Tweedie corrections
-  ``x <- x~ + sigma^2 score(x~) = x~ - sigma * eps`` (default 3) instead of
-  the 200 annealed-Langevin network calls of the published method.
+  of a candidate ``x~ = x + sigma * eps`` (score ``-eps / sigma``). ``step``
+  refines a sampled step by a short reverse diffusion (:func:`anneal_step`):
+  the sample is re-noised to the first level, then taken down level by level
+  (one network call each, default 3) instead of the 200 annealed-Langevin
+  calls of the published method.
 
-``step`` samples ``a = mean + std * (noise - z) + std_com * sqrt(n) * z``
-(``z`` the graph mean of the noise), integrates semi-implicit Euler in
-model-step units (``v = x[t] - x[t-1]; v += a; x += v``) and refines. The
-whole module is TorchScript-able; see ``openmm_cgml.export``.
+``step`` samples ``a = mean + std * (noise[0] - z) + std_com * sqrt(n) * z``
+(``z`` the graph mean of ``noise[0]``), integrates semi-implicit Euler in
+model-step units (``v = x[t] - x[t-1]; v += a; x += v``) and refines with
+``noise[1:]``. The whole module is TorchScript-able; see ``openmm_cgml.export``.
 """
 
 import json
@@ -44,7 +45,7 @@ from openmm_cgml.nn import PaxNet, edge_vectors, radius_graph
 from openmm_cgml.nn.basis import BesselBasis, PolynomialEnvelope
 
 __all__ = ["PropagatorConfig", "EmbeddingGNN", "CGPropagator", "gaussian_nll", "count_collisions",
-           "log_spaced_sigmas"]
+           "log_spaced_sigmas", "anneal_step"]
 
 
 @dataclass
@@ -111,6 +112,28 @@ def log_spaced_sigmas(high: float, low: float, n: int) -> Tensor:
     if n == 1:
         return torch.tensor([float(high)])
     return torch.logspace(math.log10(high), math.log10(low), n)
+
+
+def anneal_step(x: Tensor, eps: Tensor, sigma: float, next_sigma: float, z: Tensor) -> Tensor:
+    """One step of the reverse diffusion that refines a sample, from noise level ``sigma`` to ``next_sigma``.
+
+    ``x`` holds a sample at level ``sigma`` (the clean distribution convolved
+    with N(0, sigma^2)); ``eps`` is the predicted unit noise at ``x`` (score
+    ``-eps / sigma``) and ``z`` fresh standard normal noise, both shaped like
+    ``x``; levels are in the units of ``x``. The step is Euler-Maruyama on the
+    reverse-time SDE of the variance-exploding diffusion (Song et al., ICLR 2021)::
+
+        x' = x + (sigma^2 - next_sigma^2) score + sqrt(sigma^2 - next_sigma^2) z
+
+    so noise is injected at every level and the refinement samples the learned
+    distribution instead of collapsing onto its modes, as chained deterministic
+    Tweedie steps do. ``next_sigma = 0`` ends with the Tweedie estimate
+    ``x - sigma * eps`` (the posterior mean, no noise), the usual last step.
+    """
+    if next_sigma <= 0.0:
+        return x - sigma * eps
+    drop = sigma * sigma - next_sigma * next_sigma
+    return x - (drop / sigma) * eps + math.sqrt(max(drop, 0.0)) * z
 
 
 def gaussian_nll(target: Tensor, mean: Tensor, std: Tensor) -> Tensor:
@@ -562,12 +585,24 @@ class CGPropagator(nn.Module):
         return mean * self.accel_std_nm, marginal * self.accel_std_nm
 
     @torch.jit.export
+    def noise_draws(self, refine: bool) -> int:
+        """Standard normal (N, 3) draws one ``step`` consumes: 1 for the dynamics, plus one per refinement level."""
+        if refine and len(self.refine_sigmas) > 0:
+            return 1 + len(self.refine_sigmas)
+        return 1
+
+    @torch.jit.export
     def step(self, pos_history: Tensor, bead_features: Tensor, coarse_edge_index: Tensor, batch: Tensor,
              box: Tensor, noise: Tensor, refine: bool) -> Tensor:
-        """Next positions (N, 3) nm from the last k positions (k, N, 3) nm; ``noise`` (N, 3) standard normal."""
+        """Next positions (N, 3) nm from the last k positions (k, N, 3) nm.
+
+        ``noise`` (D, N, 3) standard normal with ``D = noise_draws(refine)``:
+        ``noise[0]`` drives the dynamics, ``noise[1:]`` the refinement.
+        """
         self._check_step_inputs(pos_history, bead_features, coarse_edge_index, batch)
-        if noise.shape != pos_history[-1].shape:
-            raise ValueError("noise must have shape (n_beads, 3), got " + str(noise.shape))
+        draws = self.noise_draws(refine)
+        if noise.dim() != 3 or noise.size(0) != draws or noise.shape[1:] != pos_history[-1].shape:
+            raise ValueError("noise must have shape (" + str(draws) + ", n_beads, 3), got " + str(noise.shape))
         graph_box = self._graph_box(box, batch)
         pos_history = _unwrap(pos_history, pos_history[-1], graph_box, batch)
         mean, std, collective, latents = self._dynamics(pos_history, bead_features, coarse_edge_index, batch,
@@ -575,17 +610,13 @@ class CGPropagator(nn.Module):
         x_t = pos_history[-1]
         velocity = x_t - pos_history[-2]
         # semi-implicit Euler with dt = 1 model step: v += a; x += v
-        candidate = x_t + velocity + self._sample(mean, std, collective, noise, batch) * self.accel_std_nm
+        candidate = x_t + velocity + self._sample(mean, std, collective, noise[0], batch) * self.accel_std_nm
         edge = torch.zeros(2, 0, dtype=torch.long, device=candidate.device)
         shift = torch.zeros(0, 3, dtype=candidate.dtype, device=candidate.device)
         sampled = candidate
-        if refine and len(self.refine_sigmas) > 0:
-            edge, shift = self.score.graph(candidate, batch, graph_box)
-            for sigma in self.refine_sigmas:
-                sigma_column = torch.full_like(std, sigma)
-                eps = self._score_eps(candidate, latents, sigma_column, coarse_edge_index, batch, graph_box,
-                                      edge, shift)
-                candidate = candidate - (sigma * self.accel_std_nm) * eps  # Tweedie: x + sigma^2 * score
+        if draws > 1:
+            candidate, edge, shift = self._refine(candidate, latents, noise[1:], coarse_edge_index, batch,
+                                                  graph_box)
         limit = max(self.min_bonded_nm, self.min_nonbonded_nm)
         if self.hard_core and limit > 0:
             # The Score graph (built before refinement) holds every pair now closer than 2 * limit
@@ -601,6 +632,29 @@ class CGPropagator(nn.Module):
             candidate = self._hard_core(candidate, bead_features[:, -1], coarse_edge_index, batch, graph_box,
                                         edge, shift)
         return candidate
+
+    def _refine(self, candidate: Tensor, latents: Tensor, noise: Tensor, coarse_edge_index: Tensor, batch: Tensor,
+                box: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+        """Reverse diffusion over ``refine_sigmas`` from the re-noised candidate; returns it and the Score graph.
+
+        The injected noise has zero mean per molecule: the Score network sees
+        relative positions only and cannot remove a centre-of-mass kick, which
+        the dynamics' own centre-of-mass term already supplies.
+        """
+        levels = [sigma * self.accel_std_nm for sigma in self.refine_sigmas]
+        draws, n = noise.size(0), noise.size(1)
+        per_bead = noise.transpose(0, 1).reshape(n, draws * 3)  # every draw's graph mean in one scatter
+        internal = noise - graph_mean(per_bead, batch)[0].reshape(n, draws, 3).transpose(0, 1)
+        x = candidate + levels[0] * internal[0]
+        edge, shift = self.score.graph(x, batch, box)
+        sigma_column = torch.ones_like(candidate[:, :1])
+        for i in range(len(levels)):
+            eps = self._score_eps(x, latents, sigma_column * self.refine_sigmas[i], coarse_edge_index, batch, box,
+                                  edge, shift)
+            last = i + 1 == len(levels)
+            x = anneal_step(x, eps, levels[i], 0.0 if last else levels[i + 1],
+                            internal[0] if last else internal[i + 1])
+        return x, edge, shift
 
     def forward(self, pos_history: Tensor, bead_features: Tensor, coarse_edge_index: Tensor, batch: Tensor,
                 box: Tensor, noise: Tensor, refine: bool = True) -> Tensor:

@@ -35,11 +35,11 @@ def test_load_reproduces_predictions_exactly(exported):
     features = loaded.embed_mapping()
     _, _, _, coarse = chain_molecule()
     batch, box = torch.zeros(N_BEADS, dtype=torch.long), torch.zeros(3, 3)
-    noise = torch.randn(N_BEADS, 3)
     with torch.no_grad():
         eager_features = model.embed(*chain_molecule()[:3], N_BEADS)
         torch.testing.assert_close(features, eager_features, atol=0, rtol=0)
         for refine in (False, True):
+            noise = torch.randn(loaded.noise_draws(refine), N_BEADS, 3)
             torch.testing.assert_close(loaded.step(history, features, coarse, batch, box, noise, refine),
                                        model.step(history, features, coarse, batch, box, noise, refine),
                                        atol=0, rtol=0)
@@ -69,7 +69,7 @@ def test_plain_torch_jit_load_without_package(exported, tmp_path):
     model, path = exported
     history = chain_history(3)
     atom_types, fine_edges, bead_of_atom, coarse = chain_molecule()
-    noise = torch.randn(N_BEADS, 3)
+    noise = torch.randn(model.noise_draws(True), N_BEADS, 3)
     torch.save({"h": history, "t": atom_types, "f": fine_edges, "b": bead_of_atom, "c": coarse, "n": noise},
                tmp_path / "inputs.pt")
     with torch.no_grad():
@@ -138,12 +138,13 @@ def test_refinement_levels_can_be_changed_after_loading(exported):
     assert loaded.refine_sigmas == [0.5, 0.2]
     history, features = chain_history(3), loaded.embed_mapping()
     _, _, _, coarse = chain_molecule()
-    args = (history, features, coarse, torch.zeros(N_BEADS, dtype=torch.long), torch.zeros(3, 3),
-            torch.randn(N_BEADS, 3))
-    before = loaded.step(*args)
+    args = (history, features, coarse, torch.zeros(N_BEADS, dtype=torch.long), torch.zeros(3, 3))
+    noise = torch.randn(3, N_BEADS, 3)
+    assert loaded.noise_draws(True) == 3 and loaded.noise_draws(False) == 1
+    before = loaded.step(*args, noise)
     loaded.refine_sigmas = [0.1]
-    assert loaded.refine_sigmas == [0.1]
-    assert not torch.allclose(loaded.step(*args), before)
+    assert loaded.refine_sigmas == [0.1] and loaded.noise_draws(True) == 2
+    assert not torch.allclose(loaded.step(*args, noise[:2]), before)
     with pytest.raises(ValueError, match="> 0"):
         loaded.refine_sigmas = [0.0]
 
@@ -161,7 +162,7 @@ def test_hard_core_survives_export_and_can_be_switched(tmp_path, exported):
                                            "min_nonbonded_nm": pytest.approx(0.45)}
     _, _, _, coarse = chain_molecule()
     args = (compressed_history(3, torch.float32), model.embed_mapping(), coarse, torch.zeros(N_BEADS, dtype=torch.long),
-            torch.zeros(3, 3), torch.zeros(N_BEADS, 3))
+            torch.zeros(3, 3), torch.zeros(model.noise_draws(True), N_BEADS, 3))
     pushed = model.step(*args)
     assert model.hard_core_events > 0
     model.hard_core = False
@@ -182,7 +183,7 @@ def test_saved_model_keeps_changed_inference_settings(exported, tmp_path):
     history, features = chain_history(3), loaded.embed_mapping()
     _, _, _, coarse = chain_molecule()
     args = (history, features, coarse, torch.zeros(N_BEADS, dtype=torch.long), torch.zeros(3, 3),
-            torch.randn(N_BEADS, 3))
+            torch.randn(2, N_BEADS, 3))
     loaded.refine_sigmas = [0.15]
     expected = loaded.step(*args)
     saved = loaded.save(tmp_path / "tuned.pt")

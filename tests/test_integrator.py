@@ -51,13 +51,17 @@ class DampedWalk(torch.nn.Module):
         return out.index_add(0, bead_of_atom, torch.stack([atom_types.float(), torch.ones_like(atom_types).float()], 1))
 
     @torch.jit.export
+    def noise_draws(self, refine: bool) -> int:
+        return 1
+
+    @torch.jit.export
     def step(self, pos_history: torch.Tensor, bead_features: torch.Tensor, coarse_edge_index: torch.Tensor,
              batch: torch.Tensor, box: torch.Tensor, noise: torch.Tensor, refine: bool) -> torch.Tensor:
         if not bool(torch.isfinite(pos_history).all()):  # as the real model does
             raise ValueError("pos_history contains NaN or infinite positions")
         x = pos_history[-1]
         v = x - pos_history[-2]
-        new = x + 0.5 * v + self.sigma * noise
+        new = x + 0.5 * v + self.sigma * noise[0]
         drift = torch.zeros_like(new)
         drift[:, 0] = self.drift
         new = new + drift

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from openmm_cgml.propagator import (CGPropagator, PropagatorConfig, count_collisions, gaussian_nll,
+from openmm_cgml.propagator import (CGPropagator, anneal_step, PropagatorConfig, count_collisions, gaussian_nll,
                                     log_spaced_sigmas, type_mass_table)
 
 N_BEADS = 8
@@ -85,7 +85,8 @@ def test_full_step_with_refinement_is_equivariant(score_net):
     features = features.double()
     rotation = random_orthogonal(2, reflect=True)
     shift = torch.tensor([0.3, 0.2, -4.0], dtype=torch.float64)
-    noise = torch.randn(N_BEADS, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    noise = torch.randn(model.noise_draws(True), N_BEADS, 3, dtype=torch.float64,
+                        generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         x = model.step(history, features, coarse, batch, box, noise, True)
         x2 = model.step(history @ rotation.T + shift, features, coarse, batch, box, noise @ rotation.T, True)
@@ -105,12 +106,12 @@ def test_step_is_semi_implicit_euler_of_predict():
     """x[t+1] = x[t] + (x[t] - x[t-1]) + a, a linear in the noise, mean and std as `predict` says."""
     model = make_model(k=4)
     history, features, coarse, batch, box = inputs(model)
-    noise = torch.randn(N_BEADS, 3)
+    noise = torch.randn(model.noise_draws(True), N_BEADS, 3)
     with torch.no_grad():
         mean, std = model.predict(history, features, coarse, batch, box)
-        x0 = model.step(history, features, coarse, batch, box, torch.zeros(N_BEADS, 3), False)
-        x1 = model.step(history, features, coarse, batch, box, noise, False)
-        x2 = model.step(history, features, coarse, batch, box, 2 * noise, False)
+        x0 = model.step(history, features, coarse, batch, box, torch.zeros(1, N_BEADS, 3), False)
+        x1 = model.step(history, features, coarse, batch, box, noise[:1], False)
+        x2 = model.step(history, features, coarse, batch, box, 2 * noise[:1], False)
         refined = model.step(history, features, coarse, batch, box, noise, True)
     torch.testing.assert_close(x0, history[-1] + (history[-1] - history[-2]) + mean, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(x2 - x0, 2 * (x1 - x0), atol=1e-5, rtol=1e-4)
@@ -124,7 +125,7 @@ def test_step_is_semi_implicit_euler_of_predict():
     copy_batch = torch.arange(copies).repeat_interleave(N_BEADS)
     with torch.no_grad():
         samples = model.step(many, features.repeat(copies, 1), edges, copy_batch, box,
-                             torch.randn(copies * N_BEADS, 3, generator=torch.Generator().manual_seed(5)), False)
+                             torch.randn(1, copies * N_BEADS, 3, generator=torch.Generator().manual_seed(5)), False)
     accel = (samples - spread - x0.repeat(copies, 1)).reshape(copies, N_BEADS, 3)  # a - mean
     empirical = accel.std(dim=(0, 2))
     torch.testing.assert_close(empirical, std.squeeze(1), rtol=0.06, atol=0)
@@ -135,11 +136,11 @@ def test_copies_in_one_batch_match_single_molecules():
     history, features, coarse, batch, box = inputs(model)
     far = history + torch.tensor([50.0, 0.0, 0.0])  # second copy, out of the cutoff
     both = torch.cat([history, far], 1)
-    noise = torch.randn(N_BEADS, 3)
+    noise = torch.randn(model.noise_draws(True), N_BEADS, 3)
     with torch.no_grad():
         single = model.step(history, features, coarse, batch, box, noise, True)
         double = model.step(both, torch.cat([features, features]), torch.cat([coarse, coarse + N_BEADS], 1),
-                            torch.cat([batch, batch + 1]), box, torch.cat([noise, noise]), True)
+                            torch.cat([batch, batch + 1]), box, torch.cat([noise, noise], 1), True)
     torch.testing.assert_close(double[:N_BEADS], single, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(double[N_BEADS:], single + torch.tensor([50.0, 0.0, 0.0]), atol=1e-5, rtol=1e-5)
 
@@ -177,7 +178,7 @@ def test_scripted_module_matches_eager():
     model = make_model()
     scripted = torch.jit.script(model)
     history, features, coarse, batch, box = inputs(model)
-    noise = torch.randn(N_BEADS, 3)
+    noise = torch.randn(model.noise_draws(True), N_BEADS, 3)
     with torch.no_grad():
         torch.testing.assert_close(scripted.step(history, features, coarse, batch, box, noise, True),
                                    model.step(history, features, coarse, batch, box, noise, True))
@@ -231,7 +232,7 @@ def test_periodic_images_give_the_same_dynamics():
     history, features, coarse, batch, _ = inputs(model, torch.float64)
     features = features.double()
     box = torch.diag(torch.tensor([3.0, 3.2, 3.4], dtype=torch.float64))
-    noise = torch.randn(N_BEADS, 3, dtype=torch.float64)
+    noise = torch.randn(model.noise_draws(True), N_BEADS, 3, dtype=torch.float64)
     with torch.no_grad():
         mean, std = model.predict(history, features, coarse, batch, box)
         x = model.step(history, features, coarse, batch, box, noise, True)
@@ -278,7 +279,7 @@ def test_hard_core_pushes_close_pairs_apart_keeping_centre_of_mass(refine):
     _, features, coarse, batch, box = inputs(model, torch.float64)
     features = features.double()
     history = compressed_history(model.k)
-    noise = torch.zeros(N_BEADS, 3, dtype=torch.float64)
+    noise = torch.zeros(model.noise_draws(refine), N_BEADS, 3, dtype=torch.float64)
     with torch.no_grad():
         model.hard_core = False
         free = model.step(history, features, coarse, batch, box, noise, refine)
@@ -299,7 +300,8 @@ def test_hard_core_is_equivariant_and_a_no_op_when_nothing_is_close():
     history = compressed_history(model.k)
     rotation = random_orthogonal(5, reflect=True)
     shift = torch.tensor([0.3, -1.2, 2.0], dtype=torch.float64)
-    noise = torch.randn(N_BEADS, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    noise = torch.randn(model.noise_draws(True), N_BEADS, 3, dtype=torch.float64,
+                        generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         x = model.step(history, features, coarse, batch, box, noise, True)
         x2 = model.step(history @ rotation.T + shift, features, coarse, batch, box, noise @ rotation.T, True)
@@ -323,9 +325,69 @@ def test_hard_core_scripts_and_models_without_minima_keep_it_off():
     scripted = torch.jit.script(model)
     _, features, coarse, batch, box = inputs(model)
     history = compressed_history(model.k, torch.float32)
-    noise = torch.zeros(N_BEADS, 3)
+    noise = torch.zeros(1, N_BEADS, 3)
     with torch.no_grad():
         torch.testing.assert_close(scripted.step(history, features, coarse, batch, box, noise, False),
                                    model.step(history, features, coarse, batch, box, noise, False))
     with pytest.raises(ValueError, match="hard_core_sweeps"):
         PropagatorConfig(hard_core_sweeps=0).validate()
+
+
+# ------------------------------------------------------------------------------ refinement sampler
+MIXTURE = (torch.tensor([0.3, 0.7], dtype=torch.float64), torch.tensor([-1.5, 1.0], dtype=torch.float64),
+           torch.tensor([0.4, 0.6], dtype=torch.float64))  # weights, means, stds of a 1-D Gaussian mixture
+
+
+def mixture_eps(x, sigma):
+    """Exact unit noise ``-sigma * score`` of the mixture convolved with N(0, sigma^2)."""
+    weights, means, stds = MIXTURE
+    var = stds ** 2 + sigma ** 2
+    responsibility = torch.softmax(torch.log(weights) - 0.5 * (x[..., None] - means) ** 2 / var
+                                   - 0.5 * torch.log(var), dim=-1)
+    return sigma * (responsibility * (x[..., None] - means) / var).sum(-1)
+
+
+def refine_with_known_score(x, levels, generator):
+    """The refinement of ``CGPropagator.step`` (re-noise to the first level, then ``anneal_step`` down)."""
+    x = x + levels[0] * torch.randn(x.shape, dtype=x.dtype, generator=generator)
+    for i, sigma in enumerate(levels):
+        following = levels[i + 1] if i + 1 < len(levels) else 0.0
+        x = anneal_step(x, mixture_eps(x, sigma), sigma, following,
+                        torch.randn(x.shape, dtype=x.dtype, generator=generator))
+    return x
+
+
+@pytest.mark.parametrize("levels", [[0.6, 0.3, 0.1], [0.6, 0.3, 0.15, 0.05]])
+def test_refinement_keeps_a_known_distribution(levels):
+    """Started on the target (a bimodal mixture), the refinement with its exact score keeps the mean,
+    the variance and the mode weights within 5%; chained deterministic Tweedie steps shrink the variance."""
+    weights, means, stds = MIXTURE
+    generator = torch.Generator().manual_seed(0)
+    n = 200_000
+    component = torch.multinomial(weights, n, replacement=True, generator=generator)
+    sample = means[component] + stds[component] * torch.randn(n, dtype=torch.float64, generator=generator)
+    mean = float((weights * means).sum())
+    variance = float((weights * (stds ** 2 + means ** 2)).sum()) - mean ** 2
+    refined = refine_with_known_score(sample, levels, generator)
+    assert float(refined.mean()) == pytest.approx(mean, rel=0.05)
+    assert float(refined.var()) == pytest.approx(variance, rel=0.05)
+    left = float((weights * 0.5 * (1 + torch.erf((-0.25 - means) / (stds * math.sqrt(2))))).sum())  # P(x < -0.25)
+    assert float((refined < -0.25).double().mean()) == pytest.approx(left, rel=0.05)
+    tweedie = sample.clone()
+    for sigma in levels:
+        tweedie = tweedie - sigma * mixture_eps(tweedie, sigma)
+    assert float(tweedie.var()) < 0.9 * variance  # the old deterministic refinement cools the sample
+
+
+def test_refinement_noise_leaves_the_centre_of_mass_to_the_dynamics():
+    """With a zero Score network the refinement only adds internal noise: each molecule's centre of mass is kept."""
+    model = make_model()
+    for parameter in model.score.parameters():
+        parameter.data.zero_()
+    history, features, coarse, batch, box = inputs(model)
+    noise = torch.randn(model.noise_draws(True), N_BEADS, 3, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        plain = model.step(history, features, coarse, batch, box, noise[:1], False)
+        refined = model.step(history, features, coarse, batch, box, noise, True)
+    assert not torch.allclose(refined, plain)
+    torch.testing.assert_close(refined.mean(0), plain.mean(0), atol=1e-5, rtol=0)

@@ -124,7 +124,7 @@ def test_history_buffers_carry_no_autograd_graph(polymer):
     model, cg = polymer
     edges, batch = paths.model_graph(model.mapping, 1)
     wrapper = torch.jit.script(paths.GuardedTorchForcePropagator(
-        model.module, model.embed_mapping(), edges, batch, torch.randn(4, 10, 3), K))
+        model.module, model.embed_mapping(), edges, batch, torch.randn(4, model.noise_draws(True), 10, 3), K))
     positions = torch.as_tensor(cg.positions.value_in_unit(u.nanometer), dtype=torch.float64)
     with torch.enable_grad():
         for step in range(1, 4):

@@ -227,7 +227,7 @@ def test_trained_rollout_is_stable_for_10000_steps(system, tmp_path):
         steps_with_collision, frames = 0, []
         with torch.no_grad():
             for step in range(10_000):
-                noise = torch.randn(n, 3, generator=generator)
+                noise = torch.randn(model.noise_draws(refine), n, 3, generator=generator)
                 x = model.module.step(history, features, window.coarse_edge_index, batch, box, noise, refine)
                 assert bool(torch.isfinite(x).all()), f"NaN at model step {step} (refine={refine})"
                 history = torch.cat([history[1:], x[None]])
