@@ -4,8 +4,8 @@
 
 Same arguments, outputs (``fidelity.json``, ``report.md`` and plots in
 ``--out``) and error handling as ``cgml benchmark``; see docs/evaluation.md.
-The small scale takes about 45 minutes on 2 CPU cores from an empty
-reference cache, a few minutes with a filled one (``--cache``).
+The small scale took 13 minutes on 2 CPU cores from an empty reference
+cache, about 3 with a filled one (``--cache``).
 """
 from __future__ import annotations
 
