@@ -175,6 +175,24 @@ def test_files_from_before_the_hard_core_still_load():
     assert not old.hard_core and old.hard_core_events == 0 and old.min_distances["bonded"] == 0.0
     with pytest.raises(ValueError, match="predates the hard-core"):
         old.hard_core = True
+    with pytest.raises(ValueError, match="predates the stochastic refinement"):
+        old.noise_draws(True)
+
+
+def test_rebuild_gives_the_same_step_from_the_weights(exported):
+    """``rebuild`` keeps the weights and settings of a file but runs this package's code: same results."""
+    from openmm_cgml.export import rebuild
+
+    _, path = exported
+    loaded = load(path)
+    rebuilt = rebuild(loaded)
+    assert rebuilt.refine_sigmas == loaded.refine_sigmas and rebuilt.hard_core == loaded.hard_core
+    history, features = chain_history(3), loaded.embed_mapping()
+    _, _, _, coarse = chain_molecule()
+    args = (history, features, coarse, torch.zeros(N_BEADS, dtype=torch.long), torch.zeros(3, 3),
+            torch.randn(loaded.noise_draws(True), N_BEADS, 3))
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt.step(*args, True), loaded.step(*args, True), atol=1e-6, rtol=1e-5)
 
 
 def test_saved_model_keeps_changed_inference_settings(exported, tmp_path):
