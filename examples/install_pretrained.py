@@ -45,7 +45,9 @@ def main(argv=None) -> int:
     if args.upgrade:
         for name in pretrained.available():
             model = load(pretrained.path(name))
-            before = {key: model.metadata.get(key) for key in ("exported_at", "versions")}
+            # the first export's provenance, kept across repeated upgrades
+            before = model.metadata.get("upgraded_from") or {key: model.metadata.get(key)
+                                                             for key in ("exported_at", "versions")}
             export_model(rebuild(model), pretrained.path(name), dict(model.metadata, upgraded_from=before))
             index.setdefault(name, {})["upgraded_from"] = before
             print(f"upgraded {name}: {pretrained.path(name)}")

@@ -613,19 +613,19 @@ class CGPropagator(nn.Module):
         candidate = x_t + velocity + self._sample(mean, std, collective, noise[0], batch) * self.accel_std_nm
         edge = torch.zeros(2, 0, dtype=torch.long, device=candidate.device)
         shift = torch.zeros(0, 3, dtype=candidate.dtype, device=candidate.device)
-        sampled = candidate
+        graph_at = candidate  # positions the Score graph (if any) was built at
         if draws > 1:
-            candidate, edge, shift = self._refine(candidate, latents, noise[1:], coarse_edge_index, batch,
-                                                  graph_box)
+            candidate, graph_at, edge, shift = self._refine(candidate, latents, noise[1:], coarse_edge_index,
+                                                            batch, graph_box)
         limit = max(self.min_bonded_nm, self.min_nonbonded_nm)
         if self.hard_core and limit > 0:
-            # The Score graph (built before refinement) holds every pair now closer than 2 * limit
-            # unless refinement moved beads by more than the skin (as for a Verlet list); else, or
+            # The Score graph (built at the re-noised start of the refinement) holds every pair now closer
+            # than 2 * limit unless beads moved from there by more than the skin (as for a Verlet list); else, or
             # without one, a short-range graph at the final positions. 2 * limit: a correction moves
             # a bead by at most ~limit, so the beads it can be pushed into are in the graph too.
             reuse = edge.size(1) > 0  # the PaxNet Score network builds its own graphs: none to reuse
             if reuse:
-                moved = torch.linalg.vector_norm(candidate - sampled, dim=-1).max()
+                moved = torch.linalg.vector_norm(candidate - graph_at, dim=-1).max()
                 reuse = bool(2.0 * moved + 2.0 * limit < self.score.cutoff)
             if not reuse:
                 edge, shift = radius_graph(candidate, 2.0 * limit, batch, graph_box)
@@ -634,8 +634,11 @@ class CGPropagator(nn.Module):
         return candidate
 
     def _refine(self, candidate: Tensor, latents: Tensor, noise: Tensor, coarse_edge_index: Tensor, batch: Tensor,
-                box: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
-        """Reverse diffusion over ``refine_sigmas`` from the re-noised candidate; returns it and the Score graph.
+                box: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Reverse diffusion over ``refine_sigmas`` from the re-noised candidate.
+
+        Returns the refined positions, the positions the Score graph was built
+        at, and that graph (edges, shifts).
 
         The injected noise has zero mean per molecule: the Score network sees
         relative positions only and cannot remove a centre-of-mass kick, which
@@ -646,15 +649,16 @@ class CGPropagator(nn.Module):
         per_bead = noise.transpose(0, 1).reshape(n, draws * 3)  # every draw's graph mean in one scatter
         internal = noise - graph_mean(per_bead, batch)[0].reshape(n, draws, 3).transpose(0, 1)
         x = candidate + levels[0] * internal[0]
-        edge, shift = self.score.graph(x, batch, box)
+        start = x
+        edge, shift = self.score.graph(start, batch, box)
         sigma_column = torch.ones_like(candidate[:, :1])
         for i in range(len(levels)):
             eps = self._score_eps(x, latents, sigma_column * self.refine_sigmas[i], coarse_edge_index, batch, box,
                                   edge, shift)
             last = i + 1 == len(levels)
             x = anneal_step(x, eps, levels[i], 0.0 if last else levels[i + 1],
-                            internal[0] if last else internal[i + 1])
-        return x, edge, shift
+                            internal[0] if last else internal[i + 1])  # the last step takes no noise
+        return x, start, edge, shift
 
     def forward(self, pos_history: Tensor, bead_features: Tensor, coarse_edge_index: Tensor, batch: Tensor,
                 box: Tensor, noise: Tensor, refine: bool = True) -> Tensor:
