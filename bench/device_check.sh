@@ -4,8 +4,8 @@
 #   bash bench/device_check.sh > device_check.json
 #
 # On a machine without CUDA it runs the CPU part (a short propagator bench), says so in the JSON, and exits 0.
-# The device image has its own torch (2.11, CUDA 13): the package is installed without touching it
-# (--no-deps for the package itself, then only the missing dependencies), with openmm's CUDA 13 platform wheel.
+# The device image has its own torch (2.11, CUDA 13); the package asks for torch >= 2.9, so pip keeps it.
+# openmm's CUDA 13 platform wheel comes first.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-$(mktemp -d)}
@@ -14,10 +14,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 if python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
     cuda=true
     python3 -m pip install --quiet --disable-pip-version-check "openmm[cuda13]>=8.6,<8.7" >"$out/install.log" 2>&1
-    python3 -m pip install --quiet --disable-pip-version-check --no-deps -e . >>"$out/install.log" 2>&1
-    python3 -m pip install --quiet --disable-pip-version-check numpy scipy torch_geometric pymetis mdtraj parmed \
-        pdbfixer PeptideBuilder deeptime h5py tables matplotlib lightning pyyaml tqdm pytest pytest-timeout \
-        >>"$out/install.log" 2>&1
+    python3 -m pip install --quiet --disable-pip-version-check -e ".[dev]" >>"$out/install.log" 2>&1
     python3 -m pytest -q -m cuda -p no:cacheprovider >"$out/cuda_tests.log" 2>&1; tests_rc=$?
     timeout 240 python3 bench/propagator.py --devices cpu cuda --beads 10 1000 10000 >"$out/propagator.json" 2>"$out/propagator.log"
     timeout 120 python3 bench/integrator.py --platform CUDA >"$out/integrator.json" 2>"$out/integrator.log"

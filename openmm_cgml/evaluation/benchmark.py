@@ -268,7 +268,6 @@ def run_benchmark(name: str, scale: str, out, model="polymer-chain", cache=None,
 
     designed = design_splits(definition)
     params = chain_system_params(definition["system"], definition["system_params"])
-    definition["_md_timestep_ps"] = float(params["timestep_ps"])
     batches = _batches(definition, designed, params)
     log(f"[1/6] reference MD ({definition['name']} v{definition['version']}, scale {scale})")
     md_started = time.perf_counter()
@@ -289,7 +288,8 @@ def run_benchmark(name: str, scale: str, out, model="polymer-chain", cache=None,
     log("[3/6] test rollouts (hard core off, then on)")
     for key in (("test", 0), ("test", 1), ("test_long", 0), ("test_long", 1)):
         splits[key] = _bead_chains(cg_model, definition, batches, paths, *key)
-    result = _evaluate(cg_model, definition, splits, baseline, model_dt, log)
+    benchmark_dt = int(definition["model_step_md_steps"]) * float(params["timestep_ps"])
+    result = _evaluate(cg_model, definition, splits, baseline, model_dt, benchmark_dt, log)
     log("[6/6] interleaved timing")
     test_a = splits[("test", 0)]
     from openmm_cgml.evaluation.rollouts import interleaved_speedup
@@ -309,7 +309,12 @@ def run_benchmark(name: str, scale: str, out, model="polymer-chain", cache=None,
     return jsonable(document)
 
 
-def _evaluate(model, definition, splits, baseline, model_dt, log) -> dict:
+def _tau_span(tau_ps: np.ndarray, step_ps: float) -> dict:
+    return {"min": float(tau_ps.min() / step_ps), "median": float(np.median(tau_ps) / step_ps),
+            "max": float(tau_ps.max() / step_ps), "model_step_ps": float(step_ps)}
+
+
+def _evaluate(model, definition, splits, baseline, model_dt, benchmark_dt, log) -> dict:
     """Rollouts of both test sets, then every metric; returns the metrics and what the plots need."""
     from openmm_cgml.evaluation.rollouts import roll_out
 
@@ -357,7 +362,6 @@ def _evaluate(model, definition, splits, baseline, model_dt, log) -> dict:
     metrics["length_transfer_rg_r2"] = long_metrics["length_transfer_rg_r2"]
     minima = fidelity.type_pair_minima(test_a.chains + test_b.chains + long_a.chains + long_b.chains)
     tau_ps = np.array([o.tau_integrated for o in obs["A"]])
-    benchmark_dt = int(definition["model_step_md_steps"]) * float(definition["_md_timestep_ps"])
     summary = {
         "metrics": metrics,
         "collisions_raw": fidelity.collision_metrics([rolled[i] for i in usable], minima),
@@ -367,12 +371,8 @@ def _evaluate(model, definition, splits, baseline, model_dt, log) -> dict:
         "reference_tau_replica_r": float(np.corrcoef(np.log([o.tau_integrated for o in obs["A"]]),
                                                      np.log([o.tau_integrated for o in obs["B"]]))[0, 1]),
         # tau(Rg^2) of the references in the benchmark's model step (the design) and in this model's
-        "reference_tau_model_steps": {"min": float(tau_ps.min() / benchmark_dt),
-                                      "median": float(np.median(tau_ps) / benchmark_dt),
-                                      "max": float(tau_ps.max() / benchmark_dt), "model_step_ps": benchmark_dt},
-        "reference_tau_this_model_steps": {"min": float(tau_ps.min() / model_dt),
-                                           "median": float(np.median(tau_ps) / model_dt),
-                                           "max": float(tau_ps.max() / model_dt), "model_step_ps": model_dt},
+        "reference_tau_model_steps": _tau_span(tau_ps, benchmark_dt),
+        "reference_tau_this_model_steps": _tau_span(tau_ps, model_dt),
         "per_chain": _per_chain(test_a.chains, obs, per_chain, keep),
         "rollout_model_steps": n_steps,
     }
