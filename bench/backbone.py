@@ -100,7 +100,7 @@ class PyGAtomwise(torch.nn.Module):
 
 
 def build_model(name: str, hidden: int, layers: int, cutoff: float):
-    from openmm_cgml.properties import PaxNetAtomwise, PropertyModel
+    from openmm_cgml.evaluation.properties import PaxNetAtomwise, PropertyModel
 
     if name == "paxnet":
         atomwise = PaxNetAtomwise(hidden=hidden, n_layers=layers, cutoff=cutoff, max_num_neighbors=32, n_rbf=32)
@@ -145,7 +145,7 @@ def _reset_peak_rss() -> bool:
 
 # ------------------------------------------------------------------ one model (subprocess)
 def worker(args) -> dict:
-    from openmm_cgml.properties import PropertyData, evaluate, train
+    from openmm_cgml.evaluation.properties import PropertyData, evaluate, train
 
     torch.set_num_threads(args.threads)
     data = PropertyData.load(args.data)
@@ -236,8 +236,8 @@ def _interleaved_ms(calls: dict, repeats: int) -> dict:
 
 def bench_overhead(threads: int, rev: str, workdir: Path, repeats: int = 300) -> dict:
     """ms per scripted PaxNet call and per exported model step: revision ``rev`` vs this checkout."""
-    import openmm_cgml.propagator as propagator
-    from openmm_cgml.export import export_model, load
+    import openmm_cgml.model.propagator as propagator
+    from openmm_cgml.model_file import export_model, load
     from openmm_cgml.nn import PaxNet
 
     torch.set_num_threads(threads)
@@ -376,7 +376,7 @@ def main(argv=None) -> None:
                          indent=2))
         return
 
-    from openmm_cgml.properties import PropertyData, sample_configurations
+    from openmm_cgml.evaluation.properties import PropertyData, sample_configurations
 
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@
     against fine-grained OpenMM MD of the same molecule on the same platform;
 (b) stepping through OpenMM (Simulation.step with a DCD-like reporter every
     100 steps) against the bare torch rollout of the same model
-    (``openmm_cgml.integrator.rollout``, which the integrator itself calls),
+    (``openmm_cgml.openmm.integrator.rollout``, which the integrator itself calls),
     for 1 replica and for several replicas in one batch (``--replicas``).
 
     OMP_NUM_THREADS=1 python bench/integrator.py [--system alanine-dipeptide] [--steps 100] [--threads 1]
@@ -46,11 +46,11 @@ import openmm.app as app
 import openmm.unit as u
 
 from openmm_cgml import systems
-from openmm_cgml.export import export_model, load
-import openmm_cgml.integrator as integrator_module
-from openmm_cgml.integrator import CGMLIntegrator, coarse_grained_system, model_graph, rollout
+from openmm_cgml.model_file import export_model, load
+import openmm_cgml.openmm.integrator as integrator_module
+from openmm_cgml.openmm.integrator import CGMLIntegrator, coarse_grained_system, model_graph, rollout
 from openmm_cgml.mapping import Mapping
-from openmm_cgml.propagator import CGPropagator, PropagatorConfig
+from openmm_cgml.model.propagator import CGPropagator, PropagatorConfig
 
 
 class FrameReporter:

@@ -68,10 +68,10 @@ import openmm
 import openmm.unit as u
 
 from openmm_cgml import systems
-from openmm_cgml.export import export_model, load
-from openmm_cgml.integrator import CGMLIntegrator, coarse_grained_system, model_graph, step_noise
+from openmm_cgml.model_file import export_model, load
+from openmm_cgml.openmm.integrator import CGMLIntegrator, coarse_grained_system, model_graph, step_noise
 from openmm_cgml.mapping import Mapping
-from openmm_cgml.propagator import CGPropagator, PropagatorConfig
+from openmm_cgml.model.propagator import CGPropagator, PropagatorConfig
 
 
 class GuardedTorchForcePropagator(torch.nn.Module):

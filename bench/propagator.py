@@ -32,9 +32,9 @@ import openmm.unit as u
 import torch
 
 from openmm_cgml import systems
-from openmm_cgml.export import export_model, load
+from openmm_cgml.model_file import export_model, load
 from openmm_cgml.mapping import Mapping
-from openmm_cgml.propagator import CGPropagator, PropagatorConfig, count_collisions
+from openmm_cgml.model.propagator import CGPropagator, PropagatorConfig, count_collisions
 
 
 def reference_molecule(name: str, params: dict, model):

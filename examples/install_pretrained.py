@@ -9,7 +9,7 @@ them records the command that made it and the metrics of its evaluation, so
 every shipped model can be traced to the documented pipeline.
 
 ``--upgrade`` keeps the shipped weights and metadata but rebuilds each model
-from this package's code (``openmm_cgml.export.rebuild``) and exports it
+from this package's code (``openmm_cgml.model_file.rebuild``) and exports it
 again, so a change to the step (such as the refinement sampler) reaches the
 shipped files without retraining; ``index.json`` records the upgrade.
 """
@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from openmm_cgml import pretrained
-from openmm_cgml.export import export_model, load, rebuild
+from openmm_cgml.model_file import export_model, load, rebuild
 
 # pretrained name -> (model file, evaluation metrics) inside a bench/reproduce.py --out folder
 SOURCES = {

@@ -30,11 +30,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from polymer_chains import command_line, reference_speed, train_example  # noqa: E402  (shared helpers)
 
-from openmm_cgml import CGMLIntegrator, analysis, coarse_grained_system, report, systems  # noqa: E402
+from openmm_cgml import CGMLIntegrator, coarse_grained_system, systems  # noqa: E402
+from openmm_cgml.evaluation import analysis, report  # noqa: E402
 from openmm_cgml.data import coarse_grain  # noqa: E402
-from openmm_cgml.export import export, load  # noqa: E402
+from openmm_cgml.model_file import export, load  # noqa: E402
 from openmm_cgml.generate import generate  # noqa: E402
-from openmm_cgml.integrator import UnstableRolloutError  # noqa: E402
+from openmm_cgml.openmm.integrator import UnstableRolloutError  # noqa: E402
 from openmm_cgml.trajectory import FineTrajectory  # noqa: E402
 
 # Units: MD steps of 2 fs. Frames every `stride` steps; one model step = `model_steps` MD steps.

@@ -30,11 +30,12 @@ import openmm.app as app
 import openmm.unit as u
 import torch
 
-from openmm_cgml import analysis, report, systems
+from openmm_cgml import systems
+from openmm_cgml.evaluation import analysis, report
 from openmm_cgml.data import coarse_grain
-from openmm_cgml.export import export, load
+from openmm_cgml.model_file import export, load
 from openmm_cgml.generate import best_platform, generate, platform_properties
-from openmm_cgml.integrator import UnstableRolloutError, model_graph, rollout
+from openmm_cgml.openmm.integrator import UnstableRolloutError, model_graph, rollout
 from openmm_cgml.mapping import Mapping
 from openmm_cgml.train import TrainConfig, train
 from openmm_cgml.trajectory import FineTrajectory
@@ -76,7 +77,7 @@ def reference_speed(ref, steps: int = 2000) -> float:
 def roll_out(model, fine_path: Path, mapping: Mapping, lag: int, n_steps: int, seed: int):
     """Bead frames (n_steps + 1, n_beads, 3) nm of a rollout started from the reference's first k states.
 
-    Uses the library's bare torch rollout (``openmm_cgml.integrator.rollout``) because a
+    Uses the library's bare torch rollout (``openmm_cgml.openmm.integrator.rollout``) because a
     transferable model runs molecules it was not trained on, which ``CGMLIntegrator``
     (bound to the model's own mapping) does not. Returns (frames, wall seconds).
     """

@@ -1,10 +1,14 @@
 """openmm-cgml: learned coarse-grained molecular dynamics for OpenMM.
 
-The data path, one module per stage::
+The data path, one room per stage (``docs/design.md``)::
 
-    systems -> generate -> mapping -> data -> nn -> propagator -> train -> export -> integrator -> analysis
+    systems -> generate -> trajectory -> mapping -> data -> nn -> model -> train
+            -> model_file -> openmm (integrator) -> evaluation
 
 Heavy modules are imported on first use, so ``import openmm_cgml`` stays cheap.
+The public names below are classes and functions; every other attribute of the
+package is a submodule (``openmm_cgml.generate`` is the module, its function is
+``openmm_cgml.generate.generate``).
 """
 from __future__ import annotations
 
@@ -14,22 +18,25 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _LAZY = {
-    "load": "openmm_cgml.export",
-    "CGModel": "openmm_cgml.export",
-    "CGMLIntegrator": "openmm_cgml.integrator",
-    "coarse_grained_system": "openmm_cgml.integrator",
+    "load": "openmm_cgml.model_file",
+    "CGModel": "openmm_cgml.model_file",
+    "CGMLIntegrator": "openmm_cgml.openmm.integrator",
+    "coarse_grained_system": "openmm_cgml.openmm.integrator",
     "Mapping": "openmm_cgml.mapping",
     "ReferenceSystem": "openmm_cgml.systems",
-    "generate": "openmm_cgml.generate",
+    "FineTrajectory": "openmm_cgml.trajectory",
 }
+_SUBMODULES = {"systems", "generate", "trajectory", "units", "io", "mapping", "data", "nn", "model", "train",
+               "model_file", "openmm", "evaluation", "pretrained", "cli"}
 
 __all__ = ["__version__", *_LAZY]
 
 
 def __getattr__(name):
     if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    if name in {"systems", "units", "trajectory", "mapping", "data", "nn", "propagator", "train",
-                "export", "integrator", "analysis", "report", "cli"}:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
         return importlib.import_module(f"openmm_cgml.{name}")
     raise AttributeError(f"module 'openmm_cgml' has no attribute {name!r}")

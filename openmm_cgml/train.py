@@ -144,7 +144,7 @@ class TrainConfig:
         if not self.data:
             raise ValueError("the config needs 'data': the coarse dataset (.h5) from `cgml coarse-grain`")
         self.train.validate()
-        from openmm_cgml.propagator import PropagatorConfig
+        from openmm_cgml.model.propagator import PropagatorConfig
 
         PropagatorConfig.from_dict({"k": 2, **self.model})  # names and values of the model section
 
@@ -157,7 +157,7 @@ def dataset_summary(path) -> dict:
     """What the model needs to know about a coarse dataset: scales, time steps, mappings, type masses."""
     from openmm_cgml.data import CoarseDataset
     from openmm_cgml.mapping import Mapping
-    from openmm_cgml.propagator import type_mass_table
+    from openmm_cgml.model.propagator import type_mass_table
 
     dataset = CoarseDataset(path, split=None)   # checks the file is a coarse dataset
     attrs = dataset.attrs
@@ -263,7 +263,7 @@ def hard_core_distance(observed_nm: float) -> float:
 
 
 def _noise_levels(bounds, n: int) -> torch.Tensor:
-    from openmm_cgml.propagator import log_spaced_sigmas
+    from openmm_cgml.model.propagator import log_spaced_sigmas
 
     return log_spaced_sigmas(float(bounds[0]), float(bounds[1]), max(int(n), 1))
 
@@ -283,7 +283,7 @@ def _make_module_class():
 
         def __init__(self, model_init: str, metadata: dict, optim: dict):
             super().__init__()
-            from openmm_cgml.propagator import CGPropagator
+            from openmm_cgml.model.propagator import CGPropagator
 
             self.save_hyperparameters()
             self.model = CGPropagator.from_init_json(model_init)
@@ -398,7 +398,7 @@ def _resume_path(config: TrainConfig, out_dir: Path) -> str | None:
 def build_model_init(config: TrainConfig, summary: dict) -> str:
     """The propagator's ``init_json`` for a config and a dataset summary (with ``min_distances`` from
     :func:`reference_min_distances`, if measured: the hard core)."""
-    from openmm_cgml.propagator import CGPropagator, PropagatorConfig
+    from openmm_cgml.model.propagator import CGPropagator, PropagatorConfig
 
     attrs = summary["attrs"]
     model_options = dict(config.model)
@@ -465,7 +465,7 @@ def _train(config: TrainConfig) -> Path:
 
     module_class = __getattr__("PropagatorModule")
     if resume:
-        from openmm_cgml.export import propagator_from_checkpoint
+        from openmm_cgml.model_file import propagator_from_checkpoint
 
         _, hparams, _ = propagator_from_checkpoint(resume)  # safe load, clear error if corrupted
         if "model_init" not in hparams:

@@ -7,7 +7,7 @@ import pytest
 
 import openmm_cgml
 from openmm_cgml import pretrained
-from openmm_cgml.integrator import CGMLIntegrator, coarse_grained_system
+from openmm_cgml.openmm.integrator import CGMLIntegrator, coarse_grained_system
 
 SHIPPED = {"alanine-dipeptide": "alanine-dipeptide", "polymer-chain": "polymer-chain"}  # model -> start system
 

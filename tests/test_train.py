@@ -8,7 +8,7 @@ import yaml
 
 from openmm_cgml.cli import main
 from openmm_cgml.data import CoarseDataset, coarse_grain
-from openmm_cgml.export import load, propagator_from_checkpoint
+from openmm_cgml.model_file import load, propagator_from_checkpoint
 from openmm_cgml.generate import generate
 from openmm_cgml.train import (DEFAULT_CONFIG, TrainConfig, build_model_init, dataset_summary, hard_core_distance,
                                reference_min_distances, train)
@@ -74,7 +74,7 @@ def test_dataset_summary_reads_scales_and_mapping(dataset):
 def test_training_lowers_nll_resumes_and_exports(dataset, tmp_path):
     config = tiny_config(dataset, tmp_path / "run")
     torch.manual_seed(0)
-    from openmm_cgml.propagator import CGPropagator
+    from openmm_cgml.model.propagator import CGPropagator
 
     initial = CGPropagator.from_init_json(build_model_init(config, dataset_summary(dataset)))
     previous_threads = torch.get_num_threads()
@@ -189,7 +189,7 @@ def test_trained_rollout_is_stable_for_10000_steps(system, tmp_path):
     """Generate, coarse-grain, train a small model in minutes, export; 10,000 model steps stay finite and,
     with the hard core learned from the data, never bring two beads closer than 0.1 nm (with or without
     the Score refinement); the refined rollout keeps the reference bond lengths and size."""
-    from openmm_cgml.propagator import count_collisions
+    from openmm_cgml.model.propagator import count_collisions
 
     case = ROLLOUT_CASES[system]
     fine = generate(system, tmp_path / "fine", frames=case["frames"], stride=case["stride"], replicas=4,

@@ -111,7 +111,7 @@ class _Split:
 
 def _bead_chains(model, definition, batches, paths, split, replica) -> _Split:
     from openmm_cgml import systems
-    from openmm_cgml.integrator import molecule_mapping
+    from openmm_cgml.openmm.integrator import molecule_mapping
 
     chains, mappings, references = [], [], []
     for batch in (b for b in batches if b.split == split and b.replica == replica):
@@ -197,7 +197,7 @@ def _split_half_r(chains: list[fidelity.Chain]) -> float:
 
 def _stability(rollouts: list[fidelity.Chain], references: list[fidelity.Chain], unstable: dict,
                factor: float) -> dict:
-    from openmm_cgml import analysis
+    from openmm_cgml.evaluation import analysis
 
     blown = []
     for index, (roll, ref) in enumerate(zip(rollouts, references)):
@@ -255,7 +255,7 @@ def _hard_core_block(model, test_sets, rollout_on: dict, reference_chains, n_ste
 def run_benchmark(name: str, scale: str, out, model="polymer-chain", cache=None, workers: int | None = None,
                   log=print, overwrite: bool = False, platform: str = "CPU") -> dict:
     """Run the benchmark and write ``out/fidelity.json`` and ``out/report.md``; returns the JSON content."""
-    from openmm_cgml.export import load
+    from openmm_cgml.model_file import load
 
     started = time.perf_counter()
     definition = load_definition(name, scale)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from openmm_cgml.analysis import autocorrelation, radius_of_gyration
+from openmm_cgml.evaluation.analysis import autocorrelation, radius_of_gyration
 from openmm_cgml.evaluation.statistics import exponential_time, integrated_time
 
 __all__ = ["rg2_relaxation", "rouse_modes", "rouse_times", "com_diffusion"]

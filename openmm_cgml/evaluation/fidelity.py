@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from openmm_cgml import analysis
+from openmm_cgml.evaluation import analysis
 from openmm_cgml.evaluation import dynamics
 from openmm_cgml.evaluation.statistics import (block_bootstrap_means, bootstrap_ci, percentile_ci,
                                                r2_scores)

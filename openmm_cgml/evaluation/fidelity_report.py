@@ -11,7 +11,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from openmm_cgml.analysis import autocorrelation
+from openmm_cgml.evaluation.analysis import autocorrelation
 from openmm_cgml.evaluation.statistics import percentile_ci
 from openmm_cgml.io import write_atomic
 

@@ -103,7 +103,7 @@ def bootstrap_ci(units: Sequence, statistic: Callable[[np.ndarray], float], n_bo
 
 def _acf(x: np.ndarray) -> np.ndarray:
     """Normalised autocorrelation of a 1-D series up to lag n//2 (FFT, unbiased per lag)."""
-    from openmm_cgml.analysis import autocorrelation
+    from openmm_cgml.evaluation.analysis import autocorrelation
 
     return autocorrelation(x)
 

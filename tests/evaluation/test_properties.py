@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from openmm_cgml.properties import (DEBYE_PER_E_NM, PaxNetAtomwise, PropertyData, PropertyModel,
+from openmm_cgml.evaluation.properties import (DEBYE_PER_E_NM, PaxNetAtomwise, PropertyData, PropertyModel,
                                     dipole_moments, evaluate, sample_configurations, train)
 
 

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from openmm_cgml import analysis
+from openmm_cgml.evaluation import analysis
 from openmm_cgml.io import jsonable, write_atomic
 from openmm_cgml.units import NM, PS, strip
 
@@ -666,7 +666,7 @@ def evaluate(references, rollouts, out_dir, *, topology=None, model=None, mappin
     if existing and not overwrite:
         raise FileExistsError(f"{out} already holds a report ({', '.join(existing)}); use --overwrite to replace it")
     if model is not None and not hasattr(model, "mapping"):
-        from openmm_cgml.export import load
+        from openmm_cgml.model_file import load
 
         model = load(model)
     names = names or [Path(r).stem for r in rollouts]

@@ -30,7 +30,7 @@ system and the lag.
 ``step`` samples ``a = mean + std * (noise[0] - z) + std_com * sqrt(n) * z``
 (``z`` the graph mean of ``noise[0]``), integrates semi-implicit Euler in
 model-step units (``v = x[t] - x[t-1]; v += a; x += v``) and refines with
-``noise[1:]``. The whole module is TorchScript-able; see ``openmm_cgml.export``.
+``noise[1:]``. The whole module is TorchScript-able; see ``openmm_cgml.model_file``.
 """
 
 import json

@@ -8,7 +8,7 @@ import openmm.unit as u
 import pytest
 import torch
 
-from openmm_cgml.export import CGModel, export_model, load
+from openmm_cgml.model_file import CGModel, export_model, load
 from openmm_cgml.mapping import Mapping
 from test_propagator import N_BEADS, chain_history, chain_molecule, compressed_history, hard_core_model, make_model
 
@@ -181,7 +181,7 @@ def test_files_from_before_the_hard_core_still_load():
 
 def test_rebuild_gives_the_same_step_from_the_weights(exported):
     """``rebuild`` keeps the weights and settings of a file but runs this package's code: same results."""
-    from openmm_cgml.export import rebuild
+    from openmm_cgml.model_file import rebuild
 
     _, path = exported
     loaded = load(path)

@@ -81,7 +81,7 @@ _MASK64 = (1 << 64) - 1
 def _as_model(model):
     """Accept a ``CGModel`` (from ``openmm_cgml.load``) or a path to an exported file."""
     if isinstance(model, (str, os.PathLike)):
-        from openmm_cgml.export import load
+        from openmm_cgml.model_file import load
 
         return load(model)
     for name in ("module", "mapping", "step", "embed_mapping"):

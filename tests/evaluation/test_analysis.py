@@ -7,7 +7,7 @@ import openmm.unit as u
 import pytest
 from scipy.signal import lfilter
 
-from openmm_cgml import analysis
+from openmm_cgml.evaluation import analysis
 
 
 # --------------------------------------------------------------------------- radius of gyration

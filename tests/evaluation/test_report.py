@@ -12,7 +12,8 @@ import openmm.app as app
 import openmm.unit as u
 import pytest
 
-from openmm_cgml import cli, report, systems
+from openmm_cgml import cli, systems
+from openmm_cgml.evaluation import report
 from openmm_cgml.mapping import Mapping
 from openmm_cgml.trajectory import FineTrajectory
 
@@ -262,7 +263,7 @@ def test_polymer_example_runs_end_to_end(tmp_path):
     import sys
     from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
     import polymer_chains
 
     config = json.loads(json.dumps(polymer_chains.CONFIGS["small"]))

@@ -17,9 +17,9 @@ COMMANDS = {
     "coarse-grain": ("openmm_cgml.data", "map fine trajectories to beads and write a windowed dataset"),
     "map-image": ("openmm_cgml.mapping", "draw a mapping: beads coloured on the molecule (PNG)"),
     "train": ("openmm_cgml.train", "train the propagator from a YAML config"),
-    "export": ("openmm_cgml.export", "export a training checkpoint to one TorchScript file"),
-    "simulate": ("openmm_cgml.simulate", "run an exported model as an OpenMM integrator"),
-    "evaluate": ("openmm_cgml.report", "compare rollouts with reference MD: JSON and report"),
+    "export": ("openmm_cgml.model_file", "export a training checkpoint to one TorchScript file"),
+    "simulate": ("openmm_cgml.cli.simulate", "run an exported model as an OpenMM integrator"),
+    "evaluate": ("openmm_cgml.evaluation.report", "compare rollouts with reference MD: JSON and report"),
     "benchmark": ("openmm_cgml.evaluation.benchmark", "fidelity benchmark: held-out chains, ceilings, CIs, baseline"),
 }
 

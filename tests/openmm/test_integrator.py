@@ -13,8 +13,8 @@ import openmm.unit as u
 import pytest
 import torch
 
-from openmm_cgml.export import CGModel
-from openmm_cgml.integrator import (CGMLIntegrator, UnstableRolloutError, coarse_grained_system, model_graph,
+from openmm_cgml.model_file import CGModel
+from openmm_cgml.openmm.integrator import (CGMLIntegrator, UnstableRolloutError, coarse_grained_system, model_graph,
                                     rollout)
 from openmm_cgml.mapping import Mapping
 
@@ -113,8 +113,8 @@ def walk(molecule):
 def real_model(molecule, tmp_path_factory):
     """A real exported (untrained, small) CGPropagator, loaded back with openmm_cgml.load."""
     from openmm_cgml import load
-    from openmm_cgml.export import export_model
-    from openmm_cgml.propagator import CGPropagator, PropagatorConfig
+    from openmm_cgml.model_file import export_model
+    from openmm_cgml.model.propagator import CGPropagator, PropagatorConfig
 
     mapping = molecule[2]
     config = PropagatorConfig(k=4, embed_hidden=8, embed_layers=1, hidden=16, n_layers=1, score_hidden=8,
@@ -349,7 +349,7 @@ def test_set_history_starts_from_real_frames(molecule):
 
 
 def test_start_from_a_reference_trajectory_without_warm_up(walk, molecule, tmp_path):
-    from openmm_cgml.integrator import reference_history
+    from openmm_cgml.openmm.integrator import reference_history
     from openmm_cgml.trajectory import FineTrajectory
 
     topology, positions, mapping = molecule
@@ -550,7 +550,7 @@ def save_walk_model(mapping, path, **kwargs):
     """A model file that openmm_cgml.load reads (the scripted walk plus export-style metadata)."""
     import json
 
-    from openmm_cgml.export import FORMAT
+    from openmm_cgml.model_file import FORMAT
 
     metadata = json.dumps({"format": FORMAT, "format_version": 1, "mapping": mapping.to_json()})
     module = torch.jit.script(DampedWalk(**kwargs))
@@ -636,8 +636,8 @@ def polymer(**params):
 def polymer_model(tmp_path_factory):
     """A real exported CGPropagator for one polymer-chain sequence, exported as transferable (n_beads = 0)."""
     from openmm_cgml import load
-    from openmm_cgml.export import export_model
-    from openmm_cgml.propagator import CGPropagator, PropagatorConfig
+    from openmm_cgml.model_file import export_model
+    from openmm_cgml.model.propagator import CGPropagator, PropagatorConfig
 
     reference = polymer(sequence="BAAABB")
     mapping = Mapping.metis(reference.topology, reference.system, atoms_per_bead=2, seed=3,

@@ -47,7 +47,7 @@ def software_versions() -> dict:
 
 
 def export_model(model, path, metadata: dict | None = None) -> Path:
-    """Script ``model`` (a :class:`~openmm_cgml.propagator.CGPropagator`) into one TorchScript file.
+    """Script ``model`` (a :class:`~openmm_cgml.model.propagator.CGPropagator`) into one TorchScript file.
 
     ``metadata`` (JSON-serialisable; typically ``mapping`` (JSON str),
     ``training`` and ``config``) is merged with what the model knows about
@@ -120,7 +120,7 @@ def propagator_from_checkpoint(checkpoint):
     Read with ``weights_only=True``: a checkpoint can hold tensors and plain
     containers only, never arbitrary pickled objects.
     """
-    from openmm_cgml.propagator import CGPropagator
+    from openmm_cgml.model.propagator import CGPropagator
 
     path = _find_checkpoint(checkpoint)
     try:
@@ -149,14 +149,14 @@ def propagator_from_checkpoint(checkpoint):
 
 
 def rebuild(model: "CGModel"):
-    """A :class:`~openmm_cgml.propagator.CGPropagator` of this package's code with the weights of a loaded file.
+    """A :class:`~openmm_cgml.model.propagator.CGPropagator` of this package's code with the weights of a loaded file.
 
     The architecture comes from the file's ``model_init`` description, the
     weights from its tensors; none of the file's scripted code is kept. Export
     the result again (:func:`export_model`, with ``model.metadata``) to carry a
     model file over to a newer version of the step (e.g. the refinement).
     """
-    from openmm_cgml.propagator import CGPropagator
+    from openmm_cgml.model.propagator import CGPropagator
 
     init = model.metadata.get("model_init")
     if not init:

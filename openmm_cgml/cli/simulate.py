@@ -122,8 +122,8 @@ def configure_parser(parser) -> None:
 
 
 def run(args) -> int:
-    from openmm_cgml.export import load
-    from openmm_cgml.integrator import CGMLIntegrator, UnstableRolloutError, coarse_grained_system
+    from openmm_cgml.model_file import load
+    from openmm_cgml.openmm.integrator import CGMLIntegrator, UnstableRolloutError, coarse_grained_system
 
     out = Path(args.out)
     if args.steps < 0:

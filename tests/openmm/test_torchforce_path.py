@@ -19,14 +19,14 @@ import openmm.unit as u
 
 pytest.importorskip("openmmtorch")
 
-from openmm_cgml.integrator import CGMLIntegrator, coarse_grained_system  # noqa: E402
+from openmm_cgml.openmm.integrator import CGMLIntegrator, coarse_grained_system  # noqa: E402
 
 K = 4
 STEPS = 6
 
 
 def _load_bench():
-    path = Path(__file__).resolve().parents[1] / "bench" / "integrator_paths.py"
+    path = Path(__file__).resolve().parents[2] / "bench" / "integrator_paths.py"
     spec = importlib.util.spec_from_file_location("cgml_bench_integrator_paths", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -1,0 +1,1 @@
+"""The propagator: Dynamics and Score networks on beads, and their sampler."""

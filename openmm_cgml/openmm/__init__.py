@@ -1,0 +1,1 @@
+"""OpenMM side: the integrator, the bead system, bare rollouts and reporters."""
