@@ -34,7 +34,8 @@ import torch
 from openmm_cgml import systems
 from openmm_cgml.model_file import export_model, load
 from openmm_cgml.mapping import Mapping
-from openmm_cgml.model.propagator import CGPropagator, PropagatorConfig, count_collisions
+from openmm_cgml.geometry import count_collisions
+from openmm_cgml.model.propagator import CGPropagator, PropagatorConfig
 
 
 def reference_molecule(name: str, params: dict, model):

@@ -34,6 +34,7 @@ import openmm.unit as u
 import scipy.sparse as sp
 from scipy.sparse.csgraph import breadth_first_order, connected_components
 
+from openmm_cgml.geometry import minimum_image
 from openmm_cgml.units import AMU, NM, strip_array
 
 __all__ = ["Mapping", "periodic_marker", "draw_mapping", "configure_parser", "run"]
@@ -146,23 +147,6 @@ def _repair_connectivity(adjacency: sp.csr_matrix, part: np.ndarray) -> np.ndarr
         if not moved:
             break
     return part
-
-
-def _minimum_image(delta: np.ndarray, box: np.ndarray) -> np.ndarray:
-    """Shortest periodic image of displacement vectors ``delta`` (..., 3).
-
-    ``box`` (..., 3, 3) holds the box vectors as rows in OpenMM's reduced
-    form (a along x, b in the xy plane), so subtracting c, then b, then a
-    multiples gives the minimum image for any bond shorter than half a box.
-    """
-    box = box[..., None, :, :] if box.ndim == delta.ndim else box
-    lengths = np.diagonal(box, axis1=-2, axis2=-1)
-    if not np.any(box - lengths[..., None] * np.eye(3)):     # rectangular box: one pass over x, y, z
-        return delta - np.round(delta / lengths) * lengths
-    for axis in (2, 1, 0):
-        vector = box[..., axis, :]
-        delta = delta - np.round(delta[..., axis:axis + 1] / vector[..., axis:axis + 1]) * vector
-    return delta
 
 
 # ----------------------------------------------------------------------------- Mapping
@@ -546,7 +530,7 @@ class Mapping:
         if len(child) == 0:
             return positions
         whole = positions.copy()
-        bond = _minimum_image(positions[..., child, :] - positions[..., parent, :], box)
+        bond = minimum_image(positions[..., child, :] - positions[..., parent, :], box)
         for start, stop in levels:   # parents of a level are all placed by earlier levels
             whole[..., child[start:stop], :] = whole[..., parent[start:stop], :] + bond[..., start:stop, :]
         return whole

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 import yaml
 
+from openmm_cgml.geometry import pair_distances_torch
+
 __all__ = ["TrainConfig", "train", "PropagatorModule", "plot_losses", "reference_min_distances", "hard_core_distance",
            "configure_parser", "run"]
 
@@ -196,17 +198,6 @@ HARD_CORE_MARGIN = 0.95   # the hard core sits this fraction below the closest a
 MAX_FRAMES_PER_TRAJ = 5000
 
 
-def _pair_distances(positions: np.ndarray, box: np.ndarray | None) -> torch.Tensor:
-    """(F, N, N) bead-bead distances (nm) of frames (F, N, 3); minimum image if ``box`` (F, 3, 3) is given."""
-    pos = torch.as_tensor(positions, dtype=torch.float64)
-    delta = pos.unsqueeze(2) - pos.unsqueeze(1)                         # (F, N, N, 3)
-    if box is not None and np.any(box):
-        cell = torch.as_tensor(box, dtype=torch.float64)                  # rows = box vectors
-        fractional = delta @ torch.linalg.inv(cell).unsqueeze(1)
-        delta = (fractional - torch.round(fractional)) @ cell.unsqueeze(1)  # exact for rectangular boxes
-    return torch.linalg.vector_norm(delta, dim=-1)
-
-
 def reference_min_distances(path, split: str = "train") -> dict:
     """Closest approach (nm) of bead pairs in the reference frames of one split of a coarse dataset.
 
@@ -240,7 +231,8 @@ def reference_min_distances(path, split: str = "train") -> dict:
             rows = picks[start:start + chunk]
             box = np.asarray(group["box"][rows[0]:rows[-1] + 1])[rows - rows[0]] if "box" in group else None
             positions = np.asarray(group["positions"][rows[0]:rows[-1] + 1])[rows - rows[0]]
-            distances = _pair_distances(positions, box)
+            cell = torch.as_tensor(box, dtype=torch.float64)[:, None, None] if box is not None and np.any(box) else None
+            distances = pair_distances_torch(torch.as_tensor(positions, dtype=torch.float64), cell)
             if bool(is_bond.any()):
                 bonded = min(bonded, float(distances[:, is_bond].min()))
             if bool(other.any()):

@@ -189,7 +189,7 @@ def test_trained_rollout_is_stable_for_10000_steps(system, tmp_path):
     """Generate, coarse-grain, train a small model in minutes, export; 10,000 model steps stay finite and,
     with the hard core learned from the data, never bring two beads closer than 0.1 nm (with or without
     the Score refinement); the refined rollout keeps the reference bond lengths and size."""
-    from openmm_cgml.model.propagator import count_collisions
+    from openmm_cgml.geometry import count_collisions
 
     case = ROLLOUT_CASES[system]
     fine = generate(system, tmp_path / "fine", frames=case["frames"], stride=case["stride"], replicas=4,

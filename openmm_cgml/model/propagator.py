@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from openmm_cgml.nn import PaxNet, edge_vectors, radius_graph
 from openmm_cgml.nn.basis import BesselBasis, PolynomialEnvelope
 
-__all__ = ["PropagatorConfig", "EmbeddingGNN", "CGPropagator", "gaussian_nll", "count_collisions",
+__all__ = ["PropagatorConfig", "EmbeddingGNN", "CGPropagator", "gaussian_nll", 
            "log_spaced_sigmas", "anneal_step"]
 
 
@@ -144,26 +144,6 @@ def gaussian_nll(target: Tensor, mean: Tensor, std: Tensor) -> Tensor:
     """
     z = (target - mean) / std
     return (0.5 * z.pow(2).sum(-1) + 3.0 * torch.log(std.squeeze(-1))).mean()
-
-
-def count_collisions(pos: Tensor, threshold_nm: float = 0.1, batch: Optional[Tensor] = None) -> int:
-    """Number of bead pairs closer than ``threshold_nm`` (within the same graph).
-
-    Plain O(N^2) in chunks; meant for rollouts and benchmarks, not inner loops.
-    """
-    n = pos.size(0)
-    total = 0
-    chunk = 2048
-    for start in range(0, n, chunk):
-        block = pos[start:start + chunk]
-        d = torch.cdist(block, pos)
-        close = d < threshold_nm
-        rows = torch.arange(start, start + block.size(0), device=pos.device)
-        close &= rows.unsqueeze(1) < torch.arange(n, device=pos.device).unsqueeze(0)  # each pair once, no self
-        if batch is not None:
-            close &= batch[start:start + chunk].unsqueeze(1) == batch.unsqueeze(0)
-        total += int(close.sum())
-    return total
 
 
 class _MessageLayer(nn.Module):

@@ -50,6 +50,7 @@ import openmm.app as app
 import openmm.unit as u
 import torch
 
+from openmm_cgml.geometry import pair_distances_torch
 from openmm_cgml.mapping import Mapping, periodic_marker
 from openmm_cgml.units import strip, strip_array
 
@@ -148,14 +149,7 @@ def step_noise(generator: torch.Generator, seed: int, step: int, shape, dtype, d
 
 def _pair_distances(pos: torch.Tensor, n_replicas: int, box: Optional[torch.Tensor]) -> torch.Tensor:
     """(R, n, n) distances between the beads of each replica (minimum image if ``box``), inf on the diagonal."""
-    per = pos.view(n_replicas, -1, 3)
-    if box is None:
-        d = torch.cdist(per, per)
-    else:
-        delta = per.unsqueeze(2) - per.unsqueeze(1)                 # (R, n, n, 3)
-        fractional = delta @ torch.linalg.inv(box)
-        delta = (fractional - torch.round(fractional)) @ box
-        d = torch.linalg.vector_norm(delta, dim=-1)
+    d = pair_distances_torch(pos.view(n_replicas, -1, 3), box)
     d.diagonal(dim1=1, dim2=2).fill_(float("inf"))
     return d
 

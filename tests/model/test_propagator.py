@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from openmm_cgml.model.propagator import (CGPropagator, anneal_step, PropagatorConfig, count_collisions, gaussian_nll,
+from openmm_cgml.geometry import count_collisions
+from openmm_cgml.model.propagator import (CGPropagator, anneal_step, PropagatorConfig, gaussian_nll,
                                     log_spaced_sigmas, type_mass_table)
 
 N_BEADS = 8
