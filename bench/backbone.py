@@ -2,10 +2,10 @@
 
 Same data (alanine dipeptide, GBn2, Langevin MD at 300/450/600 K, split by
 trajectory), same batches (same shuffling seed), same training wall-time
-budget (default; or the same number of epochs) and hardware for every model. Each model runs in its own subprocess so its peak memory is its
-own: on CPU the peak resident-set growth during training and testing
-(VmHWM after resetting it, minus VmRSS before), on CUDA
-torch.cuda.max_memory_allocated.
+budget (default; or the same number of epochs) and hardware for every model.
+Each model runs in its own subprocess so its peak memory is its own: on CPU
+the peak resident-set growth during training and testing (VmHWM after
+resetting it, minus VmRSS before), on CUDA torch.cuda.max_memory_allocated.
 
 Output: one object per model (``paxnet``, ``dimenetpp``, ``schnet``) with
 ``energy_mae`` (kJ/mol), ``force_mae`` (kJ/mol/nm, per component),
@@ -324,7 +324,7 @@ def hardware(device: str) -> dict:
     return info
 
 
-def main(argv=None) -> None:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--epochs", type=int, default=200, help="epochs (an upper bound under a time budget)")
@@ -357,12 +357,82 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     if args.max_seconds_per_model is not None and args.max_seconds_per_model <= 0:
         args.max_seconds_per_model = None
-    temperatures = [float(t) for t in args.temperatures.split(",")]
+    args.temperature_list = [float(t) for t in args.temperatures.split(",")]
     if args.test_trajectories is None:
-        args.test_trajectories = [(k + 1) * args.trajectories - 1 for k in range(len(temperatures))]
+        args.test_trajectories = [(k + 1) * args.trajectories - 1 for k in range(len(args.temperature_list))]
     elif isinstance(args.test_trajectories, str):
         args.test_trajectories = [int(t) for t in args.test_trajectories.split(",")]
+    return args
 
+
+def property_data(args) -> tuple[Path, float]:
+    """The sampled property data set (cached in --workdir): its file, and the seconds sampling took."""
+    from openmm_cgml.evaluation.properties import sample_configurations
+
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    cache = workdir / (f"ala2-T{args.temperatures.replace(',', '-')}-n{args.trajectories}-f{args.frames}"
+                       f"-s{args.stride}-seed{args.seed}.npz")
+    t0 = time.perf_counter()
+    if not cache.exists():
+        data = sample_configurations(workdir / cache.stem, temperatures=args.temperature_list,
+                                     trajectories_per_temperature=args.trajectories, frames=args.frames,
+                                     stride=args.stride, seed=args.seed)
+        data.save(cache)
+    return cache, time.perf_counter() - t0
+
+
+def run_worker(name: str, cache: Path, args) -> dict:
+    """One model trained and tested in its own subprocess (so its peak memory is its own)."""
+    cmd = [sys.executable, __file__, "--worker", name, "--data", str(cache),
+           "--test-trajectories", ",".join(map(str, args.test_trajectories))]
+    for key in ("epochs", "batch_size", "lr", "hidden", "layers", "cutoff", "device", "threads", "seed"):
+        cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
+    if args.max_seconds_per_model is not None:
+        cmd += ["--max-seconds-per-model", str(args.max_seconds_per_model)]
+    if args.verbose:
+        cmd.append("--verbose")
+    t_model = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    if done.returncode != 0:
+        print(done.stderr, file=sys.stderr)
+        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"}
+    if args.verbose:
+        print(done.stderr, file=sys.stderr, end="")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["wall_s"] = time.perf_counter() - t_model
+    return result
+
+
+def ratios(results: dict) -> dict:
+    """PaxNet's numbers over each baseline's."""
+    out = {}
+    if "paxnet" in results and "error" not in results["paxnet"]:
+        for base in ("dimenetpp", "schnet"):
+            if base in results and "error" not in results[base]:
+                out[f"paxnet_over_{base}"] = {
+                    key: results["paxnet"][key] / results[base][key]
+                    for key in ("energy_mae", "force_mae", "dipole_mae", "peak_mem_mb", "train_ms_per_batch",
+                                "infer_ms_per_batch") if results[base][key]}
+    return out
+
+
+def run_config(args, n_train: int, n_test: int, sampling_s: float) -> dict:
+    return {"system": "alanine-dipeptide (22 atoms), amber14 + GBn2, no constraints, Langevin 1 fs",
+            "temperatures_K": args.temperature_list, "trajectories_per_temperature": args.trajectories,
+            "frames_per_trajectory": args.frames, "frame_stride_steps": args.stride,
+            "train_frames": int(n_train), "test_frames": int(n_test),
+            "test_trajectories": args.test_trajectories, "max_epochs": args.epochs,
+            "train_seconds_budget_per_model": args.max_seconds_per_model,
+            "batch_size": args.batch_size, "lr": args.lr, "hidden": args.hidden, "layers": args.layers,
+            "cutoff_nm": args.cutoff, "threads": args.threads, "sampling_s": sampling_s,
+            "units": {"energy_mae": "kJ/mol", "force_mae": "kJ/mol/nm (per component)",
+                      "dipole_mae": "Debye (per component)", "peak_mem_mb": "MiB (CPU: peak RSS growth)"},
+            "loss": "MSE of energy, forces, dipole, each divided by its training std, weights 1:1:1"}
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
     if args.worker:
         print(json.dumps(worker(args)))
         return
@@ -375,69 +445,13 @@ def main(argv=None) -> None:
         print(json.dumps({"hardware": hardware("cpu"), **bench_overhead(args.threads, args.baseline_rev, workdir)},
                          indent=2))
         return
+    from openmm_cgml.evaluation.properties import PropertyData
 
-    from openmm_cgml.evaluation.properties import PropertyData, sample_configurations
-
-    workdir = Path(args.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    cache = workdir / (f"ala2-T{args.temperatures.replace(',', '-')}-n{args.trajectories}-f{args.frames}"
-                       f"-s{args.stride}-seed{args.seed}.npz")
-    t0 = time.perf_counter()
-    if cache.exists():
-        data = PropertyData.load(cache)
-    else:
-        data = sample_configurations(workdir / cache.stem, temperatures=temperatures,
-                                     trajectories_per_temperature=args.trajectories, frames=args.frames,
-                                     stride=args.stride, seed=args.seed)
-        data.save(cache)
-    sampling_s = time.perf_counter() - t0
-    train_idx, test_idx = data.split(args.test_trajectories)
-
-    results = {}
-    for name in args.models.split(","):
-        cmd = [sys.executable, __file__, "--worker", name, "--data", str(cache),
-               "--test-trajectories", ",".join(map(str, args.test_trajectories))]
-        for key in ("epochs", "batch_size", "lr", "hidden", "layers", "cutoff", "device", "threads", "seed"):
-            cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
-        if args.max_seconds_per_model is not None:
-            cmd += ["--max-seconds-per-model", str(args.max_seconds_per_model)]
-        if args.verbose:
-            cmd.append("--verbose")
-        t_model = time.perf_counter()
-        done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-        if done.returncode != 0:
-            results[name] = {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"}
-            print(done.stderr, file=sys.stderr)
-            continue
-        if args.verbose:
-            print(done.stderr, file=sys.stderr, end="")
-        results[name] = json.loads(done.stdout.strip().splitlines()[-1])
-        results[name]["wall_s"] = time.perf_counter() - t_model
-
-    ratios = {}
-    if "paxnet" in results and "error" not in results["paxnet"]:
-        for base in ("dimenetpp", "schnet"):
-            if base in results and "error" not in results[base]:
-                ratios[f"paxnet_over_{base}"] = {
-                    key: results["paxnet"][key] / results[base][key]
-                    for key in ("energy_mae", "force_mae", "dipole_mae", "peak_mem_mb", "train_ms_per_batch",
-                                "infer_ms_per_batch") if results[base][key]}
-    report = {
-        **results,
-        "ratios": ratios,
-        "hardware": hardware(args.device),
-        "config": {"system": "alanine-dipeptide (22 atoms), amber14 + GBn2, no constraints, Langevin 1 fs",
-                   "temperatures_K": temperatures, "trajectories_per_temperature": args.trajectories,
-                   "frames_per_trajectory": args.frames, "frame_stride_steps": args.stride,
-                   "train_frames": int(len(train_idx)), "test_frames": int(len(test_idx)),
-                   "test_trajectories": args.test_trajectories, "max_epochs": args.epochs,
-                   "train_seconds_budget_per_model": args.max_seconds_per_model,
-                   "batch_size": args.batch_size, "lr": args.lr, "hidden": args.hidden, "layers": args.layers,
-                   "cutoff_nm": args.cutoff, "threads": args.threads, "sampling_s": sampling_s,
-                   "units": {"energy_mae": "kJ/mol", "force_mae": "kJ/mol/nm (per component)",
-                             "dipole_mae": "Debye (per component)", "peak_mem_mb": "MiB (CPU: peak RSS growth)"},
-                   "loss": "MSE of energy, forces, dipole, each divided by its training std, weights 1:1:1"},
-    }
+    cache, sampling_s = property_data(args)
+    train_idx, test_idx = PropertyData.load(cache).split(args.test_trajectories)
+    results = {name: run_worker(name, cache, args) for name in args.models.split(",")}
+    report = {**results, "ratios": ratios(results), "hardware": hardware(args.device),
+              "config": run_config(args, len(train_idx), len(test_idx), sampling_s)}
     print(json.dumps(report, indent=2))
 
 

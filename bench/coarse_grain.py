@@ -88,9 +88,8 @@ def main() -> None:
     args = parser.parse_args()
 
     import h5py
-    import torch
-
     import mdtraj.utils  # noqa: F401  (one-time import cost, not throughput)
+    import torch
 
     from openmm_cgml.data import CoarseDataset, coarse_grain
     from openmm_cgml.mapping import Mapping

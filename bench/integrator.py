@@ -39,18 +39,19 @@ import statistics
 import tempfile
 import time
 
-import torch  # before openmm: openmm-torch's plugin only loads when torch's libraries are already loaded
-
 import openmm
 import openmm.app as app
 import openmm.unit as u
+import torch  # before openmm: openmm-torch's plugin only loads when torch's libraries are already loaded
 
-from openmm_cgml import systems
-from openmm_cgml.model_file import export_model, load
 import openmm_cgml.openmm.integrator as integrator_module
-from openmm_cgml.openmm.integrator import CGMLIntegrator, coarse_grained_system, model_graph, rollout
+from openmm_cgml import systems
 from openmm_cgml.mapping import Mapping
 from openmm_cgml.model.propagator import CGPropagator, PropagatorConfig
+from openmm_cgml.model_file import export_model, load
+from openmm_cgml.openmm.bead_system import coarse_grained_system
+from openmm_cgml.openmm.integrator import CGMLIntegrator
+from openmm_cgml.openmm.rollout import model_graph, rollout
 
 
 class FrameReporter:

@@ -7,7 +7,7 @@ platform, in one run:
 (a) ``torchforce``: the propagator inside an openmm-torch ``TorchForce``
     (``setOutputsForces(True)``) driven by a ``CustomIntegrator`` whose
     program is ``cgml_step += 1; v = f*c/dt; x = x + f*c`` (c = 1). The
-    TorchScript module (:class:`GuardedTorchForcePropagator`) keeps the k-frame
+    TorchScript module (``openmm_cgml.openmm.torchforce.GuardedTorchForcePropagator``) keeps the k-frame
     history and a noise table in buffers and returns the displacement
     ``x_{t+1} - x_t`` as "forces", so OpenMM moves the beads exactly to the
     model's next frame. Positions live in the Context (on the GPU there).
@@ -33,23 +33,9 @@ bare, ...) and the median over repeats is reported, so load from other
 processes hits all paths alike. The platform is CUDA (with the Context's
 GPU as torch device) when both OpenMM and torch see one, else CPU.
 
-The pitfall of (a): openmm-torch calls the module on EVERY force evaluation:
-once per step, but also on every ``getState(getForces/getEnergy)``, every
-minimiser iteration and every ``setPositions`` followed by a force query. A
-module that advances its buffer-held history on each call would take an extra
-model step (and use the next noise) each time a reporter asks for the energy.
-The guard here: the integrator increments a global parameter ``cgml_step``
-before the force evaluation, the module advances only when it sees
-``cgml_step == last + 1`` and the positions it produced last; the same
-counter again returns the cached displacement without calling the model;
-any other counter or moved positions restart the history (warm-up, k copies
-of the current frame), as ``CGMLIntegrator`` does. Second pitfall: openmm-torch
-runs the module with autograd on and passes positions with requires_grad even
-with setOutputsForces(True), so anything written into a buffer must be
-detached, or each step's graph chains to the last and the time per step grows
-without bound. What the guard cannot fix:
-the buffers are not part of OpenMM checkpoints or ``saveState``, so a
-restored Context restarts with a warm-up instead of resuming bit-exactly.
+The TorchForce path itself (the guarded module, its two pitfalls and what the
+guard cannot fix) lives in ``openmm_cgml.openmm.torchforce``; see
+docs/integrator_paths.md.
 """
 from __future__ import annotations
 
@@ -62,116 +48,16 @@ import sys
 import tempfile
 import time
 
-import torch  # before openmm: openmm-torch's plugin only loads when torch's libraries are already loaded
-
 import openmm
 import openmm.unit as u
+import torch  # before openmm: openmm-torch's plugin only loads when torch's libraries are already loaded
 
 from openmm_cgml import systems
-from openmm_cgml.model_file import export_model, load
-from openmm_cgml.openmm.integrator import CGMLIntegrator, coarse_grained_system, model_graph, step_noise
 from openmm_cgml.mapping import Mapping
 from openmm_cgml.model.propagator import CGPropagator, PropagatorConfig
-
-
-class GuardedTorchForcePropagator(torch.nn.Module):
-    """A CGPropagator as an openmm-torch TorchForce: "forces" = next frame - current frame (nm).
-
-    ``forward(positions (N,3) nm, cgml_step)`` -> ``(energy 0, displacement (N,3) nm)``.
-    Buffers: ``history`` (k, N, 3) float32, oldest first, last = the frame the
-    Context should hold now; ``displacement``, the last answer (returned again
-    on re-evaluation); ``last_step``; ``noise`` (T, D, N, 3), standard normal
-    noise of model step i = ``noise[i % T]`` (from ``step_noise(seed, i)``,
-    so the first T steps equal ``CGMLIntegrator``'s with the same seed).
-    ``guard=False`` is the naive module that advances on every call (kept to
-    show the pitfall in the tests).
-    """
-
-    def __init__(self, module, features, edges, batch, noise, k: int, guard: bool = True):
-        super().__init__()
-        self.model = module
-        self.k = k
-        self.guard = guard
-        self.refine = True
-        n = features.shape[0]
-        self.register_buffer("features", features)
-        self.register_buffer("edges", edges)
-        self.register_buffer("batch", batch)
-        self.register_buffer("box", torch.zeros(3, 3))
-        self.register_buffer("noise", noise)
-        self.register_buffer("history", torch.zeros(k, n, 3))
-        self.register_buffer("displacement", torch.zeros(n, 3))
-        self.register_buffer("last_step", torch.full((1,), -2, dtype=torch.long))
-
-    def forward(self, positions: torch.Tensor, cgml_step: torch.Tensor):
-        step = int(cgml_step.item())  # exact for counters < 2**24 even on single-precision platforms
-        last = int(self.last_step.item())
-        zero = torch.zeros((), dtype=positions.dtype, device=positions.device)
-        if not self.guard:
-            # the unguarded design: every call pushes the positions it gets and takes a model step
-            x = positions.detach().to(torch.float32)
-            if last < 0:
-                self.history.copy_(x.unsqueeze(0).expand(self.k, -1, -1))
-            else:
-                self.history.copy_(torch.cat([self.history[1:], x.unsqueeze(0)], dim=0))
-            step = max(last, -1) + 1  # its own call counter, from 0 (the guarded module's noise index too)
-            noise = self.noise[step % self.noise.shape[0]]
-            new = self.model.step(self.history, self.features, self.edges, self.batch, self.box, noise,
-                                  self.refine).detach()
-            self.last_step.fill_(step)
-            return zero, new.to(positions.dtype) - positions.detach()
-        if step == last:
-            # a re-evaluation (getState(getForces/getEnergy), minimiser, reporter): do not advance
-            return zero, self.displacement.to(positions.dtype)
-        x = positions.detach().to(torch.float32)
-        continuing = step == last + 1 and bool(torch.allclose(x, self.history[-1], rtol=0.0, atol=1e-5))
-        if not continuing:
-            # first step, positions moved from outside, or a restored Context: warm-up from here
-            self.history.copy_(x.unsqueeze(0).expand(self.k, -1, -1))
-        noise = self.noise[(step - 1) % self.noise.shape[0]]
-        # detach (here and the positions above): openmm-torch runs the module with autograd on and passes
-        # positions with requires_grad=True even with setOutputsForces(True); a buffer written from a tensor
-        # that carries a graph chains every step's graph to the last one (time per step grows without bound)
-        new = self.model.step(self.history, self.features, self.edges, self.batch, self.box, noise,
-                              self.refine).detach()
-        self.history.copy_(torch.cat([self.history[1:], new.unsqueeze(0)], dim=0))
-        self.displacement.copy_(new - x)
-        self.last_step.fill_(step)
-        # displacement in the Context's precision from the full-precision positions: x + f lands on `new`
-        return zero, new.to(positions.dtype) - positions.detach()
-
-
-
-def torchforce_context(model, cg, platform, seed: int = 1, noise_steps: int = 256, properties=None,
-                       guard: bool = True):
-    """A Context running ``model`` through openmm-torch; returns ``(context, integrator)``.
-
-    The System is ``cg.system`` plus the TorchForce; the integrator's step size
-    is the model step. Raises ImportError when openmm-torch is not installed.
-    """
-    from openmmtorch import TorchForce
-
-    replicas = cg.replicas
-    edges, batch = model_graph(model.mapping, replicas)
-    n = cg.system.getNumParticles()
-    generator = torch.Generator()
-    shape = (model.noise_draws(True), n, 3)
-    noise = torch.stack([step_noise(generator, seed, i, shape, torch.float32, "cpu") for i in range(noise_steps)])
-    wrapper = GuardedTorchForcePropagator(model.module, model.embed_mapping().repeat(replicas, 1).cpu(),
-                                          edges, batch, noise, model.k, guard)
-    force = TorchForce(torch.jit.script(wrapper))
-    force.setOutputsForces(True)
-    force.addGlobalParameter("cgml_step", 0.0)
-    system = openmm.XmlSerializer.clone(cg.system)
-    system.addForce(force)
-    integrator = openmm.CustomIntegrator(model.module.model_dt_ps)
-    integrator.addGlobalVariable("c", 1.0)  # displacement per unit "force" (nm per nm)
-    integrator.addComputeGlobal("cgml_step", "cgml_step + 1")  # before f is read: one fresh evaluation
-    integrator.addComputePerDof("v", "f * c / dt")
-    integrator.addComputePerDof("x", "x + f * c")
-    context = openmm.Context(system, integrator, platform, properties or {})
-    context.setPositions(cg.positions)
-    return context, integrator
+from openmm_cgml.model_file import export_model, load
+from openmm_cgml.openmm import CGMLIntegrator, choose_platform, coarse_grained_system, model_graph, step_noise
+from openmm_cgml.openmm.torchforce import torchforce_context
 
 
 def polymer_model(n_beads: int, k: int, directory: str):
@@ -190,12 +76,10 @@ def polymer_model(n_beads: int, k: int, directory: str):
     return model, reference
 
 
-def choose_platform(name: str):
+def platform_and_device(name: str):
     """``(openmm.Platform, torch.device)``: CUDA when both sides have it (for "auto"), else CPU."""
-    if name == "auto":
-        names = {openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())}
-        name = "CUDA" if "CUDA" in names and torch.cuda.is_available() else "CPU"
-    return openmm.Platform.getPlatformByName(name), torch.device("cuda:0" if name == "CUDA" else "cpu")
+    platform = choose_platform(name)
+    return platform, torch.device("cuda:0" if platform.getName() == "CUDA" else "cpu")
 
 
 def _synchronize(device):
@@ -203,13 +87,8 @@ def _synchronize(device):
         torch.cuda.synchronize(device)
 
 
-def time_config(model, reference, platform, device, steps, intervals, repeats):
-    """Median ms per model step of every path for one molecule; paths interleaved per repeat."""
-    cg = coarse_grained_system(model, reference.topology, reference.positions)
-    start = torch.as_tensor(cg.positions.value_in_unit(u.nanometer), dtype=torch.float32)
-    n = start.shape[0]
-
-    # (c) the floor: the model call alone, on the device
+def bare_path(model, start, device, steps):
+    """The floor: the model call alone on the device, from ``start`` with the noise of steps 0..steps-1."""
     model.to(device)
     features = model.embed_mapping().to(device)
     edges, batch = model_graph(model.mapping, 1, device)
@@ -217,7 +96,7 @@ def time_config(model, reference, platform, device, steps, intervals, repeats):
     # Every path takes the same trajectory (same start, same noise: step_noise(seed 1, i) for step i of a
     # timing), so they do the same work: an untrained model's cost varies with the beads' neighbour counts.
     generator = torch.Generator()
-    shape = (model.noise_draws(True), n, 3)
+    shape = (model.noise_draws(True), start.shape[0], 3)
     noise = torch.stack([step_noise(generator, 1, i, shape, torch.float32, "cpu") for i in range(steps)]).to(device)
 
     def bare():
@@ -230,12 +109,36 @@ def time_config(model, reference, platform, device, steps, intervals, repeats):
         _synchronize(device)
         return (time.perf_counter() - t) / steps
 
+    return bare
+
+
+def stepped_path(cg, context, integrator, interval, steps):
+    """Seconds per model step of ``integrator.step(interval)`` with a position fetch after each call."""
+    def run():
+        # same start (a warm-up from k copies) and noise from step 0: the same work for every repeat
+        context.setPositions(cg.positions)
+        if isinstance(integrator, CGMLIntegrator):
+            integrator.setGlobalVariableByName("cgml_model_step_hi", 0.0)  # its noise counter
+            integrator.setGlobalVariableByName("cgml_model_step_lo", 0.0)
+        else:
+            context.setParameter("cgml_step", 0.0)
+        t = time.perf_counter()
+        for _ in range(steps // interval):
+            integrator.step(interval)
+            context.getState(getPositions=True).getPositions(asNumpy=True)  # a trajectory reporter
+        return (time.perf_counter() - t) / steps
+    return run
+
+
+def timing_paths(model, cg, platform, device, steps, intervals):
+    """name -> closure returning seconds per model step, for every path of one molecule."""
+    start = torch.as_tensor(cg.positions.value_in_unit(u.nanometer), dtype=torch.float32)
+    paths = {"bare": bare_path(model, start, device, steps)}
     # (b) CGMLIntegrator: torch rollout, one Context sync per step(n) call
     # (collisions are not the point here, an untrained model wanders: guard NaNs only)
     rollout_integrator = CGMLIntegrator(model, seed=1, collision_distance=0.0)
     rollout_context = openmm.Context(cg.system, rollout_integrator, platform)
     rollout_context.setPositions(cg.positions)
-
     # (a) openmm-torch TorchForce + CustomIntegrator (its own copy of the module, on the Context's device).
     # On the CPU platform OpenMM's own worker threads (default: one per core) compete with torch for the
     # cores while the model runs: Threads=1 is the fair setting; the default is timed too, to show it.
@@ -243,32 +146,22 @@ def time_config(model, reference, platform, device, steps, intervals, repeats):
     table = max(256, steps)
     tf_context, tf_integrator = torchforce_context(model, cg, platform, seed=1, noise_steps=table,
                                                    properties={"Threads": "1"} if on_cpu else None)
-    default_threads = torchforce_context(model, cg, platform, seed=1, noise_steps=table) if on_cpu else None
-
-    def stepped(context, integrator, interval):
-        def run():
-            # same start (a warm-up from k copies) and noise from step 0: the same work for every repeat
-            context.setPositions(cg.positions)
-            if isinstance(integrator, CGMLIntegrator):
-                integrator.setGlobalVariableByName("cgml_model_step_hi", 0.0)  # its noise counter
-                integrator.setGlobalVariableByName("cgml_model_step_lo", 0.0)
-            else:
-                context.setParameter("cgml_step", 0.0)
-            t = time.perf_counter()
-            for _ in range(steps // interval):
-                integrator.step(interval)
-                context.getState(getPositions=True).getPositions(asNumpy=True)  # a trajectory reporter
-            return (time.perf_counter() - t) / steps
-        return run
-
-    paths = {"bare": bare}
     for interval in intervals:
-        paths[f"rollout_sync_every_{interval}"] = stepped(rollout_context, rollout_integrator, interval)
+        paths[f"rollout_sync_every_{interval}"] = stepped_path(cg, rollout_context, rollout_integrator, interval,
+                                                               steps)
     for interval in intervals:
-        paths[f"torchforce_report_every_{interval}"] = stepped(tf_context, tf_integrator, interval)
-    if default_threads is not None:
-        paths[f"torchforce_cpu_default_threads_report_every_{intervals[-1]}"] = stepped(*default_threads, intervals[-1])
+        paths[f"torchforce_report_every_{interval}"] = stepped_path(cg, tf_context, tf_integrator, interval, steps)
+    if on_cpu:
+        default_threads = torchforce_context(model, cg, platform, seed=1, noise_steps=table)
+        paths[f"torchforce_cpu_default_threads_report_every_{intervals[-1]}"] = stepped_path(
+            cg, *default_threads, intervals[-1], steps)
+    return paths
 
+
+def time_config(model, reference, platform, device, steps, intervals, repeats):
+    """Median ms per model step of every path for one molecule; paths interleaved per repeat."""
+    cg = coarse_grained_system(model, reference.topology, reference.positions)
+    paths = timing_paths(model, cg, platform, device, steps, intervals)
     for run in paths.values():  # warm-up: TorchScript profiling runs, allocations, plugin setup
         run()
     samples = {name: [] for name in paths}
@@ -277,7 +170,7 @@ def time_config(model, reference, platform, device, steps, intervals, repeats):
             samples[name].append(run())
     ms = {name: statistics.median(values) * 1e3 for name, values in samples.items()}
     bare_ms = samples["bare"]
-    result = {"n_beads": n, "ms_per_step": ms,
+    result = {"n_beads": cg.system.getNumParticles(), "ms_per_step": ms,
               # ratios from the same repeat (back to back), then the median: load cancels
               "overhead_vs_bare": {name: statistics.median(s / b for s, b in zip(values, bare_ms)) - 1
                                    for name, values in samples.items() if name != "bare"},
@@ -287,7 +180,7 @@ def time_config(model, reference, platform, device, steps, intervals, repeats):
                                                         samples[f"rollout_sync_every_{i}"]))
         for i in intervals}
     result["fastest_path"] = min((name for name in paths if name != "bare"), key=ms.get)
-    if on_cpu:
+    if platform.getName() == "CPU":
         result["torchforce_cpu_platform_threads"] = 1
     return result
 
@@ -310,7 +203,7 @@ def main():
     if bad:
         parser.error(f"--steps {args.steps} must be a multiple of every interval; not of {bad}")
 
-    platform, device = choose_platform(args.platform)
+    platform, device = platform_and_device(args.platform)
     result = {
         "hardware": {"cpu": host.processor() or host.machine(), "cores": os.cpu_count(),
                      "torch_threads": torch.get_num_threads(), "platform": platform.getName(),
@@ -336,7 +229,8 @@ def main():
             result["model"]["n_parameters"] = sum(p.numel() for p in model.module.parameters())
             steps = args.large_steps if n_beads >= args.large_beads else args.steps
             intervals = [i for i in args.intervals if steps % i == 0] or [steps]
-            print(f"{n_beads} beads: {steps} model steps per timing, intervals {intervals}", file=sys.stderr, flush=True)
+            print(f"{n_beads} beads: {steps} model steps per timing, intervals {intervals}",
+                  file=sys.stderr, flush=True)
             result["by_beads"][str(n_beads)] = time_config(model, reference, platform, device, steps,
                                                            intervals, args.repeats)
     # the verdict: which design is faster at each report interval, over all bead counts

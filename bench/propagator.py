@@ -32,10 +32,10 @@ import openmm.unit as u
 import torch
 
 from openmm_cgml import systems
-from openmm_cgml.model_file import export_model, load
-from openmm_cgml.mapping import Mapping
 from openmm_cgml.geometry import count_collisions
+from openmm_cgml.mapping import Mapping
 from openmm_cgml.model.propagator import CGPropagator, PropagatorConfig
+from openmm_cgml.model_file import export_model, load
 
 
 def reference_molecule(name: str, params: dict, model):
@@ -150,7 +150,8 @@ def main() -> None:
             module = model.module.to(device)
             for beads in args.beads:
                 copies = max(1, round(beads / mapping.n_beads))
-                inputs = replicate(model, mapping, positions, copies, 3.0 * (1 + float(np.ptp(positions, 0).max())), device)
+                spacing = 3.0 * (1 + float(np.ptp(positions, 0).max()))
+                inputs = replicate(model, mapping, positions, copies, spacing, device)
                 n_steps = max(5, min(200, 20000 // (copies * mapping.n_beads)))
                 for refine, hard in variants:  # warm-up: TorchScript profiling and allocator
                     module.hard_core = hard

@@ -31,11 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from polymer_chains import command_line, reference_speed, train_example  # noqa: E402  (shared helpers)
 
 from openmm_cgml import CGMLIntegrator, coarse_grained_system, systems  # noqa: E402
-from openmm_cgml.evaluation import analysis, report  # noqa: E402
 from openmm_cgml.data import coarse_grain  # noqa: E402
-from openmm_cgml.model_file import export, load  # noqa: E402
+from openmm_cgml.evaluation import analysis, report  # noqa: E402
 from openmm_cgml.generate import generate  # noqa: E402
-from openmm_cgml.openmm.integrator import UnstableRolloutError  # noqa: E402
+from openmm_cgml.model_file import export, load  # noqa: E402
+from openmm_cgml.openmm import UnstableRolloutError, reference_history  # noqa: E402
 from openmm_cgml.trajectory import FineTrajectory  # noqa: E402
 
 # Units: MD steps of 2 fs. Frames every `stride` steps; one model step = `model_steps` MD steps.
@@ -63,13 +63,13 @@ def roll_out(model, fine_path: Path, lag: int, n_steps: int, replicas: int, seed
     real starting history via ``setHistory`` (no warm-up), one DCD frame per model step.
     """
     with FineTrajectory(fine_path) as fine:
-        atoms = np.asarray(fine.positions[: (model.k - 1) * lag + 1 : lag], dtype=np.float64)
-        topology = fine.topology
-    cg = coarse_grained_system(model, topology, positions=atoms[-1] * u.nanometer, replicas=replicas)
+        cg = coarse_grained_system(model, fine.topology, positions=fine.positions[0] * u.nanometer,
+                                   replicas=replicas)
+        # the reference's first k states, one model step apart: frames 0, lag, ..., (k-1)*lag
+        history = reference_history(model, fine, end=(model.k - 1) * lag, mapping=cg.mapping)
     integrator = CGMLIntegrator(model, seed=seed, collision_distance=0.0)  # collisions: counted by the evaluation
     simulation = app.Simulation(cg.topology, cg.system, integrator, openmm.Platform.getPlatformByName("CPU"))
     simulation.context.setPositions(cg.positions)
-    history = cg.mapping.bead_positions(atoms)
     # TorchScript optimises a model on its first calls: take that one-off cost before timing, then restart
     integrator.setHistory(history)
     simulation.step(3)

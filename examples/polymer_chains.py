@@ -31,12 +31,12 @@ import openmm.unit as u
 import torch
 
 from openmm_cgml import systems
-from openmm_cgml.evaluation import analysis, report
 from openmm_cgml.data import coarse_grain
-from openmm_cgml.model_file import export, load
+from openmm_cgml.evaluation import analysis, report
 from openmm_cgml.generate import best_platform, generate, platform_properties
-from openmm_cgml.openmm.integrator import UnstableRolloutError, model_graph, rollout
 from openmm_cgml.mapping import Mapping
+from openmm_cgml.model_file import export, load
+from openmm_cgml.openmm import UnstableRolloutError, model_graph, reference_history, rollout
 from openmm_cgml.train import TrainConfig, train
 from openmm_cgml.trajectory import FineTrajectory
 
@@ -48,11 +48,13 @@ CONFIGS = {
     # refine_sigmas: one Score refinement call at sigma 0.15 keeps these chains' Rg within ~1-3 % of the
     # reference on training-free checks (the default 0.6, 0.3, 0.1 shrinks them by ~9 %)
     "small": dict(length=8, train_sequences=10, test_sequences=8, frames=3000, stride=50, model_steps=1000,
-                  k=4, atoms_per_bead=2, rollout_steps=1000, refine_sigmas=[0.15], model=dict(hidden=48, n_layers=2, embed_hidden=16,
+                  k=4, atoms_per_bead=2, rollout_steps=1000, refine_sigmas=[0.15],
+                  model=dict(hidden=48, n_layers=2, embed_hidden=16,
                   embed_layers=2, score_hidden=16, score_layers=1),
                   train=dict(max_epochs=40, batch_size=32, limit_train_batches=100, limit_val_batches=10, lr=2e-3,
                              warmup_steps=50, threads=0)),
-    # one GPU: the paper's scale (20-monomer chains, 90/10/40 sequences, long runs)
+    # one GPU: near the paper's scale (20-monomer chains, long runs): 100 sequences split 80/20 into
+    # train/val by coarse_grain below (the paper: 90/10), and 40 held-out test sequences
     "full": dict(length=20, train_sequences=100, test_sequences=40, frames=10000, stride=100, model_steps=500,
                  k=16, atoms_per_bead=2, rollout_steps=20000, model=dict(hidden=128, n_layers=4, embed_hidden=64,
                  embed_layers=4, score_hidden=64, score_layers=3, refine_sigmas=[0.3, 0.1]),
@@ -77,25 +79,28 @@ def reference_speed(ref, steps: int = 2000) -> float:
 def roll_out(model, fine_path: Path, mapping: Mapping, lag: int, n_steps: int, seed: int):
     """Bead frames (n_steps + 1, n_beads, 3) nm of a rollout started from the reference's first k states.
 
-    Uses the library's bare torch rollout (``openmm_cgml.openmm.integrator.rollout``) because a
-    transferable model runs molecules it was not trained on, which ``CGMLIntegrator``
-    (bound to the model's own mapping) does not. Returns (frames, wall seconds).
+    ``CGMLIntegrator`` runs transferable models on unseen molecules too (see
+    ``examples/peptides.py`` for a rollout through OpenMM); this example
+    calls the library's bare torch rollout (``openmm_cgml.openmm.rollout``,
+    the loop the integrator itself runs) one model step at a time, to keep
+    every frame in memory and time the model alone. ``lag`` is the model step
+    in saved frames. Returns (frames, wall seconds).
     """
-    with FineTrajectory(fine_path) as fine:
-        atoms = np.asarray(fine.positions[: (model.k - 1) * lag + 1 : lag], dtype=np.float64)
-    history = torch.as_tensor(mapping.bead_positions(atoms), dtype=torch.float32)
+    # the reference's first k states, one model step apart: frames 0, lag, ..., (k-1)*lag
+    reference = reference_history(model, fine_path, end=(model.k - 1) * lag, mapping=mapping)
+    history = torch.as_tensor(reference.value_in_unit(u.nanometer), dtype=torch.float32)
     features = model.embed_mapping(mapping)
     edges, batch = model_graph(mapping, 1)
     box = torch.zeros(3, 3)
     frames = [history[-1].numpy().copy()]
     # TorchScript optimises a model on its first calls: keep that one-off cost out of the timing
-    rollout(model.module, history, features, edges, batch, box, 3, seed=seed, collision_distance=0.0)
+    rollout(model, history, features, edges, batch, box, 3, seed=seed, collision_distance=0.0)
     start = time.perf_counter()
     for step in range(n_steps):  # one frame per model step; the noise depends only on (seed, step)
         try:
-            history = rollout(model.module, history, features, edges, batch, box, 1, seed=seed, first_step=step,
+            history = rollout(model, history, features, edges, batch, box, 1, seed=seed, first_step=step,
                               collision_distance=0.0)  # collisions are counted by the evaluation, not fatal here
-        except (UnstableRolloutError, torch.jit.Error) as error:  # NaN: keep what was simulated
+        except UnstableRolloutError as error:  # NaN: keep what was simulated
             reason = str(error).strip().splitlines()[-1]
             print(f"      {fine_path.stem}: rollout unstable at model step {step} ({reason}); "
                   f"keeping {len(frames)} frames", file=sys.stderr)

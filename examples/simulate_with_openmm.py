@@ -19,10 +19,10 @@ import argparse
 import sys
 import tempfile
 
-import torch  # noqa: F401 (before openmm, as everywhere in openmm-cgml)
 import openmm
 import openmm.app as app
 import openmm.unit as unit
+import torch  # noqa: F401 (before openmm, as everywhere in openmm-cgml)
 
 import openmm_cgml
 
@@ -30,9 +30,9 @@ import openmm_cgml
 def demo_model(directory):
     """An untrained propagator for alanine dipeptide, exported and loaded (mechanics only)."""
     from openmm_cgml import systems
-    from openmm_cgml.model_file import export_model
     from openmm_cgml.mapping import Mapping
     from openmm_cgml.model.propagator import CGPropagator
+    from openmm_cgml.model_file import export_model
 
     reference = systems.load("alanine-dipeptide")
     mapping = Mapping.metis(reference.topology, reference.masses, atoms_per_bead=4, atom_types=reference.atom_types)
@@ -91,7 +91,7 @@ def main():
     simulation.reporters.append(app.CheckpointReporter("cg_run.chk", interval * 10))
     try:
         simulation.step(args.steps)
-    except openmm_cgml.openmm.integrator.UnstableRolloutError as error:
+    except openmm_cgml.openmm.UnstableRolloutError as error:
         # NaN or two beads closer than 0.1 nm: the Context keeps the last good state and
         # everything reported so far stays valid
         print(f"stopped early: {error}", file=sys.stderr)

@@ -21,7 +21,7 @@ _LAZY = {
     "load": "openmm_cgml.model_file",
     "CGModel": "openmm_cgml.model_file",
     "CGMLIntegrator": "openmm_cgml.openmm.integrator",
-    "coarse_grained_system": "openmm_cgml.openmm.integrator",
+    "coarse_grained_system": "openmm_cgml.openmm.bead_system",
     "Mapping": "openmm_cgml.mapping",
     "ReferenceSystem": "openmm_cgml.systems",
     "FineTrajectory": "openmm_cgml.trajectory",

@@ -1,30 +1,22 @@
-"""Coarse datasets: fine trajectories mapped to beads and cut into training windows.
-
-:func:`coarse_grain` reads fine trajectories (``FineTrajectory`` files from
-``cgml generate``) chunk by chunk, maps every frame to beads with a
-:class:`~openmm_cgml.mapping.Mapping`, and writes one HDF5 file
-(layout: docs/design.md, "Coarse dataset HDF5"). Memory use is bounded by
-one chunk of frames, so data larger than memory is fine.
+"""Coarse datasets: the windows of a file written by :func:`coarse_grain`, and their statistics.
 
 A window is the history ``t-(k-1)*lag, ..., t-lag, t`` plus the target
-``t+lag`` (``lag`` saved frames = one model step). Windows never span two
-trajectories, and whole trajectories (or whole sequences: all replicas of
-one molecule) go to one split, so no frames leak between train/val/test.
+``t+lag`` (``lag`` saved frames = one model step), all from one trajectory.
 
 :class:`CoarseDataset` serves windows as ``torch_geometric`` ``Data``
-objects, opening the HDF5 file lazily in each DataLoader worker and reading
-only the frames of the window asked for; :func:`make_loader` wraps it.
+objects, opening the HDF5 file once per process (each DataLoader worker opens
+its own) and reading only the frames of the window asked for;
+:func:`make_loader` wraps it. It also answers what training needs to know
+about the data (scales, mappings, closest bead approaches; the arithmetic is
+in :mod:`openmm_cgml.data_stats`). :func:`coarse_grain`, which writes the file,
+lives in :mod:`openmm_cgml.coarse_graining` and is re-exported here.
 
 Units: nm, nm/ps, ps, amu.
 """
 from __future__ import annotations
 
-import argparse
-import hashlib
-import json
 import math
 import os
-import warnings
 from pathlib import Path
 
 import h5py
@@ -32,301 +24,15 @@ import numpy as np
 import torch
 from torch_geometric.data import Data
 
-from openmm_cgml.mapping import Mapping, add_mapping_arguments, mapping_options
+from openmm_cgml.coarse_graining import FORMAT_NAME, SPLITS, coarse_grain
+from openmm_cgml.data_stats import MAX_FRAMES_PER_TRAJECTORY, closest_approaches
+from openmm_cgml.mapping import Mapping
 
-__all__ = ["coarse_grain", "CoarseDataset", "WindowData", "make_loader", "configure_parser", "run"]
+__all__ = ["coarse_grain", "CoarseDataset", "WindowData", "make_loader"]
 
-FORMAT_NAME = "openmm-cgml-coarse"
-FORMAT_VERSION = 1
-SPLITS = ("train", "val", "test")
-# Smallest model step used by default: the method is about jumps of 1000+ MD steps.
-DEFAULT_MODEL_STEPS = 1000
 # A window spanning less than this is read in one piece and thinned in memory.
 _CONTIGUOUS_READ_BYTES = 1 << 20
 
-
-# ----------------------------------------------------------------------------- writing
-
-def coarse_grain(data, out, *, mapping: str = "metis", atoms_per_bead: float | None = None,
-                 n_beads: int | None = None, center: str = "com", seed: int = 0, k: int = 8,
-                 model_steps: int | None = None, lag: int | None = None,
-                 split=(0.8, 0.1, 0.1), split_by: str = "auto", chunk_frames: int = 512,
-                 overwrite: bool = False) -> Path:
-    """Map fine trajectories to beads and write a windowed coarse dataset.
-
-    Parameters
-    ----------
-    data : path or list of paths of fine trajectory HDF5 files
-    out : the coarse dataset file to write (refused if it exists, unless ``overwrite``;
-        written under a temporary name and renamed at the end, so a failure never
-        damages an existing file)
-    mapping : ``"metis"``, ``"residue"`` or a mapping file (JSON/YAML)
-    atoms_per_bead, n_beads, seed : METIS resolution and seed (default 4 atoms per bead)
-    center : residue mapping, ``"com"`` or ``"ca"``
-    k : history length (frames given to the model, the last one current)
-    model_steps : MD steps per model step, a multiple of the trajectories' save stride;
-        or ``lag`` : saved frames per model step. Default: the smallest multiple of the
-        stride that is at least 1000 MD steps.
-    split : fractions (train, val, test), summing to 1
-    split_by : ``"trajectory"``, ``"sequence"`` (all trajectories of one molecule go to
-        one split) or ``"auto"`` (sequence when there are at least three distinct molecules)
-    chunk_frames : frames mapped per step (bounds the memory used)
-
-    Returns the path written. Root attrs ``accel_std_nm`` and ``velocity_std_nm`` hold
-    the standard deviations of the model-step acceleration ``x[t+lag]-2x[t]+x[t-lag]``
-    and displacement ``x[t]-x[t-lag]`` over the train split (nm).
-    """
-    from openmm_cgml.trajectory import FineTrajectory
-
-    paths = [Path(p) for p in ([data] if isinstance(data, (str, os.PathLike)) else data)]
-    if not paths:
-        raise ValueError("coarse_grain needs at least one fine trajectory file")
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists; refusing to overwrite it (use --overwrite)")
-    if any(out.resolve() == p.resolve() for p in paths if p.exists()):
-        raise ValueError(f"output {out} is one of the input trajectories")
-    k = int(k)
-    if k < 1:
-        raise ValueError(f"k (history length) must be >= 1, got {k}")
-    fractions = _split_fractions(split)
-    if split_by not in ("auto", "trajectory", "sequence"):
-        raise ValueError(f"split_by must be 'auto', 'trajectory' or 'sequence', got {split_by!r}")
-    chunk_frames = max(1, int(chunk_frames))
-    method, params = mapping_options(argparse.Namespace(mapping=mapping, atoms_per_bead=atoms_per_bead,
-                                                        n_beads=n_beads, center=center, seed=seed))
-
-    # --- read what every trajectory is, check they agree, make one mapping per molecule
-    infos, mappings, sequence_of_key = [], {}, {}
-    for path in paths:
-        with FineTrajectory(path) as trajectory:
-            info = {"path": path, "n_frames": trajectory.n_frames, "stride": trajectory.stride,
-                    "timestep_ps": trajectory.timestep_ps, "temperature_K": trajectory.temperature_K,
-                    "periodic": trajectory.is_periodic}
-            masses, types, bonds = trajectory.masses, trajectory.atom_types, trajectory.bonds
-            key = _molecule_key(masses, types, bonds)
-            if key not in mappings:
-                try:
-                    mappings[key] = Mapping.build(method, trajectory.topology, masses, atom_types=types, **params)
-                except ValueError as error:
-                    raise ValueError(f"{path}: {error}") from None
-                sequence_of_key[key] = len(sequence_of_key)
-            info["key"], info["sequence_id"] = key, sequence_of_key[key]
-            infos.append(info)
-    reference = infos[0]
-    for info in infos[1:]:
-        for name in ("stride", "timestep_ps", "temperature_K"):
-            if not math.isclose(info[name], reference[name], rel_tol=1e-9):
-                raise ValueError(f"{info['path']} has {name}={info[name]} but {reference['path']} has "
-                                 f"{reference[name]}; one dataset needs one time step, stride and temperature")
-    stride = reference["stride"]
-    lag = _lag(stride, model_steps, lag)
-    needed = k * lag + 1
-    for info in infos:
-        if info["n_frames"] < needed:
-            raise ValueError(f"{info['path']} has {info['n_frames']} frames; one window with k={k} and "
-                             f"lag={lag} frames needs {needed}")
-
-    # --- splits: whole trajectories or whole sequences
-    n_sequences = len(sequence_of_key)
-    if split_by == "auto":
-        split_by = "sequence" if n_sequences >= 3 else "trajectory"
-    unit_of = [info["sequence_id"] if split_by == "sequence" else i for i, info in enumerate(infos)]
-    split_of_unit = _assign_splits(max(unit_of) + 1, fractions, seed)
-    for info, unit in zip(infos, unit_of):
-        info["split"] = split_of_unit[unit]
-
-    # --- write under a temporary name; rename only when everything succeeded
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    stats = {"velocity": _Moments(), "accel": _Moments()}
-    try:
-        with h5py.File(temporary, "w", libver=("v110", "latest")) as handle:
-            handle.attrs.update({
-                "format": FORMAT_NAME, "format_version": FORMAT_VERSION,
-                "k": k, "lag": lag, "model_dt_ps": lag * stride * reference["timestep_ps"],
-                "md_steps_per_model_step": lag * stride, "md_timestep_ps": reference["timestep_ps"],
-                "md_stride": stride, "temperature_K": reference["temperature_K"],
-                "mapping_method": method, "mapping_params": json.dumps(params),
-                "split_by": split_by, "split_fractions": json.dumps(list(fractions)), "seed": int(seed),
-                "source_files": json.dumps([str(info["path"].resolve()) for info in infos]),
-            })
-            group_root = handle.create_group("traj")
-            for index, info in enumerate(infos):
-                group = group_root.create_group(f"{index:05d}")
-                _write_trajectory(group, info, mappings[info["key"]], chunk_frames, lag,
-                                  stats if info["split"] == "train" else None)
-            counts = {name: 0 for name in SPLITS}
-            for info in infos:
-                counts[info["split"]] += info["n_frames"] - k * lag
-            handle.attrs.update({f"n_windows_{name}": count for name, count in counts.items()})
-            handle.attrs["velocity_std_nm"] = stats["velocity"].std()
-            handle.attrs["accel_std_nm"] = stats["accel"].std()
-        os.replace(temporary, out)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return out
-
-
-def _write_trajectory(group: h5py.Group, info: dict, mapping: Mapping, chunk_frames: int, lag: int,
-                      stats: dict | None) -> None:
-    """Map one fine trajectory chunk by chunk into ``group``."""
-    from openmm_cgml.trajectory import FineTrajectory
-
-    n_frames, n_beads = info["n_frames"], mapping.n_beads
-    rows = max(1, min(n_frames, (256 << 10) // (n_beads * 12)))   # HDF5 chunks of about 256 KiB
-    positions = group.create_dataset("positions", (n_frames, n_beads, 3), np.float32, chunks=(rows, n_beads, 3))
-    velocities = group.create_dataset("velocities", (n_frames, n_beads, 3), np.float32,
-                                      chunks=(rows, n_beads, 3))
-    positions.attrs["units"], velocities.attrs["units"] = "nanometers", "nanometers/picosecond"
-    boxes = None
-    if info["periodic"]:
-        boxes = group.create_dataset("box", (n_frames, 3, 3), np.float32)
-        boxes.attrs["units"] = "nanometers"
-    group.attrs.update({"mapping": mapping.to_json(), "split": info["split"],
-                        "sequence_id": int(info["sequence_id"]), "sequence_key": info["key"],
-                        "source": str(info["path"].resolve())})
-    group.create_dataset("atom_types", data=mapping.atom_types)
-    group.create_dataset("fine_bonds", data=mapping.fine_bonds)
-    group.create_dataset("bead_of_atom", data=mapping.bead_of_atom)
-    group.create_dataset("bead_masses", data=mapping.bead_masses).attrs["units"] = "daltons"
-    group.create_dataset("coarse_bonds", data=mapping.coarse_bonds)
-
-    history = np.zeros((0, n_beads, 3), dtype=np.float64)   # last 2*lag frames, for the statistics
-    with FineTrajectory(info["path"]) as trajectory:
-        for start in range(0, n_frames, chunk_frames):
-            stop = min(n_frames, start + chunk_frames)
-            atom_positions = trajectory.positions[start:stop]
-            atom_velocities = trajectory.velocities[start:stop]
-            for name, values in (("positions", atom_positions), ("velocities", atom_velocities)):
-                finite = np.isfinite(values).all(axis=(1, 2))
-                if not finite.all():
-                    raise ValueError(f"{info['path']}: {name} of frame {start + int(np.argmin(finite))} contain NaN "
-                                     "or infinite values")
-            box = _boxes(trajectory, start, stop) if boxes is not None else None
-            bead_positions = mapping.bead_positions(atom_positions, box).astype(np.float32)
-            positions[start:stop] = bead_positions
-            velocities[start:stop] = mapping.bead_velocities(atom_velocities).astype(np.float32)
-            if boxes is not None:
-                boxes[start:stop] = box.astype(np.float32)
-            if stats is not None:
-                history = _accumulate(stats, history, bead_positions.astype(np.float64), lag)
-
-
-def _boxes(trajectory, start: int, stop: int) -> np.ndarray:
-    """Box vectors (n, 3, 3) nm of frames start..stop, from the mdtraj-style cell lengths and angles."""
-    from mdtraj.utils import lengths_and_angles_to_box_vectors
-
-    handle = trajectory.positions.file
-    lengths = handle["cell_lengths"][start:stop].astype(np.float64)
-    angles = handle["cell_angles"][start:stop].astype(np.float64)
-    a, b, c = lengths_and_angles_to_box_vectors(*lengths.T, *angles.T)
-    box = np.stack([a, b, c], axis=1)
-    box[np.abs(box) < 1e-6 * lengths.max()] = 0.0   # cos(90 degrees) round-off: keep the reduced form exact
-    return box
-
-
-class _Moments:
-    """Running count, sum and sum of squares (float64) for a pooled standard deviation."""
-
-    def __init__(self):
-        self.count, self.total, self.squares = 0, 0.0, 0.0
-
-    def add(self, values: np.ndarray) -> None:
-        self.count += values.size
-        self.total += float(values.sum())
-        self.squares += float(np.square(values).sum())
-
-    def std(self) -> float:
-        if self.count == 0:
-            return float("nan")
-        mean = self.total / self.count
-        return float(math.sqrt(max(self.squares / self.count - mean * mean, 0.0)))
-
-
-def _accumulate(stats: dict, history: np.ndarray, chunk: np.ndarray, lag: int) -> np.ndarray:
-    """Add the displacements and accelerations that end in ``chunk``; return the new history."""
-    frames = np.concatenate([history, chunk])
-    first = len(history)
-    ends = np.arange(max(lag, first), len(frames))
-    if len(ends):
-        stats["velocity"].add(frames[ends] - frames[ends - lag])
-    ends = np.arange(max(2 * lag, first), len(frames))
-    if len(ends):
-        stats["accel"].add(frames[ends] - 2 * frames[ends - lag] + frames[ends - 2 * lag])
-    return frames[-2 * lag:]
-
-
-def _molecule_key(masses, atom_types, bonds) -> str:
-    """Identity of a molecule (or system): the same atoms, types, masses and bonds give the same key."""
-    digest = hashlib.sha1()
-    for array in (np.asarray(masses, np.float64), np.asarray(atom_types, np.int64),
-                  np.sort(np.asarray(bonds, np.int64).reshape(-1, 2), axis=1)):
-        digest.update(np.ascontiguousarray(array).tobytes())
-        digest.update(b"|")
-    return digest.hexdigest()[:16]
-
-
-def _lag(stride: int, model_steps, lag) -> int:
-    if model_steps is not None and lag is not None:
-        raise ValueError("give model_steps (MD steps per model step) or lag (saved frames), not both")
-    if lag is not None:
-        lag = int(lag)
-        if lag < 1:
-            raise ValueError(f"lag must be >= 1 saved frame, got {lag}")
-        return lag
-    if model_steps is None:
-        return max(1, math.ceil(DEFAULT_MODEL_STEPS / stride))
-    model_steps = int(model_steps)
-    if model_steps < stride or model_steps % stride:
-        raise ValueError(f"model_steps={model_steps} must be a positive multiple of the trajectories' save stride "
-                         f"({stride} MD steps)")
-    return model_steps // stride
-
-
-def _split_fractions(split) -> tuple[float, float, float]:
-    if isinstance(split, str):
-        split = [part for part in split.replace("/", ",").split(",") if part.strip()]
-    try:
-        values = [float(x) for x in split]
-    except (TypeError, ValueError):
-        raise ValueError(f"split must be three fractions train,val,test, got {split!r}") from None
-    if len(values) == 2:
-        values.append(0.0)
-    if len(values) != 3 or any(v < 0 for v in values) or not math.isclose(sum(values), 1.0, abs_tol=1e-6):
-        raise ValueError(f"split must be three non-negative fractions train,val,test summing to 1, got {split!r}")
-    return tuple(values)
-
-
-def _assign_splits(n_units: int, fractions, seed: int) -> list[str]:
-    """Shuffle units (trajectories or sequences) with ``seed`` and deal them out by the fractions.
-
-    Every split with a positive fraction gets at least one unit when there are enough
-    (train first, then val, then test); train always gets one.
-    """
-    counts = [0, 0, 0]
-    for name in range(3):
-        if fractions[name] > 0 and sum(counts) < n_units:
-            counts[name] = 1
-    ideal = np.array(fractions) * n_units
-    while sum(counts) < n_units:
-        counts[int(np.argmax(ideal - np.array(counts)))] += 1
-    if n_units < sum(1 for f in fractions if f > 0):
-        empty = [name for name, count, f in zip(SPLITS, counts, fractions) if f > 0 and count == 0]
-        warnings.warn(f"only {n_units} trajectory/sequence unit(s) to split, so {'/'.join(empty)} get none "
-                      "(frames of one trajectory never go to two splits)", stacklevel=3)
-    order = np.random.default_rng(seed).permutation(n_units)
-    labels = [None] * n_units
-    position = 0
-    for name, count in zip(SPLITS, counts):
-        for unit in order[position:position + count]:
-            labels[int(unit)] = name
-        position += count
-    return labels
-
-
-# ----------------------------------------------------------------------------- reading
 
 class WindowData(Data):
     """One window as a PyG ``Data``; batching offsets bead and atom indices correctly.
@@ -354,7 +60,7 @@ class WindowData(Data):
 
 
 class CoarseDataset(torch.utils.data.Dataset):
-    """Windows of one split of a coarse dataset file, as :class:`WindowData`.
+    """Windows of one split of a coarse dataset file, as :class:`WindowData`, and the statistics of that split.
 
     Each item has ``pos_history`` (n_beads, k, 3) nm (the last one current),
     ``pos_target`` (n_beads, 3) nm (one model step later), ``bead_mass``
@@ -363,55 +69,171 @@ class CoarseDataset(torch.utils.data.Dataset):
     nm (zeros when not periodic), ``atom_batch``, and ``traj_index``/``frame``
     (where the window's current frame comes from).
 
-    The file is opened lazily in each process (DataLoader worker) and only
-    the k+1 frames of a window are read. ``split=None`` gives all windows;
-    ``k`` may be shorter or longer than the history the file was made for.
+    The file is opened once per process (each DataLoader worker opens its own) and
+    only the k+1 frames of a window are read; :meth:`view` gives another split or
+    history length of the same file without reading it again. What training needs
+    to know about the data comes from here too: :attr:`accel_std_nm`,
+    :attr:`velocity_std_nm`, :meth:`scales`, :meth:`mappings`, :meth:`summary` and
+    :meth:`min_distances`.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A coarse dataset file (from :func:`coarse_grain`).
+    split : str or None
+        ``"train"``, ``"val"``, ``"test"``, or None for all windows.
+    k : int, optional
+        History length; may be shorter or longer than the one the file was made for
+        (its ``k``, the default).
     """
 
     def __init__(self, path, split: str | None = "train", k: int | None = None):
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"coarse dataset {self.path} does not exist")
-        if split is not None and split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS} or None, got {split!r}")
-        self.split = split
+        _check_split(split)
+        self._file, self._pid, self._static = None, None, {}
+        handle = self._handle()
         try:
-            handle = h5py.File(self.path, "r")
-        except OSError as error:
-            raise ValueError(f"{self.path} is not a readable HDF5 file ({error})") from None
-        with handle:
             if handle.attrs.get("format") != FORMAT_NAME or "traj" not in handle:
                 raise ValueError(f"{self.path} is not an openmm-cgml coarse dataset (made by cgml coarse-grain)")
             self.attrs = {key: (value.item() if isinstance(value, np.generic) else value)
                           for key, value in handle.attrs.items()}
+            missing = [key for key in ("k", "lag") if key not in self.attrs]
+            if missing:
+                raise ValueError(f"{self.path}: the coarse dataset has no root attribute {missing[0]!r}")
             self.lag = int(self.attrs["lag"])
-            self.k = int(self.attrs["k"]) if k is None else int(k)
-            if self.k < 1:
-                raise ValueError(f"k must be >= 1, got {self.k}")
-            self.groups, counts = [], []
-            for name in sorted(handle["traj"]):
-                group = handle["traj"][name]
-                if split is not None and group.attrs["split"] != split:
-                    continue
-                n_windows = group["positions"].shape[0] - self.k * self.lag
-                if n_windows > 0:
-                    self.groups.append(name)
-                    counts.append(n_windows)
-        self._offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
-        self._file, self._pid, self._static = None, None, {}
+            self._catalogue = _catalogue(handle, self.path)
+        except BaseException:
+            self.close()
+            raise
+        self._select(split, k)
 
+    def _select(self, split: str | None, k: int | None) -> None:
+        """Serve the windows of ``split`` with history length ``k`` (None: the file's)."""
+        _check_split(split)
+        self.split = split
+        self.k = int(self.attrs["k"]) if k is None else int(k)
+        if self.k < 1:
+            raise ValueError(f"k must be >= 1, got {self.k}")
+        members = [(name, n_frames) for name, name_split, n_frames in self._catalogue
+                   if split is None or name_split == split]
+        windows = [(name, n_frames - self.k * self.lag) for name, n_frames in members
+                   if n_frames - self.k * self.lag > 0]
+        self._members = [name for name, _ in members]   # the split's trajectories, windows or not
+        self.groups = [name for name, _ in windows]     # those with windows: indexed by traj_index
+        self._offsets = np.concatenate([[0], np.cumsum([count for _, count in windows], dtype=np.int64)])
+        self._static, self._mappings = {}, None
+
+    def view(self, split: str | None, k: int | None = None) -> "CoarseDataset":
+        """The windows of another split (or history length) of the same file, sharing its open handle.
+
+        Parameters
+        ----------
+        split : str or None
+            ``"train"``, ``"val"``, ``"test"``, or None for all windows.
+        k : int, optional
+            History length (default: the file's).
+
+        Returns
+        -------
+        CoarseDataset
+        """
+        other = object.__new__(type(self))
+        other.__dict__.update(self.__dict__)
+        other._select(split, k)
+        return other
+
+    # ------------------------------------------------------------------ statistics
     @property
     def accel_std_nm(self) -> float:
-        return float(self.attrs["accel_std_nm"])
+        """Std of the model-step acceleration over the train split (nm); NaN if unknown."""
+        return float(self.attrs.get("accel_std_nm", float("nan")))
 
     @property
     def velocity_std_nm(self) -> float:
-        return float(self.attrs["velocity_std_nm"])
+        """Std of the model-step displacement over the train split (nm); NaN if unknown."""
+        return float(self.attrs.get("velocity_std_nm", float("nan")))
+
+    def scales(self) -> dict:
+        """The model's scales, checked: ``{"accel_std_nm", "velocity_std_nm"}`` (nm).
+
+        Raises
+        ------
+        ValueError
+            If one is missing or not a positive number (an empty train split).
+        """
+        values = {"accel_std_nm": self.accel_std_nm, "velocity_std_nm": self.velocity_std_nm}
+        for key, value in values.items():
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{self.path}: dataset attribute {key} = {value} is not a positive number "
+                                 "(is the train split empty?)")
+        return values
+
+    def mappings(self) -> list[Mapping]:
+        """The distinct mappings (one per molecule) of this split's trajectories, in file order."""
+        if self._mappings is None:
+            texts = []
+            for name in self._members:
+                text = _text(self._handle()["traj"][name].attrs["mapping"])
+                if text not in texts:
+                    texts.append(text)
+            self._mappings = [Mapping.from_json(text) for text in texts]
+        return self._mappings
+
+    def summary(self) -> dict:
+        """What a model is built from, checked: ``{"path", "attrs", "mass_scale_amu", "n_molecules"}``.
+
+        ``attrs`` are the file's scalar root attributes (time steps, ``k``, scales, ...);
+        ``mass_scale_amu`` is the mean bead mass over :meth:`mappings`.
+
+        Raises
+        ------
+        ValueError
+            If the scales are not positive (:meth:`scales`) or there are no trajectories.
+        """
+        self.scales()
+        mappings = self.mappings()
+        if not mappings:
+            raise ValueError(f"{self.path}: the dataset holds no trajectories")
+        return {
+            "path": str(self.path.resolve()),
+            "attrs": {key: _text(value) if isinstance(value, bytes) else value
+                      for key, value in self.attrs.items() if np.ndim(value) == 0},
+            "mass_scale_amu": float(np.concatenate([m.bead_masses for m in mappings]).mean()),
+            "n_molecules": len(mappings),
+        }
+
+    def min_distances(self, max_frames_per_trajectory: int = MAX_FRAMES_PER_TRAJECTORY) -> dict:
+        """Closest approach (nm) of bead pairs in the frames of this split (the data behind a hard core).
+
+        Parameters
+        ----------
+        max_frames_per_trajectory : int
+            Frames used per trajectory at most, evenly spread.
+
+        Returns
+        -------
+        dict
+            ``{"bonded_nm", "nonbonded_nm", "frames"}``: see
+            :func:`~openmm_cgml.data_stats.closest_approaches`.
+
+        Raises
+        ------
+        ValueError
+            If the split has no frames.
+        """
+        handle = self._handle()
+        result = closest_approaches((handle["traj"][name] for name in self._members), max_frames_per_trajectory)
+        if result["frames"] == 0:
+            raise ValueError(f"{self.path}: no '{self.split}' frames to measure bead distances on")
+        return result
 
     def mapping(self, index: int = 0) -> Mapping:
         """The :class:`Mapping` of the ``index``-th trajectory of this split."""
         return Mapping.from_json(self._handle()["traj"][self.groups[index]].attrs["mapping"])
 
+    # ------------------------------------------------------------------ windows
     def __len__(self) -> int:
         return int(self._offsets[-1])
 
@@ -420,10 +242,19 @@ class CoarseDataset(torch.utils.data.Dataset):
         state.update(_file=None, _pid=None, _static={})   # h5py handles do not cross processes
         return state
 
+    def close(self) -> None:
+        """Close the file in this process (views share it); reading again reopens it."""
+        if self._file is not None and self._pid == os.getpid():
+            self._file.close()
+        self._file, self._pid, self._static = None, None, {}
+
     def _handle(self) -> h5py.File:
-        if self._file is None or self._pid != os.getpid():
-            # a larger chunk cache than h5py's 1 MiB default keeps random window reads in memory
-            self._file = h5py.File(self.path, "r", rdcc_nbytes=32 << 20)
+        if self._file is None or self._pid != os.getpid() or not self._file:
+            try:
+                # a larger chunk cache than h5py's 1 MiB default keeps random window reads in memory
+                self._file = h5py.File(self.path, "r", rdcc_nbytes=32 << 20)
+            except OSError as error:
+                raise ValueError(f"{self.path} is not a readable HDF5 file ({error})") from None
             self._pid, self._static = os.getpid(), {}
         return self._file
 
@@ -476,14 +307,33 @@ def make_loader(path, split: str | None = "train", batch_size: int = 16, shuffle
                 num_workers: int = 0, k: int | None = None, **loader_kwargs):
     """A ``torch_geometric.loader.DataLoader`` over the windows of one split.
 
-    ``shuffle`` defaults to True for the train split. Workers open the file
-    themselves (lazily), so ``num_workers > 0`` reads in parallel.
+    Parameters
+    ----------
+    path : str, os.PathLike or CoarseDataset
+        A coarse dataset file, or a dataset already open (its :meth:`~CoarseDataset.view`
+        of ``split`` is used: the file is not read again).
+    split : str or None
+        ``"train"``, ``"val"``, ``"test"``, or None for all windows.
+    batch_size : int
+        Windows per batch.
+    shuffle : bool, optional
+        Default: True for the train split.
+    num_workers : int
+        Worker processes; each opens the file itself, so they read in parallel.
+    k : int, optional
+        History length (default: the file's).
+    **loader_kwargs
+        Passed to the ``DataLoader``.
+
+    Returns
+    -------
+    torch_geometric.loader.DataLoader
     """
     from torch_geometric.loader import DataLoader
 
-    dataset = CoarseDataset(path, split, k=k)
+    dataset = path.view(split, k) if isinstance(path, CoarseDataset) else CoarseDataset(path, split, k=k)
     if len(dataset) == 0:
-        raise ValueError(f"split {split!r} of {path} has no windows")
+        raise ValueError(f"split {split!r} of {dataset.path} has no windows")
     if shuffle is None:
         shuffle = split == "train"
     if num_workers > 0:
@@ -491,33 +341,29 @@ def make_loader(path, split: str | None = "train", batch_size: int = 16, shuffle
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, **loader_kwargs)
 
 
-# ----------------------------------------------------------------------------- CLI: cgml coarse-grain
-
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("data", nargs="+", help="fine trajectory HDF5 files (from cgml generate)")
-    parser.add_argument("--out", required=True, help="coarse dataset HDF5 file to write")
-    add_mapping_arguments(parser)
-    parser.add_argument("--k", type=int, default=8, help="history length in frames (default 8)")
-    step = parser.add_mutually_exclusive_group()
-    step.add_argument("--model-steps", type=int, default=None,
-                      help="MD steps per model step, a multiple of the save stride (default: >= 1000)")
-    step.add_argument("--lag", type=int, default=None, help="saved frames per model step")
-    parser.add_argument("--split", default="0.8,0.1,0.1", help="train,val,test fractions (default 0.8,0.1,0.1)")
-    parser.add_argument("--split-by", choices=("auto", "trajectory", "sequence"), default="auto",
-                        help="keep whole trajectories or whole sequences in one split (default auto)")
-    parser.add_argument("--chunk-frames", type=int, default=512, help="frames mapped at a time (memory bound)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+def _check_split(split: str | None) -> None:
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS} or None, got {split!r}")
 
 
-def run(args) -> int:
-    out = coarse_grain(args.data, args.out, mapping=args.mapping, atoms_per_bead=args.atoms_per_bead,
-                       n_beads=args.n_beads, center=args.center, seed=args.seed, k=args.k,
-                       model_steps=args.model_steps, lag=args.lag, split=args.split, split_by=args.split_by,
-                       chunk_frames=args.chunk_frames, overwrite=args.overwrite)
-    with h5py.File(out, "r") as handle:
-        attrs = handle.attrs
-        print(f"wrote {out}: {len(handle['traj'])} trajectories, windows train/val/test = "
-              f"{attrs['n_windows_train']}/{attrs['n_windows_val']}/{attrs['n_windows_test']}, "
-              f"model step {attrs['md_steps_per_model_step']} MD steps ({attrs['model_dt_ps']:g} ps), "
-              f"accel_std {attrs['accel_std_nm']:.4g} nm, velocity_std {attrs['velocity_std_nm']:.4g} nm")
-    return 0
+# what every trajectory group holds: later reads need not check (a missing one is a clear ValueError here)
+_GROUP_DATASETS = ("positions", "atom_types", "fine_bonds", "bead_of_atom", "bead_masses", "coarse_bonds")
+_GROUP_ATTRS = ("split", "mapping")
+
+
+def _catalogue(handle: h5py.File, path: Path) -> list[tuple[str, str, int]]:
+    """(group name, split, frames) of every trajectory of an open coarse dataset, in file order."""
+    entries = []
+    for name in sorted(handle["traj"]):
+        group = handle["traj"][name]
+        missing = [f"dataset {key!r}" for key in _GROUP_DATASETS if key not in group]
+        missing += [f"attribute {key!r}" for key in _GROUP_ATTRS if key not in group.attrs]
+        if missing:
+            raise ValueError(f"{path}: trajectory {name} of the coarse dataset has no {missing[0]}")
+        entries.append((name, _text(group.attrs["split"]), int(group["positions"].shape[0])))
+    return entries
+
+
+def _text(value) -> str:
+    """An HDF5 string attribute as ``str`` (h5py gives ``bytes`` for fixed-length strings)."""
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -27,10 +26,11 @@ import openmm as mm
 import openmm.app as app
 
 from openmm_cgml import systems as systems_module
+from openmm_cgml.io import atomic_path, software_versions
 from openmm_cgml.trajectory import FineTrajectory
 from openmm_cgml.units import KELVIN, NM, PS
 
-__all__ = ["generate", "best_platform", "platform_properties", "trajectory_seed", "configure_parser", "run"]
+__all__ = ["generate", "best_platform", "platform_properties", "trajectory_seed"]
 
 _PLATFORM_ORDER = ("CUDA", "OpenCL", "CPU")
 _MINIMIZE_TOLERANCE = 10.0  # kJ/mol/nm
@@ -74,15 +74,6 @@ def trajectory_seed(seed: int, replica: int, sequence_seed: int | None = None) -
     (OpenMM takes 0 to mean 'pick a random seed')."""
     entropy = [int(seed), int(replica)] + ([] if sequence_seed is None else [int(sequence_seed)])
     return int(np.random.SeedSequence(entropy).generate_state(1)[0] % (2**31 - 2)) + 1
-
-
-def _versions() -> dict:
-    import torch
-
-    from openmm_cgml import __version__
-
-    return {"openmm": mm.__version__, "torch": torch.__version__, "numpy": np.__version__,
-            "openmm_cgml": __version__}
 
 
 def generate(system, out, *, frames: int | None = None, stride: int | None = None, replicas: int = 1,
@@ -188,7 +179,7 @@ def _run_attrs(ref, stride, equilibration_steps, seed, replica, sequence_seed, p
         "cgml_integrator_seed": trajectory_seed(seed, replica, sequence_seed),
         "cgml_equilibration_steps": int(equilibration_steps),
         "cgml_platform": platform,
-        "cgml_versions": _versions(),
+        "cgml_versions": software_versions(python=False),
     }
 
 
@@ -332,17 +323,15 @@ def _write_frames(context, trajectory, path, ref, start, n_frames, stride, save_
 
 
 def _write_first_frame_pdb(path: Path, topology: app.Topology, trajectory: FineTrajectory) -> None:
-    """PDB of frame 0 next to the HDF5 file (written to a temporary name, then renamed)."""
+    """PDB of frame 0 next to the HDF5 file, written atomically (a kill never leaves half a PDB)."""
     pdb_path = path.with_suffix(".pdb")
     if pdb_path.exists():
         return
     box = trajectory.box_vectors(0)
     if box is not None:
         topology = _copy_with_box(topology, box)
-    temporary = pdb_path.with_name(pdb_path.name + ".tmp")
-    with open(temporary, "w") as handle:
+    with atomic_path(pdb_path) as temporary, open(temporary, "w") as handle:
         app.PDBFile.writeFile(topology, trajectory.positions[0].astype(np.float64) * NM, handle, keepIds=True)
-    os.replace(temporary, pdb_path)
 
 
 def _copy_with_box(topology: app.Topology, box: np.ndarray) -> app.Topology:
@@ -358,37 +347,3 @@ def _copy_with_box(topology: app.Topology, box: np.ndarray) -> app.Topology:
     for bond in topology.bonds():
         copy.addBond(atoms[bond.atom1], atoms[bond.atom2])
     return copy
-
-
-# ---------------------------------------------------------------- CLI
-def configure_parser(parser) -> None:
-    parser.add_argument("system", help="registered system name (see `cgml systems`) or path to a system YAML")
-    parser.add_argument("--out", required=True, help="output folder for the HDF5 trajectories and PDBs")
-    parser.add_argument("--frames", type=int, help="frames per trajectory (default: the system YAML's)")
-    parser.add_argument("--stride", type=int, help="MD steps between saved frames (default: the system YAML's)")
-    parser.add_argument("--replicas", type=int, default=1, help="independent trajectories per sequence")
-    parser.add_argument("--sequences", type=int, help="polymer-chain: number of random sequences, one "
-                                                      "trajectory set per sequence seed")
-    parser.add_argument("--seed", type=int, default=0, help="base random seed")
-    parser.add_argument("--platform", help="OpenMM platform (default: CUDA, then OpenCL, then CPU)")
-    parser.add_argument("--equilibration-steps", type=int, help="MD steps before frame 0")
-    parser.add_argument("--forces", action="store_true", help="also save forces")
-    parser.add_argument("--chunk-frames", type=int, default=100, help="frames per write (resume granularity)")
-    parser.add_argument("--cpu-threads", type=int, default=1,
-                        help="CPU-platform threads (default 1: bit-reproducible; more is faster for big systems)")
-    parser.add_argument("--param", "-p", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a system YAML key, e.g. -p length=30")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def run(args) -> int:
-    paths = generate(args.system, args.out, frames=args.frames, stride=args.stride, replicas=args.replicas,
-                     sequences=args.sequences, seed=args.seed, platform=args.platform,
-                     equilibration_steps=args.equilibration_steps, save_forces=args.forces,
-                     chunk_frames=args.chunk_frames, params=systems_module.parse_overrides(args.param),
-                     progress=not args.no_progress, cpu_threads=args.cpu_threads)
-    for path in paths:
-        with FineTrajectory(path) as trajectory:
-            print(f"{path}  {trajectory.n_frames} frames x {trajectory.n_atoms} atoms, "
-                  f"{trajectory.frame_interval_ps:g} ps apart, platform {trajectory.attrs['cgml_platform']}")
-    return 0

@@ -7,9 +7,15 @@ the networks and, as the ``metadata`` string attribute and as the extra file
 the fine MD time step it stands for, units, training metadata and software
 versions. Exported parameters are frozen (no autograd bookkeeping per step).
 
-``cgml export CHECKPOINT --out model.pt`` converts a Lightning checkpoint
-(read with ``torch.load(..., weights_only=True)``); ``openmm_cgml.load(path)``
-returns a :class:`CGModel`.
+The metadata key ``mapping_rule`` (``{"method": ..., "params": {...}}``)
+names the rule the model's mappings are made with, so a transferable model
+(no single mapping) can map a new molecule; files written before it existed
+carry the rule in their training data's attributes, which
+:func:`read_mapping_rule` still reads.
+
+``cgml export CHECKPOINT --out model.pt`` (:mod:`openmm_cgml.cli.export`)
+converts a Lightning checkpoint (read with ``torch.load(..., weights_only=True)``);
+``openmm_cgml.load(path)`` returns a :class:`CGModel`.
 """
 from __future__ import annotations
 
@@ -27,7 +33,7 @@ import openmm.unit as u
 import torch
 
 __all__ = ["FORMAT", "export_model", "export", "load", "CGModel", "software_versions", "rebuild",
-           "configure_parser", "run"]
+           "propagator_from_checkpoint", "read_mapping_rule"]
 
 FORMAT = "openmm-cgml-model"
 FORMAT_VERSION = 1
@@ -46,14 +52,62 @@ def software_versions() -> dict:
             "numpy": np.__version__, "python": platform.python_version()}
 
 
-def export_model(model, path, metadata: dict | None = None) -> Path:
-    """Script ``model`` (a :class:`~openmm_cgml.model.propagator.CGPropagator`) into one TorchScript file.
+def read_mapping_rule(metadata: dict) -> tuple[str, dict] | None:
+    """``(method, params)`` of the mapping rule a model file's metadata records, or None.
 
-    ``metadata`` (JSON-serialisable; typically ``mapping`` (JSON str),
-    ``training`` and ``config``) is merged with what the model knows about
-    itself (k, time steps, temperature, bead count, units, versions). The file
-    is written to a temporary name and renamed, so a failure never leaves a
-    truncated file behind or damages an existing one.
+    The one place the rule is read: the ``mapping_rule`` key, else the
+    model's own mapping, else (files from before the key) the training data's
+    ``mapping_method``/``mapping_params`` attributes.
+
+    Parameters
+    ----------
+    metadata : dict
+        Parsed metadata of a model file (or the metadata about to be exported).
+
+    Returns
+    -------
+    tuple of (str, dict) or None
+        None when no rule is recorded or its parameters are unreadable.
+    """
+    rule = metadata.get("mapping_rule")
+    if isinstance(rule, dict):
+        method, params = rule.get("method"), rule.get("params") or {}
+    elif metadata.get("mapping"):
+        mapping = metadata["mapping"]
+        mapping = json.loads(mapping) if isinstance(mapping, str) else mapping
+        method, params = mapping.get("method"), mapping.get("params") or {}
+    else:
+        attrs = ((metadata.get("training") or {}).get("data") or {}).get("attrs") or {}
+        method, params = attrs.get("mapping_method"), attrs.get("mapping_params") or {}
+    try:
+        params = json.loads(params) if isinstance(params, str) else dict(params)
+    except (json.JSONDecodeError, TypeError, ValueError):
+        return None
+    return (str(method), params) if method else None
+
+
+def export_model(model, path, metadata: dict | None = None) -> Path:
+    """Script ``model`` into one TorchScript file, written atomically.
+
+    Parameters
+    ----------
+    model : CGPropagator
+        The propagator (:class:`~openmm_cgml.model.propagator.CGPropagator`);
+        a frozen float32 CPU copy is scripted, ``model`` itself is untouched.
+    path : str or Path
+        Output file; its directory must exist. Written to a temporary name and
+        renamed, so a failure never leaves a truncated file behind or damages
+        an existing one.
+    metadata : dict, optional
+        JSON-serialisable; typically ``mapping`` (a Mapping or its JSON),
+        ``training`` and ``config``. Merged with what the model knows about
+        itself (k, time steps, temperature, bead count, units, versions) and
+        the ``mapping_rule`` (:func:`read_mapping_rule`).
+
+    Returns
+    -------
+    Path
+        ``path``.
     """
     path = Path(path)
     if not path.parent.exists():
@@ -66,6 +120,9 @@ def export_model(model, path, metadata: dict | None = None) -> Path:
         meta["mapping"] = meta["mapping"].to_json()
     if isinstance(meta.get("mapping"), dict):
         meta["mapping"] = json.dumps(meta["mapping"])
+    rule = read_mapping_rule(meta)
+    if rule is not None:
+        meta["mapping_rule"] = {"method": rule[0], "params": rule[1]}
     meta.update({
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "k": module.k, "model_dt_ps": module.model_dt_ps,
@@ -115,10 +172,25 @@ def _find_checkpoint(checkpoint) -> Path:
 
 
 def propagator_from_checkpoint(checkpoint):
-    """(CGPropagator with trained weights, hyper-parameter dict) from a Lightning checkpoint.
+    """The trained propagator of a Lightning checkpoint, with its hyper-parameters and file.
 
     Read with ``weights_only=True``: a checkpoint can hold tensors and plain
     containers only, never arbitrary pickled objects.
+
+    Parameters
+    ----------
+    checkpoint : str or Path
+        A ``.ckpt`` file, or a training output directory (its best, else last, checkpoint).
+
+    Returns
+    -------
+    model : CGPropagator
+        With the trained weights.
+    hparams : dict
+        The checkpoint's hyper-parameters, plus ``_progress`` (epochs,
+        global step and the best monitored value).
+    path : Path
+        The checkpoint file read.
     """
     from openmm_cgml.model.propagator import CGPropagator
 
@@ -187,6 +259,19 @@ def export(checkpoint, out, overwrite: bool = False) -> Path:
     return export_model(model, out, metadata)
 
 
+def _picoseconds(value: float) -> u.Quantity:
+    return value * u.picosecond
+
+
+def _kelvin(value: float) -> u.Quantity:
+    return value * u.kelvin
+
+
+def _module_attribute(name: str, convert, doc: str) -> property:
+    """A read-only CGModel property: the ScriptModule's attribute ``name`` passed through ``convert``."""
+    return property(lambda self: convert(getattr(self.module, name)), doc=doc)
+
+
 class CGModel:
     """A loaded model file: the ScriptModule plus its parsed metadata.
 
@@ -201,35 +286,28 @@ class CGModel:
         self.path = path
         self._mapping = None
 
-    # ---- what the file describes
-    @property
-    def k(self) -> int:
-        return int(self.module.k)
+    # ---- what the file describes (read from the ScriptModule's attributes)
+    k = _module_attribute("k", int, "History length (frames) one step takes.")
+    n_beads = _module_attribute("n_beads", int, "Beads per molecule (0 = transferable to any molecule of seen "
+                                "atom types).")
+    n_features = _module_attribute("n_features", int, "Width of the bead features ``embed`` returns.")
+    md_steps_per_model_step = _module_attribute("md_steps_per_model_step", int, "Fine MD steps one model step "
+                                                "stands for.")
+    model_timestep = _module_attribute("model_dt_ps", _picoseconds, "Time one model step stands for "
+                                       "(Quantity compatible with picoseconds).")
+    md_timestep = _module_attribute("md_timestep_ps", _picoseconds, "Time step of the fine MD "
+                                    "(Quantity compatible with picoseconds).")
+    temperature = _module_attribute("temperature_K", _kelvin, "Temperature the model was trained at "
+                                    "(Quantity compatible with kelvin).")
 
     @property
-    def n_beads(self) -> int:
-        """Beads per molecule (0 = transferable to any molecule of seen atom types)."""
-        return int(self.module.n_beads)
+    def mapping_rule(self) -> tuple[str, dict] | None:
+        """``(method, params)`` of the rule the model's mappings are made with (:func:`read_mapping_rule`).
 
-    @property
-    def n_features(self) -> int:
-        return int(self.module.n_features)
-
-    @property
-    def model_timestep(self) -> u.Quantity:
-        return self.module.model_dt_ps * u.picosecond
-
-    @property
-    def md_timestep(self) -> u.Quantity:
-        return self.module.md_timestep_ps * u.picosecond
-
-    @property
-    def md_steps_per_model_step(self) -> int:
-        return int(self.module.md_steps_per_model_step)
-
-    @property
-    def temperature(self) -> u.Quantity:
-        return self.module.temperature_K * u.kelvin
+        For a transferable model this is how a new molecule is mapped; whether
+        the rule can be re-made for it is the caller's decision.
+        """
+        return read_mapping_rule(self.metadata)
 
     @property
     def mapping(self):
@@ -371,15 +449,3 @@ def load(path, device: str | torch.device = "cpu") -> CGModel:
         raise ValueError(f"{path}: written by a newer openmm-cgml (format version {metadata['format_version']})")
     return CGModel(module, metadata, str(path))
 
-
-def configure_parser(parser) -> None:
-    parser.add_argument("checkpoint", help="Lightning checkpoint (.ckpt) or a training output directory")
-    parser.add_argument("--out", "-o", required=True, help="output TorchScript file, e.g. model.pt")
-    parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-
-
-def run(args) -> int:
-    path = export(args.checkpoint, args.out, overwrite=args.overwrite)
-    model = load(path)
-    print(f"wrote {path}: {model!r}")
-    return 0

@@ -41,7 +41,7 @@ import yaml
 
 from openmm_cgml.units import AMU, KELVIN, NM, PS, strip, strip_array
 
-__all__ = ["ReferenceSystem", "load", "available", "SYSTEMS_DIR", "BEAD_TYPES", "configure_parser", "run"]
+__all__ = ["ReferenceSystem", "load", "available", "descriptions", "SYSTEMS_DIR", "BEAD_TYPES"]
 
 # Shipped YAML files live in the repository's systems/ folder (next to the package).
 def _find_systems_dir() -> Path:
@@ -120,6 +120,11 @@ class ReferenceSystem:
 def available() -> list[str]:
     """Names of the shipped reference systems (the YAML files in ``systems/``)."""
     return sorted(path.stem for path in SYSTEMS_DIR.glob("*.yaml"))
+
+
+def descriptions() -> dict[str, str]:
+    """The shipped reference systems: name -> the one-line ``description`` of its YAML file."""
+    return {name: _read_yaml(SYSTEMS_DIR / f"{name}.yaml").get("description", "") for name in available()}
 
 
 def load(name_or_path, **overrides) -> ReferenceSystem:
@@ -558,42 +563,3 @@ def _grow_chains(lengths: list[int], bond: float, sigma: float, box: float | Non
         else:
             raise ValueError("could not place the polymer chains without overlaps; lower density_per_nm3")
     return placed
-
-
-# ---------------------------------------------------------------- CLI
-def configure_parser(parser) -> None:
-    parser.add_argument("name", nargs="?", help="show one system (name or YAML path) in detail")
-    parser.add_argument("--param", "-p", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a YAML key (repeatable), e.g. -p length=30")
-
-
-def parse_overrides(items: list[str]) -> dict:
-    """``["length=30", "sequence_seed=2"]`` -> ``{"length": 30, "sequence_seed": 2}`` (values parsed as YAML)."""
-    overrides = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"parameter overrides look like KEY=VALUE, got {item!r}")
-        overrides[key.strip()] = yaml.safe_load(value)
-    return overrides
-
-
-def run(args) -> int:
-    if not args.name:
-        for name in available():
-            params = _read_yaml(SYSTEMS_DIR / f"{name}.yaml")
-            print(f"{name:20s} {params.get('description', '')}")
-        return 0
-    system = load(args.name, **parse_overrides(args.param))
-    masses = system.masses
-    print(f"name          {system.name}")
-    print(f"particles     {system.n_atoms} (total mass {masses.sum():.1f} amu)")
-    print(f"periodic      {system.is_periodic}")
-    print(f"temperature   {system.temperature}")
-    print(f"friction      {system.friction}")
-    print(f"time step     {system.timestep}")
-    if "sequences" in system.params:
-        for sequence in system.params["sequences"]:
-            print(f"sequence      {sequence}")
-    print(f"forces        {', '.join(f.__class__.__name__ for f in system.system.getForces())}")
-    return 0

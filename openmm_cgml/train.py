@@ -1,4 +1,4 @@
-"""``cgml train CONFIG.yaml``: end-to-end training of the propagator with PyTorch Lightning.
+"""``cgml train``: how a training run executes, with PyTorch Lightning.
 
 Loss per batch (see :meth:`CGPropagator.losses`): Gaussian NLL of the scaled
 acceleration ``a = x[t+1] - 2 x[t] + x[t-1]`` (Gaussian noise on the input
@@ -12,14 +12,17 @@ The output directory holds ``config.yaml`` (resolved), ``checkpoints/``
 ``loss.png``. A run resumes automatically from ``checkpoints/last.ckpt``
 (``resume: auto``). ``trainer.devices``/``num_nodes``/``strategy`` go to
 Lightning as they are (e.g. ``devices: 4, strategy: ddp`` for multi-GPU DDP).
+
+What a run is (the YAML sections) is :mod:`openmm_cgml.train_config`; what the
+data holds is :class:`~openmm_cgml.data.CoarseDataset`, opened once and passed
+along. Lightning is imported only when training starts.
 """
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -27,237 +30,114 @@ import numpy as np
 import torch
 import yaml
 
-from openmm_cgml.geometry import pair_distances_torch
+from openmm_cgml.data import CoarseDataset, make_loader
+from openmm_cgml.train_config import OptimConfig, TrainConfig
+from openmm_cgml.units import COLLISION_DISTANCE_NM
 
-__all__ = ["TrainConfig", "train", "PropagatorModule", "plot_losses", "reference_min_distances", "hard_core_distance",
-           "configure_parser", "run"]
+# PropagatorModule is made on first access (module __getattr__ below), so Lightning loads only to train
+__all__ = ["TrainConfig", "train", "PropagatorModule", "plot_losses", "dataset_summary",  # noqa: F822
+           "build_propagator", "hard_core_distance"]
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
-
-
-def _from_dict(cls, values, section: str):
-    values = dict(values or {})
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown option(s) {unknown} in section '{section}'; known: {sorted(known)}")
-    return cls(**values)
+HARD_CORE_MARGIN = 0.95   # the hard core sits this fraction below the closest approach seen in the data
 
 
-@dataclass
-class OptimConfig:
-    """YAML section ``train``: optimisation and loss settings."""
+# ------------------------------------------------------------ the model from the data
+def dataset_summary(dataset) -> dict:
+    """What the model is built from and its metadata records about the data.
 
-    batch_size: int = 32
-    max_epochs: int = 20
-    max_steps: int = -1                  # -1: no limit (max_epochs decides)
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    lr_schedule: str = "cosine"          # cosine | plateau | constant
-    warmup_steps: int = 50
-    gradient_clip: float = 1.0
-    history_noise: list = field(default_factory=lambda: [0.1, 0.01])   # accel-std units, high..low
-    n_history_noise: int = 4
-    score_sigmas: list = field(default_factory=lambda: [1.0, 0.01])    # accel-std units, high..low
-    n_score_sigmas: int = 10
-    score_weight: float = 1.0
-    num_workers: int = 0
-    threads: int = 0                     # CPU threads for torch; 0 = min(cores, 8)
-    limit_train_batches: float = 1.0     # fraction (<=1) or number of batches per epoch
-    limit_val_batches: float = 1.0
-    val_every_n_epochs: int = 1
-    seed: int = 0
+    Parameters
+    ----------
+    dataset : CoarseDataset, str or os.PathLike
+        The coarse dataset (a path is opened with ``split=None``).
 
-    def validate(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError(f"train.batch_size must be >= 1, got {self.batch_size}")
-        if not self.lr > 0:
-            raise ValueError(f"train.lr must be > 0, got {self.lr}")
-        if self.lr_schedule not in {"cosine", "plateau", "constant"}:
-            raise ValueError(f"train.lr_schedule must be cosine, plateau or constant, got {self.lr_schedule!r}")
-        for name in ("history_noise", "score_sigmas"):
-            value = getattr(self, name)
-            if len(value) != 2 or not all(float(v) > 0 for v in value):
-                raise ValueError(f"train.{name} must be [high, low], two numbers > 0, got {value}")
-
-
-@dataclass
-class TrainerConfig:
-    """YAML section ``trainer``: passed to ``lightning.Trainer``."""
-
-    accelerator: str = "auto"
-    devices: object = 1
-    num_nodes: int = 1
-    strategy: str = "auto"
-    precision: str = "32-true"
-    log_every_n_steps: int = 10
-    enable_progress_bar: bool = True
-
-
-@dataclass
-class TrainConfig:
-    """A training run, as in ``configs/default.yaml``.
-
-    ``data``: coarse dataset (HDF5 from ``cgml coarse-grain``); ``out_dir``:
-    output directory; ``resume``: ``auto`` (resume from ``out_dir`` if it has
-    ``checkpoints/last.ckpt``), ``never`` or a checkpoint path.
+    Returns
+    -------
+    dict
+        :meth:`CoarseDataset.summary` (``path``, ``attrs``, ``mass_scale_amu``,
+        ``n_molecules``) plus ``type_masses`` (amu per atom type, the embedding's mass
+        table: built here because it is a model input) and ``single_mapping`` (the
+        :class:`~openmm_cgml.mapping.Mapping` when the data holds one molecule, else None).
     """
+    from openmm_cgml.model.embedding import type_mass_table
 
-    data: str = ""
-    out_dir: str = "runs/model"
-    resume: str = "auto"
-    model: dict = field(default_factory=dict)       # PropagatorConfig fields; k defaults to the dataset's
-    train: OptimConfig = field(default_factory=OptimConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-
-    @classmethod
-    def from_dict(cls, values: dict, base_dir: Path | None = None) -> "TrainConfig":
-        values = dict(values or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown top-level option(s) {unknown}; known: {sorted(known)}")
-        config = cls(data=str(values.get("data", "")), out_dir=str(values.get("out_dir", "runs/model")),
-                     resume=str(values.get("resume", "auto")), model=dict(values.get("model") or {}),
-                     train=_from_dict(OptimConfig, values.get("train"), "train"),
-                     trainer=_from_dict(TrainerConfig, values.get("trainer"), "trainer"))
-        if base_dir is not None:  # paths in a YAML file are relative to that file
-            for name in ("data", "out_dir"):
-                value = getattr(config, name)
-                if value and not os.path.isabs(value):
-                    setattr(config, name, str((base_dir / value).resolve()))
-        config.validate()
-        return config
-
-    @classmethod
-    def from_yaml(cls, path) -> "TrainConfig":
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {path} does not exist")
-        try:
-            values = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as error:
-            raise ValueError(f"{path}: not valid YAML: {error}") from None
-        if values is not None and not isinstance(values, dict):
-            raise ValueError(f"{path}: expected a mapping of options at the top level")
-        return cls.from_dict(values or {}, base_dir=path.parent)
-
-    def validate(self) -> None:
-        if not self.data:
-            raise ValueError("the config needs 'data': the coarse dataset (.h5) from `cgml coarse-grain`")
-        self.train.validate()
-        from openmm_cgml.model.propagator import PropagatorConfig
-
-        PropagatorConfig.from_dict({"k": 2, **self.model})  # names and values of the model section
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-# ---------------------------------------------------------------- data helpers
-def dataset_summary(path) -> dict:
-    """What the model needs to know about a coarse dataset: scales, time steps, mappings, type masses."""
-    from openmm_cgml.data import CoarseDataset
-    from openmm_cgml.mapping import Mapping
-    from openmm_cgml.model.propagator import type_mass_table
-
-    dataset = CoarseDataset(path, split=None)   # checks the file is a coarse dataset
-    attrs = dataset.attrs
-    for key in ("accel_std_nm", "velocity_std_nm"):
-        value = float(attrs.get(key, float("nan")))
-        if not (math.isfinite(value) and value > 0):
-            raise ValueError(f"{path}: dataset attribute {key} = {value} is not a positive number "
-                             "(is the train split empty?)")
-    mappings, texts = [], set()
-    handle = dataset._handle()
-    for name in handle["traj"]:
-        text = handle["traj"][name].attrs["mapping"]
-        text = text.decode() if isinstance(text, bytes) else str(text)
-        if text not in texts:
-            texts.add(text)
-            mappings.append(Mapping.from_json(text))
-    if not mappings:
-        raise ValueError(f"{path}: the dataset holds no trajectories")
+    if not isinstance(dataset, CoarseDataset):
+        dataset = CoarseDataset(dataset, split=None)
+    facts = dataset.summary()
+    mappings = dataset.mappings()
     types = np.concatenate([m.atom_types for m in mappings])
     masses = np.concatenate([m.atom_masses for m in mappings])
     table = type_mass_table(torch.as_tensor(types), torch.as_tensor(masses))
-    bead_masses = np.concatenate([m.bead_masses for m in mappings])
-    return {
-        "path": str(Path(path).resolve()),
-        "attrs": {key: (value.decode() if isinstance(value, bytes) else value)
-                  for key, value in attrs.items() if np.ndim(value) == 0},
-        "type_masses": table.tolist(),
-        "mass_scale_amu": float(bead_masses.mean()),
-        "n_molecules": len(mappings),
-        "single_mapping": mappings[0] if len(mappings) == 1 else None,
-    }
-
-
-COLLISION_NM = 0.1        # bead pairs closer than this count as collisions (evaluation threshold)
-HARD_CORE_MARGIN = 0.95   # the hard core sits this fraction below the closest approach seen in the data
-MAX_FRAMES_PER_TRAJ = 5000
-
-
-def reference_min_distances(path, split: str = "train") -> dict:
-    """Closest approach (nm) of bead pairs in the reference frames of one split of a coarse dataset.
-
-    Returns ``{"bonded_nm", "nonbonded_nm", "frames"}``: the minimum over all
-    frames (evenly subsampled to at most 5000 per trajectory) of the distance
-    between beads joined by a coarse bond, and between all other bead pairs
-    of a trajectory (within and between molecules). One global value per
-    class: the small training sets here do not support one per pair of bead
-    types. A class with no pairs gives 0 (no hard core for it).
-    """
-    from openmm_cgml.data import CoarseDataset
-
-    handle = CoarseDataset(path, split=None)._handle()
-    bonded, nonbonded, frames = math.inf, math.inf, 0
-    for name in handle["traj"]:
-        group = handle["traj"][name]
-        split_name = group.attrs["split"]
-        if (split_name.decode() if isinstance(split_name, bytes) else str(split_name)) != split:
-            continue
-        n_frames, n = group["positions"].shape[:2]
-        if n < 2:
-            continue
-        is_bond = torch.zeros(n, n, dtype=torch.bool)
-        bonds = torch.as_tensor(np.asarray(group["coarse_bonds"], dtype=np.int64).reshape(-1, 2))
-        is_bond[bonds[:, 0], bonds[:, 1]] = True
-        is_bond |= is_bond.clone().T
-        other = ~is_bond & ~torch.eye(n, dtype=torch.bool)
-        picks = np.unique(np.linspace(0, n_frames - 1, min(n_frames, MAX_FRAMES_PER_TRAJ)).astype(np.int64))
-        chunk = max(1, int(2e7 // (n * n * 3)))
-        for start in range(0, len(picks), chunk):
-            rows = picks[start:start + chunk]
-            box = np.asarray(group["box"][rows[0]:rows[-1] + 1])[rows - rows[0]] if "box" in group else None
-            positions = np.asarray(group["positions"][rows[0]:rows[-1] + 1])[rows - rows[0]]
-            cell = torch.as_tensor(box, dtype=torch.float64)[:, None, None] if box is not None and np.any(box) else None
-            distances = pair_distances_torch(torch.as_tensor(positions, dtype=torch.float64), cell)
-            if bool(is_bond.any()):
-                bonded = min(bonded, float(distances[:, is_bond].min()))
-            if bool(other.any()):
-                nonbonded = min(nonbonded, float(distances[:, other].min()))
-            frames += len(rows)
-    if frames == 0:
-        raise ValueError(f"{path}: no '{split}' frames to measure bead distances on")
-    return {"bonded_nm": bonded if math.isfinite(bonded) else 0.0,
-            "nonbonded_nm": nonbonded if math.isfinite(nonbonded) else 0.0, "frames": frames}
+    return {"path": facts["path"], "attrs": facts["attrs"], "type_masses": table.tolist(),
+            "mass_scale_amu": facts["mass_scale_amu"], "n_molecules": facts["n_molecules"],
+            "single_mapping": mappings[0] if len(mappings) == 1 else None}
 
 
 def hard_core_distance(observed_nm: float) -> float:
-    """Hard-core distance (nm) for an observed closest approach: 5 % below it, but never below the
-    collision threshold (0.1 nm) unless the data itself comes closer than that."""
+    """Hard-core distance (nm) for an observed closest approach (nm): 5 % below it, but never below the
+    collision threshold (``COLLISION_DISTANCE_NM``) unless the data itself comes closer than that."""
     if not observed_nm > 0:
         return 0.0
-    if observed_nm < COLLISION_NM:  # the reference itself has such contacts: keep the margin below them
+    if observed_nm < COLLISION_DISTANCE_NM:  # the reference itself has such contacts: keep the margin below them
         return HARD_CORE_MARGIN * observed_nm
-    return max(HARD_CORE_MARGIN * observed_nm, COLLISION_NM)
+    return max(HARD_CORE_MARGIN * observed_nm, COLLISION_DISTANCE_NM)
+
+
+def build_propagator(config: TrainConfig, summary: dict):
+    """An untrained :class:`~openmm_cgml.model.propagator.CGPropagator` for a config and a dataset summary.
+
+    Parameters
+    ----------
+    config : TrainConfig
+        Its ``model`` section (``k`` defaults to the dataset's and may not exceed it).
+    summary : dict
+        From :func:`dataset_summary`, with ``min_distances`` from
+        :meth:`CoarseDataset.min_distances` if measured (the hard core; 0 = none).
+
+    Returns
+    -------
+    CGPropagator
+    """
+    from openmm_cgml.model.config import PropagatorConfig
+    from openmm_cgml.model.propagator import CGPropagator
+
+    attrs = summary["attrs"]
+    missing = [key for key in ("k", "accel_std_nm", "velocity_std_nm", "model_dt_ps") if key not in attrs]
+    if missing:
+        raise ValueError(f"{summary.get('path', 'the dataset')}: no dataset attribute {missing[0]!r}")
+    model_options = dict(config.model)
+    data_k = int(attrs["k"])
+    model_options.setdefault("k", data_k)
+    if int(model_options["k"]) > data_k:
+        raise ValueError(f"model.k = {model_options['k']} exceeds the dataset's history length k = {data_k}")
+    mapping = summary["single_mapping"]
+    minima = summary.get("min_distances", {})
+    return CGPropagator(
+        PropagatorConfig.from_dict(model_options), torch.tensor(summary["type_masses"]),
+        accel_std_nm=float(attrs["accel_std_nm"]), velocity_std_nm=float(attrs["velocity_std_nm"]),
+        mass_scale_amu=summary["mass_scale_amu"], model_dt_ps=float(attrs["model_dt_ps"]),
+        md_steps_per_model_step=int(attrs.get("md_steps_per_model_step", 1)),
+        md_timestep_ps=float(attrs.get("md_timestep_ps", attrs["model_dt_ps"])),
+        temperature_K=float(attrs.get("temperature_K", 300.0)),
+        n_beads=mapping.n_beads if mapping is not None else 0,
+        n_atoms=mapping.n_atoms if mapping is not None else 0,
+        min_bonded_nm=hard_core_distance(minima.get("bonded_nm", 0.0)),
+        min_nonbonded_nm=hard_core_distance(minima.get("nonbonded_nm", 0.0)))
 
 
 def _noise_levels(bounds, n: int) -> torch.Tensor:
-    from openmm_cgml.model.propagator import log_spaced_sigmas
+    from openmm_cgml.model.sampler import log_spaced_sigmas
 
     return log_spaced_sigmas(float(bounds[0]), float(bounds[1]), max(int(n), 1))
+
+
+def _lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
+    """Learning-rate multiplier: linear warmup, then constant or cosine down to 2 % at ``total`` steps."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    if schedule == "constant":
+        return 1.0
+    progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+    return 0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 # ------------------------------------------------------------ lightning module
@@ -271,20 +151,23 @@ def _make_module_class():
     pl = _lightning()
 
     class PropagatorModule(pl.LightningModule):
-        """Lightning wrapper of :class:`CGPropagator`; the hyper-parameters rebuild it for export."""
+        """Lightning wrapper of :class:`CGPropagator`; the hyper-parameters rebuild it for export.
 
-        def __init__(self, model_init: str, metadata: dict, optim: dict):
+        ``model`` is the propagator ``model_init`` describes, when the caller has it already
+        (a fresh run); otherwise (resuming, loading) it is rebuilt from ``model_init``.
+        """
+
+        def __init__(self, model_init: str, metadata: dict, optim: dict, model=None):
             super().__init__()
             from openmm_cgml.model.propagator import CGPropagator
 
-            self.save_hyperparameters()
-            self.model = CGPropagator.from_init_json(model_init)
+            self.save_hyperparameters(ignore=["model"])
+            self.model = model if model is not None else CGPropagator.from_init_json(model_init)
             self.optim = OptimConfig(**optim)
             self.register_buffer("history_levels", _noise_levels(self.optim.history_noise, self.optim.n_history_noise),
                                  persistent=False)
             self.register_buffer("score_levels", _noise_levels(self.optim.score_sigmas, self.optim.n_score_sigmas),
                                  persistent=False)
-
         def _losses(self, batch, train: bool) -> dict:
             model = self.model
             n_beads = batch.pos_history.size(0)
@@ -326,17 +209,9 @@ def _make_module_class():
                 scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=3)
                 return {"optimizer": optimizer,
                         "lr_scheduler": {"scheduler": scheduler, "monitor": self._monitor(), "interval": "epoch"}}
-            total = max(int(self.trainer.estimated_stepping_batches), 1)
-
-            def factor(step: int) -> float:
-                if step < warmup:
-                    return (step + 1) / (warmup + 1)
-                if self.optim.lr_schedule == "constant":
-                    return 1.0
-                progress = min((step - warmup) / max(total - warmup, 1), 1.0)
-                return 0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+            total, schedule = max(int(self.trainer.estimated_stepping_batches), 1), self.optim.lr_schedule
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer,
+                                                          lambda step: _lr_factor(step, warmup, total, schedule))
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
         def _monitor(self) -> str:
@@ -361,17 +236,15 @@ def __getattr__(name):  # Lightning is imported only when training
 
 
 # ------------------------------------------------------------------- training
-def _loaders(config: TrainConfig, k: int):
+def _loaders(config: TrainConfig, dataset: CoarseDataset, k: int):
     """Train and (if the split is not empty) validation loaders with history length ``k``."""
-    from openmm_cgml.data import CoarseDataset, make_loader
-
     opts = config.train
     kwargs = dict(batch_size=opts.batch_size, num_workers=opts.num_workers, k=k)
-    if len(CoarseDataset(config.data, "train", k=k)) == 0:
+    if len(dataset.view("train", k)) == 0:
         raise ValueError(f"{config.data}: no training windows (split 'train' is empty)")
-    train_loader = make_loader(config.data, "train", shuffle=True, **kwargs)
-    has_val = len(CoarseDataset(config.data, "val", k=k)) > 0
-    val_loader = make_loader(config.data, "val", shuffle=False, **kwargs) if has_val else None
+    train_loader = make_loader(dataset, "train", shuffle=True, **kwargs)
+    has_val = len(dataset.view("val", k)) > 0
+    val_loader = make_loader(dataset, "val", shuffle=False, **kwargs) if has_val else None
     return train_loader, val_loader
 
 
@@ -387,34 +260,34 @@ def _resume_path(config: TrainConfig, out_dir: Path) -> str | None:
     return str(path)
 
 
-def build_model_init(config: TrainConfig, summary: dict) -> str:
-    """The propagator's ``init_json`` for a config and a dataset summary (with ``min_distances`` from
-    :func:`reference_min_distances`, if measured: the hard core)."""
-    from openmm_cgml.model.propagator import CGPropagator, PropagatorConfig
+def _resumed(resume: str, metadata: dict) -> tuple[str, dict]:
+    """The checkpoint's own ``model_init`` and metadata, with this run's config and start time recorded."""
+    from openmm_cgml.model_file import propagator_from_checkpoint
 
-    attrs = summary["attrs"]
-    model_options = dict(config.model)
-    data_k = int(attrs["k"])
-    model_options.setdefault("k", data_k)
-    if int(model_options["k"]) > data_k:
-        raise ValueError(f"model.k = {model_options['k']} exceeds the dataset's history length k = {data_k}")
-    mapping = summary["single_mapping"]
-    model = CGPropagator(
-        PropagatorConfig.from_dict(model_options), torch.tensor(summary["type_masses"]),
-        accel_std_nm=float(attrs["accel_std_nm"]), velocity_std_nm=float(attrs["velocity_std_nm"]),
-        mass_scale_amu=summary["mass_scale_amu"], model_dt_ps=float(attrs["model_dt_ps"]),
-        md_steps_per_model_step=int(attrs.get("md_steps_per_model_step", 1)),
-        md_timestep_ps=float(attrs.get("md_timestep_ps", attrs["model_dt_ps"])),
-        temperature_K=float(attrs.get("temperature_K", 300.0)),
-        n_beads=mapping.n_beads if mapping is not None else 0,
-        n_atoms=mapping.n_atoms if mapping is not None else 0,
-        min_bonded_nm=hard_core_distance(summary.get("min_distances", {}).get("bonded_nm", 0.0)),
-        min_nonbonded_nm=hard_core_distance(summary.get("min_distances", {}).get("nonbonded_nm", 0.0)))
-    return model.init_json
+    _, hparams, _ = propagator_from_checkpoint(resume)  # safe load, clear error if corrupted
+    if "model_init" not in hparams:
+        raise ValueError(f"{resume}: not an openmm-cgml training checkpoint")
+    # keep the model and the original metadata; record the (possibly changed) config of this run
+    old = hparams.get("metadata", metadata)
+    old.setdefault("training", {})
+    old["training"]["config"] = metadata["training"]["config"]
+    old["training"].setdefault("resumed_at", []).append(metadata["training"]["started_at"])
+    return hparams["model_init"], old
 
 
 def train(config: TrainConfig | dict | str | os.PathLike) -> Path:
-    """Train from a config (object, dict or YAML path); returns the best checkpoint's path."""
+    """Train from a config; returns the best checkpoint's path.
+
+    Parameters
+    ----------
+    config : TrainConfig, dict or path
+        A config object, its dict form, or a YAML file.
+
+    Returns
+    -------
+    pathlib.Path
+        ``checkpoints/best.ckpt`` (by the monitored loss), or ``last.ckpt`` if none was saved as best.
+    """
     if isinstance(config, (str, os.PathLike)):
         config = TrainConfig.from_yaml(config)
     elif isinstance(config, dict):
@@ -430,9 +303,6 @@ def train(config: TrainConfig | dict | str | os.PathLike) -> Path:
 
 def _train(config: TrainConfig) -> Path:
     pl = _lightning()
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
-
     opts = config.train
     torch.set_num_threads(opts.threads or min(os.cpu_count() or 1, 8))
     torch.set_float32_matmul_precision("high")
@@ -443,10 +313,11 @@ def _train(config: TrainConfig) -> Path:
         raise FileExistsError(f"{out_dir} already holds checkpoints; use resume: auto, or another out_dir")
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    summary = dataset_summary(config.data)
-    summary["min_distances"] = reference_min_distances(config.data, "train")
-    model_init = build_model_init(config, summary)
-    train_loader, val_loader = _loaders(config, json.loads(model_init)["config"]["k"])
+    dataset = CoarseDataset(config.data, split=None)   # opened once; loaders and statistics share it
+    summary = dataset_summary(dataset)
+    summary["min_distances"] = dataset.view("train").min_distances()
+    model = build_propagator(config, summary)
+    train_loader, val_loader = _loaders(config, dataset, model.k)
     mapping = summary.pop("single_mapping")
     metadata = {
         "mapping": mapping.to_json() if mapping is not None else None,
@@ -455,21 +326,25 @@ def _train(config: TrainConfig) -> Path:
     }
     (out_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
-    module_class = __getattr__("PropagatorModule")
+    model_init = model.init_json
     if resume:
-        from openmm_cgml.model_file import propagator_from_checkpoint
+        model_init, metadata = _resumed(resume, metadata)
+        model = None   # rebuilt from the checkpoint's own description
+    module = __getattr__("PropagatorModule")(model_init, metadata, asdict(opts), model=model)
+    trainer, best = _trainer(config, out_dir, "val_loss" if val_loader is not None else "train_loss")
+    trainer.fit(module, train_loader, val_loader, ckpt_path=resume, weights_only=True)
+    if trainer.is_global_zero:
+        plot_losses(out_dir)
+    return Path(best.best_model_path) if best.best_model_path else out_dir / "checkpoints" / "last.ckpt"
 
-        _, hparams, _ = propagator_from_checkpoint(resume)  # safe load, clear error if corrupted
-        if "model_init" not in hparams:
-            raise ValueError(f"{resume}: not an openmm-cgml training checkpoint")
-        # keep the model and the original metadata; record the (possibly changed) config of this run
-        model_init, old = hparams["model_init"], hparams.get("metadata", metadata)
-        old.setdefault("training", {})
-        old["training"]["config"] = metadata["training"]["config"]
-        old["training"].setdefault("resumed_at", []).append(metadata["training"]["started_at"])
-        metadata = old
-    module = module_class(model_init, metadata, asdict(opts))
-    monitor = "val_loss" if val_loader is not None else "train_loss"
+
+def _trainer(config: TrainConfig, out_dir: Path, monitor: str):
+    """The ``lightning.Trainer`` of a run and its best-checkpoint callback."""
+    pl = _lightning()
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    opts = config.train
     best = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor=monitor, mode="min",
                            save_top_k=1, enable_version_counter=False)
     # Lightning's save_last only writes when the best improved; resuming needs the latest state every epoch
@@ -485,10 +360,7 @@ def _train(config: TrainConfig) -> Path:
         check_val_every_n_epoch=opts.val_every_n_epochs,
         logger=CSVLogger(out_dir, name="logs"), callbacks=[best, last, LearningRateMonitor("step")],
         enable_model_summary=False)
-    trainer.fit(module, train_loader, val_loader, ckpt_path=resume, weights_only=True)
-    if trainer.is_global_zero:
-        plot_losses(out_dir)
-    return Path(best.best_model_path) if best.best_model_path else out_dir / "checkpoints" / "last.ckpt"
+    return trainer, best
 
 
 def _read_metrics(out_dir: Path) -> list[dict]:
@@ -501,17 +373,26 @@ def _read_metrics(out_dir: Path) -> list[dict]:
 
 
 def plot_losses(out_dir) -> Path | None:
-    """``loss.png``: training and validation losses against the optimiser step (all runs of ``out_dir``)."""
-    import matplotlib
+    """``loss.png``: training and validation losses against the optimiser step (all runs of ``out_dir``).
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Parameters
+    ----------
+    out_dir : str or os.PathLike
+        A training output directory (its ``logs/version_*/metrics.csv``).
+
+    Returns
+    -------
+    pathlib.Path or None
+        The PNG written, or None when there are no logged metrics yet.
+    """
+    from matplotlib.figure import Figure
 
     out_dir = Path(out_dir)
     rows = _read_metrics(out_dir)
     if not rows:
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    axes = fig.subplots(1, 2)
     for ax, (title, names) in zip(axes, [("total", ["train_loss", "val_loss"]),
                                          ("terms", ["train_nll", "val_nll", "train_dsm", "val_dsm"])]):
         for name in names:
@@ -526,45 +407,4 @@ def plot_losses(out_dir) -> Path | None:
     fig.tight_layout()
     path = out_dir / "loss.png"
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
-
-
-# ------------------------------------------------------------------------ CLI
-def configure_parser(parser) -> None:
-    parser.add_argument("config", help="training YAML (see configs/default.yaml)")
-    parser.add_argument("--out-dir", help="override out_dir")
-    parser.add_argument("--data", help="override data")
-    resume = parser.add_mutually_exclusive_group()
-    resume.add_argument("--resume", nargs="?", const="auto", default=None,
-                        help="resume from OUT_DIR/checkpoints/last.ckpt (default) or the given checkpoint")
-    resume.add_argument("--no-resume", action="store_true", help="start afresh (refused if OUT_DIR has checkpoints)")
-    parser.add_argument("--max-epochs", type=int, help="override train.max_epochs")
-    parser.add_argument("--devices", help="override trainer.devices (e.g. 1, 4, auto)")
-
-
-def run(args) -> int:
-    path = Path(args.config)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
-    values = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(values, dict):
-        raise ValueError(f"{path}: expected a mapping of options at the top level")
-    if args.out_dir:
-        values["out_dir"] = os.path.abspath(args.out_dir)
-    if args.data:
-        values["data"] = os.path.abspath(args.data)
-    if args.resume:
-        values["resume"] = args.resume
-    if args.no_resume:
-        values["resume"] = "never"
-    if args.max_epochs is not None:
-        values.setdefault("train", {})["max_epochs"] = args.max_epochs
-    if args.devices is not None:
-        values.setdefault("trainer", {})["devices"] = int(args.devices) if args.devices.isdigit() else args.devices
-    config = TrainConfig.from_dict(values, base_dir=path.parent)
-    if args.resume == "auto" and not (Path(config.out_dir) / "checkpoints" / "last.ckpt").exists():
-        raise FileNotFoundError(f"--resume: no checkpoint {Path(config.out_dir) / 'checkpoints' / 'last.ckpt'}")
-    best = train(config)
-    print(f"best checkpoint: {best}\nexport it with: cgml export {config.out_dir} --out model.pt")
-    return 0

@@ -91,58 +91,12 @@ class FineTrajectory:
         path = Path(path)
         if path.exists():
             raise FileExistsError(f"{path} already exists; refusing to overwrite it")
-        n_atoms = topology.getNumAtoms()
-        masses = np.asarray(masses, dtype=np.float64)
-        atom_types = np.asarray(atom_types, dtype=np.int64)
-        charges = np.asarray(charges, dtype=np.float64)
-        for name, array in (("masses", masses), ("atom_types", atom_types), ("charges", charges)):
-            if array.shape != (n_atoms,):
-                raise ValueError(f"{name} must have shape ({n_atoms},) to match the topology, got {array.shape}")
-        if np.any(masses <= 0):
-            raise ValueError(f"all masses must be positive; atoms {np.flatnonzero(masses <= 0)[:5].tolist()} are not")
-
+        per_atom = _per_atom_arrays(topology.getNumAtoms(), masses, atom_types, charges)
         # Free-space tracking is persisted so that rewriting the checkpoint after
         # every chunk reuses file space instead of growing the file.
         handle = h5py.File(path, "w-", libver=("v110", "latest"), fs_strategy="fsm", fs_persist=True)
         try:
-            handle.attrs["conventions"] = "Pande"
-            handle.attrs["conventionVersion"] = "1.1"
-            handle.attrs["program"] = "openmm-cgml"
-            handle.attrs["title"] = str(attrs.get("cgml_system", "openmm-cgml trajectory"))
-            handle.attrs["application"] = "OpenMM"
-            handle.attrs["cgml_format_version"] = FORMAT_VERSION
-            for key, value in attrs.items():
-                handle.attrs[key] = _attr_value(value)
-            # booleans are stored as int8 0/1: PyTables (mdtraj.load) warns on HDF5 enum attributes
-            handle.attrs["cgml_complete"] = np.int8(0)
-
-            names = ["coordinates", "velocities", "time", "potentialEnergy"]
-            if save_forces:
-                names.append("forces")
-            if periodic:
-                names += ["cell_lengths", "cell_angles"]
-            chunk_frames = max(1, int(chunk_frames))
-            for name in names:
-                tail, dtype, units = _FRAME_DATASETS[name]
-                shape = tail(n_atoms)
-                # HDF5 chunks of about one write batch (capped near 4 MiB)
-                per_frame = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-                rows = int(max(1, min(chunk_frames, (4 << 20) // max(per_frame, 1))))
-                dataset = handle.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape),
-                                                dtype=dtype, chunks=(rows, *shape))
-                dataset.attrs["units"] = units
-
-            topology_json = json.dumps(_topology_to_dict(topology)).encode("ascii")
-            # mdtraj stores the topology JSON as a length-1 string array and reads element [0]
-            handle.create_dataset("topology", data=np.array([topology_json]))
-
-            group = handle.create_group("cgml")
-            group.create_dataset("masses", data=masses).attrs["units"] = "daltons"
-            group.create_dataset("atom_types", data=atom_types)
-            group.create_dataset("charges", data=charges).attrs["units"] = "elementary_charge"
-            bonds = np.array([[b.atom1.index, b.atom2.index] for b in topology.bonds()], dtype=np.int64)
-            group.create_dataset("bonds", data=bonds.reshape(-1, 2))
-            handle.flush()
+            _write_layout(handle, topology, *per_atom, attrs, periodic, save_forces, chunk_frames)
         except BaseException:
             handle.close()
             path.unlink(missing_ok=True)  # our own half-made, empty file
@@ -323,18 +277,7 @@ class FineTrajectory:
     @property
     def attrs(self) -> dict:
         """Root attributes with the JSON-valued ones (``cgml_params``, ``cgml_versions``) decoded."""
-        out = {}
-        for key, value in self._file.attrs.items():
-            if isinstance(value, bytes):
-                value = value.decode()
-            if isinstance(value, np.generic):
-                value = value.item()
-            if key in ("cgml_params", "cgml_versions") and isinstance(value, str):
-                value = json.loads(value)
-            if key == "cgml_complete":
-                value = bool(value)
-            out[key] = value
-        return out
+        return _decoded_attrs(self._file.attrs)
 
     @property
     def complete(self) -> bool:
@@ -395,6 +338,79 @@ class FineTrajectory:
             self._file.move(_CHECKPOINT_NEXT, _CHECKPOINT)
         else:
             del self._file[_CHECKPOINT_NEXT]
+
+
+def _per_atom_arrays(n_atoms: int, masses, atom_types, charges):
+    """Masses (float64, all > 0), atom types (int64) and charges (float64), each checked to be ``(n_atoms,)``."""
+    masses = np.asarray(masses, dtype=np.float64)
+    atom_types = np.asarray(atom_types, dtype=np.int64)
+    charges = np.asarray(charges, dtype=np.float64)
+    for name, array in (("masses", masses), ("atom_types", atom_types), ("charges", charges)):
+        if array.shape != (n_atoms,):
+            raise ValueError(f"{name} must have shape ({n_atoms},) to match the topology, got {array.shape}")
+    if np.any(masses <= 0):
+        raise ValueError(f"all masses must be positive; atoms {np.flatnonzero(masses <= 0)[:5].tolist()} are not")
+    return masses, atom_types, charges
+
+
+def _write_layout(handle: h5py.File, topology: app.Topology, masses, atom_types, charges, attrs: dict,
+                  periodic: bool, save_forces: bool, chunk_frames: int) -> None:
+    """The empty file: root attributes, resizable frame datasets, the topology JSON and the ``/cgml`` group."""
+    n_atoms = topology.getNumAtoms()
+    handle.attrs["conventions"] = "Pande"
+    handle.attrs["conventionVersion"] = "1.1"
+    handle.attrs["program"] = "openmm-cgml"
+    handle.attrs["title"] = str(attrs.get("cgml_system", "openmm-cgml trajectory"))
+    handle.attrs["application"] = "OpenMM"
+    handle.attrs["cgml_format_version"] = FORMAT_VERSION
+    for key, value in attrs.items():
+        handle.attrs[key] = _attr_value(value)
+    # booleans are stored as int8 0/1: PyTables (mdtraj.load) warns on HDF5 enum attributes
+    handle.attrs["cgml_complete"] = np.int8(0)
+
+    names = ["coordinates", "velocities", "time", "potentialEnergy"]
+    if save_forces:
+        names.append("forces")
+    if periodic:
+        names += ["cell_lengths", "cell_angles"]
+    chunk_frames = max(1, int(chunk_frames))
+    for name in names:
+        tail, dtype, units = _FRAME_DATASETS[name]
+        shape = tail(n_atoms)
+        # HDF5 chunks of about one write batch (capped near 4 MiB)
+        per_frame = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        rows = int(max(1, min(chunk_frames, (4 << 20) // max(per_frame, 1))))
+        dataset = handle.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape),
+                                        dtype=dtype, chunks=(rows, *shape))
+        dataset.attrs["units"] = units
+
+    topology_json = json.dumps(_topology_to_dict(topology)).encode("ascii")
+    # mdtraj stores the topology JSON as a length-1 string array and reads element [0]
+    handle.create_dataset("topology", data=np.array([topology_json]))
+
+    group = handle.create_group("cgml")
+    group.create_dataset("masses", data=masses).attrs["units"] = "daltons"
+    group.create_dataset("atom_types", data=atom_types)
+    group.create_dataset("charges", data=charges).attrs["units"] = "elementary_charge"
+    bonds = np.array([[b.atom1.index, b.atom2.index] for b in topology.bonds()], dtype=np.int64)
+    group.create_dataset("bonds", data=bonds.reshape(-1, 2))
+    handle.flush()
+
+
+def _decoded_attrs(raw) -> dict:
+    """Root attributes as Python values: strings decoded, JSON ones parsed, ``cgml_complete`` a bool."""
+    out = {}
+    for key, value in raw.items():
+        if isinstance(value, bytes):
+            value = value.decode()
+        if isinstance(value, np.generic):
+            value = value.item()
+        if key in ("cgml_params", "cgml_versions") and isinstance(value, str):
+            value = json.loads(value)
+        if key == "cgml_complete":
+            value = bool(value)
+        out[key] = value
+    return out
 
 
 def _attr_value(value):

@@ -8,9 +8,10 @@ nm, ps, kJ/mol, amu, K and elementary charges.
 from __future__ import annotations
 
 import numpy as np
+import openmm
 import openmm.unit as u
 
-__all__ = ["strip", "strip_array", "NM", "PS", "KJ_PER_MOL", "AMU", "KELVIN", "COLLISION_DISTANCE_NM"]
+__all__ = ["strip", "strip_array", "strip_box", "NM", "PS", "KJ_PER_MOL", "AMU", "KELVIN", "COLLISION_DISTANCE_NM"]
 
 NM = u.nanometer
 PS = u.picosecond
@@ -64,3 +65,37 @@ def strip_array(value, unit: u.Unit, name: str, shape_tail: tuple[int, ...] | No
         bad = np.argwhere(~np.isfinite(array.reshape(-1, *shape_tail) if shape_tail else array))[:5]
         raise ValueError(f"{name} contains NaN or infinite values (first at {bad.tolist()})")
     return array
+
+
+def strip_box(box, name: str = "box") -> np.ndarray:
+    """Periodic box vectors as a float64 array ``(..., 3, 3)`` in nm, vectors as rows.
+
+    Parameters
+    ----------
+    box : array-like, Quantity compatible with nanometers, or OpenMM's three ``Vec3`` quantities
+        The box vectors a, b, c, e.g. ``Topology.getPeriodicBoxVectors()`` or ``(3, 3)`` /
+        ``(..., 3, 3)`` numbers in nm.
+    name : str
+        What the error messages call the argument.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(..., 3, 3)`` float64, nm.
+
+    Raises
+    ------
+    ValueError
+        For a wrong shape, non-finite values or a non-positive diagonal (a_x, b_y, c_z).
+    """
+    if u.is_quantity(box):
+        box = box.value_in_unit(NM)
+    if isinstance(box, (list, tuple)):
+        box = [v.value_in_unit(NM) if u.is_quantity(v) else v for v in box]
+        box = [tuple(v) if isinstance(v, openmm.Vec3) else v for v in box]
+    box = np.asarray(box, dtype=np.float64)
+    if box.shape[-2:] != (3, 3):
+        raise ValueError(f"{name} must be box vectors of shape (3, 3) or (..., 3, 3) nm, got {box.shape}")
+    if not np.all(np.isfinite(box)) or np.any(np.diagonal(box, axis1=-2, axis2=-1) <= 0):
+        raise ValueError(f"{name} vectors must be finite with positive diagonal (a_x, b_y, c_z)")
+    return box

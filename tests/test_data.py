@@ -228,11 +228,44 @@ def test_bad_input_is_refused_without_touching_existing_output(chains, dataset, 
     with pytest.raises(ValueError, match="summing to 1"):
         coarse_grain(chains, tmp_path / "x.h5", split=(0.5, 0.1, 0.1))
     assert file_digest(dataset) == before
-    assert not list(tmp_path.glob("x.h5*")) and not list(dataset.parent.glob(".*partial*"))
+    assert not list(tmp_path.glob("x.h5*")) and not list(tmp_path.glob(".x.h5*"))   # no temporary files left
+    assert not list(dataset.parent.glob(f".{dataset.name}*"))
     with pytest.raises(ValueError, match="not an openmm-cgml coarse dataset"):
         CoarseDataset(chains[0])
     with pytest.raises(ValueError, match="not a readable HDF5 file"):
         CoarseDataset(not_hdf5)
+
+
+def test_files_missing_a_key_are_refused_naming_it(chains, dataset, tmp_path):
+    fine = tmp_path / "no_stride.h5"
+    fine.write_bytes(open(chains[0], "rb").read())
+    with h5py.File(fine, "r+") as handle:
+        del handle.attrs["cgml_stride"]
+    with pytest.raises(ValueError, match="no_stride.h5.*no attribute 'cgml_stride'"):
+        coarse_grain([fine], tmp_path / "x.h5", lag=LAG, k=K)
+    coarse = tmp_path / "no_mapping.h5"
+    coarse.write_bytes(open(dataset, "rb").read())
+    with h5py.File(coarse, "r+") as handle:
+        del handle["traj/00001"].attrs["mapping"]
+    with pytest.raises(ValueError, match="trajectory 00001 .* no attribute 'mapping'"):
+        CoarseDataset(coarse)
+    with h5py.File(coarse, "r+") as handle:
+        del handle.attrs["lag"]
+    with pytest.raises(ValueError, match="no root attribute 'lag'"):
+        CoarseDataset(coarse)
+
+
+def test_views_share_the_file_and_statistics_come_from_the_dataset(dataset):
+    everything = CoarseDataset(dataset, split=None)
+    train = everything.view("train")
+    assert train._file is everything._file   # one open file, not one per split
+    assert len(train) == len(CoarseDataset(dataset, "train")) and train.groups == CoarseDataset(dataset).groups
+    assert len(everything.view("val", k=1)) == len(CoarseDataset(dataset, "val", k=1))
+    assert everything.scales()["accel_std_nm"] == pytest.approx(everything.accel_std_nm) and everything.accel_std_nm > 0
+    assert len(everything.mappings()) == everything.summary()["n_molecules"] == 3
+    assert train.min_distances()["frames"] > 0
+    loader = make_loader(everything, "val", batch_size=2)
+    assert loader.dataset.split == "val" and loader.dataset._file is everything._file
 
 
 def test_mapping_file_that_does_not_fit_is_refused(chains, tmp_path):

@@ -1,9 +1,7 @@
-"""Tests of openmm_cgml.mapping on tiny real molecules (PeptideBuilder + PDBFixer + amber14)."""
+"""Tests of openmm_cgml.mapping, bond_graph and mapping_image on tiny real molecules (conftest.py fixtures)."""
 from __future__ import annotations
 
-import io
 import json
-from functools import lru_cache
 
 import numpy as np
 import openmm
@@ -13,44 +11,9 @@ import pytest
 from scipy.sparse.csgraph import connected_components
 
 from openmm_cgml import cli
-from openmm_cgml.mapping import Mapping, _adjacency, _repair_connectivity, draw_mapping
-
-FORCEFIELD = ("amber14-all.xml", "amber14/tip3p.xml")
-
-
-@lru_cache(maxsize=None)
-def peptide_structure(sequence: str = "AAA"):
-    """(topology, positions nm, system) of a capped-free peptide with hydrogens, built from scratch."""
-    import PeptideBuilder
-    from Bio.PDB import PDBIO
-    from pdbfixer import PDBFixer
-
-    writer = PDBIO()
-    writer.set_structure(PeptideBuilder.make_extended_structure(sequence))
-    text = io.StringIO()
-    writer.save(text)
-    fixer = PDBFixer(pdbfile=io.StringIO(text.getvalue()))
-    fixer.findMissingResidues()
-    fixer.findMissingAtoms()
-    fixer.addMissingAtoms()
-    fixer.addMissingHydrogens(7.0)
-    forcefield = app.ForceField(*FORCEFIELD)
-    system = forcefield.createSystem(fixer.topology, nonbondedMethod=app.NoCutoff, constraints=app.HBonds)
-    positions = np.array(fixer.positions.value_in_unit(unit.nanometer))
-    return fixer.topology, positions, system
-
-
-@lru_cache(maxsize=None)
-def solvated_structure(box_nm: float = 1.8):
-    """A tri-alanine in a small TIP3P box with Na+/Cl- ions: several molecules, ions, periodic."""
-    topology, positions, _ = peptide_structure("AAA")
-    forcefield = app.ForceField(*FORCEFIELD)
-    modeller = app.Modeller(topology, positions * unit.nanometer)
-    modeller.addSolvent(forcefield, boxSize=openmm.Vec3(box_nm, box_nm, box_nm) * unit.nanometer,
-                        ionicStrength=0.5 * unit.molar, neutralize=True)
-    system = forcefield.createSystem(modeller.topology, nonbondedMethod=app.PME, nonbondedCutoff=0.7 * unit.nanometer,
-                                     constraints=app.HBonds)
-    return modeller.topology, np.array(modeller.positions.value_in_unit(unit.nanometer)), system
+from openmm_cgml.bond_graph import adjacency, repair_connectivity
+from openmm_cgml.mapping import Mapping, mapping_options, mapping_rules, register_mapping_rule
+from openmm_cgml.mapping_image import draw_mapping
 
 
 def masses_of(system):
@@ -69,14 +32,14 @@ def bead_is_connected(mapping, bead):
     atoms = np.flatnonzero(mapping.bead_of_atom == bead)
     if len(atoms) == 1:
         return True
-    adjacency = _adjacency(mapping.n_atoms, mapping.fine_bonds)[atoms][:, atoms]
-    return connected_components(adjacency, directed=False)[0] == 1
+    graph = adjacency(mapping.n_atoms, mapping.fine_bonds)[atoms][:, atoms]
+    return connected_components(graph, directed=False)[0] == 1
 
 
 # ----------------------------------------------------------------------------- METIS
 
-def test_metis_beads_are_connected_balanced_and_ions_alone():
-    topology, _, system = solvated_structure()
+def test_metis_beads_are_connected_balanced_and_ions_alone(solvated_peptide):
+    topology, _, system = solvated_peptide
     mapping = Mapping.metis(topology, system, atoms_per_bead=4, seed=0)
     assert all(bead_is_connected(mapping, b) for b in range(mapping.n_beads))
     # every molecule is partitioned on its own: no bead spans two molecules
@@ -94,8 +57,8 @@ def test_metis_beads_are_connected_balanced_and_ions_alone():
     assert abs(peptide_sizes.mean() - 4) < 0.5
 
 
-def test_metis_is_deterministic_and_n_beads_is_exact():
-    topology, _, system = peptide_structure("AAAAA")
+def test_metis_is_deterministic_and_n_beads_is_exact(peptide):
+    topology, _, system = peptide("AAAAA")
     first = Mapping.metis(topology, system, atoms_per_bead=5, seed=7)
     again = Mapping.metis(topology, system, atoms_per_bead=5, seed=7)
     assert np.array_equal(first.bead_of_atom, again.bead_of_atom)
@@ -111,18 +74,18 @@ def test_metis_is_deterministic_and_n_beads_is_exact():
 def test_disconnected_parts_are_repaired():
     # a path 0-1-2-3-4-5 where part 0 = {0, 1, 4}: atom 4 is cut off from the rest of its part
     bonds = np.array([[i, i + 1] for i in range(5)])
-    adjacency = _adjacency(6, bonds)
-    repaired = _repair_connectivity(adjacency, np.array([0, 0, 1, 1, 0, 2]))
+    graph = adjacency(6, bonds)
+    repaired = repair_connectivity(graph, np.array([0, 0, 1, 1, 0, 2]))
     for label in np.unique(repaired):
         atoms = np.flatnonzero(repaired == label)
-        assert connected_components(adjacency[atoms][:, atoms], directed=False)[0] == 1
+        assert connected_components(graph[atoms][:, atoms], directed=False)[0] == 1
     assert repaired[0] == repaired[1] and repaired[4] != repaired[0]
 
 
 # ----------------------------------------------------------------------------- residues
 
-def test_residue_mapping_one_bead_per_residue():
-    topology, positions, system = peptide_structure("AGA")
+def test_residue_mapping_one_bead_per_residue(peptide):
+    topology, positions, system = peptide("AGA")
     mapping = Mapping.by_residue(topology, system)
     assert mapping.n_beads == topology.getNumResidues() == 3
     assert mapping.bead_names == [r.name for r in topology.residues()]
@@ -135,8 +98,8 @@ def test_residue_mapping_one_bead_per_residue():
 
 # ----------------------------------------------------------------------------- bead quantities
 
-def test_bead_centres_follow_rigid_motion_and_masses_add_up():
-    topology, positions, system = peptide_structure("AAAA")
+def test_bead_centres_follow_rigid_motion_and_masses_add_up(peptide):
+    topology, positions, system = peptide("AAAA")
     masses = masses_of(system)
     mapping = Mapping.metis(topology, masses * unit.dalton, atoms_per_bead=4)
     assert mapping.bead_masses.sum() == pytest.approx(masses.sum(), rel=1e-12)
@@ -157,8 +120,8 @@ def test_bead_centres_follow_rigid_motion_and_masses_add_up():
     np.testing.assert_allclose(mapping.bead_masses @ mapping.bead_velocities(velocities), momentum, atol=1e-9)
 
 
-def test_molecules_are_made_whole_across_the_box():
-    topology, positions, system = solvated_structure()
+def test_molecules_are_made_whole_across_the_box(solvated_peptide):
+    topology, positions, system = solvated_peptide
     box = np.array(topology.getPeriodicBoxVectors().value_in_unit(unit.nanometer))
     mapping = Mapping.by_residue(topology, system)
     lengths = np.diag(box)
@@ -180,8 +143,8 @@ def test_molecules_are_made_whole_across_the_box():
     np.testing.assert_allclose(mapping.bead_positions(frames, box), np.stack([whole] * 130))
 
 
-def test_bead_topology_and_system():
-    topology, _, system = solvated_structure()
+def test_bead_topology_and_system(solvated_peptide):
+    topology, _, system = solvated_peptide
     box = topology.getPeriodicBoxVectors()
     mapping = Mapping.metis(topology, system, atoms_per_bead=3)
     beads = mapping.bead_topology(box)
@@ -199,7 +162,8 @@ def test_bead_topology_and_system():
     a, b, c = bead_system.getDefaultPeriodicBoxVectors()
     assert a[0].value_in_unit(unit.nanometer) == pytest.approx(box[0][0].value_in_unit(unit.nanometer))
     # a context runs on it: bead particles are integrated (non-zero masses)
-    context = openmm.Context(bead_system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+    context = openmm.Context(bead_system, openmm.VerletIntegrator(0.001),
+                             openmm.Platform.getPlatformByName("Reference"))
     context.setPositions(np.zeros((mapping.n_beads, 3)))
     context.setVelocities(np.ones((mapping.n_beads, 3)))
     context.getIntegrator().step(1)
@@ -207,10 +171,40 @@ def test_bead_topology_and_system():
     np.testing.assert_allclose(moved, 0.001)
 
 
+# ----------------------------------------------------------------------------- the rule registry
+
+def test_mapping_rules_are_found_by_name_and_can_be_registered(peptide, monkeypatch):
+    import openmm_cgml.mapping as mapping_module
+
+    topology, _, system = peptide("AAA")
+    assert {"metis", "residue", "file"} <= set(mapping_rules())
+    assert mapping_options("metis", 5, None, "com", 3) == ("metis", {"atoms_per_bead": 5, "n_beads": None, "seed": 3})
+    assert mapping_options("residue", center="ca") == ("residue", {"center": "ca"})
+    assert mapping_options("beads.yaml") == ("beads.yaml", {})
+    method, params = mapping_options("residue")
+    assert Mapping.build(method, topology, system, **params) == Mapping.by_residue(topology, system)
+    assert Mapping.build("metis", topology, system).params["atoms_per_bead"] == 4   # the default resolution
+
+    monkeypatch.setattr(mapping_module, "_RULES", dict(mapping_module._RULES))   # registrations stay in this test
+
+    def one_bead(topology, masses, atom_types=None, name="ALL"):
+        bonds = [(bond[0].index, bond[1].index) for bond in topology.bonds()]
+        return Mapping(np.zeros(topology.getNumAtoms(), dtype=int), masses_of(masses), fine_bonds=bonds,
+                       bead_names=[name], method="one-bead", params={"name": name})
+
+    register_mapping_rule("one-bead", one_bead)
+    assert "one-bead" in mapping_rules()
+    whole = Mapping.build("one-bead", topology, system, name="PEP")
+    assert whole.n_beads == 1 and whole.bead_names == ["PEP"]
+    assert Mapping.build(whole.method, topology, system, **whole.params) == whole
+    with pytest.raises(FileNotFoundError, match="mapping file no-such-rule does not exist"):
+        Mapping.build("no-such-rule", topology, system)
+
+
 # ----------------------------------------------------------------------------- files and JSON
 
-def test_json_round_trip_is_exact():
-    topology, positions, system = peptide_structure("AAA")
+def test_json_round_trip_is_exact(peptide):
+    topology, positions, system = peptide("AAA")
     mapping = Mapping.metis(topology, system, atoms_per_bead=4, seed=2)
     text = mapping.to_json()
     again = Mapping.from_json(text)
@@ -224,8 +218,8 @@ def test_json_round_trip_is_exact():
     assert remade == mapping
 
 
-def test_user_mapping_file_json_and_yaml(tmp_path):
-    topology, positions, system = peptide_structure("AAA")
+def test_user_mapping_file_json_and_yaml(peptide, tmp_path):
+    topology, positions, system = peptide("AAA")
     residue = Mapping.by_residue(topology, system)
     beads = [{"name": name, "atoms": np.flatnonzero(residue.bead_of_atom == b).tolist()}
              for b, name in enumerate(residue.bead_names)]
@@ -242,8 +236,8 @@ def test_user_mapping_file_json_and_yaml(tmp_path):
     assert Mapping.from_file(tmp_path / "full.json", topology, system) == residue
 
 
-def test_mappings_that_do_not_fit_are_refused(tmp_path):
-    topology, _, system = peptide_structure("AAA")
+def test_mappings_that_do_not_fit_are_refused(peptide, tmp_path):
+    topology, _, system = peptide("AAA")
     n_atoms = topology.getNumAtoms()
     path = tmp_path / "map.json"
     path.write_text(json.dumps({"beads": [{"name": "X", "atoms": list(range(n_atoms - 1))}]}))
@@ -263,7 +257,7 @@ def test_mappings_that_do_not_fit_are_refused(tmp_path):
         Mapping.from_file(path, topology, system)
     # a mapping made for one molecule does not fit another
     mapping = Mapping.by_residue(topology, system)
-    other, _, _ = peptide_structure("AAAA")
+    other, _, _ = peptide("AAAA")
     with pytest.raises(ValueError, match=f"is for {n_atoms} atoms but the topology has {other.getNumAtoms()}"):
         mapping.check_fits(other)
     same_size = app.Topology()
@@ -275,11 +269,11 @@ def test_mappings_that_do_not_fit_are_refused(tmp_path):
         mapping.check_fits(same_size)
     (tmp_path / "full.json").write_text(mapping.to_json())
     with pytest.raises(ValueError, match="is for .* atoms but the topology has"):
-        Mapping.from_file(tmp_path / "full.json", other, peptide_structure("AAAA")[2])
+        Mapping.from_file(tmp_path / "full.json", other, peptide("AAAA")[2])
 
 
-def test_bad_coordinates_and_units_are_refused():
-    topology, positions, system = peptide_structure("AAA")
+def test_bad_coordinates_and_units_are_refused(peptide):
+    topology, positions, system = peptide("AAA")
     mapping = Mapping.by_residue(topology, system)
     bad = positions.copy()
     bad[3, 1] = np.nan
@@ -295,8 +289,8 @@ def test_bad_coordinates_and_units_are_refused():
 
 # ----------------------------------------------------------------------------- picture
 
-def test_map_image_command_writes_a_png(tmp_path):
-    topology, positions, _ = peptide_structure("AAA")
+def test_map_image_command_writes_a_png(peptide, tmp_path):
+    topology, positions, _ = peptide("AAA")
     pdb = tmp_path / "tri.pdb"
     with open(pdb, "w") as handle:
         app.PDBFile.writeFile(topology, positions * unit.nanometer, handle)
@@ -312,14 +306,14 @@ def test_map_image_command_writes_a_png(tmp_path):
     assert not (tmp_path / "b.png").exists()
 
 
-def test_draw_mapping_residue(tmp_path):
-    topology, positions, system = peptide_structure("AAA")
+def test_draw_mapping_residue(peptide, tmp_path):
+    topology, positions, system = peptide("AAA")
     out = draw_mapping(Mapping.by_residue(topology, system, center="ca"), positions, tmp_path / "res.png")
     assert out.stat().st_size > 10_000
 
 
-def test_make_whole_in_a_triclinic_box():
-    topology, positions, system = peptide_structure("AAAA")
+def test_make_whole_in_a_triclinic_box(peptide):
+    topology, positions, system = peptide("AAAA")
     mapping = Mapping.metis(topology, system, atoms_per_bead=4)
     box = np.array([[3.0, 0.0, 0.0], [1.0, 2.8, 0.0], [-0.9, 1.1, 2.6]])   # OpenMM reduced form
     rng = np.random.default_rng(0)

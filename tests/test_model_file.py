@@ -7,10 +7,10 @@ import numpy as np
 import openmm.unit as u
 import pytest
 import torch
-
-from openmm_cgml.model_file import CGModel, export_model, load
-from openmm_cgml.mapping import Mapping
 from test_propagator import N_BEADS, chain_history, chain_molecule, compressed_history, hard_core_model, make_model
+
+from openmm_cgml.mapping import Mapping
+from openmm_cgml.model_file import CGModel, export_model, load
 
 
 def chain_mapping():

@@ -7,7 +7,7 @@ import pytest
 
 import openmm_cgml
 from openmm_cgml import pretrained
-from openmm_cgml.openmm.integrator import CGMLIntegrator, coarse_grained_system
+from openmm_cgml.openmm import CGMLIntegrator, coarse_grained_system
 
 SHIPPED = {"alanine-dipeptide": "alanine-dipeptide", "polymer-chain": "polymer-chain"}  # model -> start system
 
@@ -33,5 +33,6 @@ def test_pretrained_model_runs_in_a_simulation(name, tmp_path):
     state = simulation.context.getState(getPositions=True)
     positions = state.getPositions(asNumpy=True).value_in_unit(u.nanometer)
     assert np.all(np.isfinite(positions))
-    assert state.getTime().value_in_unit(u.picosecond) == pytest.approx(50 * model.model_timestep.value_in_unit(u.picosecond))
+    model_dt_ps = model.model_timestep.value_in_unit(u.picosecond)
+    assert state.getTime().value_in_unit(u.picosecond) == pytest.approx(50 * model_dt_ps)
     assert len(log.read_text().splitlines()) == 1 + 5

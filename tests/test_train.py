@@ -8,10 +8,10 @@ import yaml
 
 from openmm_cgml.cli import main
 from openmm_cgml.data import CoarseDataset, coarse_grain
-from openmm_cgml.model_file import load, propagator_from_checkpoint
 from openmm_cgml.generate import generate
-from openmm_cgml.train import (DEFAULT_CONFIG, TrainConfig, build_model_init, dataset_summary, hard_core_distance,
-                               reference_min_distances, train)
+from openmm_cgml.model_file import load, propagator_from_checkpoint
+from openmm_cgml.train import build_propagator, dataset_summary, hard_core_distance, train
+from openmm_cgml.train_config import DEFAULT_CONFIG, TrainConfig
 
 
 @pytest.fixture(scope="module")
@@ -74,9 +74,7 @@ def test_dataset_summary_reads_scales_and_mapping(dataset):
 def test_training_lowers_nll_resumes_and_exports(dataset, tmp_path):
     config = tiny_config(dataset, tmp_path / "run")
     torch.manual_seed(0)
-    from openmm_cgml.model.propagator import CGPropagator
-
-    initial = CGPropagator.from_init_json(build_model_init(config, dataset_summary(dataset)))
+    initial = build_propagator(config, dataset_summary(dataset))
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -111,7 +109,7 @@ def test_training_lowers_nll_resumes_and_exports(dataset, tmp_path):
     assert main(["export", str(run), "--out", str(out)]) == 2  # refuses to overwrite
     model = load(out)
     assert model.k == 3 and model.n_beads == 10 and model.md_steps_per_model_step == 100
-    minima = reference_min_distances(dataset)
+    minima = CoarseDataset(dataset, "train").min_distances()
     assert model.hard_core and model.metadata["hard_core"]["enabled"]
     assert model.min_distances["bonded"] == pytest.approx(hard_core_distance(minima["bonded_nm"]), rel=1e-6)
     assert model.min_distances["nonbonded"] == pytest.approx(hard_core_distance(minima["nonbonded_nm"]), rel=1e-6)
@@ -140,7 +138,7 @@ def test_reference_min_distances_match_brute_force(dataset):
                 is_bond[a, b] = is_bond[b, a] = True
             bonded = min(bonded, d[:, is_bond].min())
             other = min(other, d[:, ~is_bond & ~np.eye(len(is_bond), dtype=bool)].min())
-    minima = reference_min_distances(dataset)
+    minima = CoarseDataset(dataset, "train").min_distances()
     assert minima["bonded_nm"] == pytest.approx(bonded) and minima["nonbonded_nm"] == pytest.approx(other)
     assert 0.1 < minima["bonded_nm"] < minima["nonbonded_nm"] + 0.2 and minima["frames"] > 0
     # 5 % below the data, never below the 0.1 nm collision threshold unless the data is
@@ -148,7 +146,7 @@ def test_reference_min_distances_match_brute_force(dataset):
     assert hard_core_distance(0.102) == pytest.approx(0.1) and hard_core_distance(0.08) == pytest.approx(0.076)
     assert hard_core_distance(0.0) == 0.0
     with pytest.raises(ValueError, match="no 'test' frames"):
-        reference_min_distances(dataset, "test")
+        CoarseDataset(dataset, "test").min_distances()
 
 
 def test_fresh_run_refuses_existing_checkpoints(dataset, tmp_path):

@@ -12,15 +12,15 @@ import sys
 
 # sub-command -> (module, one-line help)
 COMMANDS = {
-    "systems": ("openmm_cgml.systems", "list the ready reference systems"),
-    "generate": ("openmm_cgml.generate", "run fine-grained reference MD into HDF5 files"),
-    "coarse-grain": ("openmm_cgml.data", "map fine trajectories to beads and write a windowed dataset"),
-    "map-image": ("openmm_cgml.mapping", "draw a mapping: beads coloured on the molecule (PNG)"),
-    "train": ("openmm_cgml.train", "train the propagator from a YAML config"),
-    "export": ("openmm_cgml.model_file", "export a training checkpoint to one TorchScript file"),
+    "systems": ("openmm_cgml.cli.systems", "list the ready reference systems"),
+    "generate": ("openmm_cgml.cli.generate", "run fine-grained reference MD into HDF5 files"),
+    "coarse-grain": ("openmm_cgml.cli.coarse_grain", "map fine trajectories to beads and write a windowed dataset"),
+    "map-image": ("openmm_cgml.cli.map_image", "draw a mapping: beads coloured on the molecule (PNG)"),
+    "train": ("openmm_cgml.cli.train", "train the propagator from a YAML config"),
+    "export": ("openmm_cgml.cli.export", "export a training checkpoint to one TorchScript file"),
     "simulate": ("openmm_cgml.cli.simulate", "run an exported model as an OpenMM integrator"),
-    "evaluate": ("openmm_cgml.evaluation.report", "compare rollouts with reference MD: JSON and report"),
-    "benchmark": ("openmm_cgml.evaluation.benchmark", "fidelity benchmark: held-out chains, ceilings, CIs, baseline"),
+    "evaluate": ("openmm_cgml.cli.evaluate", "compare rollouts with reference MD: JSON and report"),
+    "benchmark": ("openmm_cgml.cli.benchmark", "fidelity benchmark: held-out chains, ceilings, CIs, baseline"),
 }
 
 

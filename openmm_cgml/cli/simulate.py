@@ -18,79 +18,10 @@ import sys
 import time
 from pathlib import Path
 
-import openmm
 import openmm.app as app
 import openmm.unit as u
 
-__all__ = ["configure_parser", "run", "ProgressReporter", "trajectory_reporter"]
-
-_FORMATS = {".dcd": app.DCDReporter, ".xtc": app.XTCReporter, ".pdb": app.PDBReporter}
-
-
-class ProgressReporter:
-    """A tqdm progress bar over model steps, showing simulated ns/day."""
-
-    def __init__(self, interval: int, total: int, start: int, dt_ps: float):
-        from tqdm import tqdm
-
-        self._interval = interval
-        self._bar = tqdm(total=total, initial=start, unit="step", file=sys.stderr, dynamic_ncols=True,
-                         disable=None)  # None: no bar when stderr is not a terminal
-        self._dt_ps = dt_ps
-        self._last = (start, time.perf_counter())
-
-    def describeNextReport(self, simulation):
-        steps = self._interval - simulation.currentStep % self._interval
-        return {"steps": steps, "include": []}
-
-    def report(self, simulation, state):
-        step, now = simulation.currentStep, time.perf_counter()
-        done, elapsed = step - self._last[0], now - self._last[1]
-        if done > 0 and elapsed > 0:
-            self._bar.set_postfix(ns_per_day=f"{done * self._dt_ps * 1e-3 / elapsed * 86400:.4g}", refresh=False)
-        self._bar.update(done)
-        self._last = (step, now)
-
-    def close(self):
-        self._bar.close()
-
-
-def trajectory_reporter(path: Path, interval: int, append: bool):
-    """The OpenMM reporter for ``path``'s extension (.dcd, .xtc, .pdb)."""
-    suffix = path.suffix.lower()
-    if suffix not in _FORMATS:
-        raise ValueError(f"--out {path}: unknown trajectory format {suffix!r}; use .dcd, .xtc or .pdb")
-    if suffix == ".pdb":
-        if append:
-            raise ValueError(f"--out {path}: a PDB trajectory cannot be appended to; use .dcd or .xtc to resume")
-        return app.PDBReporter(str(path), interval)
-    return _FORMATS[suffix](str(path), interval, append=append)
-
-
-def _dcd_last_step(path: Path):
-    """Step number of the last frame in a DCD written by OpenMM (None if unreadable)."""
-    import struct
-
-    try:
-        with open(path, "rb") as handle:
-            header = handle.read(24)
-        n_frames, first, interval = struct.unpack("<3i", header[8:20])
-    except (OSError, struct.error):
-        return None
-    return first + (n_frames - 1) * interval if n_frames > 0 else None
-
-
-def _platform(name: str):
-    if name != "auto":
-        try:
-            return openmm.Platform.getPlatformByName(name)
-        except Exception:
-            names = [openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())]
-            raise ValueError(f"--platform {name}: not available; available: {', '.join(names)}") from None
-    import torch
-
-    names = [openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())]
-    return openmm.Platform.getPlatformByName("CUDA" if "CUDA" in names and torch.cuda.is_available() else "CPU")
+__all__ = ["configure_parser", "run"]
 
 
 def configure_parser(parser) -> None:
@@ -121,9 +52,82 @@ def configure_parser(parser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out (never when resuming)")
 
 
-def run(args) -> int:
+def _check_outputs(out: Path, checkpoint, overwrite: bool) -> bool:
+    """Refuse to clobber or misplace outputs; returns whether an existing checkpoint is resumed."""
+    resuming = checkpoint is not None and checkpoint.exists()
+    if not out.parent.exists():
+        raise FileNotFoundError(f"--out {out}: directory {out.parent} does not exist")
+    if out.exists() and not resuming and not overwrite:
+        raise FileExistsError(f"--out {out} exists; pass --overwrite to replace it, or --checkpoint to resume")
+    if resuming and out.suffix.lower() != ".pdb" and not out.exists():
+        print(f"note: resuming from {checkpoint} but {out} does not exist; starting a new trajectory file",
+              file=sys.stderr)
+    return resuming
+
+
+def _simulation(args):
+    """``(simulation, integrator, cg)`` for the model, structure and options on the command line."""
     from openmm_cgml.model_file import load
-    from openmm_cgml.openmm.integrator import CGMLIntegrator, UnstableRolloutError, coarse_grained_system
+    from openmm_cgml.openmm.bead_system import coarse_grained_system
+    from openmm_cgml.openmm.integrator import CGMLIntegrator
+    from openmm_cgml.openmm.platform import choose_platform
+
+    model = load(args.model)
+    cg = coarse_grained_system(model, args.pdb, replicas=args.replicas, mapping=args.mapping)
+    temperature = None if args.temperature is None else args.temperature * u.kelvin
+    integrator = CGMLIntegrator(model, temperature=temperature, seed=args.seed, refine=not args.no_refine,
+                                collision_distance=args.collision_distance * u.nanometer, mapping=cg.mapping)
+    try:
+        platform = choose_platform(args.platform)
+    except ValueError as error:
+        raise ValueError(f"--platform {error}") from None
+    simulation = app.Simulation(cg.topology, cg.system, integrator, platform)
+    simulation.context.setPositions(cg.positions)
+    return simulation, integrator, cg
+
+
+def _resume(simulation, checkpoint: Path, out: Path) -> None:
+    from openmm_cgml.openmm.reporters import dcd_last_step
+
+    try:
+        simulation.loadCheckpoint(str(checkpoint))
+    except Exception as error:
+        raise ValueError(f"--checkpoint {checkpoint}: cannot be loaded into this simulation (same model, "
+                         f"structure, replicas and platform are needed): {error}") from None
+    start = simulation.currentStep
+    if out.suffix.lower() == ".dcd" and out.exists():
+        last = dcd_last_step(out)
+        if last is not None and last > start:
+            print(f"warning: {out} has frames up to step {last} but {checkpoint} is at step {start} (the run was "
+                  f"killed between the two writes); frames after step {start} will appear twice", file=sys.stderr)
+
+
+def _add_reporters(simulation, cg, out: Path, args, append: bool):
+    """Trajectory (plus its bead topology PDB), optional log and checkpoint; returns the progress reporter."""
+    from openmm_cgml.openmm.reporters import ProgressReporter, trajectory_reporter
+
+    if out.suffix.lower() in (".dcd", ".xtc"):
+        topology_pdb = out.with_name(out.stem + "_beads.pdb")
+        if not topology_pdb.exists():  # a DCD/XTC needs a topology to be read
+            with open(topology_pdb, "w") as handle:
+                app.PDBFile.writeFile(cg.topology, cg.positions, handle)
+    try:
+        simulation.reporters.append(trajectory_reporter(out, args.report_interval, append))
+    except ValueError as error:
+        raise ValueError(f"--out {error}") from None
+    if args.log:
+        simulation.reporters.append(app.StateDataReporter(args.log, args.report_interval, step=True, time=True,
+                                                          speed=True, append=append))
+    if args.checkpoint is not None:
+        simulation.reporters.append(app.CheckpointReporter(str(args.checkpoint), args.report_interval))
+    dt_ps = simulation.integrator.getStepSize().value_in_unit(u.picosecond)
+    progress = ProgressReporter(args.report_interval, args.steps, simulation.currentStep, dt_ps)
+    simulation.reporters.append(progress)
+    return progress
+
+
+def run(args) -> int:
+    from openmm_cgml.openmm.rollout import UnstableRolloutError
 
     out = Path(args.out)
     if args.steps < 0:
@@ -131,54 +135,15 @@ def run(args) -> int:
     if args.report_interval < 1:
         raise ValueError(f"--report-interval must be >= 1, got {args.report_interval}")
     checkpoint = Path(args.checkpoint) if args.checkpoint else None
-    resuming = checkpoint is not None and checkpoint.exists()
-    if not out.parent.exists():
-        raise FileNotFoundError(f"--out {out}: directory {out.parent} does not exist")
-    if out.exists() and not resuming and not args.overwrite:
-        raise FileExistsError(f"--out {out} exists; pass --overwrite to replace it, or --checkpoint to resume")
-    if resuming and out.suffix.lower() != ".pdb" and not out.exists():
-        print(f"note: resuming from {checkpoint} but {out} does not exist; starting a new trajectory file",
-              file=sys.stderr)
-
-    model = load(args.model)
-    cg = coarse_grained_system(model, args.pdb, replicas=args.replicas, mapping=args.mapping)
-    temperature = None if args.temperature is None else args.temperature * u.kelvin
-    integrator = CGMLIntegrator(model, temperature=temperature, seed=args.seed, refine=not args.no_refine,
-                                collision_distance=args.collision_distance * u.nanometer, mapping=cg.mapping)
-    platform = _platform(args.platform)
-    simulation = app.Simulation(cg.topology, cg.system, integrator, platform)
-    simulation.context.setPositions(cg.positions)
+    resuming = _check_outputs(out, checkpoint, args.overwrite)
+    simulation, integrator, cg = _simulation(args)
     if resuming:
-        try:
-            simulation.loadCheckpoint(str(checkpoint))
-        except Exception as error:
-            raise ValueError(f"--checkpoint {checkpoint}: cannot be loaded into this simulation (same model, "
-                             f"structure, replicas and platform are needed): {error}") from None
+        _resume(simulation, checkpoint, out)
     start = simulation.currentStep
-    if resuming and out.suffix.lower() == ".dcd" and out.exists():
-        last = _dcd_last_step(out)
-        if last is not None and last > start:
-            print(f"warning: {out} has frames up to step {last} but {checkpoint} is at step {start} (the run was "
-                  f"killed between the two writes); frames after step {start} will appear twice", file=sys.stderr)
     if start >= args.steps:
         print(f"nothing to do: the run is at step {start}, --steps is {args.steps}", file=sys.stderr)
         return 0
-
-    if out.suffix.lower() in (".dcd", ".xtc"):
-        topology_pdb = out.with_name(out.stem + "_beads.pdb")
-        if not topology_pdb.exists():  # a DCD/XTC needs a topology to be read
-            with open(topology_pdb, "w") as handle:
-                app.PDBFile.writeFile(cg.topology, cg.positions, handle)
-    append = resuming and out.exists()
-    simulation.reporters.append(trajectory_reporter(out, args.report_interval, append))
-    if args.log:
-        simulation.reporters.append(app.StateDataReporter(args.log, args.report_interval, step=True, time=True,
-                                                          speed=True, append=append))
-    if checkpoint is not None:
-        simulation.reporters.append(app.CheckpointReporter(str(checkpoint), args.report_interval))
-    dt_ps = integrator.getStepSize().value_in_unit(u.picosecond)
-    progress = ProgressReporter(args.report_interval, args.steps, start, dt_ps)
-    simulation.reporters.append(progress)
+    progress = _add_reporters(simulation, cg, out, args, append=resuming and out.exists())
 
     began = time.perf_counter()
     try:
@@ -192,7 +157,7 @@ def run(args) -> int:
     done = simulation.currentStep - start
     if checkpoint is not None:
         simulation.saveCheckpoint(str(checkpoint))
-    ns = done * dt_ps * 1e-3
+    ns = done * integrator.getStepSize().value_in_unit(u.picosecond) * 1e-3
     print(f"wrote {out}: {done} model steps ({ns:.4g} ns simulated, {args.replicas} replica(s)) in {elapsed:.1f} s "
           f"= {ns / elapsed * 86400 if elapsed > 0 else float('inf'):.4g} ns/day"
           + (f"; warm-up: first {integrator.getHistoryLength() - 1} steps start from a resting history"

@@ -17,8 +17,8 @@ Conventions chosen here, once:
   its first zero crossing (:func:`relaxation_time`, ``method="integrated"``).
 * Jensen-Shannon divergence in base 2, so it lies in [0, 1]: 0 for identical
   distributions, 1 for disjoint ones (:func:`js_divergence`).
-* Collisions: bead pairs closer than 0.1 nm, the "bead collision" criterion
-  of Fu et al. (TMLR 2023) (:func:`collisions`).
+* Collisions: bead pairs closer than ``units.COLLISION_DISTANCE_NM`` (0.1 nm),
+  the "bead collision" criterion of Fu et al. (TMLR 2023) (:func:`collisions`).
 * r^2 across systems: both the coefficient of determination and the squared
   Pearson correlation (:func:`r_squared`); Fu et al. report the latter.
 """
@@ -35,12 +35,13 @@ from scipy import optimize, stats
 from scipy.spatial import cKDTree
 from scipy.spatial.distance import jensenshannon
 
-from openmm_cgml.units import AMU, NM, PS, strip, strip_array
+from openmm_cgml.units import AMU, COLLISION_DISTANCE_NM, NM, PS, strip, strip_array
 
 __all__ = [
     "as_positions", "radius_of_gyration", "autocorrelation", "relaxation_time",
     "angle_triplets", "dihedral_quadruplets", "bond_lengths", "bond_angles", "dihedral_angles",
-    "common_edges", "comparison_edges", "histogram", "pair_distances", "rdf", "pair_distance_distribution", "all_pairs", "contact_map",
+    "common_edges", "comparison_edges", "histogram", "pair_distances", "rdf", "pair_distance_distribution",
+    "all_pairs", "contact_map",
     "distance_features", "tica", "free_energy_surface", "js_divergence", "js_divergence_samples",
     "collisions", "r_squared", "ns_per_day", "speedup",
 ]
@@ -118,10 +119,14 @@ def _chunks(xyz: np.ndarray, box: np.ndarray | None):
         yield piece
 
 
+def _per_chunk(kernel, xyz: np.ndarray, indices: np.ndarray, box: np.ndarray | None) -> np.ndarray:
+    """An mdtraj geometry kernel (compute_distances, _angles, _dihedrals) over chunks of frames, joined."""
+    return np.concatenate([kernel(piece, indices, periodic=box is not None) for piece in _chunks(xyz, box)])
+
+
 def _pair_distances(xyz: np.ndarray, pairs: np.ndarray, box: np.ndarray | None) -> np.ndarray:
     """Distances (n_frames, n_pairs) nm; minimum image when a box is given."""
-    return np.concatenate([mdtraj.compute_distances(piece, pairs, periodic=box is not None)
-                           for piece in _chunks(xyz, box)])
+    return _per_chunk(mdtraj.compute_distances, xyz, pairs, box)
 
 
 def pair_distances(positions, pairs=None, box=None) -> np.ndarray:
@@ -263,9 +268,9 @@ def dihedral_quadruplets(bonds) -> np.ndarray:
     for j, k in bonds:
         j, k = int(min(j, k)), int(max(j, k))
         for i in neighbours.get(j, ()):
-            for l in neighbours.get(k, ()):
-                if len({i, j, k, l}) == 4:
-                    quads.add((i, j, k, l) if (i, j) <= (l, k) else (l, k, j, i))
+            for m in neighbours.get(k, ()):
+                if len({i, j, k, m}) == 4:
+                    quads.add((i, j, k, m) if (i, j) <= (m, k) else (m, k, j, i))
     return np.asarray(sorted(quads), dtype=np.int64).reshape(-1, 4)
 
 
@@ -279,19 +284,15 @@ def bond_lengths(positions, bonds, box=None) -> np.ndarray:
 def bond_angles(positions, triplets, box=None) -> np.ndarray:
     """Angles (n_frames, n_triplets) in radians, in [0, pi]; see :func:`angle_triplets`."""
     xyz = as_positions(positions)
-    triplets = _index_array(triplets, 3, xyz.shape[1], "angle triplets")
-    box = _as_box(box, len(xyz))
-    return np.concatenate([mdtraj.compute_angles(piece, triplets, periodic=box is not None)
-                           for piece in _chunks(xyz, box)])
+    return _per_chunk(mdtraj.compute_angles, xyz, _index_array(triplets, 3, xyz.shape[1], "angle triplets"),
+                      _as_box(box, len(xyz)))
 
 
 def dihedral_angles(positions, quadruplets, box=None) -> np.ndarray:
     """Dihedral angles (n_frames, n_quadruplets) in radians, in [-pi, pi] (IUPAC sign)."""
     xyz = as_positions(positions)
-    quadruplets = _index_array(quadruplets, 4, xyz.shape[1], "dihedral quadruplets")
-    box = _as_box(box, len(xyz))
-    return np.concatenate([mdtraj.compute_dihedrals(piece, quadruplets, periodic=box is not None)
-                           for piece in _chunks(xyz, box)])
+    return _per_chunk(mdtraj.compute_dihedrals, xyz,
+                      _index_array(quadruplets, 4, xyz.shape[1], "dihedral quadruplets"), _as_box(box, len(xyz)))
 
 
 # --------------------------------------------------------------------------- distributions
@@ -425,8 +426,8 @@ def tica(reference_features, lagtime: int, dim: int = 2, others: Sequence = ()):
     """
     from deeptime.decomposition import TICA
 
-    trajectories = [np.asarray(reference_features, dtype=np.float64)] \
-        if not isinstance(reference_features, (list, tuple)) else [np.asarray(f, np.float64) for f in reference_features]
+    trajectories = ([np.asarray(f, np.float64) for f in reference_features]
+                    if isinstance(reference_features, (list, tuple)) else [np.asarray(reference_features, np.float64)])
     lagtime = int(lagtime)
     shortest = min(len(t) for t in trajectories)
     if lagtime < 1 or lagtime >= shortest:
@@ -524,8 +525,11 @@ def js_divergence_samples(reference, rollout, n_bins: int = 50, value_range=None
     return js_divergence(_counts_with_overflow(reference, edges), _counts_with_overflow(rollout, edges), base)
 
 
-def collisions(positions, threshold=0.1, box=None) -> np.ndarray:
-    """Number of bead pairs closer than ``threshold`` (nm, default 0.1) in each frame, shape (n_frames,).
+def collisions(positions, threshold=COLLISION_DISTANCE_NM, box=None) -> np.ndarray:
+    """Number of bead pairs closer than ``threshold`` in each frame, shape (n_frames,).
+
+    ``threshold``: Quantity compatible with nanometers (default: 0.1*unit.nanometer,
+    ``units.COLLISION_DISTANCE_NM``).
 
     All pairs count, bonded ones too: no physical bond is shorter than 1 A
     between bead centres. Uses a k-d tree (periodic for rectangular boxes;

@@ -1,4 +1,4 @@
-"""``cgml benchmark``: the fidelity benchmark, defined by a versioned YAML file.
+"""The fidelity benchmark (``cgml benchmark``), defined by a versioned YAML file.
 
     cgml benchmark polymer --scale small --out runs/bench-polymer [--model polymer-chain]
 
@@ -34,15 +34,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-from openmm_cgml.evaluation import fidelity, sequences as seqs
+from openmm_cgml.evaluation import fidelity
+from openmm_cgml.evaluation import sequences as seqs
 from openmm_cgml.evaluation.references import ReferenceBatch, chain_atoms, chain_system_params, run_batches
-from openmm_cgml.evaluation.statistics import LinearBaseline, integrated_time, r2_scores
-from openmm_cgml.io import jsonable, write_atomic
+from openmm_cgml.evaluation.statistics import LinearBaseline, r2_scores
+from openmm_cgml.io import jsonable, read_yaml, write_atomic
 
-__all__ = ["BENCHMARKS_DIR", "available", "load_definition", "design_splits", "run_benchmark",
-           "configure_parser", "run"]
+__all__ = ["BENCHMARKS_DIR", "available", "load_definition", "design_splits", "run_benchmark"]
 
 BENCHMARKS_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
 SPLITS = ("test", "test_long", "validation", "train")  # design order: the test sets get first pick
@@ -59,11 +58,8 @@ def load_definition(name_or_path, scale: str) -> dict:
         path = BENCHMARKS_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
         raise ValueError(f"unknown benchmark {name_or_path!r}; available: {', '.join(available())}")
-    try:
-        definition = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ValueError(f"{path} is not valid YAML: {error}") from None
-    scales = definition.get("scales") if isinstance(definition, dict) else None
+    definition = read_yaml(path, "benchmark definition")
+    scales = definition.get("scales")
     if not isinstance(scales, dict) or scale not in scales:
         raise ValueError(f"{path}: no scale {scale!r}; scales: {', '.join(scales or [])}")
     merged = {key: value for key, value in definition.items() if key != "scales"}
@@ -111,7 +107,7 @@ class _Split:
 
 def _bead_chains(model, definition, batches, paths, split, replica) -> _Split:
     from openmm_cgml import systems
-    from openmm_cgml.openmm.integrator import molecule_mapping
+    from openmm_cgml.openmm.bead_system import molecule_mapping
 
     chains, mappings, references = [], [], []
     for batch in (b for b in batches if b.split == split and b.replica == replica):
@@ -429,32 +425,3 @@ def _document(definition, designed, cg_model, model_name, choices, baseline, res
         "hardware": _hardware(),
         "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-
-
-# --------------------------------------------------------------------------- command line
-
-def configure_parser(parser) -> None:
-    parser.add_argument("benchmark", help=f"benchmark name ({', '.join(available())}) or a definition YAML")
-    parser.add_argument("--scale", default="small", help="scale defined in the benchmark file (default small)")
-    parser.add_argument("--out", required=True, help="output folder: fidelity.json, report.md, plots")
-    parser.add_argument("--model", default="polymer-chain",
-                        help="model file or pretrained name to evaluate (default: the shipped polymer-chain)")
-    parser.add_argument("--cache", default=None, help="reference MD cache folder (default OUT/references)")
-    parser.add_argument("--workers", type=int, default=None, help="parallel reference MD processes (default 2)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing fidelity.json")
-    parser.add_argument("--platform", default="CPU",
-                        help="OpenMM platform of the reference MD (default CPU; CUDA for the paper scale)")
-
-
-def run(args) -> int:
-    import sys
-
-    document = run_benchmark(args.benchmark, args.scale, args.out, model=args.model, cache=args.cache,
-                             workers=args.workers, overwrite=args.overwrite, platform=args.platform,
-                             log=lambda text: print(text, file=sys.stderr, flush=True))
-    brief = {key: document[key] for key in ("scale", "n_train", "n_val", "n_test", "n_test_long", "splits_disjoint",
-                                           "reference_tau_split_half_r", "nan_rollouts", "hard_core_rate")}
-    brief["metrics"] = {name: {k: v for k, v in metric.items() if k in ("model", "ceiling", "ci95", "baseline")}
-                        for name, metric in document["metrics"].items()}
-    print(json.dumps(brief, indent=1))
-    return 0

@@ -17,10 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from openmm_cgml.evaluation import analysis
-from openmm_cgml.evaluation import dynamics
-from openmm_cgml.evaluation.statistics import (block_bootstrap_means, bootstrap_ci, percentile_ci,
-                                               r2_scores)
+from openmm_cgml.evaluation import analysis, dynamics
+from openmm_cgml.evaluation.statistics import block_bootstrap_means, bootstrap_ci, percentile_ci, r2_scores
 from openmm_cgml.units import COLLISION_DISTANCE_NM
 
 __all__ = ["Chain", "ChainObservables", "observe", "across_chains", "distribution_metrics",

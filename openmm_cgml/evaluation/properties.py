@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from openmm_cgml.io import atomic_path
 from openmm_cgml.units import KELVIN, PS, strip
 
 __all__ = ["DEBYE_PER_E_NM", "PropertyData", "sample_configurations", "dipole_moments", "PaxNetAtomwise",
@@ -72,10 +73,9 @@ class PropertyData:
 
     def save(self, path) -> None:
         """Write to ``path`` (.npz) through a temporary file, so a failure never leaves half a file."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".partial.npz")
-        np.savez(tmp, **{k: getattr(self, k) for k in self.__dataclass_fields__})
-        tmp.replace(path)
+        with atomic_path(path) as temporary, open(temporary, "wb") as stream:
+            # a file object, not a name: np.savez would append ".npz" to the temporary name
+            np.savez(stream, **{k: getattr(self, k) for k in self.__dataclass_fields__})
 
     @classmethod
     def load(cls, path) -> "PropertyData":
@@ -232,8 +232,10 @@ class PropertyModel(torch.nn.Module):
         zeros = torch.zeros(n_graphs, dtype=pos.dtype, device=pos.device)
         energy = zeros.index_add(0, batch, scalars[:, 0]) * self.energy_scale + self.energy_shift
         (grad,) = torch.autograd.grad(energy.sum(), pos, create_graph=create_graph)
-        count = torch.zeros(n_graphs, dtype=pos.dtype, device=pos.device).index_add(0, batch, torch.ones_like(batch, dtype=pos.dtype))
-        centroid = torch.zeros(n_graphs, 3, dtype=pos.dtype, device=pos.device).index_add(0, batch, pos) / count[:, None]
+        count = torch.zeros(n_graphs, dtype=pos.dtype, device=pos.device).index_add(
+            0, batch, torch.ones_like(batch, dtype=pos.dtype))
+        centroid = torch.zeros(n_graphs, 3, dtype=pos.dtype, device=pos.device).index_add(0, batch, pos)
+        centroid = centroid / count[:, None]
         per_atom = scalars[:, 1:2] * (pos - centroid[batch]) + vectors
         dipole = torch.zeros(n_graphs, 3, dtype=pos.dtype, device=pos.device).index_add(0, batch, per_atom)
         return energy, -grad, dipole * self.dipole_scale

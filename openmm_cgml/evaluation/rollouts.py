@@ -14,7 +14,7 @@ import numpy as np
 import openmm
 import torch
 
-from openmm_cgml.openmm.integrator import UnstableRolloutError, rollout
+from openmm_cgml.openmm.rollout import UnstableRolloutError, rollout
 
 __all__ = ["roll_out", "interleaved_speedup"]
 

@@ -54,6 +54,11 @@ class BesselBasis(torch.nn.Module):
         freq = torch.arange(1, n_rbf + 1, dtype=torch.get_default_dtype()) * math.pi
         self.freq = torch.nn.Parameter(freq, requires_grad=trainable)
 
+    def reset_parameters(self) -> None:
+        """Frequencies back to ``n pi`` (they are trainable)."""
+        with torch.no_grad():
+            self.freq.copy_(torch.arange(1, self.freq.numel() + 1, dtype=self.freq.dtype) * math.pi)
+
     def forward(self, r: Tensor) -> Tensor:
         x = (r / self.cutoff).unsqueeze(-1)
         # sin(f x) / x -> f at x -> 0; the clamp only avoids 0/0 for coincident atoms

@@ -117,23 +117,63 @@ def radius_graph(pos: Tensor, cutoff: float, batch: Optional[Tensor] = None,
                  method: str = "auto") -> Tuple[Tensor, Tensor]:
     """All pairs closer than ``cutoff`` (nm) within each graph, as a directed graph.
 
-    Args:
-        pos: (N, 3) positions in nm (any float dtype, any device).
-        cutoff: radius in nm; pairs with distance < cutoff are returned.
-        batch: (N,) graph index of each node (need not be sorted); no edges
-            between graphs. ``None`` = one graph.
-        box: None, (3, 3) or (B, 3, 3) box vectors as rows, nm; all zeros = not periodic.
-        max_num_neighbors: at most this many incoming edges per node; the
-            nearest ones are kept (deterministic, unlike torch_cluster).
-        method: "auto" (all-pairs matrix up to DENSE_MAX_ATOMS nodes in
-            total, cell list above: O(N) for a fixed density), "dense" or "cell".
+    Parameters
+    ----------
+    pos : Tensor
+        (N, 3) positions in nm (any float dtype, any device).
+    cutoff : float
+        Radius in nm; pairs with distance < cutoff are returned.
+    batch : Tensor, optional
+        (N,) graph index of each node (need not be sorted); no edges between
+        graphs. ``None`` = one graph.
+    box : Tensor, optional
+        None, (3, 3) or (B, 3, 3) box vectors as rows, nm; all zeros = not periodic.
+    max_num_neighbors : int
+        At most this many incoming edges per node; the nearest ones are kept
+        (deterministic, unlike torch_cluster).
+    method : str
+        "auto" (all-pairs matrix up to DENSE_MAX_ATOMS nodes in total, cell
+        list above: O(N) for a fixed density), "dense" or "cell".
 
-    Returns:
+    Returns
+    -------
+    edge_index, shift : Tensor
         edge_index (2, E) long, rows [source j, target i], both directions,
         sorted by (i, j); shift (E, 3) such that the vector from j to i is
         ``pos[i] - pos[j] + shift``. Not differentiable (indices only);
         recompute the vectors from ``pos`` for gradients.
     """
+    _check_graph_options(pos, cutoff, max_num_neighbors, method)
+    device = pos.device
+    n = pos.size(0)
+    if n == 0:
+        return (torch.zeros(2, 0, dtype=torch.long, device=device), torch.zeros(0, 3, dtype=pos.dtype, device=device))
+    batch = _checked_batch(pos, batch)
+    pos = pos.detach()
+    if box is not None and not bool(box.any()):
+        box = None      # all-zero box = not periodic: take the cheap open-boundary path
+    dense = n <= _dense_max_atoms() if method == "auto" else method == "dense"
+    if box is None and dense:
+        return _dense_open_graph(pos, batch, cutoff, max_num_neighbors)
+    box_g, inv_g, flag = graph_boxes(box, int(batch.max()) + 1, pos.dtype, device)
+    periodic = flag > 0
+    any_periodic = bool(periodic.any())
+    if any_periodic:
+        _check_cutoff_fits(box_g, periodic, cutoff)
+    frac, wrapped = _wrapped_coordinates(pos, batch, box_g, inv_g, flag, periodic, any_periodic)
+    if dense:
+        i, j = _dense_candidates(wrapped, frac, batch, flag, box_g, cutoff)
+    else:
+        i, j = _cell_candidates(pos, frac, batch, periodic, box_g, cutoff)
+    i, j, shift, dist2 = _pairs_within(pos, wrapped, frac, batch, flag, periodic, box_g, i, j, cutoff)
+    if i.numel() > 0 and int(torch.bincount(i, minlength=n).max()) > max_num_neighbors:
+        i, j, shift = _keep_nearest(i, j, shift, dist2, n, max_num_neighbors)
+    canon = torch.argsort(i * n + j)
+    edge_index = torch.stack([j[canon], i[canon]], dim=0)
+    return edge_index, shift[canon]
+
+
+def _check_graph_options(pos: Tensor, cutoff: float, max_num_neighbors: int, method: str) -> None:
     if pos.dim() != 2 or pos.size(1) != 3:
         raise ValueError("pos must have shape (N, 3), got " + str(list(pos.shape)))
     if not cutoff > 0.0:
@@ -142,61 +182,58 @@ def radius_graph(pos: Tensor, cutoff: float, batch: Optional[Tensor] = None,
         raise ValueError("max_num_neighbors must be >= 1, got " + str(max_num_neighbors))
     if method != "auto" and method != "dense" and method != "cell":
         raise ValueError("method must be 'auto', 'dense' or 'cell', got '" + method + "'")
-    device = pos.device
+
+
+def _checked_batch(pos: Tensor, batch: Optional[Tensor]) -> Tensor:
+    """``batch`` checked against finite ``pos`` (N, 3) (zeros = one graph when None)."""
     n = pos.size(0)
-    if n == 0:
-        return (torch.zeros(2, 0, dtype=torch.long, device=device), torch.zeros(0, 3, dtype=pos.dtype, device=device))
     if not bool(torch.isfinite(pos).all()):
         raise ValueError("pos contains NaN or infinite coordinates")
     if batch is None:
-        batch = torch.zeros(n, dtype=torch.long, device=device)
+        return torch.zeros(n, dtype=torch.long, device=pos.device)
     if batch.dim() != 1 or batch.size(0) != n:
         raise ValueError("batch must have shape (N,) = (" + str(n) + ",), got " + str(list(batch.shape)))
-    pos = pos.detach()
-    if box is not None and not bool(box.any()):
-        box = None      # all-zero box = not periodic: take the cheap open-boundary path
-    dense = n <= _dense_max_atoms() if method == "auto" else method == "dense"
-    if box is None and dense:
-        return _dense_open_graph(pos, batch, cutoff, max_num_neighbors)
-    n_graphs = int(batch.max()) + 1
-    box_g, inv_g, flag = graph_boxes(box, n_graphs, pos.dtype, device)
-    periodic = flag > 0
-    any_periodic = bool(periodic.any())
-    if any_periodic:
-        widths = _box_widths(box_g)[periodic]
-        shortest = float(widths.min())
-        if cutoff > 0.5 * shortest * (1.0 + 1e-9):
-            raise ValueError("cutoff " + str(cutoff) + " nm exceeds half the shortest periodic box width ("
-                             + str(0.5 * shortest) + " nm); minimum image would be ambiguous")
+    return batch
 
-    # Fractional coordinates wrapped into [0, 1) and the matching Cartesian
-    # positions; pair vectors come from these, the nearest image of j being
-    # round(frac_i - frac_j) boxes away (exact when cutoff <= half width).
+
+def _check_cutoff_fits(box_g: Tensor, periodic: Tensor, cutoff: float) -> None:
+    """``ValueError`` if ``cutoff`` exceeds half the shortest periodic box width (ambiguous minimum image)."""
+    shortest = float(_box_widths(box_g)[periodic].min())
+    if cutoff > 0.5 * shortest * (1.0 + 1e-9):
+        raise ValueError("cutoff " + str(cutoff) + " nm exceeds half the shortest periodic box width ("
+                         + str(0.5 * shortest) + " nm); minimum image would be ambiguous")
+
+
+def _wrapped_coordinates(pos: Tensor, batch: Tensor, box_g: Tensor, inv_g: Tensor, flag: Tensor,
+                         periodic: Tensor, any_periodic: bool) -> Tuple[Tensor, Tensor]:
+    """Fractional coordinates wrapped into [0, 1) (periodic graphs only) and the matching Cartesian positions.
+
+    Pair vectors come from these, the nearest image of j being
+    round(frac_i - frac_j) boxes away (exact when cutoff <= half width).
+    """
     frac = torch.bmm(pos.unsqueeze(1), inv_g[batch]).squeeze(1)
     frac = frac - torch.floor(frac) * flag[batch].unsqueeze(1)
-    if any_periodic:
-        wrapped = torch.bmm(frac.unsqueeze(1), box_g[batch]).squeeze(1)
-        wrapped = torch.where(periodic[batch].unsqueeze(1), wrapped, pos)
-    else:
-        wrapped = pos
-    same_box = bool((box_g == box_g[0]).all())
+    if not any_periodic:
+        return frac, pos
+    wrapped = torch.bmm(frac.unsqueeze(1), box_g[batch]).squeeze(1)
+    return frac, torch.where(periodic[batch].unsqueeze(1), wrapped, pos)
 
-    if dense:
-        i, j = _dense_candidates(wrapped, frac, batch, flag, box_g, cutoff)
-    else:
-        i, j = _cell_candidates(pos, frac, batch, periodic, box_g, cutoff)
 
+def _pairs_within(pos: Tensor, wrapped: Tensor, frac: Tensor, batch: Tensor, flag: Tensor, periodic: Tensor,
+                  box_g: Tensor, i: Tensor, j: Tensor, cutoff: float) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Candidate pairs (i, j) closer than ``cutoff``, with their shifts (E, 3) and squared distances (E,)."""
+    any_periodic = bool(periodic.any())
     if any_periodic:
         images = torch.round(frac[i] - frac[j])
         if not bool(periodic.all()):
             images = images * flag[batch[i]].unsqueeze(1)
-        if same_box:
+        if bool((box_g == box_g[0]).all()):
             lattice = images @ box_g[0]
         else:
             lattice = (images.unsqueeze(2) * box_g[batch[i]]).sum(dim=1)
         vec = wrapped[i] - wrapped[j] - lattice
     else:
-        lattice = torch.zeros(0, 3, dtype=pos.dtype, device=device)
+        lattice = torch.zeros(0, 3, dtype=pos.dtype, device=pos.device)
         vec = pos[i] - pos[j]
     dist2 = (vec * vec).sum(dim=1)
     kept = torch.nonzero((dist2 < cutoff * cutoff) & (i != j)).squeeze(1)
@@ -205,21 +242,21 @@ def radius_graph(pos: Tensor, cutoff: float, batch: Optional[Tensor] = None,
         moved = wrapped - pos     # lattice vector each atom was wrapped by
         shift = moved[i] - moved[j] - lattice[kept]
     else:
-        shift = torch.zeros(i.size(0), 3, dtype=pos.dtype, device=device)
+        shift = torch.zeros(i.size(0), 3, dtype=pos.dtype, device=pos.device)
+    return i, j, shift, dist2
 
-    if i.numel() > 0 and int(torch.bincount(i, minlength=n).max()) > max_num_neighbors:
-        by_dist = torch.argsort(dist2, stable=True)
-        by_node = by_dist[torch.argsort(i[by_dist], stable=True)]
-        i_s = i[by_node]
-        deg = torch.bincount(i_s, minlength=n)
-        node_first = torch.cumsum(deg, 0) - deg
-        within = torch.arange(i_s.size(0), device=device) - node_first[i_s]
-        chosen = by_node[within < max_num_neighbors]
-        i, j, shift = i[chosen], j[chosen], shift[chosen]
 
-    canon = torch.argsort(i * n + j)
-    edge_index = torch.stack([j[canon], i[canon]], dim=0)
-    return edge_index, shift[canon]
+def _keep_nearest(i: Tensor, j: Tensor, shift: Tensor, dist2: Tensor, n: int,
+                  max_num_neighbors: int) -> Tuple[Tensor, Tensor, Tensor]:
+    """The ``max_num_neighbors`` nearest incoming edges of every node (ties by candidate order)."""
+    by_dist = torch.argsort(dist2, stable=True)
+    by_node = by_dist[torch.argsort(i[by_dist], stable=True)]
+    i_s = i[by_node]
+    deg = torch.bincount(i_s, minlength=n)
+    node_first = torch.cumsum(deg, 0) - deg
+    within = torch.arange(i_s.size(0), device=i.device) - node_first[i_s]
+    chosen = by_node[within < max_num_neighbors]
+    return i[chosen], j[chosen], shift[chosen]
 
 
 def _dense_open_graph(pos: Tensor, batch: Tensor, cutoff: float, max_num_neighbors: int) -> Tuple[Tensor, Tensor]:
@@ -303,7 +340,8 @@ def _cell_candidates(pos: Tensor, frac: Tensor, batch: Tensor, periodic: Tensor,
     valid_free = (ncoord >= 0) & (ncoord < nbx)
     valid = torch.where(per, valid_per, valid_free).all(dim=2)
     ncoord = torch.where(per, torch.remainder(ncoord, nbx), torch.minimum(ncoord.clamp(min=0), nbx - 1))
-    nkey = graph_offset[batch].unsqueeze(1) + (ncoord[..., 0] * nbx[..., 1] + ncoord[..., 1]) * nbx[..., 2] + ncoord[..., 2]
+    nkey = graph_offset[batch].unsqueeze(1) \
+        + (ncoord[..., 0] * nbx[..., 1] + ncoord[..., 1]) * nbx[..., 2] + ncoord[..., 2]
     start = torch.searchsorted(sorted_key, nkey.reshape(-1))
     stop = torch.searchsorted(sorted_key, nkey.reshape(-1), right=True)
     count = (stop - start) * valid.reshape(-1).long()

@@ -24,9 +24,11 @@ from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
-from torch.nn import Linear, SiLU, Sequential
+from torch.nn import Linear, Sequential, SiLU
 
 from .basis import AngularBasis, BesselBasis, PolynomialEnvelope
+from .layers import mlp as _mlp
+from .layers import reset_children
 from .neighbors import edge_vectors, radius_graph
 
 __all__ = ["PaxNet"]
@@ -44,10 +46,6 @@ def _soft_normalize(v: Tensor) -> Tensor:
     while stopping the residual vector stream from growing layer after layer.
     """
     return v / torch.sqrt(1.0 + (v * v).sum(dim=1, keepdim=True).mean(dim=2, keepdim=True))
-
-
-def _mlp(n_in: int, hidden: int, n_out: int) -> Sequential:
-    return Sequential(Linear(n_in, hidden), SiLU(), Linear(hidden, n_out))
 
 
 def _vector_message(v_src: Tensor, unit: Tensor, coeff: Tensor, width: int) -> Tensor:
@@ -267,6 +265,15 @@ class PaxNet(torch.nn.Module):
         # bonds' values, shape, dtype or device, or of the node count.
         # Unused with local_cutoff, where the local graph follows the positions.
         self._clear_bond_cache()
+
+    def reset_parameters(self) -> None:
+        """Re-initialise all weights (and the Bessel frequencies); the bond cache is emptied too."""
+        reset_children(self)
+        self._clear_bond_cache()
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(hidden={self.hidden}, n_layers={self.n_layers}, cutoff={self.cutoff}, "
+                f"scalar_in={self.scalar_in}, vector_in={self.vector_in})")
 
     def _clear_bond_cache(self) -> None:
         self._cache_n = -1

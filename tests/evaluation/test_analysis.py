@@ -9,7 +9,6 @@ from scipy.signal import lfilter
 
 from openmm_cgml.evaluation import analysis
 
-
 # --------------------------------------------------------------------------- radius of gyration
 
 def test_rg_of_sphere_shell_equals_radius():

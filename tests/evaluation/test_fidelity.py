@@ -94,6 +94,6 @@ def test_tiny_benchmark_end_to_end(tmp_path):
     assert (tmp_path / "out" / "report.md").read_text().startswith("# Fidelity benchmark")
     assert document["metrics"]["bond_js"]["model"] == written["metrics"]["bond_js"]["model"]
     # a second run with a new output folder reuses the cached references (no new MD): same reference numbers
-    again = run_benchmark(path, "tiny", tmp_path / "again", model="polymer-chain", cache=tmp_path / "out" / "references",
-                          log=lambda *_: None)
+    again = run_benchmark(path, "tiny", tmp_path / "again", model="polymer-chain",
+                          cache=tmp_path / "out" / "references", log=lambda *_: None)
     assert again["metrics"]["rg_R2"]["ceiling"] == written["metrics"]["rg_R2"]["ceiling"]

@@ -3,8 +3,16 @@ import numpy as np
 import pytest
 import torch
 
-from openmm_cgml.evaluation.properties import (DEBYE_PER_E_NM, PaxNetAtomwise, PropertyData, PropertyModel,
-                                    dipole_moments, evaluate, sample_configurations, train)
+from openmm_cgml.evaluation.properties import (
+    DEBYE_PER_E_NM,
+    PaxNetAtomwise,
+    PropertyData,
+    PropertyModel,
+    dipole_moments,
+    evaluate,
+    sample_configurations,
+    train,
+)
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +30,7 @@ def test_sampled_frames_carry_openmm_labels(data):
     # energies and forces come from the force field: recompute one frame with OpenMM
     import openmm as mm
     import openmm.unit as u
+
     from openmm_cgml import systems
 
     ref = systems.load("alanine-dipeptide", constraints="None")

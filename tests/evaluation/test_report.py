@@ -5,6 +5,10 @@ to beads and written with OpenMM's DCDFile (the writer DCDReporter uses), so
 the evaluation pipeline is exercised on real files without a trained model.
 """
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import openmm
@@ -13,7 +17,7 @@ import openmm.unit as u
 import pytest
 
 from openmm_cgml import cli, systems
-from openmm_cgml.evaluation import report
+from openmm_cgml.evaluation import report, trajectories
 from openmm_cgml.mapping import Mapping
 from openmm_cgml.trajectory import FineTrajectory
 
@@ -229,10 +233,10 @@ def test_bead_only_pair_from_xtc_and_wrong_mapping(polymer_set, tmp_path):
     assert any("equal masses" in note for note in system["metrics"]["notes"])
     assert system["metrics"]["js_divergence"]["bond_length_nm"] < 1e-3  # same frames (XTC precision)
     # a mapping that gives the same bead count but other beads is caught by the bonds
-    wrong = report.load_rollout(dcd5, topology=pdb5)
+    wrong = trajectories.load_rollout(dcd5, topology=pdb5)
     wrong.bonds = wrong.bonds[:-1]
     with pytest.raises(ValueError, match="bead bonds"):
-        report._fill_from_mapping(wrong, pairs[1][3], 1)
+        trajectories._fill_from_mapping(wrong, pairs[1][3], 1)
 
 
 def test_periodic_beads_get_an_rdf(tmp_path):
@@ -257,22 +261,24 @@ def test_periodic_beads_get_an_rdf(tmp_path):
     assert (tmp_path / "out" / "system00_distributions.png").exists()
 
 
+MODEL_STEPS = 1000  # MD steps per model step in the example run (its small configuration's value)
+
+
 @pytest.mark.slow
 def test_polymer_example_runs_end_to_end(tmp_path):
-    """examples/polymer_chains.py with a tiny configuration: every stage, then a report."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
-    import polymer_chains
-
-    config = json.loads(json.dumps(polymer_chains.CONFIGS["small"]))
-    for item in ("train_sequences=2", "test_sequences=2", "frames=220", "rollout_steps=30", "train.max_epochs=1",
-                 "train.limit_train_batches=4", "train.limit_val_batches=2"):
-        polymer_chains.apply_setting(config, item)
-    summary = polymer_chains.run(config, tmp_path, log=lambda text: None)
+    """examples/polymer_chains.py with a tiny configuration, run as a script: every stage, then a report."""
+    settings = ("train_sequences=2", "test_sequences=2", "frames=220", "rollout_steps=30", "train.max_epochs=1",
+                "train.limit_train_batches=4", "train.limit_val_batches=2", f"model_steps={MODEL_STEPS}")
+    root = Path(__file__).resolve().parents[2]
+    # the package from this checkout, installed or not (a script's own folder comes first on sys.path)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, str(root / "examples" / "polymer_chains.py"), "--small", "--out",
+                           str(tmp_path), "--set", *settings], capture_output=True, text=True, timeout=1200, env=env,
+                          cwd=root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert summary["n_systems"] == 2 and summary["speedup"] > 0
     metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert all(s["rollout"]["n_frames"] >= 2 for s in metrics["systems"])
-    model_step_ps = config["model_steps"] * 0.01  # the polymer-chain MD time step is 10 fs
+    model_step_ps = MODEL_STEPS * 0.01  # the polymer-chain MD time step is 10 fs
     assert metrics["systems"][0]["rollout"]["frame_interval_ps"] == pytest.approx(model_step_ps, rel=1e-5)

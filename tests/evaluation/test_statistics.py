@@ -4,9 +4,16 @@ import pytest
 from scipy.signal import lfilter
 
 from openmm_cgml.evaluation.analysis import autocorrelation, js_divergence_samples
-from openmm_cgml.evaluation.statistics import (LinearBaseline, block_bootstrap_means, bootstrap_ci,
-                                               exponential_time, integrated_time, js_floor, percentile_ci,
-                                               r2_scores)
+from openmm_cgml.evaluation.statistics import (
+    LinearBaseline,
+    block_bootstrap_means,
+    bootstrap_ci,
+    exponential_time,
+    integrated_time,
+    js_floor,
+    percentile_ci,
+    r2_scores,
+)
 
 
 def ar1(n, tau, rng, mean=0.0):

@@ -6,8 +6,14 @@ import pytest
 import torch
 
 from openmm_cgml.geometry import count_collisions
-from openmm_cgml.model.propagator import (CGPropagator, anneal_step, PropagatorConfig, gaussian_nll,
-                                    log_spaced_sigmas, type_mass_table)
+from openmm_cgml.model.propagator import (
+    CGPropagator,
+    PropagatorConfig,
+    anneal_step,
+    gaussian_nll,
+    log_spaced_sigmas,
+    type_mass_table,
+)
 
 N_BEADS = 8
 SMALL = dict(embed_hidden=16, embed_layers=2, hidden=16, n_layers=2, score_hidden=16, score_layers=1,

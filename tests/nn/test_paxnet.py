@@ -166,7 +166,8 @@ def test_small_model_overfits_a_few_configurations():
         e = torch.zeros(n_conf).index_add(0, batch, head(h).squeeze(1))
         f = -torch.autograd.grad(e.sum(), p, create_graph=True)[0]
         mu = torch.zeros(n_conf, 3).index_add(0, batch, vec_head(vec).squeeze(2))
-        return ((e - e_ref) ** 2).mean() / 100.0 + ((f - f_ref) ** 2).mean() / 1000.0 + ((mu - mu_ref) ** 2).sum(1).mean() * 100
+        return (((e - e_ref) ** 2).mean() / 100.0 + ((f - f_ref) ** 2).mean() / 1000.0
+                + ((mu - mu_ref) ** 2).sum(1).mean() * 100)
 
     first = float(loss_fn().detach())
     for _ in range(200):

@@ -13,10 +13,11 @@ import openmm.unit as u
 import pytest
 import torch
 
-from openmm_cgml.model_file import CGModel
-from openmm_cgml.openmm.integrator import (CGMLIntegrator, UnstableRolloutError, coarse_grained_system, model_graph,
-                                    rollout)
 from openmm_cgml.mapping import Mapping
+from openmm_cgml.model_file import CGModel
+from openmm_cgml.openmm.bead_system import coarse_grained_system
+from openmm_cgml.openmm.integrator import CGMLIntegrator
+from openmm_cgml.openmm.rollout import UnstableRolloutError, model_graph, rollout
 
 DT_PS = 2.0
 
@@ -113,8 +114,8 @@ def walk(molecule):
 def real_model(molecule, tmp_path_factory):
     """A real exported (untrained, small) CGPropagator, loaded back with openmm_cgml.load."""
     from openmm_cgml import load
-    from openmm_cgml.model_file import export_model
     from openmm_cgml.model.propagator import CGPropagator, PropagatorConfig
+    from openmm_cgml.model_file import export_model
 
     mapping = molecule[2]
     config = PropagatorConfig(k=4, embed_hidden=8, embed_layers=1, hidden=16, n_layers=1, score_hidden=8,
@@ -349,7 +350,7 @@ def test_set_history_starts_from_real_frames(molecule):
 
 
 def test_start_from_a_reference_trajectory_without_warm_up(walk, molecule, tmp_path):
-    from openmm_cgml.openmm.integrator import reference_history
+    from openmm_cgml.openmm.bead_system import reference_history
     from openmm_cgml.trajectory import FineTrajectory
 
     topology, positions, mapping = molecule
@@ -636,8 +637,8 @@ def polymer(**params):
 def polymer_model(tmp_path_factory):
     """A real exported CGPropagator for one polymer-chain sequence, exported as transferable (n_beads = 0)."""
     from openmm_cgml import load
-    from openmm_cgml.model_file import export_model
     from openmm_cgml.model.propagator import CGPropagator, PropagatorConfig
+    from openmm_cgml.model_file import export_model
 
     reference = polymer(sequence="BAAABB")
     mapping = Mapping.metis(reference.topology, reference.system, atoms_per_bead=2, seed=3,

@@ -7,38 +7,48 @@ exactly as the torch rollout does, and its guard must keep extra force
 evaluations (getState(getForces/getEnergy)) from advancing the history,
 which the naive module does not.
 """
-import importlib.util
-from pathlib import Path
+import os
 
 import numpy as np
+import openmm
+import openmm.unit as u
 import pytest
 import torch  # before openmm: openmm-torch's plugin needs torch's libraries loaded
 
-import openmm
-import openmm.unit as u
-
 pytest.importorskip("openmmtorch")
 
-from openmm_cgml.openmm.integrator import CGMLIntegrator, coarse_grained_system  # noqa: E402
+from openmm_cgml.openmm.bead_system import coarse_grained_system  # noqa: E402
+from openmm_cgml.openmm.integrator import CGMLIntegrator  # noqa: E402
 
 K = 4
 STEPS = 6
 
 
-def _load_bench():
-    path = Path(__file__).resolve().parents[2] / "bench" / "integrator_paths.py"
-    spec = importlib.util.spec_from_file_location("cgml_bench_integrator_paths", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+
+from openmm_cgml import systems  # noqa: E402
+from openmm_cgml.mapping import Mapping  # noqa: E402
+from openmm_cgml.model.propagator import CGPropagator, PropagatorConfig  # noqa: E402
+from openmm_cgml.model_file import export_model, load  # noqa: E402
+from openmm_cgml.openmm import torchforce as paths  # noqa: E402
+from openmm_cgml.openmm.rollout import model_graph  # noqa: E402
 
 
-paths = _load_bench()
+def polymer_model(n_beads: int, k: int, directory: str):
+    """An exported, untrained propagator for a ``n_beads``-bead polymer chain (one bead per particle)."""
+    reference = systems.load("polymer-chain", length=n_beads // 2)
+    mapping = Mapping.metis(reference.topology, reference.masses, atoms_per_bead=1, atom_types=reference.atom_types)
+    dt = reference.timestep.value_in_unit(u.picosecond)
+    steps = 500
+    module = CGPropagator.from_mapping(
+        mapping, PropagatorConfig(k=k), model_dt_ps=steps * dt, md_steps_per_model_step=steps, md_timestep_ps=dt,
+        temperature_K=reference.temperature.value_in_unit(u.kelvin), accel_std_nm=1e-2, velocity_std_nm=1e-2)
+    model = load(export_model(module, os.path.join(directory, f"polymer{n_beads}.pt"), {"mapping": mapping}))
+    return model, reference
 
 
 @pytest.fixture(scope="module")
 def polymer(tmp_path_factory):
-    model, reference = paths.polymer_model(10, K, str(tmp_path_factory.mktemp("model")))
+    model, reference = polymer_model(10, K, str(tmp_path_factory.mktemp("model")))
     cg = coarse_grained_system(model, reference.topology, reference.positions)
     return model, cg
 
@@ -122,7 +132,7 @@ def test_moved_positions_restart_history_like_the_rollout(polymer):
 def test_history_buffers_carry_no_autograd_graph(polymer):
     """openmm-torch calls the module with autograd on: buffers must not chain graphs across steps."""
     model, cg = polymer
-    edges, batch = paths.model_graph(model.mapping, 1)
+    edges, batch = model_graph(model.mapping, 1)
     wrapper = torch.jit.script(paths.GuardedTorchForcePropagator(
         model.module, model.embed_mapping(), edges, batch, torch.randn(4, model.noise_draws(True), 10, 3), K))
     positions = torch.as_tensor(cg.positions.value_in_unit(u.nanometer), dtype=torch.float64)

@@ -1,0 +1,87 @@
+"""The hard core: bead pairs closer than their learned minimum distance pushed apart after a step.
+
+TorchScript functions called by :meth:`~openmm_cgml.model.propagator.CGPropagator.step`;
+the minimum distances (bonded and non-bonded, nm) are learned from the
+reference data (``openmm_cgml.data.CoarseDataset.min_distances``).
+"""
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from openmm_cgml.nn import radius_graph
+
+__all__ = ["contact_graph", "project_hard_core"]
+
+
+def contact_graph(x: Tensor, batch: Tensor, box: Optional[Tensor], limit: float, edge: Tensor, shift: Tensor,
+                  built_at: Tensor, graph_cutoff: float) -> Tuple[Tensor, Tensor]:
+    """A radius graph (edges, shifts) holding every pair of ``x`` closer than ``2 * limit`` nm.
+
+    The Score graph ``edge``/``shift`` (built at ``built_at`` with
+    ``graph_cutoff``) is reused unless beads moved from there by more than the
+    skin (as for a Verlet list); else, or without one (empty ``edge``), a
+    short-range graph at ``x`` is built. ``2 * limit``: a correction moves a
+    bead by at most ~limit, so the beads it can be pushed into are in the graph too.
+
+    Shapes:
+        x, built_at (N, 3) nm, batch (N,), box (G, 3, 3) or None, edge (2, E), shift (E, 3)
+        -> edge (2, E'), shift (E', 3)
+    """
+    reuse = edge.size(1) > 0
+    if reuse:
+        moved = torch.linalg.vector_norm(x - built_at, dim=-1).max()
+        reuse = bool(2.0 * moved + 2.0 * limit < graph_cutoff)
+    if not reuse:
+        edge, shift = radius_graph(x, 2.0 * limit, batch, box)
+    return edge, shift
+
+
+def project_hard_core(x: Tensor, masses: Tensor, bonds: Tensor, edge: Tensor, shift: Tensor,
+                      min_distance_nm: Tensor, limit: float, sweeps: int, events: Tensor) -> Tensor:
+    """Push bead pairs closer than their minimum distance apart (SHAKE-like, for inequalities).
+
+    ``edge``/``shift`` a radius graph (both directions) that holds every
+    close pair; ``bonds`` the coarse bonds (either or both directions) select
+    the bonded minimum ``min_distance_nm[0]``, all other pairs get the
+    non-bonded one ``min_distance_nm[1]``. Each violating pair is moved apart
+    along its pair vector by the violation, shared inversely to the masses, so
+    the centre of mass never moves; Jacobi sweeps (all pairs at once), so a
+    bead in several violations gets the sum of its corrections. Only pair
+    vectors enter: exactly E(3)-equivariant, and the identity when no pair is
+    too close (the common case costs one distance pass and one host sync).
+    ``limit`` is the larger minimum distance (nm, a Python float); ``events``
+    (a long scalar) counts the close pairs pushed apart, in place.
+
+    Shapes:
+        x (N, 3) nm, masses (N,), bonds (2, B), edge (2, E), shift (E, 3), min_distance_nm (2,) -> (N, 3)
+    """
+    n = x.size(0)
+    j_all, i_all = edge[0], edge[1]
+    bond_keys = torch.cat([bonds[1] * n + bonds[0], bonds[0] * n + bonds[1]])
+    counted = False
+    for _ in range(3):  # re-select the close pairs from the whole graph after a round of corrections
+        dist = torch.linalg.vector_norm(x[i_all] - x[j_all] + shift, dim=-1)
+        # pairs within a margin of the limit: a correction can push a bead into a neighbour
+        near = torch.nonzero(dist < 1.25 * limit).squeeze(1)
+        if near.numel() == 0:
+            return x
+        i, j, pair_shift = i_all[near], j_all[near], shift[near]
+        bonded = torch.isin(i * n + j, bond_keys)
+        minimum = torch.where(bonded, min_distance_nm[0], min_distance_nm[1]).to(x.dtype)
+        share = (masses[j] / (masses[i] + masses[j])).unsqueeze(-1)   # i moves by m_j / (m_i + m_j)
+        moved = False
+        for _sweep in range(sweeps):
+            vec = x[i] - x[j] + pair_shift
+            dist = torch.linalg.vector_norm(vec, dim=-1).clamp_min(1e-9)
+            push = (minimum - dist).clamp_min(0.0)
+            if not bool((push > 0).any()):
+                break
+            if not counted:
+                events.add_((push > 0).sum() // 2)   # both directions of each pair
+                counted = True
+            moved = True
+            x = x.index_add(0, i, share * (push / dist).unsqueeze(-1) * vec)
+        if not moved:
+            return x
+    return x
