@@ -22,7 +22,7 @@ import openmm.unit as u
 import torch
 
 from openmm_cgml.mapping import Mapping, periodic_marker
-from openmm_cgml.units import strip_array
+from openmm_cgml.structure import element_types, read_structure
 
 __all__ = [
     "CoarseGrainedSystem",
@@ -94,26 +94,6 @@ class CoarseGrainedSystem:
     replicas: int
 
 
-def _read_structure(pdb_or_topology, positions):
-    """(topology, atom positions nm, box nm or None, atom types or None) from a structure or a Topology.
-
-    Files are read with ``structure.load_structure``: PDB/PDBx, a fine trajectory
-    (.h5, first frame) or a reference system name/YAML; the last two carry
-    atom types (e.g. the bead types of a polymer), a PDB does not.
-    """
-    if isinstance(pdb_or_topology, app.Topology):
-        if positions is None:
-            raise ValueError("positions are required when a Topology is given")
-        box = pdb_or_topology.getPeriodicBoxVectors()
-        box = None if box is None else np.asarray(box.value_in_unit(u.nanometer), dtype=np.float64)
-        return pdb_or_topology, strip_array(positions, u.nanometer, "positions"), box, None
-    from openmm_cgml.structure import load_structure
-
-    topology, file_positions, _, types, box = load_structure(os.fspath(pdb_or_topology))
-    atoms = file_positions if positions is None else strip_array(positions, u.nanometer, "positions")
-    return topology, atoms, box, (None if types is None else np.asarray(types, dtype=np.int64))
-
-
 def mapping_rule(model):
     """The rule the model's mapping was made with, if it can be re-made for another molecule.
 
@@ -168,17 +148,12 @@ def _check_vocabulary(model, types: np.ndarray, topology: app.Topology, where: s
             "(atom_types=, or a fine trajectory .h5 / system YAML that carries them)")
 
 
-def _element_types(topology: app.Topology) -> np.ndarray:
-    return np.array([a.element.atomic_number if a.element is not None else 0 for a in topology.atoms()],
-                    dtype=np.int64)
-
-
 def _given_mapping(model, topology: app.Topology, types, mapping) -> Mapping:
     """An explicit mapping (a Mapping or a mapping file), checked against the molecule and the model."""
     if not isinstance(mapping, Mapping):
         # a saved Mapping (to_json) carries its own masses and types; a list of beads takes the model's
         # mass per type (types it never saw are refused just below, from the mapping's atom types)
-        given = types if types is not None else _element_types(topology)
+        given = types if types is not None else element_types(topology)
         table = _type_masses(model)
         known = (given >= 0) & (given < len(table))
         masses = np.where(known, table[np.where(known, given, 0)], 0.0)
@@ -228,7 +203,7 @@ def _remade_mapping(model, topology: app.Topology, types, rule, mismatch: str) -
         raise ValueError(f"{mismatch}; the model's metis mapping fixes the total bead count (n_beads="
                          f"{params['n_beads']}), which is a different resolution for a molecule of another size: "
                          "pass mapping=")
-    given = types if types is not None else _element_types(topology)
+    given = types if types is not None else element_types(topology)
     _check_vocabulary(model, given, topology, "the molecule")
     params.pop("atom_types_from", None)
     # masses per type from the model: what it was trained with, and what its embedding assumes
@@ -356,7 +331,7 @@ def coarse_grained_system(model, pdb_or_topology, positions=None, replicas: int 
     if int(replicas) != replicas or replicas < 1:
         raise ValueError(f"replicas must be a positive integer, got {replicas!r}")
     replicas = int(replicas)
-    topology, atoms, box, file_types = _read_structure(pdb_or_topology, positions)
+    topology, atoms, box, file_types = read_structure(pdb_or_topology, positions)
     mapping = molecule_mapping(model, topology, atom_types if atom_types is not None else file_types, mapping)
     if atoms.shape != (mapping.n_atoms, 3):
         raise ValueError(f"positions have shape {atoms.shape}, the mapping expects ({mapping.n_atoms}, 3)")
