@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import platform
-import tempfile
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import openmm.unit as u
 import torch
+
+from openmm_cgml.io import atomic_path
 
 __all__ = ["FORMAT", "export_model", "export", "load", "CGModel", "software_versions", "rebuild",
            "propagator_from_checkpoint", "read_mapping_rule"]
@@ -147,14 +147,8 @@ def export_model(model, path, metadata: dict | None = None) -> Path:
 
 def _save_atomically(scripted: torch.jit.ScriptModule, path: Path, metadata_text: str) -> None:
     """Write the TorchScript file through a temporary file, so a failure never leaves half a model at ``path``."""
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        torch.jit.save(scripted, tmp, _extra_files={"metadata.json": metadata_text})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(path) as temporary:
+        torch.jit.save(scripted, str(temporary), _extra_files={"metadata.json": metadata_text})
 
 
 def _find_checkpoint(checkpoint) -> Path:
