@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import json
-import platform
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,9 +29,9 @@ import numpy as np
 import openmm.unit as u
 import torch
 
-from openmm_cgml.io import atomic_path
+from openmm_cgml.io import atomic_path, software_versions
 
-__all__ = ["FORMAT", "export_model", "export", "load", "CGModel", "software_versions", "rebuild",
+__all__ = ["FORMAT", "export_model", "export", "load", "CGModel", "rebuild",
            "propagator_from_checkpoint", "read_mapping_rule"]
 
 FORMAT = "openmm-cgml-model"
@@ -40,16 +39,6 @@ FORMAT_VERSION = 1
 UNITS = {"length": "nm", "time": "ps", "mass": "amu", "energy": "kJ/mol", "temperature": "K",
          "pos_history": "nm, shape (k, n_beads, 3), last frame = current",
          "acceleration": "nm per model step^2", "velocity": "nm per model step"}
-
-
-def software_versions() -> dict:
-    """Versions of the software that matter for reproducing a model."""
-    import openmm
-
-    from openmm_cgml import __version__
-
-    return {"openmm_cgml": __version__, "torch": torch.__version__, "openmm": openmm.__version__,
-            "numpy": np.__version__, "python": platform.python_version()}
 
 
 def read_mapping_rule(metadata: dict) -> tuple[str, dict] | None:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from openmm_cgml.bond_graph import molecules
 from openmm_cgml.units import PS, strip
 
 __all__ = ["BeadTrajectory", "load_reference", "load_rollout"]
@@ -173,15 +174,6 @@ def _dcd_frame_interval_ps(path: Path) -> float | None:
     return value if np.isfinite(value) and value > 0 else None
 
 
-def _components(n_beads: int, bonds: np.ndarray) -> np.ndarray:
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    graph = coo_matrix((np.ones(len(bonds)), (bonds[:, 0], bonds[:, 1])), shape=(n_beads, n_beads)) \
-        if len(bonds) else coo_matrix((n_beads, n_beads))
-    return connected_components(graph, directed=False)[1].astype(np.int64)
-
-
 @contextlib.contextmanager
 def _quiet_c_stdout():
     """Keep the chatter that mdtraj's C DCD plugin prints to stdout out of the command's output."""
@@ -281,7 +273,7 @@ def load_rollout(path, *, topology=None, frame_interval=None, role: str = "rollo
                      dtype=np.int64).reshape(-1, 2)
     box = traj.unitcell_vectors.astype(np.float64) if traj.unitcell_vectors is not None else None
     return BeadTrajectory(str(path), traj.xyz.astype(np.float64), interval, None,
-                          _components(traj.n_atoms, bonds), bonds, box)
+                          molecules(traj.n_atoms, bonds), bonds, box)
 
 
 def _fill_from_mapping(trajectory: BeadTrajectory, mapping, replicas: int) -> None:
