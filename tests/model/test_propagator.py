@@ -84,20 +84,28 @@ def test_mean_equivariant_and_std_invariant(reflect):
     torch.testing.assert_close(std2, std, atol=1e-9, rtol=1e-7)
 
 
+def assert_step_equivariant(model, history, features, coarse, batch, box, rotation, shift, noise_seed):
+    """Rotating (or reflecting) and shifting the history, and rotating the noise, moves the refined step alike.
+
+    Returns the noise used, for further steps with the same draw.
+    """
+    noise = torch.randn(model.noise_draws(True), N_BEADS, 3, dtype=torch.float64,
+                        generator=torch.Generator().manual_seed(noise_seed))
+    with torch.no_grad():
+        x = model.step(history, features, coarse, batch, box, noise, True)
+        x2 = model.step(history @ rotation.T + shift, features, coarse, batch, box, noise @ rotation.T, True)
+    torch.testing.assert_close(x2, x @ rotation.T + shift, atol=1e-9, rtol=1e-7)
+    return noise
+
+
 @pytest.mark.parametrize("score_net", ["pair", "paxnet"])
 def test_full_step_with_refinement_is_equivariant(score_net):
     """Rotating positions and the noise rotates the refined next positions."""
     model = make_model(score_net=score_net).double()
     history, features, coarse, batch, box = inputs(model, torch.float64)
     features = features.double()
-    rotation = random_orthogonal(2, reflect=True)
-    shift = torch.tensor([0.3, 0.2, -4.0], dtype=torch.float64)
-    noise = torch.randn(model.noise_draws(True), N_BEADS, 3, dtype=torch.float64,
-                        generator=torch.Generator().manual_seed(3))
-    with torch.no_grad():
-        x = model.step(history, features, coarse, batch, box, noise, True)
-        x2 = model.step(history @ rotation.T + shift, features, coarse, batch, box, noise @ rotation.T, True)
-    torch.testing.assert_close(x2, x @ rotation.T + shift, atol=1e-9, rtol=1e-7)
+    assert_step_equivariant(model, history, features, coarse, batch, box, random_orthogonal(2, reflect=True),
+                            torch.tensor([0.3, 0.2, -4.0], dtype=torch.float64), noise_seed=3)
 
 
 def test_std_positive_and_floored():
@@ -305,14 +313,9 @@ def test_hard_core_is_equivariant_and_a_no_op_when_nothing_is_close():
     _, features, coarse, batch, box = inputs(model, torch.float64)
     features = features.double()
     history = compressed_history(model.k)
-    rotation = random_orthogonal(5, reflect=True)
-    shift = torch.tensor([0.3, -1.2, 2.0], dtype=torch.float64)
-    noise = torch.randn(model.noise_draws(True), N_BEADS, 3, dtype=torch.float64,
-                        generator=torch.Generator().manual_seed(4))
+    noise = assert_step_equivariant(model, history, features, coarse, batch, box, random_orthogonal(5, reflect=True),
+                                    torch.tensor([0.3, -1.2, 2.0], dtype=torch.float64), noise_seed=4)
     with torch.no_grad():
-        x = model.step(history, features, coarse, batch, box, noise, True)
-        x2 = model.step(history @ rotation.T + shift, features, coarse, batch, box, noise @ rotation.T, True)
-        torch.testing.assert_close(x2, x @ rotation.T + shift, atol=1e-9, rtol=1e-7)
         # a relaxed chain: the projection leaves the step exactly as it was
         relaxed = chain_history(model.k, dtype=torch.float64)
         events = int(model.hard_core_events)
