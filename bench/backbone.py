@@ -285,7 +285,7 @@ def bench_overhead(threads: int, rev: str, workdir: Path, repeats: int = 300) ->
                                                 velocity_std_nm=0.08, mass_scale_amu=13.0, model_dt_ps=1.0,
                                                 md_steps_per_model_step=500, md_timestep_ps=0.002,
                                                 n_beads=n, n_atoms=2 * n).eval()
-                steps[name] = load(export_model(model, workdir / f"overhead-{name}-{n}.pt"))
+                steps[name] = load(export_model(model, workdir / f"overhead-{name}-{n}.safetensors"))
             finally:
                 propagator.PaxNet, propagator.radius_graph, propagator.edge_vectors = saved
         atom_types = torch.tensor([1 if i % 2 else 6 for i in range(2 * n)])

@@ -94,7 +94,7 @@ def untrained_model(reference, directory, k, md_steps_per_model_step, atoms_per_
         mapping, PropagatorConfig(k=k), model_dt_ps=md_steps_per_model_step * dt,
         md_steps_per_model_step=md_steps_per_model_step, md_timestep_ps=dt,
         temperature_K=reference.temperature.value_in_unit(u.kelvin), accel_std_nm=1e-5, velocity_std_nm=1e-4)
-    path = export_model(module, os.path.join(directory, "model.pt"), {"mapping": mapping})
+    path = export_model(module, os.path.join(directory, "model.safetensors"), {"mapping": mapping})
     return load(path)
 
 

@@ -72,7 +72,7 @@ def polymer_model(n_beads: int, k: int, directory: str):
     module = CGPropagator.from_mapping(
         mapping, PropagatorConfig(k=k), model_dt_ps=steps * dt, md_steps_per_model_step=steps, md_timestep_ps=dt,
         temperature_K=reference.temperature.value_in_unit(u.kelvin), accel_std_nm=1e-2, velocity_std_nm=1e-2)
-    model = load(export_model(module, os.path.join(directory, f"polymer{n_beads}.pt"), {"mapping": mapping}))
+    model = load(export_model(module, os.path.join(directory, f"polymer{n_beads}.safetensors"), {"mapping": mapping}))
     return model, reference
 
 

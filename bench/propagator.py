@@ -9,7 +9,8 @@ same start, with the same noise and the same counting for every variant,
 counts bead pairs closer than ``--threshold`` (default 0.1 nm).
 
     OMP_NUM_THREADS=1 python bench/propagator.py                      # untrained default-size model
-    OMP_NUM_THREADS=1 python bench/propagator.py --model ala2.pt --system alanine-dipeptide --refine-sigmas 0.6 0.3 0.1
+    OMP_NUM_THREADS=1 python bench/propagator.py --model ala2.safetensors --system alanine-dipeptide \\
+        --refine-sigmas 0.6 0.3 0.1
 
 ``collision_rate`` = colliding bead pairs per bead per model step, averaged
 over the rollout (0 = no collision ever); ``steps_with_collision`` counts model
@@ -61,7 +62,7 @@ def untrained(mapping, positions, directory: str, k: int):
               "min_nonbonded_nm": 0.9 * float(distances[other].min()) if bool(other.any()) else 0.0}
     module = CGPropagator.from_mapping(mapping, PropagatorConfig(k=k), transferable=True, accel_std_nm=0.05,
                                        velocity_std_nm=0.1, model_dt_ps=1.0, **minima)
-    return load(export_model(module, os.path.join(directory, "model.pt"), {"mapping": mapping}))
+    return load(export_model(module, os.path.join(directory, "model.safetensors"), {"mapping": mapping}))
 
 
 def replicate(model, mapping, positions, n_copies: int, spacing_nm: float, device: str):

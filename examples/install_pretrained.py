@@ -4,7 +4,7 @@
     python examples/install_pretrained.py runs/reproduce
     python examples/install_pretrained.py --upgrade     # re-export the shipped models with this version's step
 
-Each model goes to ``openmm_cgml/pretrained/NAME.pt``; ``index.json`` beside
+Each model goes to ``openmm_cgml/pretrained/NAME.safetensors`` (the weights form); ``index.json`` beside
 them records the command that made it and the metrics of its evaluation, so
 every shipped model can be traced to the documented pipeline.
 
@@ -17,18 +17,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
 
-from openmm_cgml import pretrained
+from openmm_cgml import model_formats, pretrained
 from openmm_cgml.model_file import export_model, load, rebuild
 
 # pretrained name -> (model file, evaluation metrics) inside a bench/reproduce.py --out folder
 SOURCES = {
-    "polymer-chain": ("polymer/model.pt", "polymer/report/metrics.json",
+    "polymer-chain": ("polymer/model.safetensors", "polymer/report/metrics.json",
                       "python examples/polymer_chains.py --small (via bench/reproduce.py)"),
-    "alanine-dipeptide": ("peptides/alanine-dipeptide/model.pt", "peptides/alanine-dipeptide/report/metrics.json",
+    "alanine-dipeptide": ("peptides/alanine-dipeptide/model.safetensors",
+                          "peptides/alanine-dipeptide/report/metrics.json",
                           "python examples/peptides.py --small (via bench/reproduce.py)"),
 }
 
@@ -49,7 +49,8 @@ def main(argv=None) -> int:
             before = model.metadata.get("upgraded_from") or {key: model.metadata.get(key)
                                                              for key in ("exported_at", "versions")}
             export_model(rebuild(model), pretrained.path(name), dict(model.metadata, upgraded_from=before))
-            index.setdefault(name, {})["upgraded_from"] = before
+            index.setdefault(name, {}).update(upgraded_from=before,
+                                              sha256=model_formats.file_sha256(pretrained.path(name)))
             print(f"upgraded {name}: {pretrained.path(name)}")
         index_path.write_text(json.dumps(index, indent=1, sort_keys=True) + "\n")
         return 0
@@ -58,18 +59,19 @@ def main(argv=None) -> int:
         if not source.is_file():
             print(f"skipping {name}: {source} does not exist", file=sys.stderr)
             continue
-        model = load(source)  # refuses a corrupted file before it is copied
+        model = load(source)  # refuses a corrupted or edited file before it is installed
         metrics = json.loads((args.run / metrics_file).read_text()) if (args.run / metrics_file).is_file() else {}
-        shutil.copyfile(source, pretrained.PRETRAINED_DIR / f"{name}.pt")
+        target = pretrained.PRETRAINED_DIR / f"{name}{pretrained.SUFFIX}"
+        export_model(rebuild(model), target, model.metadata)
         index[name] = {
-            "command": command,
+            "command": command, "file": target.name, "sha256": model_formats.file_sha256(target),
             "model_timestep_ps": model.model_timestep._value,
             "md_steps_per_model_step": model.metadata["md_steps_per_model_step"],
             "k": model.k, "n_parameters": model.metadata.get("n_parameters"),
             "refine_sigmas": model.refine_sigmas, "training": model.metadata.get("training", {}),
             "evaluation": metrics.get("summary", {}),
         }
-        print(f"installed {name}: {pretrained.PRETRAINED_DIR / (name + '.pt')}")
+        print(f"installed {name}: {target}")
     index_path.write_text(json.dumps(index, indent=1, sort_keys=True) + "\n")
     return 0
 

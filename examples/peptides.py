@@ -108,7 +108,7 @@ def run_peptide(name: str, config: dict, out: Path, seed: int, log) -> tuple[Pat
 
     log(f"[{name}] training")
     started = time.perf_counter()
-    model = load(export(train_example(config, dataset, out / "training"), out / "model.pt", overwrite=True))
+    model = load(export(train_example(config, dataset, out / "training"), out / "model.safetensors", overwrite=True))
     log(f"      {time.perf_counter() - started:.0f} s; {model!r}")
 
     log(f"[{name}] rollout: {config['rollout_replicas']} replicas x {config['rollout_steps']} model steps "
@@ -133,7 +133,7 @@ def run(config: dict, out: Path, seed: int = 0, log=print) -> dict:
     summaries = {}
     for name, (ref, dcd, pdb, rollout_speed, reference_speed_) in zip(names, results):
         summaries[name] = report.evaluate([ref], [dcd], out / name / "report", topology=pdb,
-                                          model=out / name / "model.pt", reference_ns_per_day=reference_speed_,
+                                          model=out / name / "model.safetensors", reference_ns_per_day=reference_speed_,
                                           rollout_ns_per_day=rollout_speed, names=[name], overwrite=True)["summary"]
         log(f"      {name}: {out / name / 'report' / 'report.md'}")
     combined = {key: summaries[names[0]][key] for key in ("js_divergence", "collisions", "speedup")} \

@@ -160,10 +160,10 @@ def run(config: dict, out: Path, seed: int = 0, log=print) -> dict:
     log(f"      {time.perf_counter() - started:.0f} s")
 
     log("[4/6] export")
-    model = load(export(checkpoint, out / "model.pt", overwrite=True))
+    model = load(export(checkpoint, out / "model.safetensors", overwrite=True))
     if config.get("refine_sigmas"):  # an inference setting: tuned on these chains, saved with the model
         model.refine_sigmas = config["refine_sigmas"]
-        model.save(out / "model.pt", overwrite=True)
+        model.save(out / "model.safetensors", overwrite=True)
 
     # A bead model of a few dozen beads is bound by per-operation overhead: one thread is fastest, and
     # on a busy machine more threads wait on each other at every operation (training set 2+).

@@ -1,8 +1,8 @@
 """Run an exported openmm-cgml model with plain OpenMM: Simulation, reporters, checkpoints.
 
-    python examples/simulate_with_openmm.py model.pt start.pdb --steps 5000
+    python examples/simulate_with_openmm.py model.safetensors start.pdb --steps 5000
 
-``model.pt`` comes from ``cgml export``; ``start.pdb`` is a fine-grained
+``model.safetensors`` comes from ``cgml export``; ``start.pdb`` is a fine-grained
 (all-atom) structure of the molecule the model was trained on, or, for a
 transferable model (trained on several molecules), of a new molecule: its
 mapping rule is re-made for it. ``start`` may also be a fine trajectory
@@ -39,7 +39,7 @@ def demo_model(directory):
     module = CGPropagator.from_mapping(mapping, model_dt_ps=2.0, md_steps_per_model_step=1000,
                                        md_timestep_ps=0.002, temperature_K=300.0,
                                        accel_std_nm=1e-4, velocity_std_nm=1e-3)  # untrained: tiny moves
-    path = export_model(module, f"{directory}/demo.pt", {"mapping": mapping})
+    path = export_model(module, f"{directory}/demo.safetensors", {"mapping": mapping})
     pdb = f"{directory}/alanine-dipeptide.pdb"
     with open(pdb, "w") as handle:
         app.PDBFile.writeFile(reference.topology, reference.positions, handle)

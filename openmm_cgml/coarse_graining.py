@@ -11,6 +11,8 @@ A window is the history ``t-(k-1)*lag, ..., t-lag, t`` plus the target
 ``t+lag`` (``lag`` saved frames = one model step). Windows never span two
 trajectories, and whole trajectories (or whole sequences: all replicas of
 one molecule) go to one split, so no frames leak between train/val/test.
+The split is dealt at random by fractions, or given explicitly per file
+(``splits={"a.h5": "train", "b.h5": "val"}``; ``cgml coarse-grain a.h5 --val b.h5``).
 This module owns the file format (``FORMAT_NAME``, ``FORMAT_VERSION``, ``SPLITS``).
 
 Units: nm, nm/ps, ps, amu.
@@ -45,15 +47,14 @@ _CLOCK_ATTRS = ("cgml_timestep_ps", "cgml_stride", "cgml_temperature_K")
 def coarse_grain(data, out, *, mapping: str = "metis", atoms_per_bead: float | None = None,
                  n_beads: int | None = None, center: str = "com", seed: int = 0, k: int = 8,
                  model_steps: int | None = None, lag: int | None = None,
-                 split=(0.8, 0.1, 0.1), split_by: str = "auto", chunk_frames: int = 512,
+                 split=None, split_by: str = "auto", splits=None, chunk_frames: int = 512,
                  overwrite: bool = False) -> Path:
     """Map fine trajectories to beads and write a windowed coarse dataset.
 
-    Four steps: read and check the trajectories, with one mapping per distinct
-    molecule (:func:`_read_trajectories`); deal whole trajectories or sequences out to
-    the splits (:func:`_assign_trajectory_splits`); write every trajectory's beads
-    (:func:`_write_trajectories`); write the window counts and step scales
-    (:func:`_write_statistics`).
+    Steps: read and check the trajectories, one mapping per molecule (:func:`_read_trajectories`);
+    deal whole trajectories or sequences to the splits (:func:`_assign_trajectory_splits`), or take
+    each file's from ``splits``; write the beads (:func:`_write_trajectories`), then the window
+    counts and step scales (:func:`_write_statistics`).
 
     Parameters
     ----------
@@ -77,11 +78,17 @@ def coarse_grain(data, out, *, mapping: str = "metis", atoms_per_bead: float | N
         MD steps per model step (a multiple of the trajectories' save stride), or saved
         frames per model step; not both. Default: the smallest multiple of the stride that
         is at least 1000 MD steps.
-    split : sequence of float or str
-        Fractions (train, val, test) summing to 1, e.g. ``(0.8, 0.1, 0.1)`` or ``"0.8,0.1,0.1"``.
+    split : sequence of float or str, optional
+        Fractions (train, val, test) summing to 1, e.g. ``(0.8, 0.1, 0.1)`` (the default) or
+        ``"0.8,0.1,0.1"``; trajectories or sequences are dealt out at random (``seed``).
     split_by : str
         ``"trajectory"``, ``"sequence"`` (all trajectories of one molecule go to one split)
         or ``"auto"`` (sequence when there are at least three distinct molecules).
+    splits : mapping, optional
+        The split of every file instead of a random deal, ``{path: "train" | "val" | "test"}``,
+        one entry per file of ``data`` (paths compared resolved), e.g. a benchmark's own splits.
+        At least one must be ``"train"`` (the step scales come from it). Not with ``split`` or a
+        ``split_by`` other than ``"auto"``; recorded as ``split_by="explicit"``.
     chunk_frames : int
         Frames mapped per step (bounds the memory used).
     overwrite : bool
@@ -99,16 +106,17 @@ def coarse_grain(data, out, *, mapping: str = "metis", atoms_per_bead: float | N
     k = int(k)
     if k < 1:
         raise ValueError(f"k (history length) must be >= 1, got {k}")
-    fractions = _split_fractions(split)
-    if split_by not in ("auto", "trajectory", "sequence"):
-        raise ValueError(f"split_by must be 'auto', 'trajectory' or 'sequence', got {split_by!r}")
+    fractions, explicit = _split_choice(split, split_by, splits, paths)
     chunk_frames = max(1, int(chunk_frames))
     method, params = mapping_options(mapping, atoms_per_bead, n_beads, center, seed)
 
     infos, mappings = _read_trajectories(paths, method, params)
     lag = _lag(infos[0]["stride"], model_steps, lag)
     _check_lengths(infos, k, lag)
-    split_by = _assign_trajectory_splits(infos, split_by, fractions, seed)
+    if explicit is None:
+        split_by = _assign_trajectory_splits(infos, split_by, fractions, seed)
+    else:
+        split_by, fractions = "explicit", _apply_explicit_splits(infos, explicit)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as temporary, h5py.File(temporary, "w", libver=("v110", "latest")) as handle:
@@ -129,6 +137,50 @@ def _input_paths(data, out, overwrite: bool) -> list[Path]:
     if any(out.resolve() == p.resolve() for p in paths if p.exists()):
         raise ValueError(f"output {out} is one of the input trajectories")
     return paths
+
+
+def _split_choice(split, split_by: str, splits, paths: list[Path]):
+    """``(fractions, labels)``: the random deal's fractions, and the split of every file if ``splits`` is given."""
+    if split_by not in ("auto", "trajectory", "sequence"):
+        raise ValueError(f"split_by must be 'auto', 'trajectory' or 'sequence', got {split_by!r}")
+    if splits is not None and (split is not None or split_by != "auto"):
+        raise ValueError("give splits (the split of every file) or split/split_by (a random deal), not both")
+    explicit = None if splits is None else _explicit_splits(splits, paths)
+    return _split_fractions((0.8, 0.1, 0.1) if split is None else split), explicit
+
+
+def _explicit_splits(splits, paths: list[Path]) -> list[str]:
+    """The split name of every path of ``paths``, from the mapping ``splits`` (path -> name), checked.
+
+    Refuses names other than ``SPLITS``, files of ``data`` without a split, entries that name
+    no file of ``data``, and a dataset without a train file.
+    """
+    if not hasattr(splits, "items"):
+        raise ValueError(f"splits must map each input file to 'train', 'val' or 'test', got {type(splits).__name__}")
+    named = {}
+    for path, name in splits.items():
+        if name not in SPLITS:
+            raise ValueError(f"splits: unknown split {name!r} for {path}; one of {', '.join(SPLITS)}")
+        named[Path(path).resolve()] = name
+    resolved = [path.resolve() for path in paths]
+    missing = [str(path) for path, full in zip(paths, resolved) if full not in named]
+    if missing:
+        raise ValueError(f"splits names no split for {len(missing)} input file(s): {', '.join(missing[:3])}"
+                         f"{' ...' if len(missing) > 3 else ''}")
+    extra = sorted(str(full) for full in set(named) - set(resolved))
+    if extra:
+        raise ValueError(f"splits names file(s) that are not inputs: {', '.join(extra[:3])}")
+    labels = [named[full] for full in resolved]
+    if "train" not in labels:
+        raise ValueError("splits assigns no file to 'train'; the step scales are computed on the train split")
+    return labels
+
+
+def _apply_explicit_splits(infos: list[dict], labels: list[str]) -> tuple[float, float, float]:
+    """Set ``info["split"]`` from ``labels``; returns the fractions of trajectories in each split (for the attrs)."""
+    for info, label in zip(infos, labels):
+        info["split"] = label
+    return tuple(labels.count(name) / len(labels) for name in SPLITS)
 
 
 def _read_trajectories(paths: list[Path], method: str, params: dict) -> tuple[list[dict], dict]:

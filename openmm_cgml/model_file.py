@@ -1,11 +1,18 @@
-"""One TorchScript file per trained model, and loading it back.
+"""Model files: export a trained propagator, load one back as a :class:`CGModel`.
 
-The file is a plain TorchScript archive: ``torch.jit.load`` reads it without
-this package (and without unpickling arbitrary Python objects). It carries
-the networks and, as the ``metadata`` string attribute and as the extra file
-``metadata.json``, the same JSON: the mapping, ``k``, the model time step and
-the fine MD time step it stands for, units, training metadata and software
-versions. Exported parameters are frozen (no autograd bookkeeping per step).
+Two forms (:mod:`openmm_cgml.model_formats` writes and reads them):
+
+- ``.safetensors`` (the default): weights and JSON metadata only. Loading
+  rebuilds the architecture from this package's code, so no code from the
+  file ever runs.
+- ``.pt``: a TorchScript archive, for openmm-torch and other TorchScript
+  users. TorchScript can run code when loaded, so :func:`load` refuses one
+  unless ``trusted=True`` (``--trust-model``) or this package ships it.
+
+Both carry the same metadata: the mapping, ``k``, the model time step and the
+fine MD time step it stands for, units, training metadata, software versions,
+and ``model_init`` (the architecture). Exported parameters are frozen (no
+autograd bookkeeping per step).
 
 The metadata key ``mapping_rule`` (``{"method": ..., "params": {...}}``)
 names the rule the model's mappings are made with, so a transferable model
@@ -13,9 +20,9 @@ names the rule the model's mappings are made with, so a transferable model
 carry the rule in their training data's attributes, which
 :func:`read_mapping_rule` still reads.
 
-``cgml export CHECKPOINT --out model.pt`` (:mod:`openmm_cgml.cli.export`)
-converts a Lightning checkpoint (read with ``torch.load(..., weights_only=True)``);
-``openmm_cgml.load(path)`` returns a :class:`CGModel`.
+``cgml export CHECKPOINT --out model.safetensors`` (:mod:`openmm_cgml.cli.export`)
+converts a Lightning checkpoint (read with ``torch.load(..., weights_only=True)``)
+or another model file; ``openmm_cgml.load(path)`` returns a :class:`CGModel`.
 """
 from __future__ import annotations
 
@@ -29,13 +36,12 @@ import numpy as np
 import openmm.unit as u
 import torch
 
+from openmm_cgml import model_formats
 from openmm_cgml.io import atomic_path, software_versions
+from openmm_cgml.model_formats import FORMAT, FORMAT_VERSION, TORCHSCRIPT_SUFFIX, WEIGHTS_SUFFIX
 
 __all__ = ["FORMAT", "export_model", "export", "load", "CGModel", "rebuild",
            "propagator_from_checkpoint", "read_mapping_rule"]
-
-FORMAT = "openmm-cgml-model"
-FORMAT_VERSION = 1
 UNITS = {"length": "nm", "time": "ps", "mass": "amu", "energy": "kJ/mol", "temperature": "K",
          "pos_history": "nm, shape (k, n_beads, 3), last frame = current",
          "acceleration": "nm per model step^2", "velocity": "nm per model step"}
@@ -76,22 +82,23 @@ def read_mapping_rule(metadata: dict) -> tuple[str, dict] | None:
 
 
 def export_model(model, path, metadata: dict | None = None) -> Path:
-    """Script ``model`` into one TorchScript file, written atomically.
+    """Write ``model`` to one model file, atomically; the suffix of ``path`` picks the form.
 
     Parameters
     ----------
     model : CGPropagator
         The propagator (:class:`~openmm_cgml.model.propagator.CGPropagator`);
-        a frozen float32 CPU copy is scripted, ``model`` itself is untouched.
+        a frozen float32 CPU copy is written, ``model`` itself is untouched.
     path : str or Path
-        Output file; its directory must exist. Written to a temporary name and
-        renamed, so a failure never leaves a truncated file behind or damages
-        an existing one.
+        ``.safetensors`` (weights and metadata only; the safe default) or ``.pt``
+        (TorchScript, for openmm-torch). Its directory must exist. Written to a
+        temporary name and renamed, so a failure never leaves a truncated file
+        behind or damages an existing one.
     metadata : dict, optional
         JSON-serialisable; typically ``mapping`` (a Mapping or its JSON),
         ``training`` and ``config``. Merged with what the model knows about
-        itself (k, time steps, temperature, bead count, units, versions) and
-        the ``mapping_rule`` (:func:`read_mapping_rule`).
+        itself (k, time steps, temperature, bead count, units, versions,
+        ``model_init``) and the ``mapping_rule`` (:func:`read_mapping_rule`).
 
     Returns
     -------
@@ -99,12 +106,28 @@ def export_model(model, path, metadata: dict | None = None) -> Path:
         ``path``.
     """
     path = Path(path)
+    if path.suffix not in (WEIGHTS_SUFFIX, TORCHSCRIPT_SUFFIX):
+        raise ValueError(f"model file {path}: the name must end in {WEIGHTS_SUFFIX} (weights only, the default) "
+                         f"or {TORCHSCRIPT_SUFFIX} (TorchScript, for openmm-torch)")
     if not path.parent.exists():
         raise FileNotFoundError(f"output directory {path.parent} does not exist")
     module = copy.deepcopy(model).cpu().float().eval()
     for parameter in module.parameters():
         parameter.requires_grad_(False)
-    meta = dict(metadata or {})
+    meta = _export_metadata(module, metadata)
+    text = json.dumps(meta, sort_keys=True)
+    module.metadata = text
+    with atomic_path(path) as temporary:
+        if path.suffix == WEIGHTS_SUFFIX:
+            model_formats.write_weights(module.state_dict(), meta, temporary)
+        else:
+            model_formats.write_torchscript(torch.jit.script(module), meta, temporary)
+    return path
+
+
+def _export_metadata(module, metadata: dict | None) -> dict:
+    """``metadata`` merged with what ``module`` knows about itself: the JSON every model file carries."""
+    meta = {key: value for key, value in (metadata or {}).items() if key != "digest"}
     if hasattr(meta.get("mapping"), "to_json"):
         meta["mapping"] = meta["mapping"].to_json()
     if isinstance(meta.get("mapping"), dict):
@@ -126,18 +149,10 @@ def export_model(model, path, metadata: dict | None = None) -> Path:
         "versions": software_versions(), "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     })
     try:
-        text = json.dumps(meta, sort_keys=True)
+        json.dumps(meta)
     except TypeError as error:
         raise ValueError(f"metadata must be JSON-serialisable: {error}") from None
-    module.metadata = text
-    _save_atomically(torch.jit.script(module), path, text)
-    return path
-
-
-def _save_atomically(scripted: torch.jit.ScriptModule, path: Path, metadata_text: str) -> None:
-    """Write the TorchScript file through a temporary file, so a failure never leaves half a model at ``path``."""
-    with atomic_path(path) as temporary:
-        torch.jit.save(scripted, str(temporary), _extra_files={"metadata.json": metadata_text})
+    return meta
 
 
 def _find_checkpoint(checkpoint) -> Path:
@@ -203,6 +218,42 @@ def propagator_from_checkpoint(checkpoint):
     return model, hparams, path
 
 
+def _propagator(metadata: dict, tensors: dict, where, exact: bool):
+    """A CGPropagator of this package's code, built from ``model_init`` and filled with ``tensors``.
+
+    ``exact``: ``tensors`` must be the persistent tensors and nothing else (a
+    weights file); otherwise extra entries are ignored (a ScriptModule's
+    state_dict also lists its non-persistent buffers).
+    """
+    from openmm_cgml.model.propagator import CGPropagator
+
+    init = metadata.get("model_init")
+    if not init:
+        raise ValueError(f"{where}: no model_init in the metadata; the architecture cannot be rebuilt")
+    try:
+        propagator = CGPropagator.from_init_json(json.dumps(init))
+    except (TypeError, KeyError, ValueError, AttributeError) as error:
+        raise ValueError(f"{where}: model_init does not describe a propagator this openmm-cgml builds: "
+                         f"{error}") from None
+    wanted = propagator.state_dict()
+    missing, unexpected = sorted(set(wanted) - set(tensors)), sorted(set(tensors) - set(wanted))
+    if missing or (exact and unexpected):
+        raise ValueError(f"{where}: weights do not match the model description (missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]})")
+    for key, tensor in wanted.items():
+        if tuple(tensors[key].shape) != tuple(tensor.shape):
+            raise ValueError(f"{where}: weights do not match the model description: {key!r} has shape "
+                             f"{tuple(tensors[key].shape)}, the architecture needs {tuple(tensor.shape)}")
+    propagator.load_state_dict({key: tensors[key].detach().cpu() for key in wanted})
+    return propagator.eval()
+
+
+def _set_inference(propagator, refine_sigmas, hard_core: bool) -> None:
+    """The inference settings a file records: refinement levels, and the hard core where it has distances."""
+    propagator.refine_sigmas = [float(s) for s in refine_sigmas]
+    propagator.hard_core = bool(hard_core) and max(propagator.min_bonded_nm, propagator.min_nonbonded_nm) > 0
+
+
 def rebuild(model: "CGModel"):
     """A :class:`~openmm_cgml.model.propagator.CGPropagator` of this package's code with the weights of a loaded file.
 
@@ -211,30 +262,44 @@ def rebuild(model: "CGModel"):
     the result again (:func:`export_model`, with ``model.metadata``) to carry a
     model file over to a newer version of the step (e.g. the refinement).
     """
-    from openmm_cgml.model.propagator import CGPropagator
-
-    init = model.metadata.get("model_init")
-    if not init:
-        raise ValueError(f"{model.path}: no model_init in the metadata; the architecture cannot be rebuilt")
-    propagator = CGPropagator.from_init_json(json.dumps(init))
-    propagator.refine_sigmas = model.refine_sigmas
-    propagator.hard_core = model.hard_core
-    wanted = propagator.state_dict()  # persistent tensors only: a scripted state_dict also lists the others
-    try:
-        propagator.load_state_dict({key: value.detach().cpu() for key, value in model.module.state_dict().items()
-                                    if key in wanted})
-    except RuntimeError as error:
-        raise ValueError(f"{model.path}: weights do not match the model description: "
-                         f"{str(error).splitlines()[0]}") from None
-    return propagator.eval()
+    propagator = _propagator(model.metadata, model.module.state_dict(), model.path, exact=False)
+    _set_inference(propagator, model.refine_sigmas, model.hard_core)
+    return propagator
 
 
-def export(checkpoint, out, overwrite: bool = False) -> Path:
-    """Export a Lightning checkpoint (or training directory) to the TorchScript file ``out``."""
+def _is_model_file(source) -> bool:
+    from openmm_cgml import pretrained
+
+    source = Path(source)
+    return source.suffix in (WEIGHTS_SUFFIX, TORCHSCRIPT_SUFFIX) or (
+        source.suffix == "" and not source.exists() and str(source) in pretrained.available())
+
+
+def export(source, out, overwrite: bool = False, trusted: bool = False) -> Path:
+    """Export a Lightning checkpoint, a training directory or another model file to ``out``.
+
+    Parameters
+    ----------
+    source : str or Path
+        A ``.ckpt`` file, a training output directory (its best, else last,
+        checkpoint), or a model file / pretrained name: converting a
+        ``.safetensors`` file to ``.pt`` gives openmm-torch its TorchScript.
+    out : str or Path
+        ``.safetensors`` or ``.pt`` (:func:`export_model`).
+    overwrite : bool
+        Replace an existing ``out``.
+    trusted : bool
+        Allow a TorchScript ``source`` (see :func:`load`).
+    """
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
-    model, hparams, path = propagator_from_checkpoint(checkpoint)
+    if Path(source).exists() and out.exists() and Path(source).resolve() == out.resolve():
+        raise ValueError(f"{out}: the output is the file being exported")
+    if _is_model_file(source):
+        model = load(source, trusted=trusted)
+        return export_model(rebuild(model), out, model.metadata)
+    model, hparams, path = propagator_from_checkpoint(source)
     progress = hparams.pop("_progress", {})
     metadata = dict(hparams.get("metadata", {}))
     metadata.setdefault("training", {})
@@ -314,18 +379,14 @@ class CGModel:
         self.module.refine_sigmas = values
 
     def save(self, path, overwrite: bool = False) -> Path:
-        """Write this model, with its current inference settings (``refine_sigmas``, ``hard_core``), to ``path``."""
+        """Write this model, with its current inference settings (``refine_sigmas``, ``hard_core``), to ``path``.
+
+        The suffix picks the form, as in :func:`export_model`.
+        """
         path = Path(path)
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-        metadata = dict(self.metadata, refine_sigmas=self.refine_sigmas)
-        if isinstance(metadata.get("hard_core"), dict):
-            metadata["hard_core"] = dict(metadata["hard_core"], enabled=self.hard_core)
-        text = json.dumps(metadata, sort_keys=True)
-        self.module.metadata = text
-        self.metadata = metadata
-        _save_atomically(self.module, path, text)
-        return path
+        return export_model(rebuild(self), path, self.metadata)
 
     @property
     def hard_core(self) -> bool:
@@ -403,10 +464,25 @@ class CGModel:
                 f"model_timestep={self.model_timestep}, md_steps_per_model_step={self.md_steps_per_model_step})")
 
 
-def load(path, device: str | torch.device = "cpu") -> CGModel:
-    """Load an exported model file, or a shipped pretrained model by name (``openmm_cgml.pretrained``).
+def load(path, device: str | torch.device = "cpu", trusted: bool = False) -> CGModel:
+    """Load a model file, or a shipped pretrained model by name (``openmm_cgml.pretrained``).
 
-    A missing, corrupted or foreign file raises an error naming it.
+    Parameters
+    ----------
+    path : str or Path
+        A ``.safetensors`` or ``.pt`` model file (the form is read from the
+        file's first bytes), or a pretrained name.
+    device : str or torch.device
+        Where the networks run.
+    trusted : bool
+        Load a TorchScript file even though it is not one this package ships.
+        TorchScript is code and runs when loaded: set this only for files from
+        a source you trust. Weights files need no trust.
+
+    Returns
+    -------
+    CGModel
+        A missing, corrupted, edited or foreign file raises an error naming it.
     """
     from openmm_cgml import pretrained
 
@@ -416,19 +492,35 @@ def load(path, device: str | torch.device = "cpu") -> CGModel:
     if not path.is_file():
         shipped = ", ".join(pretrained.available()) or "none"
         raise FileNotFoundError(f"model file {path} does not exist (pretrained models by name: {shipped})")
-    extra = {"metadata.json": ""}
-    try:
-        module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
-    except Exception as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"{path}: not a readable openmm-cgml model file (corrupted or truncated?): {first}") from None
-    try:
-        metadata = json.loads(extra["metadata.json"] or module.metadata)
-    except (json.JSONDecodeError, AttributeError, RuntimeError):
-        raise ValueError(f"{path}: TorchScript file without valid openmm-cgml metadata") from None
-    if metadata.get("format") != FORMAT:
-        raise ValueError(f"{path}: not an openmm-cgml model (format {metadata.get('format')!r})")
-    if int(metadata.get("format_version", 0)) > FORMAT_VERSION:
-        raise ValueError(f"{path}: written by a newer openmm-cgml (format version {metadata['format_version']})")
+    if model_formats.kind_of(path) == "torchscript":
+        module, metadata = model_formats.read_torchscript(path, device, trusted)
+    else:
+        tensors, metadata = model_formats.read_weights(path)
+        propagator = _propagator(metadata, tensors, path, exact=True)
+        _set_inference(propagator, metadata["refine_sigmas"], (metadata.get("hard_core") or {}).get("enabled"))
+        for parameter in propagator.parameters():
+            parameter.requires_grad_(False)
+        propagator.metadata = json.dumps(metadata, sort_keys=True)
+        module = torch.jit.script(propagator.to(device))
+    _check_mapping(metadata, path)
     return CGModel(module, metadata, str(path))
 
+
+def _check_mapping(metadata: dict, path: Path) -> None:
+    """ValueError if the file's mapping does not describe the molecule its architecture is for."""
+    if not metadata.get("mapping"):
+        return
+    from openmm_cgml.mapping import Mapping
+
+    try:
+        mapping = Mapping.from_json(metadata["mapping"])
+    except (ValueError, TypeError, KeyError) as error:
+        raise ValueError(f"{path}: the metadata mapping is not readable: {error}") from None
+    for what, own in (("n_beads", mapping.n_beads), ("n_atoms", mapping.n_atoms)):
+        if metadata[what] and own % metadata[what]:
+            raise ValueError(f"{path}: the metadata mapping has {own} {what[2:]}, the model is for "
+                             f"{metadata[what]} per molecule")
+    types = np.asarray(mapping.atom_types)
+    table = np.asarray(metadata["model_init"]["type_masses"], dtype=float)
+    if types.size and (types.min() < 0 or types.max() >= len(table) or (table[types] <= 0).any()):
+        raise ValueError(f"{path}: the metadata mapping has atom types the model never saw in training")

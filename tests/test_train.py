@@ -104,7 +104,7 @@ def test_training_lowers_nll_resumes_and_exports(dataset, tmp_path):
     assert list(csv.DictReader(open(run / "logs" / "version_1" / "metrics.csv")))
 
     # export through the CLI, then the exported file reproduces the checkpoint's predictions
-    out = tmp_path / "model.pt"
+    out = tmp_path / "model.safetensors"
     assert main(["export", str(run), "--out", str(out)]) == 0
     assert main(["export", str(run), "--out", str(out)]) == 2  # refuses to overwrite
     model = load(out)
@@ -168,9 +168,9 @@ def test_cli_errors_are_one_line(tmp_path, capsys, dataset):
     assert "batch_size" in capsys.readouterr().err
     corrupt = tmp_path / "corrupt.ckpt"
     corrupt.write_bytes(b"\x80\x04garbage")
-    assert main(["export", str(corrupt), "--out", str(tmp_path / "m.pt")]) == 2
+    assert main(["export", str(corrupt), "--out", str(tmp_path / "m.safetensors")]) == 2
     assert "corrupt.ckpt" in capsys.readouterr().err
-    assert not (tmp_path / "m.pt").exists()
+    assert not (tmp_path / "m.safetensors").exists()
 
 
 # ---------------------------------------------------------------------------------------- slow
@@ -199,8 +199,8 @@ def test_trained_rollout_is_stable_for_10000_steps(system, tmp_path):
         "train": {"max_epochs": 10, "threads": 1, "batch_size": 32, "limit_train_batches": 150,
                   "limit_val_batches": 10, "warmup_steps": 50},
         "trainer": {"enable_progress_bar": False}})
-    assert main(["export", str(train(config)), "--out", str(tmp_path / "model.pt")]) == 0
-    model = load(tmp_path / "model.pt")
+    assert main(["export", str(train(config)), "--out", str(tmp_path / "model.safetensors")]) == 0
+    model = load(tmp_path / "model.safetensors")
     assert model.hard_core
 
     data = CoarseDataset(coarse, "val", k=4)

@@ -31,6 +31,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     from openmm_cgml import __version__
 
     parser.add_argument("--version", action="version", version=f"openmm-cgml {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         stage = sub.add_parser(name, help=help_text, description=help_text)
@@ -51,14 +52,32 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         result = args._run(args)
-    except (ValueError, FileNotFoundError, FileExistsError, PermissionError, KeyError) as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"cgml {args.command}: error: {message}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"cgml {args.command}: interrupted; files written so far are kept", file=sys.stderr)
         return 130
+    except USER_ERRORS as error:  # bad input: the message names the file, field or value
+        if args.debug:
+            raise
+        print(f"cgml {args.command}: error: {one_line(error)}", file=sys.stderr)
+        return 2
+    except Exception as error:  # a bug, not bad input: still one line, and the way to the traceback
+        if args.debug:
+            raise
+        print(f"cgml {args.command}: internal error: {type(error).__name__}: {one_line(error)} "
+              f"(run 'cgml --debug {args.command} ...' for the traceback, and please report it)", file=sys.stderr)
+        return 1
     return int(result or 0)
+
+
+# What bad input raises. OSError covers missing, unwritable and unreadable files (h5py raises it for a
+# damaged HDF5 file); KeyError is not here: a KeyError is a bug unless the code turned it into a ValueError.
+USER_ERRORS = (ValueError, OSError)
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message on one line (OpenMM and h5py messages can span several)."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text[:2000]
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """``cgml evaluate``: compare rollouts with reference MD; writes metrics.json and the report.
 
     cgml evaluate --reference ref1.h5 ref2.h5 --rollout roll1.dcd roll2.dcd \\
-        --topology roll1.pdb roll2.pdb --model model.pt --out report/
+        --topology roll1.pdb roll2.pdb --model model.safetensors --out report/
 
 The work is :func:`openmm_cgml.evaluation.report.evaluate`; see docs/evaluation.md.
 """

@@ -1,6 +1,6 @@
 """``cgml simulate``: run an exported model as an OpenMM integrator over beads.
 
-    cgml simulate model.pt --pdb start.pdb --steps 10000 --out traj.dcd \\
+    cgml simulate model.safetensors --pdb start.pdb --steps 10000 --out traj.dcd \\
         --report-interval 100 --checkpoint run.chk
 
 The fine-grained start structure is mapped to beads with the model's mapping
@@ -25,7 +25,9 @@ __all__ = ["configure_parser", "run"]
 
 
 def configure_parser(parser) -> None:
-    parser.add_argument("model", help="exported model file (from `cgml export`)")
+    parser.add_argument("model", help="exported model file (from `cgml export`) or a pretrained name")
+    parser.add_argument("--trust-model", action="store_true",
+                        help="allow a TorchScript (.pt) model that this package does not ship (it can run code)")
     parser.add_argument("--pdb", required=True,
                         help="fine-grained start structure: PDB/PDBx, a fine trajectory (.h5, first frame) or a "
                              "reference system name/YAML (the last two carry atom types, e.g. polymer bead types)")
@@ -72,7 +74,7 @@ def _simulation(args):
     from openmm_cgml.openmm.integrator import CGMLIntegrator
     from openmm_cgml.openmm.platform import choose_platform
 
-    model = load(args.model)
+    model = load(args.model, trusted=args.trust_model)
     cg = coarse_grained_system(model, args.pdb, replicas=args.replicas, mapping=args.mapping)
     temperature = None if args.temperature is None else args.temperature * u.kelvin
     integrator = CGMLIntegrator(model, temperature=temperature, seed=args.seed, refine=not args.no_refine,

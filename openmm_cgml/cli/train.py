@@ -53,5 +53,5 @@ def run(args: argparse.Namespace) -> int:
     if args.resume == "auto" and not last.exists():
         raise FileNotFoundError(f"--resume: no checkpoint {last}")
     best = train(config)
-    print(f"best checkpoint: {best}\nexport it with: cgml export {config.out_dir} --out model.pt")
+    print(f"best checkpoint: {best}\nexport it with: cgml export {config.out_dir} --out model.safetensors")
     return 0

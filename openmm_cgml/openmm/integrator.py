@@ -2,7 +2,7 @@
 
 ::
 
-    model = openmm_cgml.load("model.pt")
+    model = openmm_cgml.load("model.safetensors")
     cg = openmm_cgml.coarse_grained_system(model, "start.pdb", replicas=4)
     integrator = openmm_cgml.CGMLIntegrator(model, temperature=300 * kelvin, seed=1)
     simulation = Simulation(cg.topology, cg.system, integrator, platform)

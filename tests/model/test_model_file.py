@@ -1,4 +1,4 @@
-"""Export to one TorchScript file and load it back (with and without this package)."""
+"""Export to a model file (weights or TorchScript) and load it back, with and without this package."""
 import json
 import subprocess
 import sys
@@ -6,9 +6,11 @@ import sys
 import numpy as np
 import openmm.unit as u
 import pytest
+import safetensors.torch
 import torch
 from test_propagator import N_BEADS, chain_history, chain_molecule, compressed_history, hard_core_model, make_model
 
+from openmm_cgml import model_formats
 from openmm_cgml.mapping import Mapping
 from openmm_cgml.model_file import CGModel, export_model, load
 
@@ -20,16 +22,27 @@ def chain_mapping():
     return Mapping(bead_of_atom.numpy(), masses, atom_types.numpy(), bonds, method="custom")
 
 
+def export_chain_model(path):
+    model = make_model(k=3)
+    return model, export_model(model, path, {"mapping": chain_mapping(), "training": {"note": "test"}})
+
+
 @pytest.fixture
 def exported(tmp_path):
-    model = make_model(k=3)
-    path = export_model(model, tmp_path / "model.pt", {"mapping": chain_mapping(), "training": {"note": "test"}})
-    return model, path
+    """A chain model exported as a weights (safetensors) file."""
+    return export_chain_model(tmp_path / "model.safetensors")
 
 
-def test_load_reproduces_predictions_exactly(exported):
-    model, path = exported
-    loaded = load(path)
+@pytest.fixture
+def exported_torchscript(tmp_path):
+    """The same model exported as a TorchScript file."""
+    return export_chain_model(tmp_path / "model.pt")
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_load_reproduces_predictions_exactly(tmp_path, suffix):
+    model, path = export_chain_model(tmp_path / f"model{suffix}")
+    loaded = load(path, trusted=suffix == ".pt")
     assert isinstance(loaded, CGModel)
     history = chain_history(3)
     features = loaded.embed_mapping()
@@ -57,6 +70,14 @@ def test_metadata_attributes_and_units(exported):
     meta = loaded.metadata
     assert meta["training"]["note"] == "test" and meta["units"]["length"] == "nm"
     assert {"torch", "openmm", "openmm_cgml"} <= set(meta["versions"])
+    assert not any(p.requires_grad for p in loaded.module.parameters())
+
+
+def test_torchscript_file_carries_the_same_metadata(exported, exported_torchscript):
+    path = exported_torchscript[1]
+    meta = load(path, trusted=True).metadata
+    assert {key: value for key, value in meta.items() if key not in ("digest", "versions")} == {
+        key: value for key, value in load(exported[1]).metadata.items() if key not in ("digest", "versions")}
     # the same JSON as attribute and extra file
     extra = {"metadata.json": ""}
     module = torch.jit.load(str(path), _extra_files=extra)
@@ -64,9 +85,9 @@ def test_metadata_attributes_and_units(exported):
     assert not any(p.requires_grad for p in module.parameters())
 
 
-def test_plain_torch_jit_load_without_package(exported, tmp_path):
-    """A user without openmm-cgml installed can run the file with torch alone."""
-    model, path = exported
+def test_plain_torch_jit_load_without_package(exported_torchscript, tmp_path):
+    """A user without openmm-cgml installed can run the TorchScript file with torch alone."""
+    model, path = exported_torchscript
     history = chain_history(3)
     atom_types, fine_edges, bead_of_atom, coarse = chain_molecule()
     noise = torch.randn(model.noise_draws(True), N_BEADS, 3)
@@ -92,21 +113,30 @@ print(m.k, m.model_dt_ps)
     torch.testing.assert_close(torch.load(tmp_path / "out.pt", weights_only=True), expected, atol=0, rtol=0)
 
 
-def test_corrupted_truncated_or_foreign_files_are_named(exported, tmp_path):
-    _, path = exported
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_corrupted_truncated_or_foreign_files_are_named(tmp_path, suffix):
+    _, path = export_chain_model(tmp_path / f"model{suffix}")
     data = path.read_bytes()
-    truncated = tmp_path / "truncated.pt"
+    truncated = tmp_path / f"truncated{suffix}"
     truncated.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError, match="truncated.pt"):
-        load(truncated)
-    garbage = tmp_path / "garbage.pt"
+    with pytest.raises(ValueError, match="truncated"):
+        load(truncated, trusted=True)
+    garbage = tmp_path / f"garbage{suffix}"
     garbage.write_bytes(b"\x00not a model" * 100)
-    with pytest.raises(ValueError, match="garbage.pt"):
-        load(garbage)
+    with pytest.raises(ValueError, match="garbage"):
+        load(garbage, trusted=True)
+    empty = tmp_path / f"empty{suffix}"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match="empty.*empty or truncated"):
+        load(empty)
     foreign = tmp_path / "foreign.pt"
     torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(foreign))
     with pytest.raises(ValueError, match="foreign.pt.*metadata"):
-        load(foreign)
+        load(foreign, trusted=True)
+    foreign_weights = tmp_path / "foreign.safetensors"
+    safetensors.torch.save_file({"w": torch.zeros(2)}, str(foreign_weights))
+    with pytest.raises(ValueError, match="foreign.safetensors.*without openmm-cgml metadata"):
+        load(foreign_weights)
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         load(tmp_path / "missing.pt")
 
@@ -129,7 +159,7 @@ def test_failed_export_keeps_existing_file(exported):
     with pytest.raises(ValueError, match="JSON-serialisable"):
         export_model(model, path, {"bad": object()})
     assert path.read_bytes() == before
-    assert sorted(p.name for p in path.parent.iterdir()) == ["model.pt"]  # no temporary left behind
+    assert sorted(p.name for p in path.parent.iterdir()) == ["model.safetensors"]  # no temporary left behind
 
 
 def test_refinement_levels_can_be_changed_after_loading(exported):
@@ -155,7 +185,7 @@ def test_hard_core_survives_export_and_can_be_switched(tmp_path, exported):
     assert not plain.hard_core and plain.min_distances == {"bonded": 0.0, "nonbonded": 0.0}
     with pytest.raises(ValueError, match="no learned minimum distances"):
         plain.hard_core = True
-    path = export_model(hard_core_model(k=3), tmp_path / "hard.pt", {"mapping": chain_mapping()})
+    path = export_model(hard_core_model(k=3), tmp_path / "hard.safetensors", {"mapping": chain_mapping()})
     model = load(path)
     assert model.hard_core and model.min_distances == {"bonded": pytest.approx(0.30), "nonbonded": pytest.approx(0.45)}
     assert model.metadata["hard_core"] == {"enabled": True, "sweeps": 8, "min_bonded_nm": pytest.approx(0.30),
@@ -204,10 +234,147 @@ def test_saved_model_keeps_changed_inference_settings(exported, tmp_path):
             torch.randn(2, N_BEADS, 3))
     loaded.refine_sigmas = [0.15]
     expected = loaded.step(*args)
-    saved = loaded.save(tmp_path / "tuned.pt")
+    saved = loaded.save(tmp_path / "tuned.safetensors")
     with pytest.raises(FileExistsError):
         loaded.save(saved)
     again = load(saved)
     assert again.refine_sigmas == [0.15] and again.metadata["refine_sigmas"] == [0.15]
     assert torch.equal(again.step(*args), expected)
-    assert torch.jit.load(str(saved)).refine_sigmas == [0.15]
+    assert model_formats.read_weights(saved)[1]["refine_sigmas"] == [0.15]
+    script = loaded.save(tmp_path / "tuned.pt")  # the TorchScript form keeps them too
+    assert torch.jit.load(str(script)).refine_sigmas == [0.15]
+
+
+class _CodeOnLoad(torch.nn.Module):
+    """A TorchScript module whose ``__setstate__`` writes a file: what a crafted model file can do."""
+
+    def __init__(self, marker: str):
+        super().__init__()
+        self.marker = marker
+        self.x = torch.zeros(1)
+
+    @torch.jit.export
+    def __getstate__(self):
+        return (self.marker, self.x, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[str, torch.Tensor, bool]):
+        self.marker = state[0]
+        self.x = state[1]
+        self.training = state[2]
+        torch.save(self.x, self.marker)
+
+    def forward(self, x):
+        return x
+
+
+def test_untrusted_torchscript_is_refused_before_it_runs(tmp_path, monkeypatch):
+    marker = tmp_path / "written-by-the-model-file"
+    crafted = tmp_path / "crafted.pt"
+    torch.jit.save(torch.jit.script(_CodeOnLoad(str(marker))), str(crafted))
+    assert not marker.exists()
+    with pytest.raises(ValueError, match="crafted.pt: a TorchScript model file can run code"):
+        load(crafted)
+    assert not marker.exists()
+    # the threat is real: trusting the file runs its code (and then fails on the missing metadata)
+    with pytest.raises(ValueError, match="crafted.pt"):
+        load(crafted, trusted=True)
+    assert marker.exists()
+    # a TorchScript file whose SHA-256 this package vouches for (a shipped model) needs no trust flag
+    marker.unlink()
+    monkeypatch.setattr(model_formats, "trusted_sha256s", lambda: {model_formats.file_sha256(crafted)})
+    with pytest.raises(ValueError, match="metadata"):
+        load(crafted)
+    assert marker.exists()
+
+
+def _rewrite_weights(path, out, edit_metadata=None, edit_tensors=None):
+    """Copy a weights file with its metadata or tensors edited, keeping the old digest."""
+    with safetensors.safe_open(str(path), framework="pt") as handle:
+        header = handle.metadata()
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    metadata = json.loads(header["openmm_cgml"])
+    if edit_metadata:
+        edit_metadata(metadata)
+    if edit_tensors:
+        edit_tensors(tensors)
+    safetensors.torch.save_file(tensors, str(out), metadata={"openmm_cgml": json.dumps(metadata)})
+    return out
+
+
+def test_edited_weights_file_is_refused(exported, tmp_path):
+    _, path = exported
+
+    def swap_mapping(metadata):
+        mapping = json.loads(metadata["mapping"]) if isinstance(metadata["mapping"], str) else metadata["mapping"]
+        mapping["bead_of_atom"] = list(reversed(mapping["bead_of_atom"]))
+        metadata["mapping"] = mapping
+
+    edited = _rewrite_weights(path, tmp_path / "edited.safetensors", edit_metadata=swap_mapping)
+    with pytest.raises(ValueError, match="edited.safetensors: the metadata or weights were changed"):
+        load(edited)
+
+    def scale_first(tensors):
+        name = sorted(tensors)[0]
+        tensors[name] = tensors[name] * 1.01
+
+    reweighted = _rewrite_weights(path, tmp_path / "reweighted.safetensors", edit_tensors=scale_first)
+    with pytest.raises(ValueError, match="reweighted.safetensors: the metadata or weights were changed"):
+        load(reweighted)
+
+
+def test_weights_that_do_not_fit_the_architecture_are_refused(exported, tmp_path):
+    _, path = exported
+    tensors, metadata = model_formats.read_weights(path)
+    name = sorted(tensors)[0]
+    model_formats.write_weights(dict(tensors, **{name: torch.zeros(tensors[name].numel() + 1)}), metadata,
+                                tmp_path / "misfit.safetensors")
+    with pytest.raises(ValueError, match=f"misfit.safetensors.*{name}"):
+        load(tmp_path / "misfit.safetensors")
+    model_formats.write_weights(dict(tensors, **{name: torch.full_like(tensors[name], float("nan"))}), metadata,
+                                tmp_path / "nan.safetensors")
+    with pytest.raises(ValueError, match=f"nan.safetensors: tensor '{name}' holds NaN"):
+        load(tmp_path / "nan.safetensors")
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("format", "something-else", "not an openmm-cgml model"),
+    ("k", 0, "'k' must be an integer >= 1"),
+    ("k", "3", "'k' must be an integer >= 1"),
+    ("model_dt_ps", -1.0, "'model_dt_ps' must be a number > 0"),
+    ("temperature_K", float("nan"), "'temperature_K' must be a number > 0"),
+    ("refine_sigmas", [0.1, 0.0], "'refine_sigmas' must be a list of numbers > 0"),
+    ("model_init", [], "'model_init' must be an object"),
+    ("format_version", 99, "newer openmm-cgml"),
+    ("n_beads", 9, "'n_beads' = 9 contradicts the architecture"),
+    ("mapping", 7, "'mapping' must be a mapping JSON"),
+])
+def test_metadata_schema_names_the_field(exported, key, value, message):
+    _, path = exported
+    _, metadata = model_formats.read_weights(path)
+    metadata[key] = value
+    with pytest.raises(ValueError, match=message):
+        model_formats.check_metadata(metadata, path)
+    metadata.pop(key)
+    if key != "mapping":
+        with pytest.raises(ValueError, match="not an openmm-cgml model" if key == "format" else f"has no '{key}'"):
+            model_formats.check_metadata(metadata, path)
+
+
+def test_cli_converts_between_the_two_forms(exported, tmp_path, capsys):
+    from openmm_cgml.cli import main
+
+    model, path = exported
+    script = tmp_path / "converted.pt"
+    assert main(["export", str(path), "--out", str(script)]) == 0
+    assert "trusted=True" in capsys.readouterr().out
+    back = tmp_path / "back.safetensors"
+    assert main(["export", str(script), "--out", str(back)]) == 2  # an untrusted TorchScript source
+    assert "--trust-model" in capsys.readouterr().err and not back.exists()
+    assert main(["export", str(script), "--out", str(back), "--trust-model"]) == 0
+    assert main(["export", str(path), "--out", str(back)]) == 2  # exists, no --overwrite
+    history, features = chain_history(3), load(back).embed_mapping()
+    _, _, _, coarse = chain_molecule()
+    args = (history, features, coarse, torch.zeros(N_BEADS, dtype=torch.long), torch.zeros(3, 3),
+            torch.randn(3, N_BEADS, 3))
+    torch.testing.assert_close(load(back).step(*args), load(path).step(*args), atol=0, rtol=0)
