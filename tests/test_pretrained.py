@@ -9,7 +9,8 @@ import openmm_cgml
 from openmm_cgml import pretrained
 from openmm_cgml.openmm import CGMLIntegrator, coarse_grained_system
 
-SHIPPED = {"alanine-dipeptide": "alanine-dipeptide", "polymer-chain": "polymer-chain"}  # model -> start system
+SHIPPED = {"alanine-dipeptide": "alanine-dipeptide", "polymer-chain": "polymer-chain",
+           "polymer-chain-1ps": "polymer-chain"}  # model -> start system
 
 
 def test_the_reference_systems_have_shipped_models():
