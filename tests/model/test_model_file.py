@@ -8,7 +8,7 @@ import openmm.unit as u
 import pytest
 import safetensors.torch
 import torch
-from test_propagator import N_BEADS, chain_history, chain_molecule, compressed_history, hard_core_model, make_model
+from chains import N_BEADS, chain_history, chain_molecule, compressed_history, hard_core_model, make_model
 
 from openmm_cgml import model_formats
 from openmm_cgml.mapping import Mapping
