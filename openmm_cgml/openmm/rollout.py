@@ -165,9 +165,8 @@ def rollout(
 ) -> torch.Tensor:
     """Run ``n_steps`` model steps in torch and return the new ``(k, N, 3)`` history (nm).
 
-    Everything stays on ``history.device``. Checks are gathered over
-    ``check_every`` steps so that a GPU rollout syncs with the host rarely;
-    the failing step is still found exactly.
+    Everything stays on ``history.device``. Checks are gathered over ``check_every`` steps so that a
+    GPU rollout syncs with the host rarely; the failing step is still found exactly.
 
     Parameters
     ----------
@@ -175,22 +174,17 @@ def rollout(
         From ``openmm_cgml.load``.
     history : torch.Tensor
         ``(k, N, 3)`` bead positions in nm, oldest first; ``history[-1]`` is the current configuration.
-    bead_features, edge_index, batch : torch.Tensor
-        ``(N, F)`` features, ``(2, E)`` coarse bonds and ``(N,)`` replica index (see ``model_graph``).
-    box : torch.Tensor
-        ``(3, 3)`` box vectors in nm; all zeros = not periodic.
-    n_steps : int
-        Model steps to take.
-    seed, first_step : int
-        The noise of step ``i`` of this call is ``step_noise(seed, first_step + i)``.
+    bead_features, edge_index, batch, box : torch.Tensor
+        ``(N, F)`` features, ``(2, E)`` coarse bonds, ``(N,)`` replica index (see ``model_graph``) and
+        ``(3, 3)`` box vectors in nm (all zeros = not periodic).
+    n_steps, seed, first_step : int
+        Model steps to take; the noise of step ``i`` of this call is ``step_noise(seed, first_step + i)``.
     refine : bool
         Use the model's score-based refinement.
     collision_distance : float
         nm; two beads of one replica closer than this stop the rollout (0 disables). NaNs always stop it.
-    n_replicas : int
-        Copies of the molecule in ``history`` (collisions are checked within each).
-    check_every : int
-        Steps per block of gathered checks.
+    n_replicas, check_every : int
+        Copies of the molecule in ``history`` (collisions are checked within each); steps per block of checks.
     generator : torch.Generator, optional
         Reused for the noise (one is made on the device if not given).
 
@@ -213,8 +207,7 @@ def rollout(
     while done < n_steps:
         block = min(check_every, n_steps - done)
         start = history
-        frames, flags = [], []
-        model_error = None
+        frames, flags, model_error = [], [], None
         for i in range(block):
             noise = step_noise(generator, seed, first_step + done + i, shape, dtype, device)
             try:
