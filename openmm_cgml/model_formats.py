@@ -137,10 +137,12 @@ def read_torchscript(path: Path, device, trusted: bool) -> tuple[torch.jit.Scrip
     extra = {"metadata.json": ""}
     try:
         module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
-    except Exception as error:
+        text = extra["metadata.json"] or getattr(module, "metadata", "")
+        if isinstance(text, bytes):
+            text = text.decode()
+    except Exception as error:  # TorchScript and a damaged archive raise many types; UnicodeDecodeError too
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(f"{path}: not a readable openmm-cgml model file (corrupted or truncated?): {first}") from None
-    text = extra["metadata.json"] or getattr(module, "metadata", "")
     return module, _parse_metadata(text, path)
 
 

@@ -9,11 +9,26 @@ FILE`` gives one explicitly);
 the trajectory format follows the extension of ``--out`` (.dcd, .xtc, .pdb).
 With ``--checkpoint FILE`` a checkpoint is written every report and an
 existing one is resumed: the same command run again after an interruption
-finishes the job (``--steps`` is the total step count), appending to the
-trajectory. Nothing already written is ever truncated.
+(even a SIGKILL) finishes the job (``--steps`` is the total step count),
+appending to the trajectory. Beside the checkpoint, ``FILE.json`` records the
+options that shape the output (model, mapping, replicas, report interval,
+time step, seed, output file and format, ...); a resume with any of them
+changed is refused, naming the option. Each report writes the frame, then the
+log line, then the checkpoint (atomically), so a resume never misses a frame,
+and frames a killed run wrote after its last checkpoint are not written twice.
+Only a partial last frame or log line a kill left is cut; nothing complete
+is ever truncated.
+
+``--overwrite`` starts clean: the trajectory, its ``_beads.pdb``, the log,
+the checkpoint and its record are replaced (only after the model and the
+structure have been checked, so a failing run changes nothing).
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -51,24 +66,91 @@ def configure_parser(parser) -> None:
     parser.add_argument("--collision-distance", type=float, default=0.1,
                         help="stop when two beads come closer than this, nm (default 0.1; 0 disables)")
     parser.add_argument("--no-refine", action="store_true", help="skip the model's score-based refinement")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out (never when resuming)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start clean: replace an existing --out and its side files (_beads.pdb, --log, "
+                             "--checkpoint and its .json record) instead of refusing or resuming")
 
 
-def _check_outputs(out: Path, checkpoint, overwrite: bool) -> bool:
-    """Refuse to clobber or misplace outputs; returns whether an existing checkpoint is resumed."""
-    resuming = checkpoint is not None and checkpoint.exists()
-    if not out.parent.exists():
-        raise FileNotFoundError(f"--out {out}: directory {out.parent} does not exist")
-    if out.exists() and not resuming and not overwrite:
-        raise FileExistsError(f"--out {out} exists; pass --overwrite to replace it, or --checkpoint to resume")
-    if resuming and out.suffix.lower() != ".pdb" and not out.exists():
-        print(f"note: resuming from {checkpoint} but {out} does not exist; starting a new trajectory file",
-              file=sys.stderr)
-    return resuming
+RECORD_FORMAT = "openmm-cgml-simulate-run"
+# record key -> the option a user changes to change it (named in the refusal)
+_RECORD_OPTIONS = {
+    "model_sha256": "model", "mapping_sha256": "--pdb/--mapping", "replicas": "--replicas",
+    "report_interval": "--report-interval", "timestep_ps": "model time step", "out": "--out",
+    "out_format": "--out format", "seed": "--seed", "temperature_K": "--temperature", "refine": "--no-refine",
+    "collision_distance_nm": "--collision-distance",
+}
+
+
+def record_path(checkpoint: Path) -> Path:
+    """The run record beside ``checkpoint``: ``run.chk`` -> ``run.chk.json``."""
+    return checkpoint.with_name(checkpoint.name + ".json")
+
+
+def beads_path(out: Path) -> Path | None:
+    """The bead topology PDB a DCD/XTC trajectory needs to be read (None for a PDB trajectory)."""
+    return out.with_name(out.stem + "_beads.pdb") if out.suffix.lower() in (".dcd", ".xtc") else None
+
+
+def _check_numbers(args) -> None:
+    """ValueError naming the first option with an impossible value (before anything is loaded)."""
+    from openmm_cgml.openmm.reporters import TRAJECTORY_FORMATS
+
+    for option, value, low in (("--steps", args.steps, 1), ("--report-interval", args.report_interval, 1),
+                               ("--replicas", args.replicas, 1), ("--seed", args.seed, 0)):
+        if value < low:
+            raise ValueError(f"{option} must be >= {low}, got {value}")
+    if not math.isfinite(args.collision_distance) or args.collision_distance < 0:
+        raise ValueError(f"--collision-distance must be a finite distance >= 0 nm, got {args.collision_distance}")
+    if args.temperature is not None and not (math.isfinite(args.temperature) and args.temperature > 0):
+        raise ValueError(f"--temperature must be a positive temperature in K, got {args.temperature}")
+    out = Path(args.out)
+    if out.suffix.lower() not in TRAJECTORY_FORMATS:
+        raise ValueError(f"--out {out}: unknown trajectory format {out.suffix.lower()!r}; use .dcd, .xtc or .pdb")
+    if args.checkpoint and out.suffix.lower() == ".pdb":
+        raise ValueError(f"--out {out}: a PDB trajectory cannot be appended to, so a --checkpoint run could not "
+                         "be resumed; use .dcd or .xtc")
+
+
+def _check_folder(option: str, path: Path) -> None:
+    """The folder ``path`` is written in exists and is writable; ``path`` itself is no folder."""
+    folder = path.parent
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{option} {path}: directory {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"{option} {path}: directory {folder} is not writable")
+    if path.is_dir():
+        raise IsADirectoryError(f"{option} {path} is a directory")
+
+
+def _outputs(args, out: Path, checkpoint):
+    """Check where outputs go; return whether a previous run is resumed.
+
+    A run is resumed when its record exists beside ``--checkpoint`` (the
+    checkpoint itself is absent if the run was killed before its first one).
+    Without ``--overwrite`` a fresh run refuses any existing output file.
+    """
+    named = [("--out", out)] + ([("--checkpoint", checkpoint)] if checkpoint else []) + (
+        [("--log", Path(args.log))] if args.log else [])
+    for option, path in named:
+        _check_folder(option, path)
+    if args.overwrite:
+        return False
+    record = record_path(checkpoint) if checkpoint else None
+    if checkpoint is not None and checkpoint.exists() and not record.exists():
+        raise ValueError(f"--checkpoint {checkpoint} has no run record {record.name} beside it, so the options "
+                         "it was run with cannot be checked; pass --overwrite to start again")
+    if record is not None and record.exists():
+        return True
+    beads = beads_path(out)
+    for option, path in named + ([("--out", beads)] if beads else []):
+        if path.exists():
+            raise FileExistsError(f"{option} {path} exists; pass --overwrite to replace it"
+                                  + (", or --checkpoint to resume" if option == "--out" else ""))
+    return False
 
 
 def _simulation(args):
-    """``(simulation, integrator, cg)`` for the model, structure and options on the command line."""
+    """``(simulation, integrator, cg, model)`` for the model, structure and options on the command line."""
     from openmm_cgml.model_file import load
     from openmm_cgml.openmm.bead_system import coarse_grained_system
     from openmm_cgml.openmm.integrator import CGMLIntegrator
@@ -85,43 +167,128 @@ def _simulation(args):
         raise ValueError(f"--platform {error}") from None
     simulation = app.Simulation(cg.topology, cg.system, integrator, platform)
     simulation.context.setPositions(cg.positions)
-    return simulation, integrator, cg
+    return simulation, integrator, cg, model
 
 
-def _resume(simulation, checkpoint: Path, out: Path) -> None:
-    from openmm_cgml.openmm.reporters import dcd_last_step
+def _sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
+
+def _run_record(args, out: Path, simulation, cg, model) -> dict:
+    """What a resume must not change: everything that shapes the trajectory, its time axis and its frames."""
+    temperature = args.temperature if args.temperature is not None else model.metadata.get("temperature_K")
+    return {
+        "format": RECORD_FORMAT, "version": 1,
+        "model_sha256": _sha256(model.path) if model.path else model.metadata.get("digest"),
+        "mapping_sha256": hashlib.sha256(cg.mapping.to_json().encode()).hexdigest(),
+        "replicas": args.replicas, "report_interval": args.report_interval,
+        "timestep_ps": simulation.integrator.getStepSize().value_in_unit(u.picosecond),
+        "out": os.path.abspath(out), "out_format": out.suffix.lower(), "seed": args.seed,
+        "temperature_K": None if temperature is None else float(temperature), "refine": not args.no_refine,
+        "collision_distance_nm": args.collision_distance,
+        "platform": simulation.context.getPlatform().getName(),
+        "log": os.path.abspath(args.log) if args.log else None,
+    }
+
+
+def _check_record(record_file: Path, record: dict) -> None:
+    """ValueError naming the first option that differs from the recorded run."""
     try:
-        simulation.loadCheckpoint(str(checkpoint))
-    except Exception as error:
-        raise ValueError(f"--checkpoint {checkpoint}: cannot be loaded into this simulation (same model, "
-                         f"structure, replicas and platform are needed): {error}") from None
+        saved = json.loads(record_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"run record {record_file}: unreadable ({error}); pass --overwrite to start again") from None
+    if not isinstance(saved, dict) or saved.get("format") != RECORD_FORMAT:
+        raise ValueError(f"run record {record_file}: not a cgml simulate run record; pass --overwrite to start again")
+    for key, option in _RECORD_OPTIONS.items():
+        if saved.get(key) != record[key]:
+            shown = (lambda v: v[:12] if isinstance(v, str) and key.endswith("sha256") else v)
+            raise ValueError(f"{option} differs from the run being resumed ({shown(record[key])!r} now, "
+                             f"{shown(saved.get(key))!r} in {record_file}); use the same {option}, or pass "
+                             "--overwrite to start again")
+
+
+def _start_clean(out: Path, checkpoint, args, record: dict | None, cg) -> None:
+    """Remove what an earlier run left (``--overwrite``), then write the record and the bead topology."""
+    from openmm_cgml.openmm.reporters import write_atomic
+
+    beads = beads_path(out)
+    # the record and the checkpoint go first: a run killed now must not resume an old checkpoint into new files
+    old = ([record_path(checkpoint), checkpoint] if checkpoint else []) + [out] + (
+        [Path(args.log)] if args.log else []) + ([beads] if beads else [])
+    for path in old:
+        path.unlink(missing_ok=True)
+    if beads is not None:
+        _write_beads(beads, cg)
+    if record is not None:
+        write_atomic(record_path(checkpoint), json.dumps(record, indent=1, sort_keys=True) + "\n")
+
+
+def _write_beads(beads: Path, cg) -> None:
+    import io
+
+    from openmm_cgml.openmm.reporters import write_atomic
+
+    text = io.StringIO()
+    app.PDBFile.writeFile(cg.topology, cg.positions, text)
+    write_atomic(beads, text.getvalue())
+
+
+def _resume(simulation, checkpoint: Path, out: Path, args, cg):
+    """Load the checkpoint (if the run reached one); return ``(written, logged)``: the last steps already there."""
+    from openmm_cgml.openmm.reporters import repair_dcd, repair_log, xtc_last_step
+
+    if checkpoint.exists():
+        try:
+            simulation.loadCheckpoint(str(checkpoint))
+        except Exception as error:
+            raise ValueError(f"--checkpoint {checkpoint}: cannot be loaded into this simulation (same model, "
+                             f"structure, replicas and platform are needed): {error}") from None
     start = simulation.currentStep
-    if out.suffix.lower() == ".dcd" and out.exists():
-        last = dcd_last_step(out)
-        if last is not None and last > start:
-            print(f"warning: {out} has frames up to step {last} but {checkpoint} is at step {start} (the run was "
-                  f"killed between the two writes); frames after step {start} will appear twice", file=sys.stderr)
+    beads = beads_path(out)
+    if beads is not None and not beads.exists():
+        _write_beads(beads, cg)
+    written = -1
+    if out.exists():
+        if out.suffix.lower() == ".dcd":
+            n_frames, first, interval, n_atoms = repair_dcd(out)
+            if n_frames and (interval != args.report_interval or n_atoms != cg.topology.getNumAtoms()):
+                raise ValueError(f"--out {out}: its frames are {interval} steps apart for {n_atoms} beads, "
+                                 f"this run's {args.report_interval} for {cg.topology.getNumAtoms()}; pass "
+                                 "--overwrite to start again")
+            steps = [first + i * interval for i in range(n_frames)]
+        else:
+            _, steps = xtc_last_step(out)
+        written = steps[-1] if steps else -1
+        if written < start - start % args.report_interval:  # the last frame due at or before the checkpoint
+            # the checkpoint is never ahead of the trajectory unless frames were lost: a gap would be silent
+            held = f"frames up to step {written}" if steps else "no frames"
+            raise ValueError(f"--out {out} holds {held}, but {checkpoint} resumes at step {start}: frames are "
+                             "missing; pass --overwrite to start again")
+    elif start > 0:
+        print(f"note: resuming from {checkpoint} at step {start} but {out} does not exist; starting a new "
+              "trajectory file", file=sys.stderr)
+    logged = -1
+    if args.log and Path(args.log).exists():
+        last = repair_log(Path(args.log))
+        logged = -1 if last is None else last
+    return written, logged
 
 
-def _add_reporters(simulation, cg, out: Path, args, append: bool):
-    """Trajectory (plus its bead topology PDB), optional log and checkpoint; returns the progress reporter."""
-    from openmm_cgml.openmm.reporters import ProgressReporter, trajectory_reporter
+def _add_reporters(simulation, out: Path, args, written: int, logged: int):
+    """The run reporter (trajectory, log, checkpoint, in that order) and the progress reporter."""
+    from openmm_cgml.openmm.reporters import ProgressReporter, RunReporter, trajectory_reporter
 
-    if out.suffix.lower() in (".dcd", ".xtc"):
-        topology_pdb = out.with_name(out.stem + "_beads.pdb")
-        if not topology_pdb.exists():  # a DCD/XTC needs a topology to be read
-            with open(topology_pdb, "w") as handle:
-                app.PDBFile.writeFile(cg.topology, cg.positions, handle)
-    try:
-        simulation.reporters.append(trajectory_reporter(out, args.report_interval, append))
-    except ValueError as error:
-        raise ValueError(f"--out {error}") from None
+    trajectory = trajectory_reporter(out, args.report_interval, append=out.exists() and written >= 0)
+    log = None
     if args.log:
-        simulation.reporters.append(app.StateDataReporter(args.log, args.report_interval, step=True, time=True,
-                                                          speed=True, append=append))
-    if args.checkpoint is not None:
-        simulation.reporters.append(app.CheckpointReporter(str(args.checkpoint), args.report_interval))
+        log = app.StateDataReporter(args.log, args.report_interval, step=True, time=True, speed=True,
+                                    append=Path(args.log).exists() and logged >= 0)
+    checkpoint = Path(args.checkpoint) if args.checkpoint else None
+    simulation.reporters.append(RunReporter(args.report_interval, trajectory, log, checkpoint, written, logged))
     dt_ps = simulation.integrator.getStepSize().value_in_unit(u.picosecond)
     progress = ProgressReporter(args.report_interval, args.steps, simulation.currentStep, dt_ps)
     simulation.reporters.append(progress)
@@ -129,23 +296,26 @@ def _add_reporters(simulation, cg, out: Path, args, append: bool):
 
 
 def run(args) -> int:
+    from openmm_cgml.openmm.reporters import save_checkpoint
     from openmm_cgml.openmm.rollout import UnstableRolloutError
 
     out = Path(args.out)
-    if args.steps < 0:
-        raise ValueError(f"--steps must be >= 0, got {args.steps}")
-    if args.report_interval < 1:
-        raise ValueError(f"--report-interval must be >= 1, got {args.report_interval}")
+    _check_numbers(args)
     checkpoint = Path(args.checkpoint) if args.checkpoint else None
-    resuming = _check_outputs(out, checkpoint, args.overwrite)
-    simulation, integrator, cg = _simulation(args)
+    resuming = _outputs(args, out, checkpoint)
+    simulation, integrator, cg, model = _simulation(args)
+    record = _run_record(args, out, simulation, cg, model) if checkpoint else None
     if resuming:
-        _resume(simulation, checkpoint, out)
+        _check_record(record_path(checkpoint), record)
+        written, logged = _resume(simulation, checkpoint, out, args, cg)
+    else:
+        _start_clean(out, checkpoint, args, record, cg)
+        written = logged = -1
     start = simulation.currentStep
     if start >= args.steps:
         print(f"nothing to do: the run is at step {start}, --steps is {args.steps}", file=sys.stderr)
         return 0
-    progress = _add_reporters(simulation, cg, out, args, append=resuming and out.exists())
+    progress = _add_reporters(simulation, out, args, written, logged)
 
     began = time.perf_counter()
     try:
@@ -158,7 +328,7 @@ def run(args) -> int:
     elapsed = time.perf_counter() - began
     done = simulation.currentStep - start
     if checkpoint is not None:
-        simulation.saveCheckpoint(str(checkpoint))
+        save_checkpoint(simulation, checkpoint)
     ns = done * integrator.getStepSize().value_in_unit(u.picosecond) * 1e-3
     print(f"wrote {out}: {done} model steps ({ns:.4g} ns simulated, {args.replicas} replica(s)) in {elapsed:.1f} s "
           f"= {ns / elapsed * 86400 if elapsed > 0 else float('inf'):.4g} ns/day"

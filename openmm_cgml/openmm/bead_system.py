@@ -168,6 +168,19 @@ def _given_mapping(model, topology: app.Topology, types, mapping) -> Mapping:
     return mapping
 
 
+def _types_are_elements(mapping: Mapping) -> bool:
+    """Whether a mapping's atom types are atomic numbers: made from elements, or each type's element has the
+    atom's mass (within 5 %). Given types that are not (e.g. polymer bead types) cannot be checked from a PDB."""
+    if mapping.params.get("atom_types_from") == "element":
+        return True
+    types = mapping.atom_types
+    if types.min() < 1 or types.max() > 118:
+        return False
+    masses = np.array([app.element.Element.getByAtomicNumber(int(t)).mass.value_in_unit(u.dalton)
+                       for t in types])
+    return bool(np.allclose(masses, mapping.atom_masses, rtol=0.05))
+
+
 def _own_mapping_mismatch(model, topology: app.Topology, types):
     """Why the model's own mapping does not fit the molecule, or None if it does."""
     own = model.mapping
@@ -181,6 +194,18 @@ def _own_mapping_mismatch(model, topology: app.Topology, types):
         differ = int(np.flatnonzero(types != own.atom_types)[0])
         return (f"the model's mapping does not fit: atom {differ} has type {int(types[differ])} "
                 f"but {int(own.atom_types[differ])} in the model's mapping")
+    if types is None and _types_are_elements(own):
+        # No types from the structure means atomic numbers. check_fits compares elements only for a mapping
+        # made from elements; a mapping made with given types (e.g. from a fine .h5 whose types are atomic
+        # numbers) or by hand would otherwise accept any molecule with the same bond graph.
+        elements = element_types(topology)
+        if not np.array_equal(elements, own.atom_types):
+            differ = int(np.flatnonzero(elements != own.atom_types)[0])
+            atom = list(topology.atoms())[differ]
+            return (f"the model's mapping does not fit: atom {differ} ({atom.name}) has atomic number "
+                    f"{int(elements[differ])} but type {int(own.atom_types[differ])} in the model's mapping "
+                    "(if the model's atom types are not atomic numbers, pass atom_types=, or a fine "
+                    "trajectory .h5 / system YAML that carries them)")
     return None
 
 
@@ -328,13 +353,29 @@ def coarse_grained_system(model, pdb_or_topology, positions=None, replicas: int 
     CoarseGrainedSystem
     """
     model = as_model(model)
-    if int(replicas) != replicas or replicas < 1:
+    try:
+        whole = int(replicas) == replicas and replicas >= 1
+    except (TypeError, ValueError):
+        whole = False
+    if not whole:
         raise ValueError(f"replicas must be a positive integer, got {replicas!r}")
     replicas = int(replicas)
     topology, atoms, box, file_types = read_structure(pdb_or_topology, positions)
-    mapping = molecule_mapping(model, topology, atom_types if atom_types is not None else file_types, mapping)
+    try:
+        mapping = molecule_mapping(model, topology, atom_types if atom_types is not None else file_types, mapping)
+    except ValueError as error:
+        if isinstance(pdb_or_topology, app.Topology):
+            raise
+        # name the file: "the topology has 4 atoms" alone does not say which input was wrong
+        raise ValueError(f"structure file {os.fspath(pdb_or_topology)}: {error}") from None
     if atoms.shape != (mapping.n_atoms, 3):
         raise ValueError(f"positions have shape {atoms.shape}, the mapping expects ({mapping.n_atoms}, 3)")
+    finite = np.isfinite(atoms).all(axis=1)
+    if not finite.all():  # a NaN start would only surface steps later, as an "unstable rollout"
+        bad = int(np.flatnonzero(~finite)[0])
+        where = "positions" if positions is not None or isinstance(pdb_or_topology, app.Topology) \
+            else f"structure file {os.fspath(pdb_or_topology)}"
+        raise ValueError(f"{where}: atom {bad} has non-finite coordinates {atoms[bad].tolist()} nm")
     beads = np.asarray(mapping.bead_positions(atoms, box=box), dtype=np.float64)
     top, system, stacked = _replicate(mapping.bead_topology(box), mapping.bead_system(box), beads, replicas,
                                       periodic=box is not None)
