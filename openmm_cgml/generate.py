@@ -130,7 +130,7 @@ def generate(system, out, *, frames: int | None = None, stride: int | None = Non
             path = out / f"{stem}-r{replica:03d}.h5"
             _run_trajectory(ref, path, n_frames=n_frames, stride=n_stride, equilibration_steps=n_eq,
                             seed=int(seed), replica=replica, sequence_seed=sequence_seed, platform=platform,
-                            save_forces=save_forces, chunk_frames=int(chunk_frames or 100),
+                            save_forces=save_forces, chunk_frames=100 if chunk_frames is None else int(chunk_frames),
                             progress=progress, cpu_threads=int(cpu_threads), on_chunk=on_chunk)
             paths.append(path)
     return paths
@@ -161,7 +161,7 @@ def _jobs(name, sequences, params):
     base = int(first.params["sequence_seed"])
     seeds = list(range(base, base + int(sequences))) if isinstance(sequences, int) else [int(s) for s in sequences]
     if not seeds:
-        raise ValueError("sequences must be a positive count or a non-empty list of sequence seeds")
+        raise ValueError(f"sequences must be a positive count or a non-empty list of sequence seeds, got {sequences!r}")
     return [(systems_module.load(name, **{**params, "sequence_seed": s}), s) for s in seeds]
 
 
@@ -257,7 +257,12 @@ def _equilibrate(ref, context: mm.Context, steps: int, velocity_seed: int) -> No
         context.setPeriodicBoxVectors(*ref.system.getDefaultPeriodicBoxVectors())
     mm.LocalEnergyMinimizer.minimize(context, _MINIMIZE_TOLERANCE)
     context.setVelocitiesToTemperature(ref.temperature, int(velocity_seed))
-    context.getIntegrator().step(int(steps))
+    try:
+        context.getIntegrator().step(int(steps))
+    except mm.OpenMMException as error:
+        raise ValueError(f"{ref.name}: the MD blew up during the {steps} equilibration steps: "
+                         f"{_first_sentence(error)} (a smaller timestep_ps or a better start structure may help)"
+                         ) from None
     # frame 0 is the equilibrated state at t = 0
     context.setTime(0.0)
     context.setStepCount(0)
@@ -287,7 +292,10 @@ def _write_frames(context, trajectory, path, ref, start, n_frames, stride, save_
     try:
         for frame in range(start, n_frames):
             if frame > 0:
-                integrator.step(stride)
+                try:
+                    integrator.step(stride)
+                except mm.OpenMMException as error:  # "Particle coordinate is NaN": the MD blew up
+                    raise _blow_up(path, trajectory, frame, stride, error) from None
             # only what is stored; positions unwrapped so molecules stay whole
             state = context.getState(getPositions=True, getVelocities=True, getEnergy=True, getForces=save_forces)
             positions[filled] = state.getPositions(asNumpy=True)._value
@@ -298,6 +306,9 @@ def _write_frames(context, trajectory, path, ref, start, n_frames, stride, save_
                 boxes[filled] = state.getPeriodicBoxVectors(asNumpy=True)._value
             times[filled] = state.getTime()._value
             energies[filled] = state.getPotentialEnergy()._value
+            # float32 on disk: an energy past its range is as blown up as a NaN
+            if not (abs(energies[filled]) < _FLOAT32_MAX and np.isfinite(positions[filled]).all()):
+                raise _blow_up(path, trajectory, frame, stride, "the energy or positions are not finite")
             filled += 1
             if filled == chunk or frame == n_frames - 1:
                 trajectory.append(positions[:filled], velocities[:filled], times[:filled], energies[:filled],
@@ -320,6 +331,22 @@ def _write_frames(context, trajectory, path, ref, start, n_frames, stride, save_
                     on_chunk(path, trajectory.n_frames)
     finally:
         bar.close()
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _blow_up(path: Path, trajectory: FineTrajectory, frame: int, stride: int, why: str) -> ValueError:
+    """The error for MD that blew up before ``frame``: where, and what was kept."""
+    return ValueError(f"{path}: the MD blew up before frame {frame} (MD step {frame * stride}): "
+                      f"{_first_sentence(why)}; "
+                      f"the {trajectory.n_frames} frames committed before are kept (a smaller timestep_ps "
+                      "or a better start structure may help)")
+
+
+def _first_sentence(error) -> str:
+    """OpenMM's message without its trailing FAQ link, on one line."""
+    return " ".join(str(error).split()).split(". For more information")[0]
 
 
 def _write_first_frame_pdb(path: Path, topology: app.Topology, trajectory: FineTrajectory) -> None:

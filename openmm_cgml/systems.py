@@ -71,6 +71,50 @@ _BUILDER_KEYS = {
 _BUILDER_KEYS["polymer-melt"] = _BUILDER_KEYS["polymer-chain"] - {"sequence"} | {"n_chains", "density_per_nm3"}
 _BUILDER_KEYS["polymer-chains"] = (_BUILDER_KEYS["polymer-chain"] - {"sequence", "sequence_seed", "length",
                                                                     "fraction_solvophobic"} | {"sequences"})
+_GENERATE_KEYS = {"frames", "stride", "equilibration_steps"}
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _strings(value) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+# The kinds of value a YAML key takes: what an error message calls it, and the check. Unit-suffixed keys
+# (temperature_K, ...) are checked by ``strip``. A list where a number belongs is refused here, naming
+# the key, rather than failing somewhere inside a builder.
+_KINDS = {
+    # the name becomes output file names: nothing that leaves the output folder or hides a file
+    "name": ("a plain file name (no folders, not starting with '.')",
+             lambda v: isinstance(v, str) and v.strip() == v != "" and not v.startswith(".")
+             and not set(v) & {"/", "\\", "\0"}),
+    "string": ("a string", lambda v: isinstance(v, str)),
+    "optional string": ("a string or null", lambda v: v is None or isinstance(v, str)),
+    "strings": ("a list of strings", _strings),
+    "string or strings": ("a string or a list of strings", lambda v: isinstance(v, str) or _strings(v)),
+    "bool": ("true or false", lambda v: isinstance(v, bool)),
+    "integer": ("an integer", _integer),
+    "number": ("a number", _number),
+    "pair numbers": ("a mapping of bead pairs to numbers",
+                     lambda v: v is None or (isinstance(v, dict) and all(map(_number, v.values())))),
+    "generate": ("a mapping of frames, stride and equilibration_steps to integers",
+                 lambda v: v is None or (isinstance(v, dict) and set(v) <= _GENERATE_KEYS
+                                         and all(map(_integer, v.values())))),
+}
+_KEY_KINDS = {
+    "name": "name", "description": "string", "builder": "string", "pdb": "string", "system_xml": "string",
+    "nonbonded_method": "string", "constraints": "optional string", "sequence": "optional string",
+    "forcefield": "string or strings", "sequences": "strings", "attractive_pairs": "strings",
+    "rigid_water": "bool", "length": "integer", "sequence_seed": "integer", "conformation_seed": "integer",
+    "n_chains": "integer", "fraction_solvophobic": "number", "angle_k_kT": "number", "cutoff_sigma": "number",
+    "ph": "number", "epsilon_kT": "pair numbers", "generate": "generate",
+}
 ISOLATED_CHAIN_SPACING_NM = 50.0  # start positions of isolated chains: far apart, only so that files look tidy
 
 
@@ -214,10 +258,18 @@ def _apply_overrides(params: dict, overrides: dict, where) -> dict:
         params[key] = value
     for key in params:
         if any(key.endswith(suffix) for suffix in _UNIT_SUFFIXES) and params[key] is not None:
-            params[key] = strip(params[key], _UNIT_SUFFIXES[next(s for s in _UNIT_SUFFIXES if key.endswith(s))], key)
+            try:
+                params[key] = strip(params[key], _UNIT_SUFFIXES[next(s for s in _UNIT_SUFFIXES if key.endswith(s))],
+                                    key)
+            except (ValueError, TypeError) as error:
+                raise ValueError(f"{where}: {error}") from None
     for key in ("temperature_K", "friction_per_ps", "timestep_ps"):
         if params[key] <= 0:
-            raise ValueError(f"{key} must be positive, got {params[key]}")
+            raise ValueError(f"{where}: {key} must be positive, got {params[key]}")
+    for key, value in params.items():
+        what, check = _KINDS[_KEY_KINDS[key]] if key in _KEY_KINDS else (None, None)
+        if check is not None and not check(value):
+            raise ValueError(f"{where}: {key} must be {what}, got {str(repr(value))[:80]}")
     return params
 
 

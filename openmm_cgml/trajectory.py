@@ -69,6 +69,10 @@ class FineTrajectory:
         try:
             self._file = h5py.File(self.path, mode)
         except OSError as error:
+            if "already open for write" in str(error):
+                raise ValueError(f"{self.path} was left flagged open-for-writing by a killed run of an older "
+                                 f"openmm-cgml; clear the flag with `h5clear -s {self.path}` (HDF5 tools) "
+                                 "and run again") from None
             raise ValueError(f"{self.path} is not a readable HDF5 file ({error})") from None
         missing = [name for name in ("coordinates", "velocities", "time", "topology", "cgml/masses")
                    if name not in self._file]
@@ -93,8 +97,10 @@ class FineTrajectory:
             raise FileExistsError(f"{path} already exists; refusing to overwrite it")
         per_atom = _per_atom_arrays(topology.getNumAtoms(), masses, atom_types, charges)
         # Free-space tracking is persisted so that rewriting the checkpoint after
-        # every chunk reuses file space instead of growing the file.
-        handle = h5py.File(path, "w-", libver=("v110", "latest"), fs_strategy="fsm", fs_persist=True)
+        # every chunk reuses file space instead of growing the file. The lowest format is v108:
+        # from v110 on, HDF5 flags a file "open for writing" in its superblock, and a file whose
+        # writer was killed then refuses every later open (resume and readers alike).
+        handle = h5py.File(path, "w-", libver=("v108", "latest"), fs_strategy="fsm", fs_persist=True)
         try:
             _write_layout(handle, topology, *per_atom, attrs, periodic, save_forces, chunk_frames)
         except BaseException:

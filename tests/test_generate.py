@@ -1,5 +1,10 @@
 """Reference MD generation: the documented HDF5 layout, resume after a kill, reproducibility, errors."""
 import os
+import random
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -193,3 +198,48 @@ def test_cli_generate(tmp_path, capsys):
 
 def test_best_platform_is_a_working_platform():
     assert best_platform() in {"CUDA", "OpenCL", "CPU", "Reference"}
+
+
+def _generate_argv(out):
+    return [sys.executable, "-m", "openmm_cgml.cli", "generate", "polymer-chain", "--out", str(out),
+            "--frames", "300", "--stride", "50", "--chunk-frames", "7", "--equilibration-steps", "10",
+            "-p", "length=10", "--no-progress", "--platform", "CPU"]
+
+
+def _kill_when_written(argv, path, seconds, env):
+    """Start ``argv``; SIGKILL it ``seconds`` after ``path`` first appears; its exit status."""
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while process.poll() is None and not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    try:
+        process.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    return process.returncode
+
+
+def test_sigkill_at_random_moments_then_rerun_loses_and_repeats_nothing(tmp_path):
+    """Killed while writing HDF5 (SIGKILL: no clean-up runs), the file reopens and the rerun completes it."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    subprocess.run(_generate_argv(tmp_path / "straight"), env=env, check=True, capture_output=True, timeout=300)
+    killed = tmp_path / "killed"
+    path = killed / "polymer-chain-r000.h5"
+    rng = random.Random(12)
+    codes = []
+    for _ in range(4):  # seeded moments: right after the file appears, mid-run, later
+        codes.append(_kill_when_written(_generate_argv(killed), path, rng.uniform(0.0, 0.6), env))
+        if codes[-1] == 0:
+            break
+        with h5py.File(path, "r") as handle:  # opens after every kill (the v110 "open for write" flag is gone)
+            assert handle["coordinates"].shape[0] >= 0
+    assert any(code != 0 for code in codes), "no run was killed: the kill moments came too late"
+    subprocess.run(_generate_argv(killed), env=env, check=True, capture_output=True, timeout=300)
+    with FineTrajectory(path) as resumed, FineTrajectory(tmp_path / "straight" / path.name) as straight:
+        assert resumed.complete and resumed.n_frames == resumed.positions.shape[0] == 300
+        time_ps = resumed.time_ps
+        assert np.allclose(np.diff(time_ps), 0.5)  # monotonic, right spacing: nothing missing or repeated
+        assert np.array_equal(resumed.positions[:], straight.positions[:])
+        assert np.array_equal(resumed.velocities[:], straight.velocities[:])
+    assert mdtraj.load(str(path)).n_frames == 300
