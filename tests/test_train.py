@@ -1,5 +1,11 @@
 """Training end to end on a tiny real dataset: OpenMM polymer MD -> coarse dataset -> Lightning."""
 import csv
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -240,3 +246,45 @@ def test_trained_rollout_is_stable_for_10000_steps(system, tmp_path):
     assert results[True, True][0] == 0 and results[False, True][0] == 0
     assert results[True, True][1] == pytest.approx(bond_length(reference), rel=0.2)
     assert results[True, True][2] == pytest.approx(1.0, abs=0.2)
+
+
+def _kill_after_first_checkpoint(argv, last, seconds, env):
+    """Start ``argv``; SIGKILL it ``seconds`` after ``last`` is (re)written; its exit status."""
+    before = last.stat().st_mtime_ns if last.exists() else None
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline:
+        if last.exists() and last.stat().st_mtime_ns != before:
+            break
+        time.sleep(0.01)
+    try:
+        process.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    return process.returncode
+
+
+def test_sigkill_during_training_then_resume_completes(dataset, tmp_path):
+    """Killed at seeded moments (SIGKILL, also mid-checkpoint), `cgml train` resumes to the end: every
+    checkpoint loads, the merged log has each step once, and the result exports."""
+    from openmm_cgml.train import _read_metrics
+
+    config = tiny_config(dataset, tmp_path / "run", max_epochs=12, limit_train_batches=6)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config.to_dict()))
+    argv = [sys.executable, "-m", "openmm_cgml.cli", "train", str(path)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    rng = random.Random(3)
+    codes = [_kill_after_first_checkpoint(argv, last, rng.uniform(0.0, 1.5), env) for _ in range(3)]
+    assert any(code != 0 for code in codes), "no run was killed"
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert torch.load(last, weights_only=True)["epoch"] == 11
+    assert not list(last.parent.glob(".*"))                   # no half-written temporaries left
+    rows = [row for row in _read_metrics(tmp_path / "run") if row.get("train_loss")]
+    steps = [int(row["step"]) for row in rows]
+    assert steps == sorted(set(steps)) and steps[-1] >= 12 * 6 - 10   # each logged step once, up to the end
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "model.safetensors")]) == 0
+    assert load(tmp_path / "model.safetensors").metadata["training"]["epochs"] >= 1
