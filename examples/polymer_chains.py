@@ -77,14 +77,15 @@ def reference_speed(ref, steps: int = 2000) -> float:
 
 
 def roll_out(model, fine_path: Path, mapping: Mapping, lag: int, n_steps: int, seed: int):
-    """Bead frames (n_steps + 1, n_beads, 3) nm of a rollout started from the reference's first k states.
+    """A rollout started from the reference's first k states: its bead frames and the wall time it took.
 
     ``CGMLIntegrator`` runs transferable models on unseen molecules too (see
     ``examples/peptides.py`` for a rollout through OpenMM); this example
     calls the library's bare torch rollout (``openmm_cgml.openmm.rollout``,
     the loop the integrator itself runs) one model step at a time, to keep
     every frame in memory and time the model alone. ``lag`` is the model step
-    in saved frames. Returns (frames, wall seconds).
+    in saved frames. Returns ``(frames, wall seconds)``: frames ``(n_steps + 1, n_beads, 3)`` nm, fewer if
+    the rollout went unstable (NaN or a model refusal; what was simulated is kept).
     """
     # the reference's first k states, one model step apart: frames 0, lag, ..., (k-1)*lag
     reference = reference_history(model, fine_path, end=(model.k - 1) * lag, mapping=mapping)

@@ -17,7 +17,7 @@ COMMANDS = {
     "coarse-grain": ("openmm_cgml.cli.coarse_grain", "map fine trajectories to beads and write a windowed dataset"),
     "map-image": ("openmm_cgml.cli.map_image", "draw a mapping: beads coloured on the molecule (PNG)"),
     "train": ("openmm_cgml.cli.train", "train the propagator from a YAML config"),
-    "export": ("openmm_cgml.cli.export", "export a training checkpoint to one TorchScript file"),
+    "export": ("openmm_cgml.cli.export", "export a training checkpoint (or convert a model) to one model file"),
     "simulate": ("openmm_cgml.cli.simulate", "run an exported model as an OpenMM integrator"),
     "evaluate": ("openmm_cgml.cli.evaluate", "compare rollouts with reference MD: JSON and report"),
     "benchmark": ("openmm_cgml.cli.benchmark", "fidelity benchmark: held-out chains, ceilings, CIs, baseline"),
@@ -43,6 +43,20 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one ``cgml`` command.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The command line after ``cgml`` (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        The exit status: the command's (0 on success), 1 with no command or on an internal error,
+        2 on bad input (one line ``cgml COMMAND: error: ...`` on stderr), 130 when interrupted.
+        A malformed command line is argparse's: usage on stderr and ``SystemExit(2)``.
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((word for word in argv if word in COMMANDS), None)
     parser = build_parser(command)

@@ -9,12 +9,12 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from openmm_cgml.nn.layers import mlp, reset_children
+from openmm_cgml.nn.layers import Block, mlp
 
 __all__ = ["MessageLayer", "EmbeddingGNN", "type_mass_table", "check_embed_inputs", "pool_beads"]
 
 
-class MessageLayer(nn.Module):
+class MessageLayer(Block):
     """One residual message-passing step on a plain graph (sum of neighbour messages).
 
     Parameters
@@ -30,8 +30,8 @@ class MessageLayer(nn.Module):
         self.update = mlp(2 * hidden, hidden, hidden)
         self.norm = nn.LayerNorm(hidden)
 
-    def reset_parameters(self) -> None:
-        reset_children(self)
+    def extra_repr(self) -> str:
+        return str(self.hidden)
 
     def forward(self, h: Tensor, edge_index: Tensor) -> Tensor:
         """Updated node features.
@@ -44,11 +44,8 @@ class MessageLayer(nn.Module):
         aggregated = torch.zeros_like(h).index_add(0, target, messages)
         return self.norm(h + self.update(torch.cat([h, aggregated], dim=-1)))
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.hidden})"
 
-
-class EmbeddingGNN(nn.Module):
+class EmbeddingGNN(Block):
     """Atom features from the fine bond graph (atom types and bonds only: topological).
 
     Parameters
@@ -67,8 +64,8 @@ class EmbeddingGNN(nn.Module):
         self.type_embedding = nn.Embedding(n_types, hidden)
         self.layers = nn.ModuleList([MessageLayer(hidden) for _ in range(n_layers)])
 
-    def reset_parameters(self) -> None:
-        reset_children(self)
+    def extra_repr(self) -> str:
+        return f"n_types={self.n_types}, hidden={self.hidden}, n_layers={len(self.layers)}"
 
     def forward(self, atom_types: Tensor, edge_index: Tensor) -> Tensor:
         """Atom features.
@@ -80,9 +77,6 @@ class EmbeddingGNN(nn.Module):
         for layer in self.layers:
             h = layer(h, edge_index)
         return h
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(n_types={self.n_types}, hidden={self.hidden}, n_layers={len(self.layers)})"
 
 
 def check_embed_inputs(atom_types: Tensor, fine_edge_index: Tensor, bead_of_atom: Tensor, n_beads: int,

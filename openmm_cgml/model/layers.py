@@ -1,12 +1,12 @@
 """Small equivariant output blocks shared by the Dynamics head and the Score networks."""
-from torch import Tensor, nn
+from torch import Tensor
 
-from openmm_cgml.nn.layers import mlp, reset_children
+from openmm_cgml.nn.layers import Block, mlp
 
 __all__ = ["VectorHead"]
 
 
-class VectorHead(nn.Module):
+class VectorHead(Block):
     """Equivariant vector output: channels mixed by weights gated by invariant scalars.
 
     Parameters
@@ -20,8 +20,8 @@ class VectorHead(nn.Module):
         self.hidden = int(hidden)
         self.gate = mlp(hidden, hidden, hidden)
 
-    def reset_parameters(self) -> None:
-        reset_children(self)
+    def extra_repr(self) -> str:
+        return str(self.hidden)
 
     def forward(self, s: Tensor, v: Tensor) -> Tensor:
         """One vector per node.
@@ -30,6 +30,3 @@ class VectorHead(nn.Module):
             s (N, hidden) invariant, v (N, 3, hidden) equivariant -> (N, 3)
         """
         return (v * self.gate(s).unsqueeze(1)).sum(-1)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.hidden})"

@@ -53,7 +53,7 @@ from openmm_cgml.model.losses import dynamics_nll, gaussian_nll
 from openmm_cgml.model.sampler import anneal_step, internal_noise, log_spaced_sigmas, marginal_std, sample_acceleration
 from openmm_cgml.model.scores import build_score
 from openmm_cgml.nn import PaxNet
-from openmm_cgml.nn.layers import mlp, reset_children
+from openmm_cgml.nn.layers import Block, mlp
 
 # PropagatorConfig, gaussian_nll, log_spaced_sigmas, anneal_step, type_mass_table: re-exported (older imports)
 __all__ = ["PropagatorConfig", "EmbeddingGNN", "CGPropagator", "gaussian_nll", "log_spaced_sigmas", "anneal_step",
@@ -91,7 +91,7 @@ def _check_step_inputs(pos_history: Tensor, bead_features: Tensor, coarse_edge_i
         raise ValueError("pos_history contains NaN or infinite positions")
 
 
-class CGPropagator(nn.Module):
+class CGPropagator(Block):
     """The full propagator; TorchScript-able (``embed``, ``step``, ``predict``, ``noise_draws``).
 
     Parameters
@@ -181,14 +181,9 @@ class CGPropagator(nn.Module):
             "n_beads": self.n_beads, "n_atoms": self.n_atoms,
             "min_bonded_nm": self.min_bonded_nm, "min_nonbonded_nm": self.min_nonbonded_nm})
 
-    def reset_parameters(self) -> None:
-        """Re-initialise every network (Embedding, Dynamics, heads, Score)."""
-        reset_children(self)
-
-    def __repr__(self) -> str:
-        return (f"{type(self).__name__}(k={self.k}, n_beads={self.n_beads or 'any'}, hidden={self.hidden}, "
-                f"n_features={self.n_features}, score={self.score!r}, refine_sigmas={self.refine_sigmas}, "
-                f"hard_core={self.hard_core})")
+    def extra_repr(self) -> str:
+        return (f"k={self.k}, n_beads={self.n_beads or 'any'}, hidden={self.hidden}, n_features={self.n_features}, "
+                f"score={self.score!r}, refine_sigmas={self.refine_sigmas}, hard_core={self.hard_core}")
 
     @classmethod
     def from_init_json(cls, text: str) -> "CGPropagator":

@@ -22,12 +22,12 @@ from openmm_cgml.model.config import PropagatorConfig
 from openmm_cgml.model.layers import VectorHead
 from openmm_cgml.nn import PaxNet, edge_vectors, radius_graph
 from openmm_cgml.nn.basis import BesselBasis, PolynomialEnvelope
-from openmm_cgml.nn.layers import mlp, reset_children
+from openmm_cgml.nn.layers import Block, mlp
 
 __all__ = ["PairScore", "PaxNetScore", "SCORES", "build_score"]
 
 
-class PairScore(nn.Module):
+class PairScore(Block):
     """Light equivariant score network: one round of pair messages at the candidate positions.
 
     ``eps_i = sum_j c(d_ij, a_i + a_j) u_ij + sum_bonds b(d_ij, a_i + a_j) u_ij``
@@ -64,8 +64,8 @@ class PairScore(nn.Module):
         self.pair = mlp(hidden + n_rbf, hidden, 1)
         self.bond = mlp(hidden + n_rbf, hidden, 1)
 
-    def reset_parameters(self) -> None:
-        reset_children(self)
+    def extra_repr(self) -> str:
+        return f"latent={self.latent}, hidden={self.hidden}, cutoff={self.cutoff}"
 
     def graph(self, candidate: Tensor, batch: Tensor, box: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
         """Radius graph (edges, shifts) to reuse over the refinement calls of one step (beads move little)."""
@@ -94,11 +94,8 @@ class PairScore(nn.Module):
             eps = eps.index_add(0, bi, bond_coeff * bond_vec / bond_dist)
         return eps
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(latent={self.latent}, hidden={self.hidden}, cutoff={self.cutoff})"
 
-
-class PaxNetScore(nn.Module):
+class PaxNetScore(Block):
     """Score network on the PaxNet backbone (heavier; ``score_net: paxnet``); geometry and context only.
 
     Parameters
@@ -120,8 +117,8 @@ class PaxNetScore(nn.Module):
                                vector_in=0, scalar_in=latent + 1)
         self.head = VectorHead(hidden)
 
-    def reset_parameters(self) -> None:
-        reset_children(self)
+    def extra_repr(self) -> str:
+        return f"backbone={self.backbone!r}"
 
     def graph(self, candidate: Tensor, batch: Tensor, box: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
         """PaxNet builds its own graphs: nothing to precompute."""
@@ -139,9 +136,6 @@ class PaxNetScore(nn.Module):
         no_vectors = torch.zeros(candidate.size(0), 3, 0, dtype=candidate.dtype, device=candidate.device)
         s, v = self.backbone(torch.cat([latents, log_sigma], dim=-1), no_vectors, candidate, bonds, batch, box)
         return self.head(s, v)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(backbone={self.backbone!r})"
 
 
 def _pair_score(config: PropagatorConfig) -> nn.Module:

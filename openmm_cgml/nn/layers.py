@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch.nn import Linear, Sequential, SiLU
 
-__all__ = ["mlp", "reset_children"]
+__all__ = ["mlp", "reset_children", "Block"]
 
 
 def mlp(n_in: int, hidden: int, n_out: int) -> Sequential:
@@ -40,3 +40,19 @@ def reset_children(module: torch.nn.Module) -> None:
             child.reset_parameters()
         else:
             reset_children(child)
+
+
+class Block(torch.nn.Module):
+    """A named network block (the PyG manner): ``reset_parameters()`` and a ``repr`` that gives its sizes.
+
+    ``reset_parameters`` re-initialises every sub-module through :func:`reset_children`; a block
+    with more to reset (a cache, a buffer) overrides it. ``repr`` is the class name with
+    :meth:`extra_repr`, which each block defines to show the sizes it was built with, so
+    ``print(model)`` reads as one line per block, not the whole tree of layers.
+    """
+
+    def reset_parameters(self) -> None:
+        reset_children(self)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.extra_repr()})"

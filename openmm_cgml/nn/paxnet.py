@@ -27,8 +27,8 @@ from torch import Tensor
 from torch.nn import Linear, Sequential, SiLU
 
 from .basis import AngularBasis, BesselBasis, PolynomialEnvelope
+from .layers import Block
 from .layers import mlp as _mlp
-from .layers import reset_children
 from .neighbors import edge_vectors, radius_graph
 
 __all__ = ["PaxNet"]
@@ -189,26 +189,40 @@ class PaxLayer(torch.nn.Module):
         self.norm = torch.nn.LayerNorm(hidden)
 
 
-class PaxNet(torch.nn.Module):
+class PaxNet(Block):
     """E(3)-equivariant multiplex backbone: per-node invariant scalars and equivariant vectors.
 
-    Args:
-        hidden: feature width H.
-        n_layers: number of multiplex layers.
-        cutoff: global radius graph cutoff (nm or a length quantity).
-        local_cutoff: if set, pairs closer than this (nm) join the bonds in the local graph.
-        n_rbf: radial Bessel functions.
-        n_sbf: angular orders (Legendre P_0..P_{n_sbf-1}) in the angle basis.
-        vector_in: input vector channels (e.g. velocities), ``v`` of shape (N, 3, vector_in).
-        scalar_in: input scalar channels, ``s`` of shape (N, scalar_in).
-        n_angle_rbf: radial functions in the angle basis.
-        max_num_neighbors: cap on global neighbours per node (nearest kept).
-        envelope_exponent: smoothness exponent of the cutoff envelope.
-        avg_num_neighbors: typical global neighbour count; global sums are
-            divided by its square root (a constant, so smoothness is kept)
-            to keep features O(1) in dense systems.
-        vector_width: width of the per-edge vector messages (default
-            max(8, hidden // 4)); the node vector channel stays ``hidden`` wide.
+    Parameters
+    ----------
+    hidden : int
+        Feature width H.
+    n_layers : int
+        Number of multiplex layers.
+    cutoff : float or Quantity
+        Global radius graph cutoff; Quantity compatible with nanometers, default: 1.0*unit.nanometer.
+    local_cutoff : float or Quantity, optional
+        If set, pairs closer than this (Quantity compatible with nanometers) join the bonds in the local graph.
+    n_rbf : int
+        Radial Bessel functions.
+    n_sbf : int
+        Angular orders (Legendre P_0..P_{n_sbf-1}) in the angle basis.
+    vector_in : int
+        Input vector channels (e.g. velocities), ``v`` of shape (N, 3, vector_in).
+    scalar_in : int
+        Input scalar channels, ``s`` of shape (N, scalar_in).
+    n_angle_rbf : int
+        Radial functions in the angle basis.
+    max_num_neighbors : int
+        Cap on global neighbours per node (nearest kept).
+    envelope_exponent : int
+        Smoothness exponent of the cutoff envelope.
+    avg_num_neighbors : float
+        Typical global neighbour count; global sums are divided by its square
+        root (a constant, so smoothness is kept) to keep features O(1) in
+        dense systems.
+    vector_width : int, optional
+        Width of the per-edge vector messages (default max(8, hidden // 4));
+        the node vector channel stays ``hidden`` wide.
     """
 
     def __init__(self, hidden: int = 64, n_layers: int = 3, cutoff: float = 1.0,
@@ -268,12 +282,12 @@ class PaxNet(torch.nn.Module):
 
     def reset_parameters(self) -> None:
         """Re-initialise all weights (and the Bessel frequencies); the bond cache is emptied too."""
-        reset_children(self)
+        super().reset_parameters()
         self._clear_bond_cache()
 
-    def __repr__(self) -> str:
-        return (f"{type(self).__name__}(hidden={self.hidden}, n_layers={self.n_layers}, cutoff={self.cutoff}, "
-                f"scalar_in={self.scalar_in}, vector_in={self.vector_in})")
+    def extra_repr(self) -> str:
+        return (f"hidden={self.hidden}, n_layers={self.n_layers}, cutoff={self.cutoff}, "
+                f"scalar_in={self.scalar_in}, vector_in={self.vector_in}")
 
     def _clear_bond_cache(self) -> None:
         self._cache_n = -1
@@ -343,16 +357,20 @@ class PaxNet(torch.nn.Module):
                 box: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         """Per-node features.
 
-        Args:
-            s: (N, scalar_in) invariant inputs (N, 0 allowed when scalar_in = 0).
-            v: (N, 3, vector_in) equivariant inputs, e.g. velocities (N, 3, 0 allowed).
-            pos: (N, 3) positions, nm.
-            local_edge_index: (2, E_l) bonds (either or both directions).
-            batch: (N,) graph index per node.
-            box: None or (B, 3, 3) / (3, 3) box vectors as rows, nm; zeros = not periodic.
+        Parameters
+        ----------
+        s, v : Tensor
+            (N, scalar_in) invariant and (N, 3, vector_in) equivariant inputs (e.g. velocities); a zero
+            channel count is allowed.
+        pos, local_edge_index, batch : Tensor
+            (N, 3) positions in nm, (2, E_l) bonds (either or both directions), (N,) graph of each node.
+        box : Tensor, optional
+            (B, 3, 3) or (3, 3) box vectors as rows, nm; zeros = not periodic.
 
-        Returns:
-            scalars (N, hidden), invariant; vectors (N, 3, hidden), equivariant.
+        Returns
+        -------
+        scalars, vectors : Tensor
+            (N, hidden) invariant and (N, 3, hidden) equivariant node features.
         """
         n = pos.size(0)
         if s.size(0) != n or s.size(1) != self.scalar_in:

@@ -11,7 +11,6 @@ mapping before the integrator steps it.
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 
@@ -97,9 +96,8 @@ class CoarseGrainedSystem:
 def mapping_rule(model):
     """The rule the model's mapping was made with, if it can be re-made for another molecule.
 
-    Taken from the model's own mapping, or, for a model trained on several
-    molecules (no single mapping in the file), from its training data's
-    ``mapping_method``/``mapping_params``. Only rules that depend on the
+    Read by :attr:`CGModel.mapping_rule <openmm_cgml.model_file.CGModel.mapping_rule>` (the file's
+    ``mapping_rule``, else its own mapping's, else its training data's). Only rules that depend on the
     molecule alone ("metis" with its seed, "residue") can be re-made.
 
     Parameters
@@ -111,18 +109,8 @@ def mapping_rule(model):
     tuple of (str, dict) or None
         ``(method, params)`` for ``Mapping.build``, or None if the rule cannot be re-made.
     """
-    model = as_model(model)
-    own = model.mapping
-    if own is not None:
-        method, params = own.method, dict(own.params)
-    else:
-        attrs = ((model.metadata.get("training") or {}).get("data") or {}).get("attrs") or {}
-        method, params = attrs.get("mapping_method"), attrs.get("mapping_params") or {}
-        try:
-            params = json.loads(params) if isinstance(params, str) else dict(params)
-        except (json.JSONDecodeError, TypeError, ValueError):
-            return None
-    return (method, params) if method in _REMAKEABLE else None
+    rule = as_model(model).mapping_rule
+    return rule if rule is not None and rule[0] in _REMAKEABLE else None
 
 
 def _type_masses(model) -> np.ndarray:

@@ -144,6 +144,31 @@ def _unstable(start, frames, flags, model_error, step_offset: int, collision_dis
                                 reason=reason, distance=distance, history=good, steps_done=bad)
 
 
+def _step_block(model, history: torch.Tensor, graph: tuple, refine: bool, noise, steps: range, n_replicas: int,
+                collision_distance: float, box: Optional[torch.Tensor]):
+    """Take the model steps ``steps`` from ``history`` without a host sync; stop early if the model refuses.
+
+    ``graph`` is ``(bead_features, edge_index, batch, box)`` as ``model.step`` takes them, ``noise(step)``
+    the noise of model step ``step`` and ``box`` the periodic box of the collision checks (or None).
+    Returns ``(history, frames, flags, model_error)``: the history after the last step taken, each new
+    frame, its ``_bad_frame`` flag (a tensor, not yet read) and the model's refusal message or None.
+    """
+    frames, flags, model_error = [], [], None
+    for step in steps:
+        drawn = noise(step)
+        try:
+            new = model.step(history, *graph, drawn, refine)
+        except ValueError as error:
+            if not _is_instability(error, flags):
+                raise
+            model_error = str(error)
+            break
+        frames.append(new)
+        flags.append(_bad_frame(new, n_replicas, collision_distance, box))
+        history = torch.cat([history[1:], new.unsqueeze(0)], dim=0)
+    return history, frames, flags, model_error
+
+
 # no_grad, not inference_mode: inference tensors (the returned history, anything a module caches
 # during the call) raise "cannot be saved for backward" if they later meet autograd code.
 @torch.no_grad()
@@ -203,23 +228,18 @@ def rollout(
     periodic_box = box if bool((box != 0).any()) else None  # for minimum-image collision checks
     dtype, device = history.dtype, history.device
     shape = (model.noise_draws(refine),) + tuple(history.shape[1:])
+
+    def noise(step: int) -> torch.Tensor:
+        return step_noise(generator, seed, step, shape, dtype, device)
+
+    graph = (bead_features, edge_index, batch, box)
     done = 0
     while done < n_steps:
         block = min(check_every, n_steps - done)
         start = history
-        frames, flags, model_error = [], [], None
-        for i in range(block):
-            noise = step_noise(generator, seed, first_step + done + i, shape, dtype, device)
-            try:
-                new = model.step(history, bead_features, edge_index, batch, box, noise, refine)
-            except ValueError as error:
-                if not _is_instability(error, flags):
-                    raise
-                model_error = str(error)
-                break
-            frames.append(new)
-            flags.append(_bad_frame(new, n_replicas, collision_distance, periodic_box))
-            history = torch.cat([history[1:], new.unsqueeze(0)], dim=0)
+        steps = range(first_step + done, first_step + done + block)
+        history, frames, flags, model_error = _step_block(model, history, graph, refine, noise, steps, n_replicas,
+                                                          collision_distance, periodic_box)
         error = _unstable(start, frames, flags, model_error, first_step + done, collision_distance, n_replicas,
                           periodic_box)
         if error is not None:

@@ -8,51 +8,57 @@ import openmm.unit as u
 import pytest
 import safetensors.torch
 import torch
-from chains import N_BEADS, chain_history, chain_molecule, compressed_history, hard_core_model, make_model
 
 from openmm_cgml import model_formats
 from openmm_cgml.mapping import Mapping
 from openmm_cgml.model_file import CGModel, export_model, load
 
 
-def chain_mapping():
+@pytest.fixture
+def chain_mapping(chain_molecule):
+    """The ``Mapping`` of the default chain (two atoms per bead)."""
     atom_types, fine_edges, bead_of_atom, _ = chain_molecule()
     bonds = fine_edges[:, : fine_edges.shape[1] // 2].T.numpy()
     masses = np.where(atom_types.numpy() == 1, 1.008, 12.011)
     return Mapping(bead_of_atom.numpy(), masses, atom_types.numpy(), bonds, method="custom")
 
 
-def export_chain_model(path):
-    model = make_model(k=3)
-    return model, export_model(model, path, {"mapping": chain_mapping(), "training": {"note": "test"}})
+@pytest.fixture
+def export_chain_model(make_model, chain_mapping):
+    """``export_chain_model(path) -> (model, path)``: a new chain model (k = 3), exported to ``path``."""
+    def export(path):
+        model = make_model(k=3)
+        return model, export_model(model, path, {"mapping": chain_mapping, "training": {"note": "test"}})
+    return export
 
 
 @pytest.fixture
-def exported(tmp_path):
+def exported(tmp_path, export_chain_model):
     """A chain model exported as a weights (safetensors) file."""
     return export_chain_model(tmp_path / "model.safetensors")
 
 
 @pytest.fixture
-def exported_torchscript(tmp_path):
+def exported_torchscript(tmp_path, export_chain_model):
     """The same model exported as a TorchScript file."""
     return export_chain_model(tmp_path / "model.pt")
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
-def test_load_reproduces_predictions_exactly(tmp_path, suffix):
+def test_load_reproduces_predictions_exactly(tmp_path, suffix, chain_history, chain_molecule, export_chain_model,
+                                             n_beads):
     model, path = export_chain_model(tmp_path / f"model{suffix}")
     loaded = load(path, trusted=suffix == ".pt")
     assert isinstance(loaded, CGModel)
     history = chain_history(3)
     features = loaded.embed_mapping()
     _, _, _, coarse = chain_molecule()
-    batch, box = torch.zeros(N_BEADS, dtype=torch.long), torch.zeros(3, 3)
+    batch, box = torch.zeros(n_beads, dtype=torch.long), torch.zeros(3, 3)
     with torch.no_grad():
-        eager_features = model.embed(*chain_molecule()[:3], N_BEADS)
+        eager_features = model.embed(*chain_molecule()[:3], n_beads)
         torch.testing.assert_close(features, eager_features, atol=0, rtol=0)
         for refine in (False, True):
-            noise = torch.randn(loaded.noise_draws(refine), N_BEADS, 3)
+            noise = torch.randn(loaded.noise_draws(refine), n_beads, 3)
             torch.testing.assert_close(loaded.step(history, features, coarse, batch, box, noise, refine),
                                        model.step(history, features, coarse, batch, box, noise, refine),
                                        atol=0, rtol=0)
@@ -60,13 +66,13 @@ def test_load_reproduces_predictions_exactly(tmp_path, suffix):
         torch.testing.assert_close(mean, model.predict(history, features, coarse, batch, box)[0], atol=0, rtol=0)
 
 
-def test_metadata_attributes_and_units(exported):
+def test_metadata_attributes_and_units(exported, chain_mapping, n_beads):
     model, path = exported
     loaded = load(path)
-    assert loaded.k == 3 and loaded.n_beads == N_BEADS and loaded.md_steps_per_model_step == 500
+    assert loaded.k == 3 and loaded.n_beads == n_beads and loaded.md_steps_per_model_step == 500
     assert loaded.model_timestep == 1.0 * u.picosecond
     assert abs(loaded.md_timestep.value_in_unit(u.femtosecond) - 2.0) < 1e-9
-    assert loaded.mapping == chain_mapping()
+    assert loaded.mapping == chain_mapping
     meta = loaded.metadata
     assert meta["training"]["note"] == "test" and meta["units"]["length"] == "nm"
     assert {"torch", "openmm", "openmm_cgml"} <= set(meta["versions"])
@@ -85,17 +91,17 @@ def test_torchscript_file_carries_the_same_metadata(exported, exported_torchscri
     assert not any(p.requires_grad for p in module.parameters())
 
 
-def test_plain_torch_jit_load_without_package(exported_torchscript, tmp_path):
+def test_plain_torch_jit_load_without_package(exported_torchscript, tmp_path, chain_history, chain_molecule, n_beads):
     """A user without openmm-cgml installed can run the TorchScript file with torch alone."""
     model, path = exported_torchscript
     history = chain_history(3)
     atom_types, fine_edges, bead_of_atom, coarse = chain_molecule()
-    noise = torch.randn(model.noise_draws(True), N_BEADS, 3)
+    noise = torch.randn(model.noise_draws(True), n_beads, 3)
     torch.save({"h": history, "t": atom_types, "f": fine_edges, "b": bead_of_atom, "c": coarse, "n": noise},
                tmp_path / "inputs.pt")
     with torch.no_grad():
-        expected = model.step(history, model.embed(atom_types, fine_edges, bead_of_atom, N_BEADS), coarse,
-                              torch.zeros(N_BEADS, dtype=torch.long), torch.zeros(3, 3), noise, True)
+        expected = model.step(history, model.embed(atom_types, fine_edges, bead_of_atom, n_beads), coarse,
+                              torch.zeros(n_beads, dtype=torch.long), torch.zeros(3, 3), noise, True)
     script = f"""
 import sys
 sys.modules['openmm_cgml'] = None  # any import of the package would fail
@@ -114,7 +120,7 @@ print(m.k, m.model_dt_ps)
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
-def test_corrupted_truncated_or_foreign_files_are_named(tmp_path, suffix):
+def test_corrupted_truncated_or_foreign_files_are_named(tmp_path, suffix, export_chain_model):
     _, path = export_chain_model(tmp_path / f"model{suffix}")
     data = path.read_bytes()
     truncated = tmp_path / f"truncated{suffix}"
@@ -141,7 +147,7 @@ def test_corrupted_truncated_or_foreign_files_are_named(tmp_path, suffix):
         load(tmp_path / "missing.pt")
 
 
-def test_wrong_molecule_refused_by_loaded_model(exported):
+def test_wrong_molecule_refused_by_loaded_model(exported, chain_history, chain_molecule, n_beads):
     _, path = exported
     loaded = load(path)
     atom_types, fine_edges, bead_of_atom, coarse = chain_molecule(n_beads=5)
@@ -149,8 +155,8 @@ def test_wrong_molecule_refused_by_loaded_model(exported):
         loaded.embed(atom_types, fine_edges, bead_of_atom, 5)
     features = loaded.embed_mapping()
     with pytest.raises(ValueError, match="step: .*k = 3"):
-        loaded.step(chain_history(4), features, coarse, torch.zeros(N_BEADS, dtype=torch.long),
-                    torch.zeros(3, 3), torch.zeros(N_BEADS, 3))
+        loaded.step(chain_history(4), features, coarse, torch.zeros(n_beads, dtype=torch.long),
+                    torch.zeros(3, 3), torch.zeros(n_beads, 3))
 
 
 def test_failed_export_keeps_existing_file(exported):
@@ -162,14 +168,14 @@ def test_failed_export_keeps_existing_file(exported):
     assert sorted(p.name for p in path.parent.iterdir()) == ["model.safetensors"]  # no temporary left behind
 
 
-def test_refinement_levels_can_be_changed_after_loading(exported):
+def test_refinement_levels_can_be_changed_after_loading(exported, chain_history, chain_molecule, n_beads):
     _, path = exported
     loaded = load(path)
     assert loaded.refine_sigmas == [0.5, 0.2]
     history, features = chain_history(3), loaded.embed_mapping()
     _, _, _, coarse = chain_molecule()
-    args = (history, features, coarse, torch.zeros(N_BEADS, dtype=torch.long), torch.zeros(3, 3))
-    noise = torch.randn(3, N_BEADS, 3)
+    args = (history, features, coarse, torch.zeros(n_beads, dtype=torch.long), torch.zeros(3, 3))
+    noise = torch.randn(3, n_beads, 3)
     assert loaded.noise_draws(True) == 3 and loaded.noise_draws(False) == 1
     before = loaded.step(*args, noise)
     loaded.refine_sigmas = [0.1]
@@ -179,20 +185,21 @@ def test_refinement_levels_can_be_changed_after_loading(exported):
         loaded.refine_sigmas = [0.0]
 
 
-def test_hard_core_survives_export_and_can_be_switched(tmp_path, exported):
+def test_hard_core_survives_export_and_can_be_switched(tmp_path, exported, chain_mapping, chain_molecule,
+                                                       compressed_history, hard_core_model, n_beads):
     _, plain_path = exported
     plain = load(plain_path)  # no learned minima (as models trained before the hard core): off, cannot be on
     assert not plain.hard_core and plain.min_distances == {"bonded": 0.0, "nonbonded": 0.0}
     with pytest.raises(ValueError, match="no learned minimum distances"):
         plain.hard_core = True
-    path = export_model(hard_core_model(k=3), tmp_path / "hard.safetensors", {"mapping": chain_mapping()})
+    path = export_model(hard_core_model(k=3), tmp_path / "hard.safetensors", {"mapping": chain_mapping})
     model = load(path)
     assert model.hard_core and model.min_distances == {"bonded": pytest.approx(0.30), "nonbonded": pytest.approx(0.45)}
     assert model.metadata["hard_core"] == {"enabled": True, "sweeps": 8, "min_bonded_nm": pytest.approx(0.30),
                                            "min_nonbonded_nm": pytest.approx(0.45)}
     _, _, _, coarse = chain_molecule()
-    args = (compressed_history(3, torch.float32), model.embed_mapping(), coarse, torch.zeros(N_BEADS, dtype=torch.long),
-            torch.zeros(3, 3), torch.zeros(model.noise_draws(True), N_BEADS, 3))
+    args = (compressed_history(3, torch.float32), model.embed_mapping(), coarse, torch.zeros(n_beads, dtype=torch.long),
+            torch.zeros(3, 3), torch.zeros(model.noise_draws(True), n_beads, 3))
     pushed = model.step(*args)
     assert model.hard_core_events > 0
     model.hard_core = False
@@ -209,7 +216,7 @@ def test_files_from_before_the_hard_core_still_load():
         old.noise_draws(True)
 
 
-def test_rebuild_gives_the_same_step_from_the_weights(exported):
+def test_rebuild_gives_the_same_step_from_the_weights(exported, chain_history, chain_molecule, n_beads):
     """``rebuild`` keeps the weights and settings of a file but runs this package's code: same results."""
     from openmm_cgml.model_file import rebuild
 
@@ -219,19 +226,19 @@ def test_rebuild_gives_the_same_step_from_the_weights(exported):
     assert rebuilt.refine_sigmas == loaded.refine_sigmas and rebuilt.hard_core == loaded.hard_core
     history, features = chain_history(3), loaded.embed_mapping()
     _, _, _, coarse = chain_molecule()
-    args = (history, features, coarse, torch.zeros(N_BEADS, dtype=torch.long), torch.zeros(3, 3),
-            torch.randn(loaded.noise_draws(True), N_BEADS, 3))
+    args = (history, features, coarse, torch.zeros(n_beads, dtype=torch.long), torch.zeros(3, 3),
+            torch.randn(loaded.noise_draws(True), n_beads, 3))
     with torch.no_grad():
         torch.testing.assert_close(rebuilt.step(*args, True), loaded.step(*args, True), atol=1e-6, rtol=1e-5)
 
 
-def test_saved_model_keeps_changed_inference_settings(exported, tmp_path):
+def test_saved_model_keeps_changed_inference_settings(exported, tmp_path, chain_history, chain_molecule, n_beads):
     _, path = exported
     loaded = load(path)
     history, features = chain_history(3), loaded.embed_mapping()
     _, _, _, coarse = chain_molecule()
-    args = (history, features, coarse, torch.zeros(N_BEADS, dtype=torch.long), torch.zeros(3, 3),
-            torch.randn(2, N_BEADS, 3))
+    args = (history, features, coarse, torch.zeros(n_beads, dtype=torch.long), torch.zeros(3, 3),
+            torch.randn(2, n_beads, 3))
     loaded.refine_sigmas = [0.15]
     expected = loaded.step(*args)
     saved = loaded.save(tmp_path / "tuned.safetensors")
@@ -361,7 +368,7 @@ def test_metadata_schema_names_the_field(exported, key, value, message):
             model_formats.check_metadata(metadata, path)
 
 
-def test_cli_converts_between_the_two_forms(exported, tmp_path, capsys):
+def test_cli_converts_between_the_two_forms(exported, tmp_path, capsys, chain_history, chain_molecule, n_beads):
     from openmm_cgml.cli import main
 
     model, path = exported
@@ -375,6 +382,6 @@ def test_cli_converts_between_the_two_forms(exported, tmp_path, capsys):
     assert main(["export", str(path), "--out", str(back)]) == 2  # exists, no --overwrite
     history, features = chain_history(3), load(back).embed_mapping()
     _, _, _, coarse = chain_molecule()
-    args = (history, features, coarse, torch.zeros(N_BEADS, dtype=torch.long), torch.zeros(3, 3),
-            torch.randn(3, N_BEADS, 3))
+    args = (history, features, coarse, torch.zeros(n_beads, dtype=torch.long), torch.zeros(3, 3),
+            torch.randn(3, n_beads, 3))
     torch.testing.assert_close(load(back).step(*args), load(path).step(*args), atol=0, rtol=0)

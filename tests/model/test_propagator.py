@@ -3,7 +3,6 @@ import math
 
 import pytest
 import torch
-from chains import N_BEADS, chain_history, chain_molecule, compressed_history, hard_core_model, make_model
 
 from openmm_cgml.geometry import count_collisions
 from openmm_cgml.model.propagator import (
@@ -26,16 +25,20 @@ def random_orthogonal(seed, reflect):
     return q
 
 
-def inputs(model, dtype=torch.float32):
-    atom_types, fine_edges, bead_of_atom, coarse = chain_molecule()
-    features = model.embed(atom_types, fine_edges, bead_of_atom, N_BEADS)
-    history = chain_history(model.k, dtype=dtype)
-    batch = torch.zeros(N_BEADS, dtype=torch.long)
-    return history, features, coarse, batch, torch.zeros(3, 3, dtype=dtype)
+@pytest.fixture
+def inputs(chain_molecule, chain_history, n_beads):
+    """``inputs(model, dtype=float32) -> (history, features, coarse, batch, box)``: the chain, ready for ``model``."""
+    def build(model, dtype=torch.float32):
+        atom_types, fine_edges, bead_of_atom, coarse = chain_molecule()
+        features = model.embed(atom_types, fine_edges, bead_of_atom, n_beads)
+        history = chain_history(model.k, dtype=dtype)
+        batch = torch.zeros(n_beads, dtype=torch.long)
+        return history, features, coarse, batch, torch.zeros(3, 3, dtype=dtype)
+    return build
 
 
 @pytest.mark.parametrize("reflect", [False, True])
-def test_mean_equivariant_and_std_invariant(reflect):
+def test_mean_equivariant_and_std_invariant(reflect, inputs, make_model):
     model = make_model().double()
     history, features, coarse, batch, box = inputs(model, torch.float64)
     features = features.double()
@@ -54,7 +57,7 @@ def assert_step_equivariant(model, history, features, coarse, batch, box, rotati
 
     Returns the noise used, for further steps with the same draw.
     """
-    noise = torch.randn(model.noise_draws(True), N_BEADS, 3, dtype=torch.float64,
+    noise = torch.randn(model.noise_draws(True), history.shape[1], 3, dtype=torch.float64,
                         generator=torch.Generator().manual_seed(noise_seed))
     with torch.no_grad():
         x = model.step(history, features, coarse, batch, box, noise, True)
@@ -64,7 +67,7 @@ def assert_step_equivariant(model, history, features, coarse, batch, box, rotati
 
 
 @pytest.mark.parametrize("score_net", ["pair", "paxnet"])
-def test_full_step_with_refinement_is_equivariant(score_net):
+def test_full_step_with_refinement_is_equivariant(score_net, inputs, make_model):
     """Rotating positions and the noise rotates the refined next positions."""
     model = make_model(score_net=score_net).double()
     history, features, coarse, batch, box = inputs(model, torch.float64)
@@ -73,23 +76,23 @@ def test_full_step_with_refinement_is_equivariant(score_net):
                             torch.tensor([0.3, 0.2, -4.0], dtype=torch.float64), noise_seed=3)
 
 
-def test_std_positive_and_floored():
+def test_std_positive_and_floored(inputs, make_model, n_beads):
     model = make_model()
     history, features, coarse, batch, box = inputs(model)
     with torch.no_grad():
         mean, std = model.predict(history, features, coarse, batch, box)
-    assert mean.shape == (N_BEADS, 3) and std.shape == (N_BEADS, 1)
+    assert mean.shape == (n_beads, 3) and std.shape == (n_beads, 1)
     assert torch.all(std >= model.min_std * model.accel_std_nm * (1 - 1e-6))
 
 
-def test_step_is_semi_implicit_euler_of_predict():
+def test_step_is_semi_implicit_euler_of_predict(inputs, make_model, n_beads):
     """x[t+1] = x[t] + (x[t] - x[t-1]) + a, a linear in the noise, mean and std as `predict` says."""
     model = make_model(k=4)
     history, features, coarse, batch, box = inputs(model)
-    noise = torch.randn(model.noise_draws(True), N_BEADS, 3)
+    noise = torch.randn(model.noise_draws(True), n_beads, 3)
     with torch.no_grad():
         mean, std = model.predict(history, features, coarse, batch, box)
-        x0 = model.step(history, features, coarse, batch, box, torch.zeros(1, N_BEADS, 3), False)
+        x0 = model.step(history, features, coarse, batch, box, torch.zeros(1, n_beads, 3), False)
         x1 = model.step(history, features, coarse, batch, box, noise[:1], False)
         x2 = model.step(history, features, coarse, batch, box, 2 * noise[:1], False)
         refined = model.step(history, features, coarse, batch, box, noise, True)
@@ -99,42 +102,42 @@ def test_step_is_semi_implicit_euler_of_predict():
 
     # many copies (one graph each, far apart): per-bead sample std matches predict's std
     copies = 1500
-    spread = torch.arange(copies).repeat_interleave(N_BEADS).unsqueeze(1) * torch.tensor([0.0, 0.0, 40.0])
+    spread = torch.arange(copies).repeat_interleave(n_beads).unsqueeze(1) * torch.tensor([0.0, 0.0, 40.0])
     many = history.repeat(1, copies, 1) + spread
-    edges = torch.cat([coarse + c * N_BEADS for c in range(copies)], 1)
-    copy_batch = torch.arange(copies).repeat_interleave(N_BEADS)
+    edges = torch.cat([coarse + c * n_beads for c in range(copies)], 1)
+    copy_batch = torch.arange(copies).repeat_interleave(n_beads)
     with torch.no_grad():
         samples = model.step(many, features.repeat(copies, 1), edges, copy_batch, box,
-                             torch.randn(1, copies * N_BEADS, 3, generator=torch.Generator().manual_seed(5)), False)
-    accel = (samples - spread - x0.repeat(copies, 1)).reshape(copies, N_BEADS, 3)  # a - mean
+                             torch.randn(1, copies * n_beads, 3, generator=torch.Generator().manual_seed(5)), False)
+    accel = (samples - spread - x0.repeat(copies, 1)).reshape(copies, n_beads, 3)  # a - mean
     empirical = accel.std(dim=(0, 2))
     torch.testing.assert_close(empirical, std.squeeze(1), rtol=0.06, atol=0)
 
 
-def test_copies_in_one_batch_match_single_molecules():
+def test_copies_in_one_batch_match_single_molecules(inputs, make_model, n_beads):
     model = make_model()
     history, features, coarse, batch, box = inputs(model)
     far = history + torch.tensor([50.0, 0.0, 0.0])  # second copy, out of the cutoff
     both = torch.cat([history, far], 1)
-    noise = torch.randn(model.noise_draws(True), N_BEADS, 3)
+    noise = torch.randn(model.noise_draws(True), n_beads, 3)
     with torch.no_grad():
         single = model.step(history, features, coarse, batch, box, noise, True)
-        double = model.step(both, torch.cat([features, features]), torch.cat([coarse, coarse + N_BEADS], 1),
+        double = model.step(both, torch.cat([features, features]), torch.cat([coarse, coarse + n_beads], 1),
                             torch.cat([batch, batch + 1]), box, torch.cat([noise, noise], 1), True)
-    torch.testing.assert_close(double[:N_BEADS], single, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(double[N_BEADS:], single + torch.tensor([50.0, 0.0, 0.0]), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(double[:n_beads], single, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(double[n_beads:], single + torch.tensor([50.0, 0.0, 0.0]), atol=1e-5, rtol=1e-5)
 
 
-def test_embed_pools_per_bead_and_appends_mass():
+def test_embed_pools_per_bead_and_appends_mass(chain_molecule, make_model, n_beads):
     model = make_model()
     atom_types, fine_edges, bead_of_atom, _ = chain_molecule()
     with torch.no_grad():
-        features = model.embed(atom_types, fine_edges, bead_of_atom, N_BEADS)
-    assert features.shape == (N_BEADS, model.n_features)
-    torch.testing.assert_close(features[:, -1], torch.full((N_BEADS,), (12.011 + 1.008) / 13.0))
+        features = model.embed(atom_types, fine_edges, bead_of_atom, n_beads)
+    assert features.shape == (n_beads, model.n_features)
+    torch.testing.assert_close(features[:, -1], torch.full((n_beads,), (12.011 + 1.008) / 13.0))
 
 
-def test_wrong_molecule_is_refused():
+def test_wrong_molecule_is_refused(chain_molecule, inputs, make_model, n_beads):
     model = make_model()
     atom_types, fine_edges, bead_of_atom, coarse = chain_molecule()
     with pytest.raises(ValueError, match="molecule of 8 beads"):
@@ -142,7 +145,7 @@ def test_wrong_molecule_is_refused():
     unseen = atom_types.clone()
     unseen[0] = 5
     with pytest.raises(ValueError, match="never seen in training"):
-        model.embed(unseen, fine_edges, bead_of_atom, N_BEADS)
+        model.embed(unseen, fine_edges, bead_of_atom, n_beads)
     history, features, coarse, batch, box = inputs(model)
     with pytest.raises(ValueError, match="molecule of 8 beads"):
         model.step(history[:, :7], features[:7], coarse[:, :12], batch[:7], box, torch.zeros(7, 3), False)
@@ -154,21 +157,21 @@ def test_wrong_molecule_is_refused():
         model.predict(bad, features, coarse, batch, box)
 
 
-def test_scripted_module_matches_eager():
+def test_scripted_module_matches_eager(inputs, make_model, n_beads):
     model = make_model()
     scripted = torch.jit.script(model)
     history, features, coarse, batch, box = inputs(model)
-    noise = torch.randn(model.noise_draws(True), N_BEADS, 3)
+    noise = torch.randn(model.noise_draws(True), n_beads, 3)
     with torch.no_grad():
         torch.testing.assert_close(scripted.step(history, features, coarse, batch, box, noise, True),
                                    model.step(history, features, coarse, batch, box, noise, True))
 
 
-def test_losses_are_finite_and_differentiable():
+def test_losses_are_finite_and_differentiable(inputs, make_model, n_beads):
     model = make_model().train()
     history, features, coarse, batch, box = inputs(model)
     target = history[-1] + (history[-1] - history[-2])
-    sigma = torch.full((N_BEADS, 1), 0.05)
+    sigma = torch.full((n_beads, 1), 0.05)
     terms = model.losses(history, target, features, coarse, batch, box.unsqueeze(0), sigma, sigma * 4)
     loss = terms["nll"] + terms["dsm"]
     loss.backward()
@@ -206,13 +209,13 @@ def test_config_rejects_unknown_and_bad_values():
         PropagatorConfig.from_dict({"k": 1})
 
 
-def test_periodic_images_give_the_same_dynamics():
+def test_periodic_images_give_the_same_dynamics(inputs, make_model, n_beads):
     """Moving one bead (in every frame) or only its past frames by a box vector changes nothing physical."""
     model = make_model(cutoff_nm=0.9).double()
     history, features, coarse, batch, _ = inputs(model, torch.float64)
     features = features.double()
     box = torch.diag(torch.tensor([3.0, 3.2, 3.4], dtype=torch.float64))
-    noise = torch.randn(model.noise_draws(True), N_BEADS, 3, dtype=torch.float64)
+    noise = torch.randn(model.noise_draws(True), n_beads, 3, dtype=torch.float64)
     with torch.no_grad():
         mean, std = model.predict(history, features, coarse, batch, box)
         x = model.step(history, features, coarse, batch, box, noise, True)
@@ -238,12 +241,13 @@ def pair_minima(x, coarse):
 
 
 @pytest.mark.parametrize("refine", [True, False])
-def test_hard_core_pushes_close_pairs_apart_keeping_centre_of_mass(refine):
+def test_hard_core_pushes_close_pairs_apart_keeping_centre_of_mass(refine, compressed_history, hard_core_model, inputs,
+                                                                   n_beads):
     model = hard_core_model().double()
     _, features, coarse, batch, box = inputs(model, torch.float64)
     features = features.double()
     history = compressed_history(model.k)
-    noise = torch.zeros(model.noise_draws(refine), N_BEADS, 3, dtype=torch.float64)
+    noise = torch.zeros(model.noise_draws(refine), n_beads, 3, dtype=torch.float64)
     with torch.no_grad():
         model.hard_core = False
         free = model.step(history, features, coarse, batch, box, noise, refine)
@@ -257,7 +261,8 @@ def test_hard_core_pushes_close_pairs_apart_keeping_centre_of_mass(refine):
     assert int(model.hard_core_events) > 0
 
 
-def test_hard_core_is_equivariant_and_a_no_op_when_nothing_is_close():
+def test_hard_core_is_equivariant_and_a_no_op_when_nothing_is_close(chain_history, compressed_history, hard_core_model,
+                                                                    inputs):
     model = hard_core_model().double()
     _, features, coarse, batch, box = inputs(model, torch.float64)
     features = features.double()
@@ -276,7 +281,8 @@ def test_hard_core_is_equivariant_and_a_no_op_when_nothing_is_close():
         assert int(model.hard_core_events) == events
 
 
-def test_hard_core_scripts_and_models_without_minima_keep_it_off():
+def test_hard_core_scripts_and_models_without_minima_keep_it_off(compressed_history, hard_core_model, inputs,
+                                                                 make_model, n_beads):
     plain = make_model()
     assert not plain.hard_core and plain.min_bonded_nm == 0.0  # older checkpoints: no minima, no projection
     model = hard_core_model()
@@ -284,7 +290,7 @@ def test_hard_core_scripts_and_models_without_minima_keep_it_off():
     scripted = torch.jit.script(model)
     _, features, coarse, batch, box = inputs(model)
     history = compressed_history(model.k, torch.float32)
-    noise = torch.zeros(1, N_BEADS, 3)
+    noise = torch.zeros(1, n_beads, 3)
     with torch.no_grad():
         torch.testing.assert_close(scripted.step(history, features, coarse, batch, box, noise, False),
                                    model.step(history, features, coarse, batch, box, noise, False))
@@ -338,13 +344,13 @@ def test_refinement_keeps_a_known_distribution(levels):
     assert float(tweedie.var()) < 0.9 * variance  # the old deterministic refinement cools the sample
 
 
-def test_refinement_noise_leaves_the_centre_of_mass_to_the_dynamics():
+def test_refinement_noise_leaves_the_centre_of_mass_to_the_dynamics(inputs, make_model, n_beads):
     """With a zero Score network the refinement only adds internal noise: each molecule's centre of mass is kept."""
     model = make_model()
     for parameter in model.score.parameters():
         parameter.data.zero_()
     history, features, coarse, batch, box = inputs(model)
-    noise = torch.randn(model.noise_draws(True), N_BEADS, 3, generator=torch.Generator().manual_seed(1))
+    noise = torch.randn(model.noise_draws(True), n_beads, 3, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         plain = model.step(history, features, coarse, batch, box, noise[:1], False)
         refined = model.step(history, features, coarse, batch, box, noise, True)

@@ -1,4 +1,5 @@
-"""The openmm-torch TorchForce path of bench/integrator_paths.py, against CGMLIntegrator.
+"""The openmm-torch TorchForce path (``openmm_cgml.openmm.torchforce``, timed by bench/integrator_paths.py)
+against CGMLIntegrator.
 
 Real objects only: an exported (untrained) CGPropagator for a 10-bead
 polymer chain, openmm-torch's TorchForce, a CustomIntegrator and
