@@ -1,33 +1,34 @@
 """Speed of CGMLIntegrator, side by side in one run; prints JSON.
 
-(a) simulated ns/day of the coarse model (an exported, untrained
-    CGPropagator of the default size: speed does not depend on the weights)
-    against fine-grained OpenMM MD of the same molecule on the same platform;
-(b) stepping through OpenMM (Simulation.step with a DCD-like reporter every
-    100 steps) against the bare torch rollout of the same model
-    (``openmm_cgml.openmm.integrator.rollout``, which the integrator itself calls),
-    for 1 replica and for several replicas in one batch (``--replicas``).
+(a) ``speedup_simulated_time``: simulated time per wall time of a shipped
+    model (``--model``, default ``alanine-dipeptide``, at its own model step)
+    through ``Simulation.step`` against fine-grained OpenMM MD of the same
+    molecule on the same platform and threads. Fine MD and the model run in
+    alternation in this one process for ``--repeats`` rounds (>= 3); the
+    ratio of each round is kept and the median, min and max are reported;
+(b) stepping through OpenMM (a DCD-like reporter every 100 steps) against
+    the bare torch rollout of the same model (``rollout``, which the
+    integrator itself calls), for 1 replica and several in one batch
+    (``--replicas``): ``openmm_overhead``;
+(c) ``throughput``: chain-steps per second of ``--throughput-model``
+    (default ``polymer-chain-1ps``) on 8-bead chains, many replicas in one
+    Context (``--throughput-replicas``, default 1, 8, 64, 512).
 
-    OMP_NUM_THREADS=1 python bench/integrator.py [--system alanine-dipeptide] [--steps 100] [--threads 1]
+    OMP_NUM_THREADS=1 python bench/integrator.py [--model alanine-dipeptide] [--steps 100] [--threads 1]
 
-The model step is the model's own (``--md-steps-per-model-step`` fine MD
-steps, 1000 by default), so ``speedup_simulated_time`` is simulated time per
-wall time at that step against fine MD. torch's thread count is set
-explicitly (``--threads``, default 1) and OpenMM's CPU platform gets the
-same ``Threads``, so a setting left behind by an earlier ``train()`` in the
-process cannot leak into the numbers.
+torch's thread count is set explicitly (``--threads``, default 1) and
+OpenMM's CPU platform gets the same ``Threads``, so a setting left behind by
+an earlier ``train()`` in the process cannot leak into the numbers.
 
 The alternative design (the propagator inside an openmm-torch ``TorchForce``
 driven by a ``CustomIntegrator``) is measured by ``bench/integrator_paths.py``
 (see docs/integrator_paths.md), not here.
 
-Timings are interleaved (bare, OpenMM, bare, OpenMM, ...) and the median is
-reported, so load from other processes hits both sides alike.
-``openmm_overhead`` is the median over back-to-back pairs of
-(time per step through OpenMM) / (bare rollout) - 1; on a busy machine it is
-noisy, so ``openmm_overhead_in_run`` also gives, within each OpenMM run, the
-time spent outside ``rollout`` (Simulation, reporters, Context sync) over the
-time inside it.
+``openmm_overhead`` is the median over back-to-back pairs of (time per step
+through OpenMM) / (bare rollout) - 1; on a busy machine it is noisy, so
+``openmm_overhead_in_run`` also gives, within each OpenMM run, the time spent
+outside ``rollout`` (Simulation, reporters, Context sync) over the time
+inside it.
 """
 from __future__ import annotations
 
@@ -36,7 +37,6 @@ import json
 import os
 import platform as host
 import statistics
-import tempfile
 import time
 
 import openmm
@@ -46,9 +46,7 @@ import torch  # before openmm: openmm-torch's plugin only loads when torch's lib
 
 import openmm_cgml.openmm.integrator as integrator_module
 from openmm_cgml import systems
-from openmm_cgml.mapping import Mapping
-from openmm_cgml.model.propagator import CGPropagator, PropagatorConfig
-from openmm_cgml.model_file import export_model, load
+from openmm_cgml.model_file import load
 from openmm_cgml.openmm.bead_system import coarse_grained_system
 from openmm_cgml.openmm.integrator import CGMLIntegrator
 from openmm_cgml.openmm.rollout import model_graph, rollout
@@ -84,18 +82,6 @@ def fine_md(reference, platform, properties, steps):
         return (time.perf_counter() - start) / steps
 
     return run
-
-
-def untrained_model(reference, directory, k, md_steps_per_model_step, atoms_per_bead):
-    mapping = Mapping.metis(reference.topology, reference.masses, atoms_per_bead=atoms_per_bead,
-                            atom_types=reference.atom_types)
-    dt = reference.timestep.value_in_unit(u.picosecond)
-    module = CGPropagator.from_mapping(
-        mapping, PropagatorConfig(k=k), model_dt_ps=md_steps_per_model_step * dt,
-        md_steps_per_model_step=md_steps_per_model_step, md_timestep_ps=dt,
-        temperature_K=reference.temperature.value_in_unit(u.kelvin), accel_std_nm=1e-5, velocity_std_nm=1e-4)
-    path = export_model(module, os.path.join(directory, "model.safetensors"), {"mapping": mapping})
-    return load(path)
 
 
 def coarse_timings(model, reference, platform, properties, steps, repeats, replicas, fine=None):
@@ -152,7 +138,8 @@ def coarse_timings(model, reference, platform, properties, steps, repeats, repli
         openmm_s.append(through_openmm())
         no_refine_s.append(bare(False))
     # overheads from back-to-back pairs: load from other processes cancels out
-    timing = {"beads": cg.system.getNumParticles(),
+    timing = {"seconds_per_step_openmm": openmm_s,
+              "beads": cg.system.getNumParticles(),
               "ms_per_step_bare_rollout": statistics.median(bare_s) * 1e3,
               "ms_per_step_openmm": statistics.median(openmm_s) * 1e3,
               "ms_per_step_bare_rollout_no_refine": statistics.median(no_refine_s) * 1e3,
@@ -160,67 +147,96 @@ def coarse_timings(model, reference, platform, properties, steps, repeats, repli
               # the same, measured inside each OpenMM run: time outside rollout() over time inside it
               "openmm_overhead_in_run": statistics.median(in_run)}
     if fine_s:
-        timing["fine_s_per_step"] = statistics.median(fine_s)
+        timing["fine_seconds_per_step"] = fine_s
     return timing
+
+
+def throughput(model, n_monomers, platform, properties, steps, replicas):
+    """Chain-steps per second of ``replicas`` chains of ``n_monomers`` in one Context, through ``Simulation``."""
+    reference = systems.load("polymer-chain", length=n_monomers)
+    cg = coarse_grained_system(model, reference.topology, reference.positions, replicas=replicas,
+                               atom_types=reference.atom_types)
+    integrator = CGMLIntegrator(model, seed=1, collision_distance=0.0)
+    simulation = app.Simulation(cg.topology, cg.system, integrator, platform, properties)
+    simulation.context.setPositions(cg.positions)
+    simulation.step(max(3, model.k))  # warm-up: TorchScript profiling runs, the history fills
+    start = time.perf_counter()
+    simulation.step(steps)
+    simulation.context.getState(getPositions=True)
+    elapsed = time.perf_counter() - start
+    return {"replicas": replicas, "beads_per_replica": cg.mapping.n_beads, "steps": steps,
+            "chain_steps_per_s": replicas * steps / elapsed, "ms_per_step": elapsed / steps * 1e3}
+
+
+def spread(values):
+    """``{"median", "min", "max"}`` of a list of numbers."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--system", default="alanine-dipeptide")
+    parser.add_argument("--model", default="alanine-dipeptide", help="model file or shipped model name")
+    parser.add_argument("--system", default=None, help="its fine system (default: the model's name)")
     parser.add_argument("--platform", default="CPU")
     parser.add_argument("--steps", type=int, default=100, help="model steps per timing")
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--fine-steps", type=int, default=1000, help="fine MD steps per timing")
-    parser.add_argument("--k", type=int, default=8, help="history length (the coarse-grain default)")
-    parser.add_argument("--md-steps-per-model-step", type=int, default=1000)
-    parser.add_argument("--atoms-per-bead", type=float, default=4.0)
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds (at least 3)")
+    parser.add_argument("--fine-steps", type=int, default=2000, help="fine MD steps per timing")
     parser.add_argument("--replicas", type=int, nargs="*", default=[1, 8])
+    parser.add_argument("--throughput-model", default="polymer-chain-1ps")
+    parser.add_argument("--throughput-replicas", type=int, nargs="*", default=[1, 8, 64, 512])
+    parser.add_argument("--throughput-steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads and OpenMM CPU-platform threads (default 1)")
     args = parser.parse_args()
+    if args.repeats < 3:
+        parser.error("--repeats must be at least 3")
 
     torch.set_num_threads(args.threads)  # explicit: never inherit an earlier train()'s setting
     platform = openmm.Platform.getPlatformByName(args.platform)
     properties = {"Threads": str(args.threads)} if args.platform == "CPU" else {}
-    reference = systems.load(args.system)
+    model = load(args.model)
+    system_name = args.system or (args.model if args.model in systems.available() else None)
+    if system_name is None:
+        parser.error("--system is needed for a model file")
+    reference = systems.load(system_name)
     fine = fine_md(reference, platform, properties, args.fine_steps)
     fine()  # warm-up
     dt_fine = reference.timestep.value_in_unit(u.picosecond)
+    dt_ps = float(model.module.model_dt_ps)
     result = {
         "hardware": {"cpu": host.processor() or host.machine(), "cores": os.cpu_count(),
                      "torch_threads": torch.get_num_threads(), "openmm_cpu_threads": properties.get("Threads"),
                      "platform": args.platform,
                      "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-                     "note": "shared machine; medians of interleaved repeats"},
+                     "note": "shared machine; fine MD and the model interleaved in one process"},
         "versions": {"openmm": openmm.__version__, "torch": torch.__version__},
-        "system": args.system, "n_atoms": reference.n_atoms,
+        "model": args.model, "system": system_name, "n_atoms": reference.n_atoms,
+        "coarse": {"n_beads": model.n_beads, "k": model.k, "model_dt_ps": dt_ps,
+                   "md_steps_per_model_step": model.md_steps_per_model_step, "by_replicas": {}},
     }
-    with tempfile.TemporaryDirectory() as directory:
-        model = untrained_model(reference, directory, args.k, args.md_steps_per_model_step, args.atoms_per_bead)
-        dt_ps = model.module.model_dt_ps
-        result["coarse"] = {"n_beads": model.mapping.n_beads, "k": model.k, "model_dt_ps": dt_ps,
-                            "md_steps_per_model_step": model.md_steps_per_model_step,
-                            "n_parameters": model.metadata.get("n_parameters"), "by_replicas": {}}
-        for replicas in args.replicas:
-            first = replicas == args.replicas[0]
-            timing = coarse_timings(model, reference, platform, properties, args.steps, args.repeats, replicas,
-                                    fine=fine if first else None)
-            if first:
-                fine_step_s = timing.pop("fine_s_per_step")
-                fine_rate = dt_fine * 1e-3 / fine_step_s * 86400
-                result["fine"] = {"ns_per_day": fine_rate, "ms_per_step": fine_step_s * 1e3, "timestep_ps": dt_fine,
-                                  "integrator": "LangevinMiddleIntegrator", "steps_per_timing": args.fine_steps}
-            # simulated time per wall day through OpenMM, summed over replicas
-            timing["ns_per_day"] = replicas * dt_ps * 1e-3 / (timing["ms_per_step_openmm"] * 1e-3) * 86400
-            timing["speedup_simulated_time"] = timing["ns_per_day"] / fine_rate  # summed over replicas
-            result["coarse"]["by_replicas"][str(replicas)] = timing
+    for replicas in args.replicas:
+        first = replicas == args.replicas[0]
+        timing = coarse_timings(model, reference, platform, properties, args.steps, args.repeats, replicas,
+                                fine=fine if first else None)
+        openmm_s = timing.pop("seconds_per_step_openmm")
+        if first:
+            fine_s = timing.pop("fine_seconds_per_step")
+            # one ratio per round: the model's simulated time per wall time over fine MD's, same load
+            ratios = [(dt_ps / o) / (dt_fine / f) for o, f in zip(openmm_s, fine_s)]
+            result["fine"] = {"ns_per_day": dt_fine * 1e-3 / statistics.median(fine_s) * 86400,
+                              "ms_per_step": statistics.median(fine_s) * 1e3, "timestep_ps": dt_fine,
+                              "integrator": "LangevinMiddleIntegrator", "steps_per_timing": args.fine_steps}
+            result["speedup_simulated_time"] = {**spread(ratios), "interleaved": True, "rounds": len(ratios),
+                                                "model_step_ps": dt_ps, "replicas": replicas}
+        timing["ns_per_day"] = replicas * dt_ps * 1e-3 / (timing["ms_per_step_openmm"] * 1e-3) * 86400
+        result["coarse"]["by_replicas"][str(replicas)] = timing
     single = result["coarse"]["by_replicas"][str(args.replicas[0])]
-    result["speedup_simulated_time"] = single["ns_per_day"] / fine_rate
     result["openmm_overhead"] = single["openmm_overhead"]
     result["openmm_overhead_in_run"] = single["openmm_overhead_in_run"]
-    if len(args.replicas) > 1:
-        best = max(result["coarse"]["by_replicas"].values(), key=lambda r: r["ns_per_day"])
-        result["speedup_simulated_time_batched"] = best["ns_per_day"] / fine_rate
+    chains = load(args.throughput_model)
+    result["throughput_model"] = args.throughput_model
+    result["throughput"] = [throughput(chains, 8, platform, properties, args.throughput_steps, n)
+                            for n in args.throughput_replicas]
     print(json.dumps(result, indent=2))
 
 

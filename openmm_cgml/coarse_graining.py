@@ -103,11 +103,9 @@ def coarse_grain(data, out, *, mapping: str = "metis", atoms_per_bead: float | N
     """
     paths = _input_paths(data, out, overwrite)
     out = Path(out)
-    k = int(k)
-    if k < 1:
-        raise ValueError(f"k (history length) must be >= 1, got {k}")
+    k, chunk_frames = _positive("k (history length)", k), _positive("chunk_frames (frames mapped at a time)",
+                                                                     chunk_frames)
     fractions, explicit = _split_choice(split, split_by, splits, paths)
-    chunk_frames = max(1, int(chunk_frames))
     method, params = mapping_options(mapping, atoms_per_bead, n_beads, center, seed)
 
     infos, mappings = _read_trajectories(paths, method, params)
@@ -126,14 +124,25 @@ def coarse_grain(data, out, *, mapping: str = "metis", atoms_per_bead: float | N
     return out
 
 
+def _positive(name: str, value) -> int:
+    """``value`` as an int, refused unless >= 1."""
+    if int(value) < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)
+
+
 def _input_paths(data, out, overwrite: bool) -> list[Path]:
     """The fine trajectory paths of ``data``; refuses an ``out`` that exists (unless ``overwrite``) or is an input."""
     paths = [Path(p) for p in ([data] if isinstance(data, (str, os.PathLike)) else data)]
     if not paths:
         raise ValueError("coarse_grain needs at least one fine trajectory file")
     out = Path(out)
+    if out.is_dir():
+        raise IsADirectoryError(f"output {out} is a folder; give the dataset file's name")
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; refusing to overwrite it (use --overwrite)")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise NotADirectoryError(f"output {out}: {out.parent} is a file, not a folder")
     if any(out.resolve() == p.resolve() for p in paths if p.exists()):
         raise ValueError(f"output {out} is one of the input trajectories")
     return paths
@@ -370,16 +379,17 @@ def _lag(stride: int, model_steps, lag) -> int:
 
 
 def _split_fractions(split) -> tuple[float, float, float]:
+    given = split   # named as the user wrote it in the messages
     if isinstance(split, str):
         split = [part for part in split.replace("/", ",").split(",") if part.strip()]
     try:
         values = [float(x) for x in split]
     except (TypeError, ValueError):
-        raise ValueError(f"split must be three fractions train,val,test, got {split!r}") from None
+        raise ValueError(f"split must be three fractions train,val,test, got {given!r}") from None
     if len(values) == 2:
         values.append(0.0)
-    if len(values) != 3 or any(v < 0 for v in values) or not math.isclose(sum(values), 1.0, abs_tol=1e-6):
-        raise ValueError(f"split must be three non-negative fractions train,val,test summing to 1, got {split!r}")
+    if len(values) != 3 or not all(v >= 0 for v in values) or not math.isclose(sum(values), 1.0, abs_tol=1e-6):
+        raise ValueError(f"split must be three non-negative fractions train,val,test summing to 1, got {given!r}")
     return tuple(values)
 
 

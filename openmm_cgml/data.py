@@ -89,6 +89,8 @@ class CoarseDataset(torch.utils.data.Dataset):
 
     def __init__(self, path, split: str | None = "train", k: int | None = None):
         self.path = Path(path)
+        if self.path.is_dir():
+            raise IsADirectoryError(f"coarse dataset {self.path} is a folder, not a dataset file")
         if not self.path.is_file():
             raise FileNotFoundError(f"coarse dataset {self.path} does not exist")
         _check_split(split)
@@ -224,7 +226,10 @@ class CoarseDataset(torch.utils.data.Dataset):
             If the split has no frames.
         """
         handle = self._handle()
-        result = closest_approaches((handle["traj"][name] for name in self._members), max_frames_per_trajectory)
+        try:
+            result = closest_approaches((handle["traj"][name] for name in self._members), max_frames_per_trajectory)
+        except ValueError as error:   # e.g. NaN positions: name the file
+            raise ValueError(f"{self.path}: {error}") from None
         if result["frames"] == 0:
             raise ValueError(f"{self.path}: no '{self.split}' frames to measure bead distances on")
         return result

@@ -112,6 +112,11 @@ def closest_approaches(groups, max_frames: int = MAX_FRAMES_PER_TRAJECTORY) -> d
     dict
         ``{"bonded_nm", "nonbonded_nm", "frames"}``; a class with no pairs gives 0
         (no hard core for it), and ``frames`` is 0 when the groups hold no frames.
+
+    Raises
+    ------
+    ValueError
+        If a frame used holds NaN or infinite positions (the message names the group and frame).
     """
     bonded, nonbonded, frames = math.inf, math.inf, 0
     for group in groups:
@@ -139,6 +144,10 @@ def _closest_in_trajectory(group: h5py.Group, max_frames: int) -> tuple[float, f
         # one contiguous read, then the picked rows: faster than an HDF5 point selection
         box = np.asarray(group["box"][rows[0]:rows[-1] + 1])[rows - rows[0]] if "box" in group else None
         positions = np.asarray(group["positions"][rows[0]:rows[-1] + 1])[rows - rows[0]]
+        finite = np.isfinite(positions).all(axis=(1, 2))
+        if not finite.all():
+            raise ValueError(f"trajectory {group.name}: bead positions of frame {int(rows[np.argmin(finite)])} "
+                             "contain NaN or infinite values")
         cell = torch.as_tensor(box, dtype=torch.float64)[:, None, None] if box is not None and np.any(box) else None
         distances = pair_distances_torch(torch.as_tensor(positions, dtype=torch.float64), cell)
         if bool(is_bond.any()):

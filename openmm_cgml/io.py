@@ -136,18 +136,25 @@ def read_yaml(path, what: str = "YAML file") -> dict:
     ------
     FileNotFoundError
         If there is no such file.
+    IsADirectoryError
+        If ``path`` is a folder.
     ValueError
-        If it is not valid YAML or its top level is not a mapping.
+        If it is not valid YAML (or not text) or its top level is not a mapping.
     """
     import yaml
 
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{what} {path} is a folder, not a file")
     if not path.is_file():
         raise FileNotFoundError(f"{what} {path} does not exist")
     try:
         values = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         raise ValueError(f"{path}: not valid YAML: {error}") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not a text (UTF-8) file, so not a {what}: {error.reason} at byte "
+                         f"{error.start}") from None
     if values is not None and not isinstance(values, dict):
         raise ValueError(f"{path}: expected a mapping of options at the top level of the {what}")
     return values or {}

@@ -77,17 +77,21 @@ def draw_mapping(mapping: Mapping, atom_positions, out, box=None, title: str | N
     mapping, atom_positions, box, title
         As for :func:`mapping_figure`.
     out : str or os.PathLike
-        The PNG file; its folder is created if needed.
+        The PNG file; its folder is created if needed. It is written to a temporary
+        name and renamed, so an existing file is replaced only by a whole new one.
 
     Returns
     -------
     pathlib.Path
         ``out``.
     """
+    from openmm_cgml.io import atomic_path
+
     figure = mapping_figure(mapping, atom_positions, box=box, title=title)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out)
+    with atomic_path(out) as temporary:   # an interrupted save never leaves a torn PNG at ``out``
+        figure.savefig(temporary, format="png")
     return out
 
 

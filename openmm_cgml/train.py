@@ -10,7 +10,8 @@ The output directory holds ``config.yaml`` (resolved), ``checkpoints/``
 (``best.ckpt`` by validation loss, ``last.ckpt``), ``logs/version_N/metrics.csv``
 (one version per run; resuming never overwrites earlier logs) and
 ``loss.png``. A run resumes automatically from ``checkpoints/last.ckpt``
-(``resume: auto``). ``trainer.devices``/``num_nodes``/``strategy`` go to
+(``resume: auto``); a resume whose config changes the model, the data or the
+optimisation is refused (see :func:`changed_settings`). ``trainer.devices``/``num_nodes``/``strategy`` go to
 Lightning as they are (e.g. ``devices: 4, strategy: ddp`` for multi-GPU DDP).
 
 What a run is (the YAML sections) is :mod:`openmm_cgml.train_config`; what the
@@ -31,12 +32,13 @@ import torch
 import yaml
 
 from openmm_cgml.data import CoarseDataset, make_loader
+from openmm_cgml.io import write_atomic
 from openmm_cgml.train_config import OptimConfig, TrainConfig
 from openmm_cgml.units import COLLISION_DISTANCE_NM
 
 # PropagatorModule is made on first access (module __getattr__ below), so Lightning loads only to train
 __all__ = ["TrainConfig", "train", "PropagatorModule", "plot_losses", "dataset_summary",  # noqa: F822
-           "build_propagator", "hard_core_distance"]
+           "build_propagator", "hard_core_distance", "changed_settings", "RESUME_MAY_CHANGE"]
 
 HARD_CORE_MARGIN = 0.95   # the hard core sits this fraction below the closest approach seen in the data
 
@@ -260,15 +262,78 @@ def _resume_path(config: TrainConfig, out_dir: Path) -> str | None:
     return str(path)
 
 
-def _resumed(resume: str, metadata: dict) -> tuple[str, dict]:
-    """The checkpoint's own ``model_init`` and metadata, with this run's config and start time recorded."""
+# Settings a resume may change: they say how long to train, or how the work is spread and shown, not what
+# is learned from which data. Any other difference between the checkpoint's config and this run's is refused.
+RESUME_MAY_CHANGE = frozenset({"resume", "out_dir", "train.max_epochs", "train.max_steps", "train.num_workers",
+                               "train.threads", "trainer.enable_progress_bar", "trainer.log_every_n_steps"})
+
+
+def _flat(config: dict, data_k: int) -> dict:
+    """``section.key -> value`` of a config dict, the model section completed with its defaults and data path resolved.
+
+    Completing the model section makes ``model: {}`` and ``model: {k: <the data's k>}`` the same model.
+    """
+    from openmm_cgml.model.config import PropagatorConfig
+
+    flat = {}
+    for key, value in config.items():
+        if key == "model":
+            value = PropagatorConfig.from_dict({"k": data_k, **(value or {})}).to_dict()
+        if isinstance(value, dict):
+            flat.update({f"{key}.{name}": item for name, item in value.items()})
+        elif key == "data":
+            flat[key] = str(Path(value).resolve()) if value else value
+        else:
+            flat[key] = value
+    return flat
+
+
+def changed_settings(old: dict, new: dict, data_k: int) -> list[str]:
+    """The settings (``section.key``) in which two config dicts differ and that a resume may not change.
+
+    Parameters
+    ----------
+    old, new : dict
+        :meth:`TrainConfig.to_dict` of the checkpoint's run and of this one.
+    data_k : int
+        The dataset's history length (the default of ``model.k``).
+
+    Returns
+    -------
+    list of str
+        Sorted; empty when the resume may go ahead. Settings in :data:`RESUME_MAY_CHANGE`
+        (``train.max_epochs``, ``train.max_steps``, workers, threads, logging, ``resume``,
+        ``out_dir``) are never listed.
+    """
+    old, new = _flat(old, data_k), _flat(new, data_k)
+    missing = object()
+    return sorted(key for key in set(old) | set(new)
+                  if key not in RESUME_MAY_CHANGE and old.get(key, missing) != new.get(key, missing))
+
+
+def _resumed(resume: str, metadata: dict, config: TrainConfig, data_k: int) -> tuple[str, dict]:
+    """The checkpoint's own ``model_init`` and metadata, with this run's config and start time recorded.
+
+    Raises
+    ------
+    ValueError
+        If this run's config differs from the checkpoint's in a setting that changes the model,
+        the data or the optimisation (see :func:`changed_settings`): a resume would ignore it.
+    """
     from openmm_cgml.model_file import propagator_from_checkpoint
 
     _, hparams, _ = propagator_from_checkpoint(resume)  # safe load, clear error if corrupted
     if "model_init" not in hparams:
         raise ValueError(f"{resume}: not an openmm-cgml training checkpoint")
-    # keep the model and the original metadata; record the (possibly changed) config of this run
     old = hparams.get("metadata", metadata)
+    previous = old.get("training", {}).get("config")
+    if isinstance(previous, dict):
+        changed = changed_settings(previous, metadata["training"]["config"], data_k)
+        if changed:
+            raise ValueError(f"{config.where()}: resuming from {resume} with a changed configuration: {changed} "
+                             f"differ from the checkpoint's run; only {sorted(RESUME_MAY_CHANGE)} may change "
+                             "(use another out_dir, or resume: never with a new one)")
+    # keep the model and the original metadata; record the config of this run
     old.setdefault("training", {})
     old["training"]["config"] = metadata["training"]["config"]
     old["training"].setdefault("resumed_at", []).append(metadata["training"]["started_at"])
@@ -308,15 +373,21 @@ def _train(config: TrainConfig) -> Path:
     torch.set_float32_matmul_precision("high")
     pl.seed_everything(opts.seed, workers=True, verbose=False)
     out_dir = Path(config.out_dir)
+    for stale in (out_dir / "checkpoints").glob(".*.ckpt.*"):  # a killed run's half-written checkpoint
+        stale.unlink()
     resume = _resume_path(config, out_dir)
     if resume is None and (out_dir / "checkpoints").exists() and any((out_dir / "checkpoints").iterdir()):
         raise FileExistsError(f"{out_dir} already holds checkpoints; use resume: auto, or another out_dir")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"{config.where()}: out_dir {out_dir} is a file, not a folder")
 
     dataset = CoarseDataset(config.data, split=None)   # opened once; loaders and statistics share it
     summary = dataset_summary(dataset)
     summary["min_distances"] = dataset.view("train").min_distances()
-    model = build_propagator(config, summary)
+    try:
+        model = build_propagator(config, summary)
+    except ValueError as error:  # e.g. model.k longer than the data's: name the config it came from
+        raise ValueError(f"{config.where()}: {error} ({config.data})") from None
     train_loader, val_loader = _loaders(config, dataset, model.k)
     mapping = summary.pop("single_mapping")
     metadata = {
@@ -324,12 +395,13 @@ def _train(config: TrainConfig) -> Path:
         "training": {"data": summary, "config": config.to_dict(), "has_val": val_loader is not None,
                      "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds")},
     }
-    (out_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-
     model_init = model.init_json
-    if resume:
-        model_init, metadata = _resumed(resume, metadata)
+    if resume:   # checked before anything is written: a refused resume leaves out_dir as it was
+        model_init, metadata = _resumed(resume, metadata, config, int(summary["attrs"]["k"]))
         model = None   # rebuilt from the checkpoint's own description
+    out_dir.mkdir(parents=True, exist_ok=True)   # only now: a run refused above leaves no trace
+    # beside the checkpoints, atomically: a kill never leaves a torn config.yaml
+    write_atomic(out_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
     module = __getattr__("PropagatorModule")(model_init, metadata, asdict(opts), model=model)
     trainer, best = _trainer(config, out_dir, "val_loss" if val_loader is not None else "train_loss")
     trainer.fit(module, train_loader, val_loader, ckpt_path=resume, weights_only=True)
@@ -359,16 +431,44 @@ def _trainer(config: TrainConfig, out_dir: Path, monitor: str):
         limit_train_batches=opts.limit_train_batches, limit_val_batches=opts.limit_val_batches,
         check_val_every_n_epoch=opts.val_every_n_epochs,
         logger=CSVLogger(out_dir, name="logs"), callbacks=[best, last, LearningRateMonitor("step")],
-        enable_model_summary=False)
+        plugins=[_atomic_checkpoint_io()], enable_model_summary=False)
     return trainer, best
 
 
+def _atomic_checkpoint_io():
+    """Lightning's checkpoint writer, writing to a temporary name that is then renamed over the checkpoint.
+
+    Lightning writes ``last.ckpt`` in place: a kill during that write would leave a torn file that
+    no resume can load, and the run's state with it.
+    """
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+    from openmm_cgml.io import atomic_path
+
+    class AtomicCheckpointIO(TorchCheckpointIO):
+        def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as temporary:
+                super().save_checkpoint(checkpoint, temporary, storage_options)
+
+    return AtomicCheckpointIO()
+
+
 def _read_metrics(out_dir: Path) -> list[dict]:
+    """The logged rows of all runs of ``out_dir``, in step order.
+
+    A run killed after its last checkpoint logged steps that the resumed run (the next log
+    version) trains again: the later version's rows replace the earlier ones from its first step on.
+    """
     rows = []
     for path in sorted((out_dir / "logs").glob("version_*/metrics.csv"),
                        key=lambda p: int(p.parent.name.split("_")[-1])):
         with open(path, newline="") as handle:
-            rows.extend(csv.DictReader(handle))
+            version = [row for row in csv.DictReader(handle) if str(row.get("step", "")).isdigit()]
+        if version:
+            first = min(int(row["step"]) for row in version)
+            rows = [row for row in rows if int(row["step"]) < first]
+        rows.extend(version)
     return rows
 
 

@@ -9,6 +9,7 @@ raise ``ValueError`` naming the key. How a run executes (Lightning) is in
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -20,13 +21,72 @@ __all__ = ["TrainConfig", "OptimConfig", "TrainerConfig", "DEFAULT_CONFIG"]
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
 
+def _mapping(values, section: str) -> dict:
+    """A YAML section as a dict: an absent or empty one is ``{}``; anything but a mapping is refused."""
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ValueError(f"section '{section}' must be a mapping of options, got {type(values).__name__} "
+                         f"{_shown(values)}")
+    return dict(values)
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _checked_value(name: str, value, default):
+    """``value`` of option ``name`` checked against the type of its ``default`` (YAML gives no other check).
+
+    A float option also takes a string that reads as a number, because PyYAML (YAML 1.1) reads
+    ``1e-3`` without a dot as a string; anything else of the wrong type is a ``ValueError``.
+    """
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be true or false, got {_shown(value)}")
+        return value
+    if isinstance(default, int):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError(f"{name} must be an integer, got {_shown(value)}")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise ValueError(f"{name} must be a number, got {_shown(value)}") from None
+        if not _is_number(value) or not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {_shown(value)}")
+        return value
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ValueError(f"{name} must be a string, got {_shown(value)}")
+        return value
+    if isinstance(default, list):
+        if not isinstance(value, list) or not all(_is_number(v) and math.isfinite(v) for v in value):
+            raise ValueError(f"{name} must be a list of numbers, got {_shown(value)}")
+        return value
+    return value
+
+
 def _from_dict(cls, values, section: str):
-    values = dict(values or {})
+    values = _mapping(values, section)
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} in section '{section}'; known: {sorted(known)}")
-    return cls(**values)
+    defaults = asdict(cls())
+    return cls(**{key: value if key in _CHECKED_IN_VALIDATE
+                  else _checked_value(f"{section}.{key}", value, defaults[key]) for key, value in values.items()})
+
+
+# options whose value may be of several types (devices: 4, "auto" or [0, 1]; precision: "32-true" or 32)
+_CHECKED_IN_VALIDATE = {"devices", "precision"}
 
 
 @dataclass
@@ -54,11 +114,31 @@ class OptimConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the first option (``train.<name>``) with a bad value."""
+        """Raise ``ValueError`` naming the first option (``train.<name>``) with a bad value.
+
+        ``max_epochs`` must be >= 1, or -1 (no limit) when ``max_steps`` >= 1: a run that trains
+        nothing would export an untrained model. ``max_steps`` is -1 (no limit) or >= 1.
+        """
         if self.batch_size < 1:
             raise ValueError(f"train.batch_size must be >= 1, got {self.batch_size}")
+        if not (self.max_epochs >= 1 or (self.max_epochs == -1 and self.max_steps >= 1)):
+            raise ValueError(f"train.max_epochs must be >= 1 (or -1 with train.max_steps >= 1), got {self.max_epochs}")
+        if not (self.max_steps == -1 or self.max_steps >= 1):
+            raise ValueError(f"train.max_steps must be >= 1, or -1 for no limit, got {self.max_steps}")
         if not self.lr > 0:
             raise ValueError(f"train.lr must be > 0, got {self.lr}")
+        for name in ("weight_decay", "warmup_steps", "gradient_clip", "score_weight", "num_workers", "threads"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("n_history_noise", "n_score_sigmas", "val_every_n_epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("limit_train_batches", "limit_val_batches"):
+            value = getattr(self, name)
+            # Lightning reads a float as a fraction and an int as a count of batches
+            if not value > 0 or (isinstance(value, float) and value > 1 and not value.is_integer()):
+                raise ValueError(f"train.{name} must be a fraction in (0, 1] or a number of batches >= 1, "
+                                 f"got {value}")
         if self.lr_schedule not in {"cosine", "plateau", "constant"}:
             raise ValueError(f"train.lr_schedule must be cosine, plateau or constant, got {self.lr_schedule!r}")
         for name in ("history_noise", "score_sigmas"):
@@ -78,6 +158,23 @@ class TrainerConfig:
     precision: str = "32-true"
     log_every_n_steps: int = 10
     enable_progress_bar: bool = True
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first option (``trainer.<name>``) with a bad value."""
+        devices = self.devices
+        if isinstance(devices, bool) or not (
+                (isinstance(devices, int) and (devices >= 1 or devices == -1)) or isinstance(devices, str)
+                or (isinstance(devices, list) and devices
+                    and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in devices))):
+            raise ValueError(f"trainer.devices must be a count >= 1, -1, 'auto' or a list of device indices, "
+                             f"got {_shown(devices)}")
+        if isinstance(self.precision, bool) or not isinstance(self.precision, (str, int)):
+            raise ValueError(f"trainer.precision must be a string such as '32-true' (or 32), "
+                             f"got {_shown(self.precision)}")
+        if self.num_nodes < 1:
+            raise ValueError(f"trainer.num_nodes must be >= 1, got {self.num_nodes}")
+        if self.log_every_n_steps < 1:
+            raise ValueError(f"trainer.log_every_n_steps must be >= 1, got {self.log_every_n_steps}")
 
 
 @dataclass
@@ -107,21 +204,51 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
     @classmethod
-    def from_dict(cls, values: dict, base_dir: Path | None = None) -> "TrainConfig":
+    def from_dict(cls, values: dict, base_dir: Path | None = None, source=None) -> "TrainConfig":
         """A checked config from YAML-like ``values``; relative paths are taken relative to ``base_dir`` if given.
+
+        Parameters
+        ----------
+        values : dict
+            The sections, as in ``configs/default.yaml``.
+        base_dir : pathlib.Path, optional
+            Folder that relative ``data`` and ``out_dir`` are relative to.
+        source : str or os.PathLike, optional
+            The YAML file the values come from: error messages start with it, and it is
+            kept as :attr:`source` (not a config field) for later messages.
 
         Raises
         ------
         ValueError
-            For an unknown key or a bad value (the message names it).
+            For an unknown key or a bad value (the message names the file, if given, and the key).
         """
-        values = dict(values or {})
+        try:
+            config = cls._checked(values, base_dir)
+        except ValueError as error:
+            if source is None:
+                raise
+            raise ValueError(f"{source}: {error}") from None
+        config.source = None if source is None else str(source)
+        return config
+
+    @classmethod
+    def _checked(cls, values, base_dir: Path | None) -> "TrainConfig":
+        values = _mapping(values, "top level")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown top-level option(s) {unknown}; known: {sorted(known)}")
-        config = cls(data=str(values.get("data", "")), out_dir=str(values.get("out_dir", "runs/model")),
-                     resume=str(values.get("resume", "auto")), model=dict(values.get("model") or {}),
+        paths = {}
+        for name, default in (("data", ""), ("out_dir", "runs/model"), ("resume", "auto")):
+            value = values.get(name, default)
+            if value is None and name == "data":
+                value = ""
+            if not isinstance(value, (str, os.PathLike)) or isinstance(value, bool):
+                raise ValueError(f"'{name}' must be a path (a string), got {_shown(value)}")
+            paths[name] = os.fspath(value)
+        if not paths["out_dir"]:
+            raise ValueError("'out_dir' must not be empty")
+        config = cls(**paths, model=_model_section(values.get("model")),
                      train=_from_dict(OptimConfig, values.get("train"), "train"),
                      trainer=_from_dict(TrainerConfig, values.get("trainer"), "trainer"))
         if base_dir is not None:  # paths in a YAML file are relative to that file
@@ -135,16 +262,33 @@ class TrainConfig:
     @classmethod
     def from_yaml(cls, path) -> "TrainConfig":
         """A checked config from a YAML file (relative paths in it are relative to the file)."""
-        return cls.from_dict(read_yaml(path, "config file"), base_dir=Path(path).parent)
+        return cls.from_dict(read_yaml(path, "config file"), base_dir=Path(path).parent, source=path)
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first missing or bad option."""
         if not self.data:
             raise ValueError("the config needs 'data': the coarse dataset (.h5) from `cgml coarse-grain`")
         self.train.validate()
+        self.trainer.validate()
         from openmm_cgml.model.config import PropagatorConfig
 
         PropagatorConfig.from_dict({"k": 2, **self.model})  # names and values of the model section
 
     def to_dict(self) -> dict:
+        """The config as plain data (what ``config.yaml`` and the checkpoint record)."""
         return asdict(self)
+
+    def where(self) -> str:
+        """The YAML file this config was read from, for error messages ("the config" if none)."""
+        return getattr(self, "source", None) or "the config"
+
+
+def _model_section(values) -> dict:
+    """The ``model`` section, each value checked against the type of its default in ``PropagatorConfig``."""
+    from openmm_cgml.model.config import PropagatorConfig
+
+    values = _mapping(values, "model")
+    defaults = asdict(PropagatorConfig())
+    # unknown names are PropagatorConfig.from_dict's to report (with the list of known ones)
+    return {key: _checked_value(f"model.{key}", value, defaults[key]) if key in defaults else value
+            for key, value in values.items()}

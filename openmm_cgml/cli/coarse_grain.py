@@ -62,8 +62,10 @@ def explicit_splits(train, val, test) -> tuple[list[str], dict | None]:
 def run(args: argparse.Namespace) -> int:
     import h5py
 
+    from openmm_cgml.cli.options import mapping_options_from_args
     from openmm_cgml.coarse_graining import coarse_grain
 
+    mapping_options_from_args(args)   # refuses a bad --atoms-per-bead / --n-beads before any file is read
     data, splits = explicit_splits(args.data, args.val, args.test)
     out = coarse_grain(data, args.out, mapping=args.mapping, atoms_per_bead=args.atoms_per_bead,
                        n_beads=args.n_beads, center=args.center, seed=args.seed, k=args.k,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 import yaml
 
@@ -26,7 +27,18 @@ def add_mapping_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def mapping_options_from_args(args: argparse.Namespace) -> tuple[str, dict]:
-    """``(method, params)`` for ``Mapping.build`` from the arguments :func:`add_mapping_arguments` added."""
+    """``(method, params)`` for ``Mapping.build`` from the arguments :func:`add_mapping_arguments` added.
+
+    Raises
+    ------
+    ValueError
+        For an ``--atoms-per-bead`` that is not a finite number >= 1 (inf would silently make one
+        bead per molecule) or an ``--n-beads`` below 1.
+    """
+    if args.atoms_per_bead is not None and not (math.isfinite(args.atoms_per_bead) and args.atoms_per_bead >= 1):
+        raise ValueError(f"--atoms-per-bead must be a finite number >= 1, got {args.atoms_per_bead}")
+    if args.n_beads is not None and args.n_beads < 1:
+        raise ValueError(f"--n-beads must be >= 1, got {args.n_beads}")
     return mapping_options(args.mapping, args.atoms_per_bead, args.n_beads, args.center, args.seed)
 
 

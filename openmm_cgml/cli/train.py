@@ -36,11 +36,18 @@ def _overridden(values: dict, args: argparse.Namespace) -> dict:
     if args.no_resume:
         values["resume"] = "never"
     if args.max_epochs is not None:
-        values["train"] = {**(values.get("train") or {}), "max_epochs": args.max_epochs}
+        values["train"] = _with(values.get("train"), "max_epochs", args.max_epochs)
     if args.devices is not None:
         devices = int(args.devices) if args.devices.isdigit() else args.devices
-        values["trainer"] = {**(values.get("trainer") or {}), "devices": devices}
+        values["trainer"] = _with(values.get("trainer"), "devices", devices)
     return values
+
+
+def _with(section, key: str, value):
+    """``section`` with ``key`` set; a section that is not a mapping is left for the config check to name."""
+    if section is None:
+        return {key: value}
+    return {**section, key: value} if isinstance(section, dict) else section
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,10 +55,10 @@ def run(args: argparse.Namespace) -> int:
     from openmm_cgml.train_config import TrainConfig
 
     path = Path(args.config)
-    config = TrainConfig.from_dict(_overridden(read_yaml(path, "config file"), args), base_dir=path.parent)
+    config = TrainConfig.from_dict(_overridden(read_yaml(path, "config file"), args), base_dir=path.parent, source=path)
     last = Path(config.out_dir) / "checkpoints" / "last.ckpt"
     if args.resume == "auto" and not last.exists():
-        raise FileNotFoundError(f"--resume: no checkpoint {last}")
+        raise FileNotFoundError(f"--resume: no checkpoint {last} to resume from")
     best = train(config)
     print(f"best checkpoint: {best}\nexport it with: cgml export {config.out_dir} --out model.safetensors")
     return 0

@@ -60,11 +60,60 @@ def load_definition(name_or_path, scale: str) -> dict:
         raise ValueError(f"unknown benchmark {name_or_path!r}; available: {', '.join(available())}")
     definition = read_yaml(path, "benchmark definition")
     scales = definition.get("scales")
-    if not isinstance(scales, dict) or scale not in scales:
-        raise ValueError(f"{path}: no scale {scale!r}; scales: {', '.join(scales or [])}")
+    if not isinstance(scales, dict):
+        raise ValueError(f"{path}: 'scales' must be a mapping of scale name -> settings, got {scales!r:.60}")
+    if scale not in scales:
+        raise ValueError(f"{path}: no scale {scale!r}; scales: {', '.join(map(str, scales))}")
+    if not isinstance(scales[scale], dict):
+        raise ValueError(f"{path}: scale {scale!r} must be a mapping of settings, got {scales[scale]!r:.60}")
     merged = {key: value for key, value in definition.items() if key != "scales"}
-    merged.update(scales[scale], scale=scale, file=str(path))
+    merged.update(scales[scale])
+    _check_like(merged, _template(), str(path), "")
+    merged.update(scale=scale, file=str(path))
     return merged
+
+
+# numbers that may be 0; every other number of a definition must be > 0
+_MAY_BE_ZERO = {"seed", "equilibration_steps"}
+
+
+def _template() -> dict:
+    """The shipped polymer benchmark at its small scale: what every definition must look like."""
+    shipped = read_yaml(BENCHMARKS_DIR / "polymer.yaml", "benchmark definition")
+    template = {key: value for key, value in shipped.items() if key != "scales"}
+    template.update(shipped["scales"]["small"])
+    return template
+
+
+def _check_like(values, template, path: str, where: str) -> None:
+    """Raise ``ValueError`` naming ``path`` and the key where ``values`` does not have the shape of ``template``.
+
+    Mappings must hold the same keys (an empty template mapping takes any, e.g. ``system_params``);
+    numbers must be finite and > 0 (>= 0 for seeds and equilibration steps); lists must be lists.
+    """
+    name = where or "the definition"
+    if isinstance(template, dict):
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: {name} must be a mapping, got {values!r:.60}")
+        if not template:
+            return
+        missing, unknown = sorted(set(template) - set(values)), sorted(set(values) - set(template))
+        if missing or unknown:
+            raise ValueError(f"{path}: {name} " + (f"lacks {missing}" if missing else f"has unknown key(s) {unknown}")
+                             + f"; expected keys: {sorted(template)}")
+        for key in template:
+            _check_like(values[key], template[key], path, f"{where}.{key}" if where else key)
+    elif isinstance(template, list):
+        if not isinstance(values, list):
+            raise ValueError(f"{path}: {name} must be a list, got {values!r:.60}")
+    elif isinstance(template, bool) or isinstance(template, str):
+        if type(values) is not type(template):
+            raise ValueError(f"{path}: {name} must be a {type(template).__name__}, got {values!r:.60}")
+    elif isinstance(template, (int, float)):
+        if isinstance(values, bool) or not isinstance(values, (int, float)) or not math.isfinite(values):
+            raise ValueError(f"{path}: {name} must be a finite number, got {values!r:.60}")
+        if values < 0 or (values == 0 and where.rsplit(".", 1)[-1] not in _MAY_BE_ZERO):
+            raise ValueError(f"{path}: {name} must be > 0, got {values!r}")
 
 
 def design_splits(definition: dict) -> dict:
@@ -256,8 +305,14 @@ def run_benchmark(name: str, scale: str, out, model="polymer-chain", cache=None,
     started = time.perf_counter()
     definition = load_definition(name, scale)
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"output folder {out} is a file, not a folder")
     if (out / "fidelity.json").exists() and not overwrite:
         raise FileExistsError(f"{out / 'fidelity.json'} exists; pass --overwrite to replace it")
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers (--workers) must be >= 1, got {workers}")
+    _check_platform(platform)
+    cg_model = load(model)   # before hours of reference MD: a bad model file fails now
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(cache) if cache else out / "references"
     workers = workers or max(1, min(2, os.cpu_count() or 1))
@@ -273,7 +328,6 @@ def run_benchmark(name: str, scale: str, out, model="polymer-chain", cache=None,
     import torch
 
     torch.set_num_threads(1)
-    cg_model = load(model)
     model_dt = float(cg_model.model_timestep.value_in_unit(cg_model.model_timestep.unit))
     log("[2/6] baseline on the training chains; inference settings on the validation chains")
     splits = {(s, r): _bead_chains(cg_model, definition, batches, paths, s, r)
@@ -303,6 +357,15 @@ def run_benchmark(name: str, scale: str, out, model="polymer-chain", cache=None,
     write_report(document, result["plots"], out)
     log(f"      wrote {out / 'fidelity.json'} and {out / 'report.md'}")
     return jsonable(document)
+
+
+def _check_platform(name: str) -> None:
+    """``ValueError`` naming an OpenMM platform this machine does not have (the reference MD would fail later)."""
+    import openmm
+
+    names = [openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())]
+    if name not in names:
+        raise ValueError(f"platform (--platform) {name!r} is not available here; available: {', '.join(names)}")
 
 
 def _tau_span(tau_ps: np.ndarray, step_ps: float) -> dict:

@@ -413,6 +413,8 @@ def evaluate(references, rollouts, out_dir, *, topology=None, model=None, mappin
                          f"{len(rollouts)} rollout(s)")
     topologies = _topologies(topology, len(rollouts))
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"report folder {out} is a file, not a folder")
     existing = [name for name in REPORT_FILES if (out / name).exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{out} already holds a report ({', '.join(existing)}); use --overwrite to replace it")

@@ -88,6 +88,19 @@ def _is_fine_hdf5(path: Path) -> bool:
         return False
 
 
+def _check_hdf5(path: Path, role: str) -> None:
+    """Refuse an ``.h5``/``.hdf5`` file that HDF5 cannot open, with HDF5's own reason (mdtraj's names none)."""
+    import h5py
+
+    if path.suffix.lower() not in (".h5", ".hdf5"):
+        return
+    try:
+        with h5py.File(path, "r"):
+            pass
+    except OSError as error:
+        raise ValueError(f"{role} {path} is not a readable HDF5 file ({' '.join(str(error).split())})") from None
+
+
 def _fine_mapping(fine, model=None, method: str = "metis", params: dict | None = None):
     """The mapping for the molecule(s) of a fine trajectory: the one that fits the model, else by method."""
     from openmm_cgml.mapping import Mapping
@@ -146,6 +159,7 @@ def load_reference(path, *, topology=None, model=None, mapping_method: str = "me
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"reference file {path} does not exist")
+    _check_hdf5(path, "reference")
     if not _is_fine_hdf5(path):
         return load_rollout(path, topology=topology, frame_interval=frame_interval, role="reference"), None
     from openmm_cgml.trajectory import FineTrajectory
@@ -153,7 +167,10 @@ def load_reference(path, *, topology=None, model=None, mapping_method: str = "me
     with FineTrajectory(path) as fine:
         if fine.n_frames < 2:
             raise ValueError(f"reference {path} has {fine.n_frames} committed frames; need at least 2")
-        mapping = _fine_mapping(fine, model, mapping_method, mapping_params)
+        try:
+            mapping = _fine_mapping(fine, model, mapping_method, mapping_params)
+        except ValueError as error:   # e.g. a model of another molecule: name the file
+            raise ValueError(f"reference {path}: {error}") from None
         beads, boxes = _fine_beads(fine, mapping, path, chunk_frames)
         interval = fine.frame_interval_ps if frame_interval is None else strip(frame_interval, PS, "frame_interval")
         notes = [] if fine.complete else [f"{path.name} is an unfinished run ({fine.n_frames} committed frames)"]
@@ -172,6 +189,36 @@ def _dcd_frame_interval_ps(path: Path) -> float | None:
     step_akma = struct.unpack("<f", header[44:48])[0]
     value = interval * step_akma * AKMA_TIME_PS
     return value if np.isfinite(value) and value > 0 else None
+
+
+def _check_dcd_size(path: Path, role: str) -> None:
+    """Refuse a torn or truncated DCD file: its size must be the header plus whole frames, as many as it says.
+
+    mdtraj reads the complete frames of a torn file and says nothing, so an evaluation of a
+    file cut off mid-write (a killed run, a partial copy) would give numbers from part of it.
+    A layout this check does not know (fixed atoms) is left to mdtraj.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(96)
+        order = "<" if head[:4] == struct.pack("<i", 84) else ">"
+        if len(head) < 96 or head[:4] != struct.pack(order + "i", 84) or head[4:8] != b"CORD":
+            raise ValueError(f"{role} {path}: not a DCD file, or one cut off in its header ({size} bytes)")
+        n_frames, fixed, unitcell, title = (struct.unpack(order + "i", head[at:at + 4])[0] for at in (8, 40, 48, 92))
+        handle.seek(92 + 4 + max(title, 0) + 4)
+        atoms = handle.read(12)
+    if fixed:
+        return
+    if title < 0 or len(atoms) < 12:
+        raise ValueError(f"{role} {path}: not a DCD file, or one cut off in its header ({size} bytes)")
+    n_atoms = struct.unpack(order + "i", atoms[4:8])[0]
+    header = 92 + 4 + title + 4 + 12
+    frame = (56 if unitcell else 0) + 3 * (4 * n_atoms + 8)
+    whole, left = divmod(size - header, frame) if frame > 0 else (0, 0)
+    if left or whole < n_frames:
+        raise ValueError(f"{role} {path}: a torn or truncated DCD file ({size} bytes): its header says {n_frames} "
+                         f"frames of {n_atoms} atoms ({header + n_frames * frame} bytes), it holds {whole} whole "
+                         f"frame(s){' and part of another' if left else ''}")
 
 
 @contextlib.contextmanager
@@ -212,17 +259,38 @@ def _bead_topology(path: Path, topology, role: str):
     return topology
 
 
-def _read_mdtraj(path: Path, topology, role: str):
+def _read_topology(topology, role: str):
+    """The bead topology (an ``mdtraj.Topology``) of a PDB file, or ``ValueError`` naming the file."""
     import mdtraj
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # mdtraj warns about element-less bead atoms
-            with _quiet_c_stdout():
-                traj = mdtraj.load(str(path), top=str(topology) if topology is not None else None)
+            top = mdtraj.load_topology(str(topology))
     except Exception as error:  # mdtraj raises many types for damaged files
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"cannot read {role} {path}: {first}") from None
+        raise ValueError(f"cannot read the {role}'s bead topology {topology}: {first}") from None
+    if top.n_atoms == 0:
+        raise ValueError(f"the {role}'s bead topology {topology} has no atoms")
+    return top
+
+
+def _read_mdtraj(path: Path, topology, role: str):
+    import mdtraj
+
+    if topology is not None:
+        top = _read_topology(topology, role)
+        topology_note = f" (its topology {topology} has {top.n_atoms} beads)"
+    else:
+        top, topology_note = None, ""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # mdtraj warns about element-less bead atoms
+            with _quiet_c_stdout():
+                traj = mdtraj.load(str(path), top=top)
+    except Exception as error:  # mdtraj raises many types for damaged files
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"cannot read {role} {path}: {first}{topology_note}") from None
     if traj.n_frames < 2:
         raise ValueError(f"{role} {path} has {traj.n_frames} frame(s); need at least 2")
     if not np.all(np.isfinite(traj.xyz)):
@@ -267,6 +335,9 @@ def load_rollout(path, *, topology=None, frame_interval=None, role: str = "rollo
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{role} file {path} does not exist")
+    if path.suffix.lower() == ".dcd":
+        _check_dcd_size(path, role)
+    _check_hdf5(path, role)
     traj = _read_mdtraj(path, _bead_topology(path, topology, role), role)
     interval = _frame_interval_ps(path, traj, frame_interval, role)
     bonds = np.array(sorted({tuple(sorted((b[0].index, b[1].index))) for b in traj.topology.bonds}),

@@ -26,6 +26,7 @@ _HALF = 1 << 24
 MAX_SEED = _HALF * _HALF
 # Positions that moved by more than this (nm) since the last sync were moved from outside: a warm-up follows.
 _MOVED_NM = 1e-5
+_VELOCITY_STREAM = 0x7E10C  # keeps the velocity draws apart from any other use of (seed, step)
 
 
 def add_integer(integrator: openmm.CustomIntegrator, name: str, value: int) -> None:
@@ -67,6 +68,7 @@ class BeadSetup:
     periodic: bool
     box: torch.Tensor
     generator: torch.Generator
+    thermal_speed: np.ndarray   # (n_particles, 1) sqrt(kT/M) in nm/ps: the Maxwell-Boltzmann std per bead
 
 
 def _device(context: openmm.Context) -> torch.device:
@@ -80,7 +82,7 @@ def _device(context: openmm.Context) -> torch.device:
     return torch.device(f"cuda:{int(index)}")
 
 
-def bind(model, mapping, context: openmm.Context) -> BeadSetup:
+def bind(model, mapping, context: openmm.Context, temperature_K: float) -> BeadSetup:
     """Check the Context's System against the mapping and build the rollout's tensors on its device.
 
     ``mapping``: the one given to the integrator, else the one ``coarse_grained_system`` built the System
@@ -98,11 +100,16 @@ def bind(model, mapping, context: openmm.Context) -> BeadSetup:
     features = model.embed_mapping(mapping).to(device)
     dtype = features.dtype if features.is_floating_point() else torch.float32
     edge_index, batch = model_graph(mapping, replicas, device)
+    masses = np.array([system.getParticleMass(i).value_in_unit(u.dalton) for i in range(system.getNumParticles())])
+    # kJ/mol over g/mol is (nm/ps)^2: the velocity std of a bead of mass M at temperature T
+    kT = (u.MOLAR_GAS_CONSTANT_R * temperature_K * u.kelvin).value_in_unit(u.kilojoule_per_mole)
+    thermal_speed = np.sqrt(kT / np.where(masses > 0, masses, np.inf))[:, None]
     return BeadSetup(
         context=context, device=device, mapping=mapping, dtype=dtype, n_particles=system.getNumParticles(),
         n_beads=int(mapping.n_beads), replicas=replicas, features=features.repeat(replicas, 1),
         edge_index=edge_index, batch=batch, periodic=system.usesPeriodicBoundaryConditions(),
         box=torch.zeros(3, 3, dtype=dtype, device=device), generator=torch.Generator(device=device),
+        thermal_speed=thermal_speed,
     )
 
 
@@ -114,8 +121,9 @@ class ContextLink:
     restarted after the user moved the beads) and ``sync_out`` writes it back.
     """
 
-    def __init__(self, model, mapping, k: int, dt_ps: float):
+    def __init__(self, model, mapping, k: int, dt_ps: float, temperature_K: float):
         self.model, self.mapping, self.k, self.dt_ps = model, mapping, k, dt_ps
+        self.temperature_K = temperature_K
         self.history = None
         self._context_ref = None
         self._setup = None
@@ -143,7 +151,7 @@ class ContextLink:
 
     def setup(self, context: openmm.Context) -> BeadSetup:
         if self._setup is None or self._setup.context is not context:
-            self._setup = bind(self.model, self.mapping, context)
+            self._setup = bind(self.model, self.mapping, context, self.temperature_K)
         return self._setup
 
     def _read_positions(self, context, setup: BeadSetup) -> np.ndarray:
@@ -185,10 +193,19 @@ class ContextLink:
         return counters
 
     def sync_out(self, integrator, context: openmm.Context, counters: dict, advanced: int) -> None:
-        """Write positions, velocities, history, counters, time and step count to the Context."""
+        """Write positions, velocities, history, counters, time and step count to the Context.
+
+        The velocities are thermal: drawn from Maxwell-Boltzmann at the model's temperature, from a
+        generator that is a pure function of ``(seed, model step)``. Over a model step of a few
+        velocity relaxation times, the bead velocity at the step's end is nearly independent of the
+        displacement the model produced, and its distribution is Maxwell-Boltzmann; the model never
+        reads them (its state is the position history), so a resume stays bit-exact.
+        """
         history = self.history.detach().to("cpu", torch.float64).numpy()
         current = history[-1]
-        velocities = (current - history[-2]) / self.dt_ps if self.k > 1 else np.zeros_like(current)
+        step = counters["model_step"] + advanced
+        normal = np.random.default_rng([counters["seed"], step, _VELOCITY_STREAM]).standard_normal(current.shape)
+        velocities = self.setup(context).thermal_speed * normal
         if advanced:
             context.setTime(context.getTime().value_in_unit(u.picosecond) + advanced * self.dt_ps)
             context.setStepCount(context.getStepCount() + advanced)

@@ -63,9 +63,13 @@ class CGMLIntegrator(openmm.CustomIntegrator):
        history as ``k`` copies of them (warm-up, see ``getWarmupSteps``);
     2. run ``n`` model steps as one torch rollout on the platform's device,
        with noise for model step ``i`` a pure function of ``(seed, i)``;
-    3. write positions, finite-difference velocities, the history and the
-       counters back, and advance the Context's time and step count by ``n``
-       model steps, so reporters print true simulated time.
+    3. write positions, the history and the counters back, and advance the
+       Context's time and step count by ``n`` model steps, so reporters print
+       true simulated time;
+    4. thermostat the velocities: draw them from Maxwell-Boltzmann at the
+       model's temperature (bead masses from the System), so that the
+       temperature ``StateDataReporter`` prints is the bead kinetic
+       temperature of the reference. The dynamics never read them.
 
     The whole dynamic state lives in the Context, so checkpoints and
     ``saveState`` carry it and a resume is bit-exact:
@@ -144,7 +148,7 @@ class CGMLIntegrator(openmm.CustomIntegrator):
         add_integer(self, "cgml_warmup_left", k - 1)
         add_integer(self, "cgml_sync", 0)  # 0 = never stepped
         self.addComputeGlobal("cgml_sync_lo", "cgml_sync_lo")  # a no-op, so the program is not empty
-        self._link = ContextLink(model, mapping, k, dt_ps)
+        self._link = ContextLink(model, mapping, k, dt_ps, trained_K)
 
     # -- what it runs -----------------------------------------------------------
 

@@ -49,3 +49,42 @@ def fails(capsys):
         return message
 
     return check
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory):
+    """The whole data path once, tiny and real; tests copy what they change and never modify these files.
+
+    ``fine``: three 16-frame polymer-chain trajectories (4 monomers, 8 atoms, 50 MD steps apart) and
+    ``pdb`` the first one's start PDB; ``coarse``: their k=2, lag=1 dataset; ``config``: a train YAML
+    of a tiny model; ``run``: its finished one-epoch run (checkpoints, logs, config.yaml); ``model``:
+    the exported ``.safetensors``; ``rollout``: a 3-frame ``cgml simulate`` DCD (+ ``_beads.pdb``)
+    of that model; ``report``: an evaluation report folder.
+    """
+    import yaml
+
+    from openmm_cgml.coarse_graining import coarse_grain
+    from openmm_cgml.generate import generate
+
+    root = tmp_path_factory.mktemp("pipeline")
+    fine = generate("polymer-chain", root / "fine", frames=16, stride=50, replicas=3, params={"length": 4},
+                    platform="Reference", progress=False, equilibration_steps=0)
+    coarse = coarse_grain(fine, root / "coarse.h5", mapping="metis", atoms_per_bead=1, k=2, lag=1,
+                          split=(0.67, 0.33, 0.0))
+    config = root / "train.yaml"
+    config.write_text(yaml.safe_dump({
+        "data": "coarse.h5", "out_dir": "run",
+        "model": {"embed_hidden": 8, "embed_layers": 1, "hidden": 8, "n_layers": 1, "score_hidden": 8, "n_rbf": 4,
+                  "n_sbf": 2},
+        "train": {"batch_size": 8, "max_epochs": 1, "limit_train_batches": 2, "limit_val_batches": 1, "threads": 1,
+                  "warmup_steps": 1},
+        "trainer": {"accelerator": "cpu", "enable_progress_bar": False, "log_every_n_steps": 1}}, sort_keys=False))
+    model, rollout, report = root / "model.safetensors", root / "roll.dcd", root / "report"
+    for argv in (["train", config], ["export", root / "run", "--out", model],
+                 ["simulate", model, "--pdb", fine[0].with_suffix(".pdb"), "--steps", "6", "--report-interval", "2",
+                  "--platform", "CPU", "--out", rollout],
+                 ["evaluate", "--reference", fine[0], "--rollout", rollout, "--model", model, "--out", report,
+                  "--no-plots"]):
+        assert main([str(word) for word in argv]) == 0, argv
+    return {"root": root, "fine": fine, "pdb": fine[0].with_suffix(".pdb"), "coarse": coarse, "config": config,
+            "run": root / "run", "model": model, "rollout": rollout, "report": report}
