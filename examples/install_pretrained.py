@@ -3,6 +3,7 @@
     OMP_NUM_THREADS=1 python bench/reproduce.py --out runs/reproduce > runs/reproduce/result.json
     python examples/install_pretrained.py runs/reproduce
     python examples/install_pretrained.py --upgrade     # re-export the shipped models with this version's step
+    python examples/install_pretrained.py --upgrade --only polymer-chain-1ps --exclusion-retries 8
 
 Each model goes to ``openmm_cgml/pretrained/NAME.safetensors`` (the weights form); ``index.json`` beside
 them records the command that made it and the metrics of its evaluation, so
@@ -37,14 +38,20 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, nargs="?", help="the --out folder of a finished bench/reproduce.py run")
     parser.add_argument("--upgrade", action="store_true", help="re-export the shipped models with this code")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="--upgrade only these shipped models")
+    parser.add_argument("--exclusion-retries", type=int, metavar="N",
+                        help="--upgrade: switch the truncated step to N redraws (0: off) in the re-exported files")
     args = parser.parse_args(argv)
     if (args.run is None) == (not args.upgrade):
         parser.error("give either a run folder or --upgrade")
     index_path = pretrained.PRETRAINED_DIR / "index.json"
     index = json.loads(index_path.read_text()) if index_path.is_file() else {}
     if args.upgrade:
-        for name in pretrained.available():
+        for name in args.only or pretrained.available():
             model = load(pretrained.path(name))
+            if args.exclusion_retries is not None:
+                model.exclusion_retries = args.exclusion_retries
+                index.setdefault(name, {})["exclusion_retries"] = args.exclusion_retries
             # the first export's provenance, kept across repeated upgrades
             before = model.metadata.get("upgraded_from") or {key: model.metadata.get(key)
                                                              for key in ("exported_at", "versions")}

@@ -15,9 +15,13 @@ Bonds are ``(B, 2)`` int64 atom index pairs throughout.
 """
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import breadth_first_order, connected_components
+
+from openmm_cgml.units import whole_number
 
 __all__ = ["adjacency", "molecules", "repair_connectivity", "metis_beads", "spanning_forest", "coarse_bonds",
            "bead_molecules", "bond_difference"]
@@ -101,10 +105,11 @@ def metis_beads(n_atoms: int, bonds: np.ndarray, atoms_per_bead: float | None = 
     bonds : numpy.ndarray
         ``(B, 2)`` int64 atom pairs.
     atoms_per_bead : float, optional
-        A molecule of m atoms gets ``round(m / atoms_per_bead)`` beads, at least one.
+        A molecule of m atoms gets ``round(m / atoms_per_bead)`` beads, at least one. A finite number >= 1.
     n_beads : int, optional
         The total number of beads, shared among molecules in proportion to their size
-        (at least one each). Give exactly one of ``atoms_per_bead`` and ``n_beads``.
+        (at least one each): a whole number from the number of molecules to ``n_atoms``.
+        Give exactly one of ``atoms_per_bead`` and ``n_beads``.
     seed : int
         METIS seed: the same seed gives the same beads.
 
@@ -113,6 +118,12 @@ def metis_beads(n_atoms: int, bonds: np.ndarray, atoms_per_bead: float | None = 
     tuple
         ``(bead_of_atom, bead_names, params)``: ``(n_atoms,)`` int64 beads numbered by first atom,
         names B0, B1, ... counted within each molecule, and the parameters that re-make the partition.
+
+    Raises
+    ------
+    ValueError
+        Naming the parameter, for an ``atoms_per_bead``, ``n_beads`` or ``seed`` out of range or of the
+        wrong kind (NaN, inf, a fraction of a bead, a string, a quantity).
     """
     import pymetis
 
@@ -120,18 +131,20 @@ def metis_beads(n_atoms: int, bonds: np.ndarray, atoms_per_bead: float | None = 
         raise ValueError("give exactly one of atoms_per_bead or n_beads")
     molecule = molecules(n_atoms, bonds)
     sizes = np.bincount(molecule)
+    seed = whole_number(seed, "seed")
     if atoms_per_bead is not None:
+        if isinstance(atoms_per_bead, bool) or not isinstance(atoms_per_bead, numbers.Real) \
+                or not (np.isfinite(atoms_per_bead) and atoms_per_bead >= 1):
+            raise ValueError(f"atoms_per_bead must be a finite number >= 1, got {atoms_per_bead!r}")
         atoms_per_bead = float(atoms_per_bead)
-        if not atoms_per_bead >= 1:
-            raise ValueError(f"atoms_per_bead must be >= 1, got {atoms_per_bead}")
         parts = np.maximum(1, np.rint(sizes / atoms_per_bead)).astype(np.int64)
     else:
-        n_beads = int(n_beads)
+        n_beads = whole_number(n_beads, "n_beads")
         if not len(sizes) <= n_beads <= n_atoms:
             raise ValueError(f"n_beads must lie between the number of molecules ({len(sizes)}) "
                              f"and the number of atoms ({n_atoms}), got {n_beads}")
         parts = _share(n_beads, sizes)
-    options = pymetis.Options(seed=int(seed), contig=1)
+    options = pymetis.Options(seed=seed, contig=1)
     solved = {}   # identical molecules (waters, chains of one sequence) are partitioned once
     bead = np.empty(n_atoms, dtype=np.int64)
     offset = 0
@@ -143,7 +156,7 @@ def metis_beads(n_atoms: int, bonds: np.ndarray, atoms_per_bead: float | None = 
         bead[atoms] = offset + local
         offset += int(local.max()) + 1
     bead = _renumber_by_first_atom(bead)
-    params = {"atoms_per_bead": atoms_per_bead, "n_beads": n_beads, "seed": int(seed)}
+    params = {"atoms_per_bead": atoms_per_bead, "n_beads": n_beads, "seed": seed}
     return bead, _names_within_molecules(bead, molecule), params
 
 

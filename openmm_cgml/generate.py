@@ -11,6 +11,10 @@ interrupted file from that checkpoint (no frame lost or duplicated), skips a
 completed one, and extends a completed one when more frames are asked for.
 For a given seed and platform the frames are reproducible (forces are
 computed with ``DeterministicForces`` where the platform offers it).
+
+``shard=(i, n)`` runs every n-th trajectory, starting with the i-th, of the
+same command, so that a job array of n tasks writes, between them, the files
+of the unsharded run (same names, seeds and frames).
 """
 from __future__ import annotations
 
@@ -80,7 +84,8 @@ def generate(system, out, *, frames: int | None = None, stride: int | None = Non
              sequences: int | Iterable[int] | None = None, seed: int = 0, platform: str | None = None,
              equilibration_steps: int | None = None, save_forces: bool = False,
              chunk_frames: int | None = None, params: dict | None = None, progress: bool = True,
-             cpu_threads: int = 1, on_chunk: Callable[[Path, int], None] | None = None) -> list[Path]:
+             cpu_threads: int = 1, on_chunk: Callable[[Path, int], None] | None = None,
+             shard: tuple[int, int] | None = None) -> list[Path]:
     """Run reference MD and write one HDF5 trajectory (+ a PDB of its first frame) per replica and sequence.
 
     Parameters
@@ -101,10 +106,21 @@ def generate(system, out, *, frames: int | None = None, stride: int | None = Non
     params : overrides for :func:`openmm_cgml.systems.load`.
     cpu_threads : threads on the CPU platform; 1 (default) keeps runs bit-reproducible.
     on_chunk : called as ``on_chunk(path, n_frames_written)`` after each chunk is safely on disk.
+    shard : ``(index, count)``: run only share ``index`` (0-based) of ``count`` of the trajectories, for a
+        job array. Trajectory ``j`` of the unsharded run (sequence-major, then replica) belongs to shard
+        ``j % count``, under the same file name and seeds, so the shards' files together are the unsharded
+        run's, frame for frame. A shard with no trajectory (more shards than trajectories) runs nothing.
 
-    Returns the trajectory paths, in order.
+    Returns the trajectory paths (of this shard), in order.
+
+    Raises
+    ------
+    ValueError
+        For bad settings, among them a shard whose count is below 1 or whose index is not in
+        ``0 .. count - 1`` (checked before anything is written).
     """
     params = dict(params or {})
+    index, count = _checked_shard(shard)
     out = _prepare_out(out)
     if isinstance(system, systems_module.ReferenceSystem):
         if sequences is not None or params:
@@ -115,25 +131,49 @@ def generate(system, out, *, frames: int | None = None, stride: int | None = Non
     replicas = int(replicas)
     if replicas < 1:
         raise ValueError(f"replicas must be at least 1, got {replicas}")
+    # every shard checks every job's settings, so that all shards of a bad command fail alike
+    settings = [_settings(ref, frames, stride, equilibration_steps) for ref, _ in jobs]
+    trajectories = [(ref, sequence_seed, n_settings, replica)
+                    for (ref, sequence_seed), n_settings in zip(jobs, settings) for replica in range(replicas)]
     paths = []
-    for ref, sequence_seed in jobs:
-        defaults = ref.params.get("generate", {}) or {}
-        n_frames = int(frames if frames is not None else defaults.get("frames", 100))
-        n_stride = int(stride if stride is not None else defaults.get("stride", 100))
-        n_eq = int(equilibration_steps if equilibration_steps is not None
-                   else defaults.get("equilibration_steps", 1000))
-        if n_frames < 1 or n_stride < 1 or n_eq < 0:
-            raise ValueError(f"frames and stride must be positive and equilibration_steps non-negative "
-                             f"(got frames={n_frames}, stride={n_stride}, equilibration_steps={n_eq})")
-        for replica in range(replicas):
-            stem = ref.name if sequence_seed is None else f"{ref.name}-s{sequence_seed:03d}"
-            path = out / f"{stem}-r{replica:03d}.h5"
-            _run_trajectory(ref, path, n_frames=n_frames, stride=n_stride, equilibration_steps=n_eq,
-                            seed=int(seed), replica=replica, sequence_seed=sequence_seed, platform=platform,
-                            save_forces=save_forces, chunk_frames=100 if chunk_frames is None else int(chunk_frames),
-                            progress=progress, cpu_threads=int(cpu_threads), on_chunk=on_chunk)
-            paths.append(path)
+    for ref, sequence_seed, (n_frames, n_stride, n_eq), replica in trajectories[index::count]:
+        stem = ref.name if sequence_seed is None else f"{ref.name}-s{sequence_seed:03d}"
+        path = out / f"{stem}-r{replica:03d}.h5"
+        _run_trajectory(ref, path, n_frames=n_frames, stride=n_stride, equilibration_steps=n_eq,
+                        seed=int(seed), replica=replica, sequence_seed=sequence_seed, platform=platform,
+                        save_forces=save_forces, chunk_frames=100 if chunk_frames is None else int(chunk_frames),
+                        progress=progress, cpu_threads=int(cpu_threads), on_chunk=on_chunk)
+        paths.append(path)
     return paths
+
+
+def _checked_shard(shard) -> tuple[int, int]:
+    """``(index, count)`` of a shard (``(0, 1)`` for None: the whole run), or a ``ValueError`` naming it."""
+    if shard is None:
+        return 0, 1
+    try:
+        index, count = shard
+    except (TypeError, ValueError):
+        raise ValueError(f"shard must be a pair (index, count), got {shard!r}") from None
+    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in (index, count)):
+        raise ValueError(f"shard index and count must be integers, got {shard!r}")
+    if count < 1:
+        raise ValueError(f"shard count must be at least 1, got {index}/{count}")
+    if not 0 <= index < count:
+        raise ValueError(f"shard index must be in 0..{count - 1} for {count} shards, got {index}/{count}")
+    return int(index), int(count)
+
+
+def _settings(ref, frames, stride, equilibration_steps) -> tuple[int, int, int]:
+    """Frames, stride and equilibration steps of one system: the arguments, else its YAML's defaults."""
+    defaults = ref.params.get("generate", {}) or {}
+    n_frames = int(frames if frames is not None else defaults.get("frames", 100))
+    n_stride = int(stride if stride is not None else defaults.get("stride", 100))
+    n_eq = int(equilibration_steps if equilibration_steps is not None else defaults.get("equilibration_steps", 1000))
+    if n_frames < 1 or n_stride < 1 or n_eq < 0:
+        raise ValueError(f"frames and stride must be positive and equilibration_steps non-negative "
+                         f"(got frames={n_frames}, stride={n_stride}, equilibration_steps={n_eq})")
+    return n_frames, n_stride, n_eq
 
 
 def _prepare_out(out) -> Path:

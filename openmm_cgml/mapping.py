@@ -23,6 +23,7 @@ the public boundary through :mod:`openmm_cgml.units`.
 """
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Callable
@@ -33,6 +34,7 @@ import openmm.app as app
 import openmm.unit as u
 import scipy.sparse as sp
 
+from openmm_cgml import structure
 from openmm_cgml.bond_graph import (
     bead_molecules,
     bond_difference,
@@ -42,8 +44,7 @@ from openmm_cgml.bond_graph import (
     spanning_forest,
 )
 from openmm_cgml.geometry import minimum_image
-from openmm_cgml.structure import element_types
-from openmm_cgml.units import AMU, NM, strip_array, strip_box
+from openmm_cgml.units import AMU, NM, strip_array, strip_box, whole_array, whole_number
 
 __all__ = ["Mapping", "periodic_marker", "mapping_options", "register_mapping_rule", "mapping_rules",
            "MAPPING_RULE_GROUP"]
@@ -58,6 +59,21 @@ _BLOCK_FRAMES = 128
 
 
 # ----------------------------------------------------------------------------- Mapping
+
+def _bead_fields(bead_names, center_atoms, bead_of_atom: np.ndarray, atom_masses: np.ndarray, n_beads: int):
+    """Checked ``(bead_names, center_atoms, bead_masses)`` of a mapping (defaults: B0.., centres of mass)."""
+    names = [f"B{i}" for i in range(n_beads)] if bead_names is None else [str(name) for name in bead_names]
+    if len(names) != n_beads:
+        raise ValueError(f"{len(names)} bead names for {n_beads} beads")
+    centers = (np.full(n_beads, -1, dtype=np.int64) if center_atoms is None
+               else whole_array(center_atoms, "center_atoms"))
+    _check_center_atoms(centers, bead_of_atom, n_beads)
+    masses = np.bincount(bead_of_atom, weights=atom_masses, minlength=n_beads)
+    if np.any(masses <= 0):
+        bad = int(np.flatnonzero(masses <= 0)[0])
+        raise ValueError(f"bead {bad} ({names[bad]}) has zero mass: its atoms are all massless")
+    return names, centers, masses
+
 
 class Mapping:
     """An assignment of every atom to one bead, with what follows from it.
@@ -89,30 +105,20 @@ class Mapping:
 
     def __init__(self, bead_of_atom, atom_masses, atom_types=None, fine_bonds=None, bead_names=None,
                  center_atoms=None, method: str = "custom", params: dict | None = None):
-        self.bead_of_atom = np.asarray(bead_of_atom, dtype=np.int64).reshape(-1)
+        self.bead_of_atom = whole_array(bead_of_atom, "bead_of_atom")
         self.n_atoms = int(self.bead_of_atom.shape[0])
         if self.n_atoms == 0:
             raise ValueError("a mapping needs at least one atom")
-        self.atom_masses = np.asarray(atom_masses, dtype=np.float64).reshape(-1)
+        self.atom_masses = strip_array(atom_masses, AMU, "atom_masses", shape_tail=None).reshape(-1)
         self.atom_types = (np.zeros(self.n_atoms, dtype=np.int64) if atom_types is None
-                           else np.asarray(atom_types, dtype=np.int64).reshape(-1))
+                           else whole_array(atom_types, "atom_types"))
         self.fine_bonds = (np.zeros((0, 2), dtype=np.int64) if fine_bonds is None
-                           else np.asarray(fine_bonds, dtype=np.int64).reshape(-1, 2))
+                           else whole_array(fine_bonds, "fine_bonds", width=2))
         self.method = method
         self.params = dict(params or {})
         self.n_beads = _check_arrays(self.bead_of_atom, self.atom_masses, self.atom_types, self.fine_bonds)
-        self.bead_names = ([f"B{i}" for i in range(self.n_beads)] if bead_names is None
-                           else [str(name) for name in bead_names])
-        if len(self.bead_names) != self.n_beads:
-            raise ValueError(f"{len(self.bead_names)} bead names for {self.n_beads} beads")
-        self.center_atoms = (np.full(self.n_beads, -1, dtype=np.int64) if center_atoms is None
-                             else np.asarray(center_atoms, dtype=np.int64).reshape(-1))
-        _check_center_atoms(self.center_atoms, self.bead_of_atom, self.n_beads)
-
-        self.bead_masses = np.bincount(self.bead_of_atom, weights=self.atom_masses, minlength=self.n_beads)
-        if np.any(self.bead_masses <= 0):
-            bad = int(np.flatnonzero(self.bead_masses <= 0)[0])
-            raise ValueError(f"bead {bad} ({self.bead_names[bad]}) has zero mass: its atoms are all massless")
+        self.bead_names, self.center_atoms, self.bead_masses = _bead_fields(
+            bead_names, center_atoms, self.bead_of_atom, self.atom_masses, self.n_beads)
         self.molecule_of_atom = molecules(self.n_atoms, self.fine_bonds)
         self.n_molecules = int(self.molecule_of_atom.max()) + 1
         self.molecule_of_bead = bead_molecules(self.bead_of_atom, self.molecule_of_atom, self.bead_names)
@@ -134,11 +140,11 @@ class Mapping:
         their own bead. The same ``seed`` gives the same mapping. ``masses``
         are amu (an array, a quantity or an ``openmm.System``).
         """
-        n_atoms = topology.getNumAtoms()
-        atom_masses = _atom_masses(masses, n_atoms)
-        bonds = _topology_bonds(topology)
+        n_atoms = structure.topology_atoms(topology)
+        atom_masses = structure.atom_masses(masses, n_atoms)
+        bonds = structure.topology_bonds(topology)
         bead, names, params = metis_beads(n_atoms, bonds, atoms_per_bead, n_beads, seed)
-        types, params["atom_types_from"] = _types(topology, atom_types)
+        types, params["atom_types_from"] = structure.atom_types_for(topology, atom_types)
         return cls(bead, atom_masses, types, bonds, names, method="metis", params=params)
 
     @classmethod
@@ -151,10 +157,10 @@ class Mapping:
         """
         if center not in ("com", "ca"):
             raise ValueError(f"center must be 'com' or 'ca', got {center!r}")
-        atom_masses = _atom_masses(masses, topology.getNumAtoms())
+        atom_masses = structure.atom_masses(masses, structure.topology_atoms(topology))
         bead, names, centers = _residue_beads(topology, center)
-        types, source = _types(topology, atom_types)
-        return cls(bead, atom_masses, types, _topology_bonds(topology), names, centers,
+        types, source = structure.atom_types_for(topology, atom_types)
+        return cls(bead, atom_masses, types, structure.topology_bonds(topology), names, centers,
                    method="residue", params={"center": center, "atom_types_from": source})
 
     @classmethod
@@ -171,18 +177,20 @@ class Mapping:
         Every atom must appear in exactly one bead. A file written by
         :meth:`to_json` is accepted too.
         """
-        path = Path(path)
+        path, n_atoms = Path(path), structure.topology_atoms(topology)
         text, spec = _read_mapping_file(path)
         if isinstance(spec, dict) and spec.get("format") == FORMAT_NAME:
-            mapping = cls.from_json(text)
+            try:
+                mapping = cls.from_json(text)
+            except ValueError as error:
+                raise ValueError(f"mapping file {path}: {error}") from None
             mapping.check_fits(topology, where=f"mapping file {path}")
             return mapping
-        n_atoms = topology.getNumAtoms()
         bead, names, centers = _beads_from_spec(spec, n_atoms, f"mapping file {path}")
-        types, source = _types(topology, atom_types)
+        types, source = structure.atom_types_for(topology, atom_types)
         try:
-            return cls(bead, _atom_masses(masses, n_atoms), types, _topology_bonds(topology), names, centers,
-                       method="file", params={"path": str(path), "atom_types_from": source})
+            return cls(bead, structure.atom_masses(masses, n_atoms), types, structure.topology_bonds(topology),
+                       names, centers, method="file", params={"path": str(path), "atom_types_from": source})
         except ValueError as error:
             raise ValueError(f"mapping file {path}: {error}") from None
 
@@ -198,21 +206,28 @@ class Mapping:
             raise ValueError(f"this {method} mapping was made with given atom types (not elements); pass atom_types")
         rule = _find_rule(method)
         if rule is None:
+            if not Path(method).exists():
+                raise FileNotFoundError(f"mapping file {method} does not exist, and no mapping rule has that name "
+                                        f"(rules: {', '.join(mapping_rules())})")
             return cls.from_file(method, topology, masses, atom_types=atom_types)
+        try:   # the parameters the rule takes, checked before it runs
+            inspect.signature(rule).bind(topology, masses, atom_types=atom_types, **params)
+        except TypeError as error:
+            raise ValueError(f"mapping rule {method!r}: {error}") from None
         return rule(topology, masses, atom_types=atom_types, **params)
 
     # ------------------------------------------------------------------ checks and JSON
 
     def check_fits(self, topology: app.Topology, where: str = "mapping") -> None:
         """Raise ``ValueError`` naming the mismatch if ``topology`` is not the molecule(s) this mapping is for."""
-        n_atoms = topology.getNumAtoms()
+        n_atoms = structure.topology_atoms(topology)
         if n_atoms != self.n_atoms:
             raise ValueError(f"{where} is for {self.n_atoms} atoms but the topology has {n_atoms} atoms")
-        difference = bond_difference(self.fine_bonds, _topology_bonds(topology))
+        difference = bond_difference(self.fine_bonds, structure.topology_bonds(topology))
         if difference:
             raise ValueError(f"{where} does not fit the topology: the bond graphs differ ({difference})")
         if self.params.get("atom_types_from") == "element":
-            elements = element_types(topology)
+            elements = structure.element_types(topology)
             differ = np.flatnonzero(elements != self.atom_types)
             if len(differ):
                 atom = int(differ[0])
@@ -238,11 +253,11 @@ class Mapping:
         """The mapping :meth:`to_json` wrote; ``ValueError`` for anything else."""
         try:
             spec = json.loads(text)
-        except json.JSONDecodeError as error:
+        except (json.JSONDecodeError, TypeError) as error:
             raise ValueError(f"mapping JSON is not valid JSON: {error}") from None
         if not isinstance(spec, dict) or spec.get("format") != FORMAT_NAME:
             raise ValueError(f"mapping JSON is not an {FORMAT_NAME} document")
-        if int(spec.get("version", 0)) > FORMAT_VERSION:
+        if whole_number(spec.get("version", 0), "mapping JSON version") > FORMAT_VERSION:
             raise ValueError(f"mapping JSON version {spec['version']} is newer than this openmm-cgml "
                              f"understands ({FORMAT_VERSION})")
         try:
@@ -250,6 +265,8 @@ class Mapping:
                        spec["bead_names"], spec.get("center_atoms"), spec["method"], spec["params"])
         except KeyError as error:
             raise ValueError(f"mapping JSON lacks the field {error.args[0]!r}") from None
+        except TypeError as error:   # e.g. params that are not a mapping, bead_names that are not a list
+            raise ValueError(f"mapping JSON has a field of the wrong type: {error}") from None
 
     def __eq__(self, other) -> bool:
         return isinstance(other, Mapping) and self.to_json() == other.to_json()
@@ -465,34 +482,6 @@ def mapping_options(mapping: str = "metis", atoms_per_bead: float | None = None,
 
 # ----------------------------------------------------------------------------- construction helpers
 
-def _atom_masses(masses, n_atoms: int) -> np.ndarray:
-    """Masses (amu) from an array, a quantity or an ``openmm.System``."""
-    if isinstance(masses, openmm.System):
-        masses = [masses.getParticleMass(i).value_in_unit(AMU) for i in range(masses.getNumParticles())]
-    array = strip_array(masses, AMU, "masses", shape_tail=None).reshape(-1)
-    if array.shape[0] != n_atoms:
-        raise ValueError(f"masses has {array.shape[0]} entries but the topology has {n_atoms} atoms")
-    if np.any(array < 0):
-        raise ValueError(f"masses must be >= 0 amu; atom {int(np.argmin(array))} has {array.min()}")
-    return array
-
-
-def _topology_bonds(topology: app.Topology) -> np.ndarray:
-    bonds = np.array([(b[0].index, b[1].index) for b in topology.bonds()], dtype=np.int64).reshape(-1, 2)
-    bonds.sort(axis=1)
-    return np.unique(bonds, axis=0) if len(bonds) else bonds
-
-
-def _types(topology: app.Topology, atom_types) -> tuple[np.ndarray, str]:
-    """Atom types and where they came from: atomic numbers ("element") unless given ("given")."""
-    if atom_types is None:
-        return element_types(topology), "element"
-    types = np.asarray(atom_types, dtype=np.int64).reshape(-1)
-    if types.shape[0] != topology.getNumAtoms():
-        raise ValueError(f"atom_types has {types.shape[0]} entries but the topology has {topology.getNumAtoms()} atoms")
-    return types, "given"
-
-
 def _residue_beads(topology: app.Topology, center: str) -> tuple[np.ndarray, list[str], list[int]]:
     """(bead of every atom, residue names, center atoms) with one bead per non-empty residue."""
     bead = np.empty(topology.getNumAtoms(), dtype=np.int64)
@@ -510,10 +499,12 @@ def _residue_beads(topology: app.Topology, center: str) -> tuple[np.ndarray, lis
 
 def _read_mapping_file(path: Path):
     """(text, parsed content) of a JSON or YAML mapping file."""
+    if path.is_dir():
+        raise ValueError(f"mapping file {path} is a folder, not a file")
     if not path.is_file():
         raise FileNotFoundError(f"mapping file {path} does not exist")
-    text = path.read_text()
     try:
+        text = path.read_text()
         if path.suffix.lower() in (".yaml", ".yml"):
             import yaml
 
@@ -528,7 +519,7 @@ def _beads_from_spec(spec, n_atoms: int, where: str) -> tuple[np.ndarray, list[s
     """(bead of every atom, bead names, center atoms) from a user mapping ``{beads: [...], n_atoms}``."""
     if not isinstance(spec, dict) or not isinstance(spec.get("beads"), list) or not spec["beads"]:
         raise ValueError(f"{where} must contain a non-empty list 'beads' of {{name, atoms[, center_atom]}} entries")
-    if "n_atoms" in spec and int(spec["n_atoms"]) != n_atoms:
+    if "n_atoms" in spec and whole_number(spec["n_atoms"], f"{where}: n_atoms") != n_atoms:
         raise ValueError(f"{where} is for {spec['n_atoms']} atoms but the topology has {n_atoms}")
     bead = np.full(n_atoms, -1, dtype=np.int64)
     names, centers = [], []
@@ -569,6 +560,8 @@ def _check_arrays(bead_of_atom: np.ndarray, atom_masses: np.ndarray, atom_types:
     for name, array in (("atom_masses", atom_masses), ("atom_types", atom_types)):
         if array.shape[0] != n_atoms:
             raise ValueError(f"{name} has {array.shape[0]} entries but bead_of_atom has {n_atoms}")
+    if np.any(atom_masses < 0):
+        raise ValueError(f"atom_masses must be >= 0 amu; atom {int(np.argmin(atom_masses))} has {atom_masses.min()}")
     if len(fine_bonds) and (fine_bonds.min() < 0 or fine_bonds.max() >= n_atoms):
         raise ValueError(f"fine_bonds refer to atoms outside 0..{n_atoms - 1}")
     labels = np.unique(bead_of_atom)
@@ -581,7 +574,7 @@ def _check_center_atoms(center_atoms: np.ndarray, bead_of_atom: np.ndarray, n_be
     if center_atoms.shape[0] != n_beads:
         raise ValueError(f"center_atoms has {center_atoms.shape[0]} entries for {n_beads} beads")
     placed = center_atoms >= 0
-    if np.any(center_atoms >= len(bead_of_atom)) or np.any(
+    if np.any(center_atoms < -1) or np.any(center_atoms >= len(bead_of_atom)) or np.any(
             bead_of_atom[center_atoms[placed]] != np.flatnonzero(placed)):
         raise ValueError("every center atom must be an atom of its own bead")
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
@@ -40,7 +41,7 @@ from openmm_cgml import model_formats
 from openmm_cgml.io import atomic_path, software_versions
 from openmm_cgml.model_formats import FORMAT, FORMAT_VERSION, TORCHSCRIPT_SUFFIX, WEIGHTS_SUFFIX
 
-__all__ = ["FORMAT", "export_model", "export", "load", "CGModel", "rebuild",
+__all__ = ["FORMAT", "export_model", "export", "check_output", "load", "CGModel", "rebuild",
            "propagator_from_checkpoint", "read_mapping_rule"]
 UNITS = {"length": "nm", "time": "ps", "mass": "amu", "energy": "kJ/mol", "temperature": "K",
          "pos_history": "nm, shape (k, n_beads, 3), last frame = current",
@@ -105,12 +106,7 @@ def export_model(model, path, metadata: dict | None = None) -> Path:
     Path
         ``path``.
     """
-    path = Path(path)
-    if path.suffix not in (WEIGHTS_SUFFIX, TORCHSCRIPT_SUFFIX):
-        raise ValueError(f"model file {path}: the name must end in {WEIGHTS_SUFFIX} (weights only, the default) "
-                         f"or {TORCHSCRIPT_SUFFIX} (TorchScript, for openmm-torch)")
-    if not path.parent.exists():
-        raise FileNotFoundError(f"output directory {path.parent} does not exist")
+    path = check_output(path)
     module = copy.deepcopy(model).cpu().float().eval()
     for parameter in module.parameters():
         parameter.requires_grad_(False)
@@ -122,6 +118,31 @@ def export_model(model, path, metadata: dict | None = None) -> Path:
             model_formats.write_weights(module.state_dict(), meta, temporary)
         else:
             model_formats.write_torchscript(torch.jit.script(module), meta, temporary)
+    return path
+
+
+def check_output(path) -> Path:
+    """``path`` as a Path, if a model file can be written there; else an error naming it, before any work.
+
+    Raises
+    ------
+    ValueError
+        ``path`` is a folder, its parent is a file, or its name ends in neither ``.safetensors`` nor ``.pt``.
+    FileNotFoundError
+        Its folder does not exist.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise ValueError(f"a model file path must be a str or os.PathLike, got {type(path).__name__}")
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"model file {path} is a folder; give the model file's name")
+    if path.suffix not in (WEIGHTS_SUFFIX, TORCHSCRIPT_SUFFIX):
+        raise ValueError(f"model file {path}: the name must end in {WEIGHTS_SUFFIX} (weights only, the default) "
+                         f"or {TORCHSCRIPT_SUFFIX} (TorchScript, for openmm-torch)")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise ValueError(f"model file {path}: {path.parent} is a file, not a folder")
+    if not path.parent.exists():
+        raise FileNotFoundError(f"output directory {path.parent} does not exist")
     return path
 
 
@@ -143,6 +164,7 @@ def _export_metadata(module, metadata: dict | None) -> dict:
         "n_features": module.n_features, "refine_sigmas": list(module.refine_sigmas),
         "hard_core": {"enabled": bool(module.hard_core), "sweeps": module.hard_core_sweeps,
                       "min_bonded_nm": module.min_bonded_nm, "min_nonbonded_nm": module.min_nonbonded_nm},
+        "exclusion_retries": int(getattr(module, "exclusion_retries", 0)),
         "accel_std_nm": module.accel_std_nm, "velocity_std_nm": module.velocity_std_nm,
         "units": UNITS, "model_init": json.loads(module.init_json),
         "n_parameters": sum(p.numel() for p in module.parameters()),
@@ -248,10 +270,12 @@ def _propagator(metadata: dict, tensors: dict, where, exact: bool):
     return propagator.eval()
 
 
-def _set_inference(propagator, refine_sigmas, hard_core: bool) -> None:
-    """The inference settings a file records: refinement levels, and the hard core where it has distances."""
+def _set_inference(propagator, refine_sigmas, hard_core: bool, exclusion_retries: int = 0) -> None:
+    """The inference settings a file records: refinement levels, the truncation's redraws, and the hard core
+    where it has distances."""
     propagator.refine_sigmas = [float(s) for s in refine_sigmas]
     propagator.hard_core = bool(hard_core) and max(propagator.min_bonded_nm, propagator.min_nonbonded_nm) > 0
+    propagator.exclusion_retries = int(exclusion_retries or 0)
 
 
 def rebuild(model: "CGModel"):
@@ -263,7 +287,7 @@ def rebuild(model: "CGModel"):
     model file over to a newer version of the step (e.g. the refinement).
     """
     propagator = _propagator(model.metadata, model.module.state_dict(), model.path, exact=False)
-    _set_inference(propagator, model.refine_sigmas, model.hard_core)
+    _set_inference(propagator, model.refine_sigmas, model.hard_core, model.exclusion_retries)
     return propagator
 
 
@@ -291,7 +315,7 @@ def export(source, out, overwrite: bool = False, trusted: bool = False) -> Path:
     trusted : bool
         Allow a TorchScript ``source`` (see :func:`load`).
     """
-    out = Path(out)
+    out = check_output(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
     if Path(source).exists() and out.exists() and Path(source).resolve() == out.resolve():
@@ -403,6 +427,27 @@ class CGModel:
         self.module.hard_core = bool(enabled)
 
     @property
+    def exclusion_retries(self) -> int:
+        """Redraws of a molecule's step while a pair is closer than its minimum distance (0: no truncation)."""
+        return int(getattr(self.module, "exclusion_retries", 0))
+
+    @exclusion_retries.setter
+    def exclusion_retries(self, retries: int) -> None:
+        if not hasattr(self.module, "exclusion_retries"):
+            raise ValueError("this model file predates the truncated step (re-export it with rebuild)")
+        if int(retries) != retries or retries < 0:
+            raise ValueError(f"exclusion_retries must be an integer >= 0, got {retries!r}")
+        if retries and not max(self.module.min_bonded_nm, self.module.min_nonbonded_nm) > 0:
+            raise ValueError("this model has no learned minimum distances to truncate at")
+        self.module.exclusion_retries = int(retries)
+
+    @property
+    def exclusion_events(self) -> tuple:
+        """``(molecule-steps redrawn, molecule-steps still too close after the last redraw)`` since loading."""
+        events = getattr(self.module, "exclusion_events", None)
+        return (0, 0) if events is None else (int(events[0]), int(events[1]))
+
+    @property
     def min_distances(self) -> dict:
         """Hard-core distances ``{"bonded": nm, "nonbonded": nm}`` (0 = none)."""
         return {"bonded": float(getattr(self.module, "min_bonded_nm", 0.0)),
@@ -486,9 +531,17 @@ def load(path, device: str | torch.device = "cpu", trusted: bool = False) -> CGM
     """
     from openmm_cgml import pretrained
 
+    if not isinstance(path, (str, os.PathLike)):
+        raise ValueError(f"a model file (path) or pretrained name must be a str, got {type(path).__name__}")
     path = Path(path)
     if not path.is_file() and path.suffix == "" and str(path) in pretrained.available():
         path = pretrained.path(str(path))
+    if path.is_dir():
+        raise ValueError(f"model file {path} is a folder, not a model file")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device {device!r} is not a torch device: {str(error).splitlines()[0]}") from None
     if not path.is_file():
         shipped = ", ".join(pretrained.available()) or "none"
         raise FileNotFoundError(f"model file {path} does not exist (pretrained models by name: {shipped})")
@@ -497,7 +550,8 @@ def load(path, device: str | torch.device = "cpu", trusted: bool = False) -> CGM
     else:
         tensors, metadata = model_formats.read_weights(path)
         propagator = _propagator(metadata, tensors, path, exact=True)
-        _set_inference(propagator, metadata["refine_sigmas"], (metadata.get("hard_core") or {}).get("enabled"))
+        _set_inference(propagator, metadata["refine_sigmas"], (metadata.get("hard_core") or {}).get("enabled"),
+                       metadata.get("exclusion_retries", 0))
         for parameter in propagator.parameters():
             parameter.requires_grad_(False)
         propagator.metadata = json.dumps(metadata, sort_keys=True)

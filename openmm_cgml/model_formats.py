@@ -193,6 +193,9 @@ def check_metadata(metadata: dict, path) -> None:
             raise ValueError(f"{path}: model metadata has no {key!r}")
         if not check(metadata[key]):
             raise ValueError(f"{path}: model metadata {key!r} must be {expected}, got {metadata[key]!r}")
+    if not _integer(metadata.get("exclusion_retries", 0), 0):   # optional: files before the truncation lack it
+        raise ValueError(f"{path}: model metadata 'exclusion_retries' must be an integer >= 0, "
+                         f"got {metadata['exclusion_retries']!r}")
     if metadata["format_version"] > FORMAT_VERSION:
         raise ValueError(f"{path}: written by a newer openmm-cgml (format version {metadata['format_version']})")
     init = metadata["model_init"]

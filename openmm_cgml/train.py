@@ -14,6 +14,13 @@ The output directory holds ``config.yaml`` (resolved), ``checkpoints/``
 optimisation is refused (see :func:`changed_settings`). ``trainer.devices``/``num_nodes``/``strategy`` go to
 Lightning as they are (e.g. ``devices: 4, strategy: ddp`` for multi-GPU DDP).
 
+Under DDP every process runs :func:`train` from the start (Lightning's launcher
+re-runs the command; SLURM or torchrun start one per device): each checks the
+config and opens the data, then only global rank 0 writes ``config.yaml``,
+checkpoints, logs and ``loss.png``. Each rank trains on its own share of the
+training windows (Lightning's ``DistributedSampler``), draws its own noise, and
+the logged losses are averaged over the ranks.
+
 What a run is (the YAML sections) is :mod:`openmm_cgml.train_config`; what the
 data holds is :class:`~openmm_cgml.data.CoarseDataset`, opened once and passed
 along. Lightning is imported only when training starts.
@@ -21,6 +28,7 @@ along. Lightning is imported only when training starts.
 from __future__ import annotations
 
 import csv
+import fnmatch
 import math
 import os
 from dataclasses import asdict
@@ -170,6 +178,7 @@ def _make_module_class():
                                  persistent=False)
             self.register_buffer("score_levels", _noise_levels(self.optim.score_sigmas, self.optim.n_score_sigmas),
                                  persistent=False)
+
         def _losses(self, batch, train: bool) -> dict:
             model = self.model
             n_beads = batch.pos_history.size(0)
@@ -189,20 +198,25 @@ def _make_module_class():
             terms["loss"] = terms["nll"] + self.optim.score_weight * terms["dsm"]
             return terms
 
+        def on_fit_start(self):
+            # DDP: every rank was seeded alike, so without this the i-th window of every rank's batch would
+            # get the same noise levels and draws; a single process keeps its stream (and its results) as is
+            if self.trainer.world_size > 1:
+                torch.manual_seed(int(self.optim.seed) * 65537 + self.global_rank)
+
+        def _logged(self, batch, split: str) -> dict:
+            terms = self._losses(batch, train=split == "train")
+            # sync_dist: under DDP the logged value is the mean over the ranks' batches (a no-op on one process)
+            for name in ("loss", "nll", "dsm", "accel_mse"):
+                self.log(f"{split}_{name}", terms[name], prog_bar=name == "loss", batch_size=int(batch.num_graphs),
+                         sync_dist=True)
+            return terms
+
         def training_step(self, batch, batch_idx):
-            terms = self._losses(batch, train=True)
-            size = int(batch.num_graphs)
-            self.log("train_loss", terms["loss"], prog_bar=True, batch_size=size)
-            for name in ("nll", "dsm", "accel_mse"):
-                self.log(f"train_{name}", terms[name], batch_size=size)
-            return terms["loss"]
+            return self._logged(batch, "train")["loss"]
 
         def validation_step(self, batch, batch_idx):
-            terms = self._losses(batch, train=False)
-            size = int(batch.num_graphs)
-            self.log("val_loss", terms["loss"], prog_bar=True, batch_size=size, sync_dist=True)
-            for name in ("nll", "dsm", "accel_mse"):
-                self.log(f"val_{name}", terms[name], batch_size=size, sync_dist=True)
+            self._logged(batch, "val")
 
         def configure_optimizers(self):
             optimizer = torch.optim.AdamW(self.parameters(), lr=self.optim.lr, weight_decay=self.optim.weight_decay)
@@ -373,10 +387,8 @@ def _train(config: TrainConfig) -> Path:
     torch.set_float32_matmul_precision("high")
     pl.seed_everything(opts.seed, workers=True, verbose=False)
     out_dir = Path(config.out_dir)
-    for stale in (out_dir / "checkpoints").glob(".*.ckpt.*"):  # a killed run's half-written checkpoint
-        stale.unlink()
     resume = _resume_path(config, out_dir)
-    if resume is None and (out_dir / "checkpoints").exists() and any((out_dir / "checkpoints").iterdir()):
+    if resume is None and any(not _half_written(p) for p in _checkpoint_files(out_dir)):
         raise FileExistsError(f"{out_dir} already holds checkpoints; use resume: auto, or another out_dir")
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"{config.where()}: out_dir {out_dir} is a file, not a folder")
@@ -399,15 +411,29 @@ def _train(config: TrainConfig) -> Path:
     if resume:   # checked before anything is written: a refused resume leaves out_dir as it was
         model_init, metadata = _resumed(resume, metadata, config, int(summary["attrs"]["k"]))
         model = None   # rebuilt from the checkpoint's own description
-    out_dir.mkdir(parents=True, exist_ok=True)   # only now: a run refused above leaves no trace
-    # beside the checkpoints, atomically: a kill never leaves a torn config.yaml
-    write_atomic(out_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
     module = __getattr__("PropagatorModule")(model_init, metadata, asdict(opts), model=model)
     trainer, best = _trainer(config, out_dir, "val_loss" if val_loader is not None else "train_loss")
+    if trainer.is_global_zero:  # DDP: every rank gets here (the Trainer knows its rank); one writes
+        out_dir.mkdir(parents=True, exist_ok=True)   # only now: a run refused above leaves no trace
+        for stale in filter(_half_written, _checkpoint_files(out_dir)):  # left by a killed run
+            stale.unlink()
+        # beside the checkpoints, atomically: a kill never leaves a torn config.yaml
+        write_atomic(out_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
     trainer.fit(module, train_loader, val_loader, ckpt_path=resume, weights_only=True)
     if trainer.is_global_zero:
         plot_losses(out_dir)
     return Path(best.best_model_path) if best.best_model_path else out_dir / "checkpoints" / "last.ckpt"
+
+
+def _checkpoint_files(out_dir: Path) -> list[Path]:
+    """What ``out_dir/checkpoints`` holds (nothing if it does not exist)."""
+    folder = out_dir / "checkpoints"
+    return sorted(folder.iterdir()) if folder.is_dir() else []
+
+
+def _half_written(path: Path) -> bool:
+    """A checkpoint's temporary file (``.NAME.ckpt.XXXX``, see :func:`_atomic_checkpoint_io`): a kill left it."""
+    return fnmatch.fnmatch(path.name, ".*.ckpt.*")
 
 
 def _trainer(config: TrainConfig, out_dir: Path, monitor: str):

@@ -7,11 +7,14 @@ nm, ps, kJ/mol, amu, K and elementary charges.
 """
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 import openmm
 import openmm.unit as u
 
-__all__ = ["strip", "strip_array", "strip_box", "NM", "PS", "KJ_PER_MOL", "AMU", "KELVIN", "COLLISION_DISTANCE_NM"]
+__all__ = ["strip", "strip_array", "strip_box", "whole_number", "whole_array", "NM", "PS", "KJ_PER_MOL", "AMU",
+           "KELVIN", "COLLISION_DISTANCE_NM"]
 
 NM = u.nanometer
 PS = u.picosecond
@@ -57,14 +60,48 @@ def strip_array(value, unit: u.Unit, name: str, shape_tail: tuple[int, ...] | No
                 f"{name} must be in units compatible with {unit.get_name()}, got unit {value.unit.get_name()}"
             )
         value = value.value_in_unit(unit)
-    array = np.asarray([tuple(v) if hasattr(v, "x") else v for v in value] if isinstance(value, list) else value,
-                       dtype=np.float64)
+    if value is None:
+        raise ValueError(f"{name} is required, got None")
+    try:
+        array = np.asarray([tuple(v) if hasattr(v, "x") else v for v in value] if isinstance(value, list) else value,
+                           dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{name} must be numbers (or a quantity) in {unit.get_name()}: {error}") from None
     if shape_tail is not None and tuple(array.shape[-len(shape_tail):]) != tuple(shape_tail):
         raise ValueError(f"{name} must have trailing shape {shape_tail}, got {array.shape}")
     if not np.all(np.isfinite(array)):
         bad = np.argwhere(~np.isfinite(array.reshape(-1, *shape_tail) if shape_tail else array))[:5]
         raise ValueError(f"{name} contains NaN or infinite values (first at {bad.tolist()})")
     return array
+
+
+def whole_number(value, name: str) -> int:
+    """``value`` as an int; ``ValueError`` naming ``name`` for anything but a whole number (``2.0`` is 2).
+
+    Booleans, strings, quantities, NaN, inf and fractions are refused.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not np.isfinite(value) \
+            or value != int(value):
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    return int(value)
+
+
+def whole_array(values, name: str, width: int | None = None) -> np.ndarray:
+    """``values`` as a flat int64 array, or as rows of ``width``; ``ValueError`` naming ``name`` otherwise.
+
+    Whole numbers only: strings, fractions, NaN and inf are refused (never silently truncated).
+    """
+    try:
+        array = np.asarray(values)
+        whole = array.dtype.kind in "iu" or (array.dtype.kind == "f" and bool(np.all(np.isfinite(array)))
+                                             and bool(np.all(array == np.rint(array))))
+    except (TypeError, ValueError):   # ragged nested lists
+        whole = False
+    if not whole:
+        raise ValueError(f"{name} must be whole numbers, got {values!r:.80}")
+    if width and array.size % width:
+        raise ValueError(f"{name} must be rows of {width} numbers, got shape {array.shape}")
+    return array.astype(np.int64).reshape((-1, width) if width else -1)
 
 
 def strip_box(box, name: str = "box") -> np.ndarray:

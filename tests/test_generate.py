@@ -243,3 +243,40 @@ def test_sigkill_at_random_moments_then_rerun_loses_and_repeats_nothing(tmp_path
         assert np.array_equal(resumed.positions[:], straight.positions[:])
         assert np.array_equal(resumed.velocities[:], straight.velocities[:])
     assert mdtraj.load(str(path)).n_frames == 300
+
+
+def test_shards_together_equal_the_unsharded_run(tmp_path, capsys):
+    """Shards 0/2 (API) and 1/2 (CLI) into one folder: the unsharded run's files, frame for frame."""
+    kwargs = dict(frames=3, replicas=2, sequences=2, params={"length": 4}, **FAST)
+    whole = generate("polymer-chain", tmp_path / "whole", **kwargs)
+    first = generate("polymer-chain", tmp_path / "sharded", shard=(0, 2), **kwargs)
+    assert [p.name for p in first] == [whole[0].name, whole[2].name]  # trajectory j goes to shard j % 2
+    assert main(["generate", "polymer-chain", "--out", str(tmp_path / "sharded"), "--frames", "3", "--replicas", "2",
+                 "--sequences", "2", "-p", "length=4", "--stride", "10", "--equilibration-steps", "20",
+                 "--no-progress", "--platform", "CPU", "--shard", "1/2"]) == 0
+    assert capsys.readouterr().out.count("3 frames x 8 atoms") == 2
+    assert sorted(p.name for p in (tmp_path / "sharded").iterdir()) == sorted(
+        p.name for p in (tmp_path / "whole").iterdir())
+    for path in whole:
+        with FineTrajectory(path) as straight, FineTrajectory(tmp_path / "sharded" / path.name) as shard:
+            assert shard.complete and straight.attrs == shard.attrs
+            for name in ("positions", "velocities"):
+                assert np.array_equal(getattr(shard, name)[:], getattr(straight, name)[:]), name
+            assert np.array_equal(shard.time_ps, straight.time_ps)
+        assert path.with_suffix(".pdb").read_bytes() == (tmp_path / "sharded" / path.name).with_suffix(
+            ".pdb").read_bytes()
+    # more shards than trajectories: the spare shards run nothing, and say so
+    assert generate("polymer-chain", tmp_path / "spare", shard=(4, 5), **kwargs) == []
+    assert main(["generate", "polymer-chain", "--out", str(tmp_path / "spare"), "-p", "length=4", "--frames", "2",
+                 "--no-progress", "--platform", "CPU", "--shard", "1/2"]) == 0
+    assert "no trajectory falls to this shard" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("shard, message", [
+    ((2, 2), r"index must be in 0\.\.1 for 2 shards, got 2/2"), ((-1, 2), "got -1/2"),
+    ((0, 0), "count must be at least 1, got 0/0"), ((1,), r"pair \(index, count\), got \(1,\)"),
+    ("0/2", "pair"), ((0.5, 2), "integers, got"), ((True, 2), "integers")])
+def test_bad_shard_is_refused_before_anything_is_written(tmp_path, shard, message):
+    with pytest.raises(ValueError, match=message):
+        generate("polymer-chain", tmp_path / "out", frames=2, shard=shard, **FAST)
+    assert not (tmp_path / "out").exists()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 from openmm_cgml.units import COLLISION_DISTANCE_NM
@@ -46,26 +45,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report in REPORT_DIR")
 
 
-# option -> (attribute, zero allowed): the numbers that must be finite and positive (or >= 0)
-_POSITIVE = {"--reference-interval": ("reference_interval", False), "--rollout-interval": ("rollout_interval", False),
-             "--reference-ns-per-day": ("reference_ns_per_day", False),
-             "--rollout-ns-per-day": ("rollout_ns_per_day", False), "--tica-lag": ("tica_lag", False),
-             "--contact-cutoff": ("contact_cutoff", False), "--collision-threshold": ("collision_threshold", True)}
-
-
-def _check_numbers(args: argparse.Namespace) -> None:
-    """Refuse NaN, inf, zero and negative times, speeds and distances before any file is read."""
-    for option, (name, zero) in _POSITIVE.items():
-        value = getattr(args, name)
-        if value is not None and not (math.isfinite(value) and (value >= 0 if zero else value > 0)):
-            raise ValueError(f"{option} must be a finite number {'>= 0' if zero else '> 0'}, got {value}")
-
-
 def run(args: argparse.Namespace) -> int:
     from openmm_cgml.cli.options import mapping_options_from_args
-    from openmm_cgml.evaluation.report import evaluate
+    from openmm_cgml.evaluation.report import check_settings, evaluate
 
-    _check_numbers(args)
+    # NaN, inf, zero and negative times, speeds and distances are refused before any file is read
+    check_settings(vars(args), label=lambda name: "--" + name.replace("_", "-"))
     method, params = mapping_options_from_args(args)
     result = evaluate(args.reference, args.rollout, args.out, topology=args.topology, model=args.model,
                       mapping_method=method, mapping_params=params,

@@ -60,5 +60,6 @@ def run(args: argparse.Namespace) -> int:
     if args.resume == "auto" and not last.exists():
         raise FileNotFoundError(f"--resume: no checkpoint {last} to resume from")
     best = train(config)
-    print(f"best checkpoint: {best}\nexport it with: cgml export {config.out_dir} --out model.safetensors")
+    if os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) == "0":  # DDP: one message, from rank 0
+        print(f"best checkpoint: {best}\nexport it with: cgml export {config.out_dir} --out model.safetensors")
     return 0

@@ -375,8 +375,6 @@ def _tau_span(tau_ps: np.ndarray, step_ps: float) -> dict:
 
 def _evaluate(model, definition, splits, baseline, model_dt, benchmark_dt, log) -> dict:
     """Rollouts of both test sets, then every metric; returns the metrics and what the plots need."""
-    from openmm_cgml.evaluation.rollouts import roll_out
-
     test_a, test_b = splits[("test", 0)], splits[("test", 1)]
     long_a, long_b = splits[("test_long", 0)], splits[("test_long", 1)]
     everything = test_a.chains + long_a.chains
@@ -385,14 +383,13 @@ def _evaluate(model, definition, splits, baseline, model_dt, benchmark_dt, log) 
     starts = [_start(c, model.k, lag) for c in everything]
     reference_ps = max(definition["test"]["reference_ns"], definition["test_long"]["reference_ns"]) * 1000.0
     n_steps = max(int(definition["rollout_min_model_steps"]), int(math.ceil(reference_ps / model_dt)))
-    began = time.perf_counter()
-    off = roll_out(model, mappings, starts, n_steps, seed=11, hard_core=False)
-    log(f"      {len(everything)} chains x {n_steps} model steps, hard core off: {time.perf_counter() - began:.0f} s")
-    on = None
-    if max(model.min_distances.values()) > 0:
-        on = roll_out(model, mappings, starts, n_steps, seed=11, hard_core=True)
+    runs = _test_rollouts(model, mappings, starts, n_steps, log)
+    off, on = runs["model"], runs["hard_core"]
     rolled = _rollout_chains(_Split(everything, mappings, None), off["frames"], model_dt)
+    raw = rolled if runs["raw"] is off else _rollout_chains(_Split(everything, mappings, None),
+                                                               runs["raw"]["frames"], model_dt)
     stability = _stability(rolled, everything, off["unstable"], float(definition["blow_up_rg_factor"]))
+    raw_stability = _stability(raw, everything, runs["raw"]["unstable"], float(definition["blow_up_rg_factor"]))
     usable = [i for i in range(len(everything)) if len(rolled[i].positions) >= 100]
     n_test = len(test_a.chains)
     keep = [i for i in usable if i < n_test]
@@ -421,11 +418,14 @@ def _evaluate(model, definition, splits, baseline, model_dt, benchmark_dt, log) 
     metrics["length_transfer_rg_r2"] = long_metrics["length_transfer_rg_r2"]
     minima = fidelity.type_pair_minima(test_a.chains + test_b.chains + long_a.chains + long_b.chains)
     tau_ps = np.array([o.tau_integrated for o in obs["A"]])
+    raw_usable = [i for i in range(len(everything)) if len(raw[i].positions) >= 100]
     summary = {
         "metrics": metrics,
-        "collisions_raw": fidelity.collision_metrics([rolled[i] for i in usable], minima),
+        # with every correction off (truncation and hard core): what the learned step does on its own
+        "collisions_raw": fidelity.collision_metrics([raw[i] for i in raw_usable], minima),
         "nan_rollouts": len(stability["nan"]) + len(stability["blown_up"]),
         "stability": dict(stability, model_steps=n_steps, chains=len(everything)),
+        "truncation": _truncation_block(model, off, raw_stability),
         "reference_tau_split_half_r": _split_half_r(test_a.chains),
         "reference_tau_replica_r": float(np.corrcoef(np.log([o.tau_integrated for o in obs["A"]]),
                                                      np.log([o.tau_integrated for o in obs["B"]]))[0, 1]),
@@ -441,6 +441,34 @@ def _evaluate(model, definition, splits, baseline, model_dt, benchmark_dt, log) 
         summary.update({"hard_core_rate": None, "at_limit_fraction": None})
     summary["plots"] = {"obs": obs, "keep": keep, "test_a": test_a.chains, "rolled": rolled[:n_test]}
     return summary
+
+
+def _test_rollouts(model, mappings, starts, n_steps: int, log) -> dict:
+    """The test rollouts: ``model`` (the model's own step, hard core off: what the metrics use), ``raw``
+    (truncation off too; the same run when the model has none) and ``hard_core`` (on; None without one)."""
+    from openmm_cgml.evaluation.rollouts import roll_out
+
+    began = time.perf_counter()
+    runs = {"model": roll_out(model, mappings, starts, n_steps, seed=11, hard_core=False)}
+    log(f"      {len(mappings)} chains x {n_steps} model steps, hard core off: {time.perf_counter() - began:.0f} s")
+    runs["raw"] = runs["model"]
+    if model.exclusion_retries > 0:
+        runs["raw"] = roll_out(model, mappings, starts, n_steps, seed=11, hard_core=False, exclusion_retries=0)
+        log("      and with the truncation off")
+    runs["hard_core"] = None
+    if max(model.min_distances.values()) > 0:
+        runs["hard_core"] = roll_out(model, mappings, starts, n_steps, seed=11, hard_core=True)
+    return runs
+
+
+def _truncation_block(model, rollout: dict, raw_stability: dict) -> dict:
+    """How often the truncated step fired in the metric rollouts, and how the step fares without it."""
+    redrawn, left = rollout["exclusion_events"]
+    steps = max(rollout["molecule_steps"], 1)
+    return {"exclusion_retries": model.exclusion_retries, "redraw_rate": redrawn / steps,
+            "left_after_retries_rate": left / steps, "molecule_steps": rollout["molecule_steps"],
+            "raw_nan_rollouts": len(raw_stability["nan"]) + len(raw_stability["blown_up"]),
+            "raw_stability": raw_stability}
 
 
 def _per_chain(chains, obs, rows, keep) -> list[dict]:

@@ -29,14 +29,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import openmm.unit as u
 
 from openmm_cgml.evaluation import analysis
 from openmm_cgml.evaluation.compare import across_systems, compare, n_bins, summary
 from openmm_cgml.evaluation.trajectories import BeadTrajectory, _fill_from_mapping, load_reference, load_rollout
 from openmm_cgml.io import jsonable, write_atomic
-from openmm_cgml.units import COLLISION_DISTANCE_NM, NM, strip
+from openmm_cgml.units import COLLISION_DISTANCE_NM, NM, PS, strip
 
-__all__ = ["evaluate", "REPORT_FILES"]
+__all__ = ["evaluate", "check_settings", "REPORT_FILES", "SETTINGS"]
 
 REPORT_FILES = ("metrics.json", "report.md", "report.html")
 REF_STYLE = {"color": "black", "label": "reference"}
@@ -306,6 +307,39 @@ def _html(result: dict) -> str:
 
 # --------------------------------------------------------------------------- evaluate
 
+# parameter -> (unit, zero allowed): the times, speeds and distances that must be finite and positive (or >= 0)
+SETTINGS = {"reference_interval": (PS, False), "rollout_interval": (PS, False),
+            "reference_ns_per_day": (u.dimensionless, False), "rollout_ns_per_day": (u.dimensionless, False),
+            "tica_lag": (PS, False), "contact_cutoff": (NM, False), "collision_threshold": (NM, True)}
+
+
+def check_settings(values: dict, label=str) -> dict:
+    """The :data:`SETTINGS` in ``values`` that are not None, as plain numbers (ps, ns/day, nm).
+
+    Parameters
+    ----------
+    values : dict
+        Parameter name -> number or Quantity; other keys are ignored.
+    label : callable
+        What an error calls a parameter (``cgml evaluate`` names its options).
+
+    Raises
+    ------
+    ValueError
+        Naming the parameter and value, for a wrong unit, NaN, inf, a negative value or zero
+        (zero is allowed for the collision threshold only).
+    """
+    numbers = {}
+    for name, (unit, zero) in SETTINGS.items():
+        if values.get(name) is None:
+            continue
+        number = strip(values[name], unit, label(name))
+        if not (number >= 0 if zero else number > 0):
+            raise ValueError(f"{label(name)} must be {'>= 0' if zero else '> 0'}, got {number:g}")
+        numbers[name] = number
+    return numbers
+
+
 def _topologies(topology, n_rollouts: int) -> list:
     """One bead topology (or None) per rollout, from None, one path, or a list of one or ``n_rollouts``."""
     topologies = [None] * n_rollouts if topology is None else (
@@ -363,6 +397,17 @@ def _write_report(out: Path, result: dict, loaded: list, plots: bool) -> dict:
     return result
 
 
+def _report_folder(out_dir, overwrite: bool) -> Path:
+    """The report folder, if a report may be written there (not a file; no report in it unless ``overwrite``)."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"report folder {out} is a file, not a folder")
+    existing = [name for name in REPORT_FILES if (out / name).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{out} already holds a report ({', '.join(existing)}); use --overwrite to replace it")
+    return out
+
+
 def evaluate(references, rollouts, out_dir, *, topology=None, model=None, mapping_method: str = "metis",
              mapping_params: dict | None = None, reference_interval=None, rollout_interval=None,
              reference_ns_per_day=None, rollout_ns_per_day=None, tica_lag=None, contact_cutoff=0.8,
@@ -407,17 +452,15 @@ def evaluate(references, rollouts, out_dir, *, topology=None, model=None, mappin
     dict
         The content of ``metrics.json``.
     """
+    check_settings({"reference_interval": reference_interval, "rollout_interval": rollout_interval,
+                    "reference_ns_per_day": reference_ns_per_day, "rollout_ns_per_day": rollout_ns_per_day,
+                    "tica_lag": tica_lag, "contact_cutoff": contact_cutoff, "collision_threshold": collision_threshold})
     references, rollouts = [str(p) for p in references], [str(p) for p in rollouts]
     if not references or len(references) != len(rollouts):
         raise ValueError(f"give one rollout per reference: got {len(references)} reference(s) and "
                          f"{len(rollouts)} rollout(s)")
     topologies = _topologies(topology, len(rollouts))
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"report folder {out} is a file, not a folder")
-    existing = [name for name in REPORT_FILES if (out / name).exists()]
-    if existing and not overwrite:
-        raise FileExistsError(f"{out} already holds a report ({', '.join(existing)}); use --overwrite to replace it")
+    out = _report_folder(out_dir, overwrite)
     if model is not None and not hasattr(model, "mapping"):
         from openmm_cgml.model_file import load
 

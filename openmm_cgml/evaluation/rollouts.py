@@ -32,7 +32,7 @@ def _graph(model, mappings):
 
 
 def roll_out(model, mappings, histories, n_steps: int, seed: int = 0, refine: bool = True,
-             hard_core: bool = False) -> dict:
+             hard_core: bool = False, exclusion_retries: int | None = None) -> dict:
     """Roll out every molecule for ``n_steps`` model steps, all in one batch.
 
     Parameters
@@ -50,29 +50,40 @@ def roll_out(model, mappings, histories, n_steps: int, seed: int = 0, refine: bo
         Apply the model's Score refinement.
     hard_core : bool
         Apply the model's hard-core projection (a post-hoc correction: off for honest collision counts).
+    exclusion_retries : int, optional
+        Redraws of the truncated step (0: plain step); default the model's own setting.
 
     Returns
     -------
     dict
         ``frames``: list of (n_frames_i, n_beads_i, 3) arrays (the start frame, then one per model step;
         shorter for a molecule that went unstable); ``unstable``: {molecule index: model step};
-        ``hard_core_events``: close pairs the projection pushed apart; ``bead_steps``: beads x steps run.
+        ``hard_core_events``: close pairs the projection pushed apart; ``bead_steps``: beads x steps run;
+        ``exclusion_events``: (molecule-steps the truncation redrew, those still too close after its last
+        redraw); ``molecule_steps``: molecules x steps run.
     """
-    previous = model.hard_core
-    if hard_core != previous:
-        model.hard_core = hard_core
+    settings = {"hard_core": hard_core, "exclusion_retries": exclusion_retries}
+    # only what changes is set (and set back): a file from before a setting existed refuses to set it
+    previous = {name: getattr(model, name) for name, value in settings.items()
+                if value is not None and value != getattr(model, name)}
+    before = model.exclusion_events
     try:
-        return _roll_out(model, list(mappings), [np.asarray(h, dtype=np.float32) for h in histories], n_steps,
-                         seed, refine)
+        for name in previous:
+            setattr(model, name, settings[name])
+        result = _roll_out(model, list(mappings), [np.asarray(h, dtype=np.float32) for h in histories], n_steps,
+                           seed, refine)
     finally:
-        if model.hard_core != previous:
-            model.hard_core = previous
+        for name, value in previous.items():
+            setattr(model, name, value)
+    after = model.exclusion_events
+    result["exclusion_events"] = (after[0] - before[0], after[1] - before[1])
+    return result
 
 
 def _roll_out(model, mappings, histories, n_steps, seed, refine) -> dict:
     alive = list(range(len(mappings)))
     frames = [[h[-1].copy()] for h in histories]
-    unstable, bead_steps = {}, 0
+    unstable, bead_steps, molecule_steps = {}, 0, 0
     events_before = model.hard_core_events
     box = torch.zeros(3, 3)
     generator = torch.Generator()
@@ -90,6 +101,7 @@ def _roll_out(model, mappings, histories, n_steps, seed, refine) -> dict:
                 for slot, molecule in enumerate(alive):
                     frames[molecule].append(last[bounds[slot]:bounds[slot + 1]].copy())
                 bead_steps += int(bounds[-1])
+                molecule_steps += len(alive)
                 step += 1
         except (UnstableRolloutError, torch.jit.Error, ValueError) as error:
             good = error.history if isinstance(error, UnstableRolloutError) else history
@@ -106,7 +118,8 @@ def _roll_out(model, mappings, histories, n_steps, seed, refine) -> dict:
             alive = [m for slot, m in enumerate(alive) if slot not in bad]
             step += 1  # the failed step is skipped for the survivors (their noise stays a function of the step)
     return {"frames": [np.stack(f) for f in frames], "unstable": unstable,
-            "hard_core_events": model.hard_core_events - events_before, "bead_steps": bead_steps}
+            "hard_core_events": model.hard_core_events - events_before, "bead_steps": bead_steps,
+            "molecule_steps": molecule_steps}
 
 
 def interleaved_speedup(reference, model, mapping, history, rounds: int = 3, md_steps: int = 20000,

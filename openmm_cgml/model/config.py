@@ -42,6 +42,9 @@ class PropagatorConfig:
         Push pairs closer than the learned minimum distances apart after each step.
     hard_core_sweeps : int
         Projection sweeps (vectorised over all close pairs) per model step.
+    exclusion_retries : int
+        The truncated step: a molecule with a pair closer than its learned minimum distance redraws
+        its step up to this many times (0: off); see docs/propagator.md.
     """
 
     k: int = 4
@@ -59,6 +62,7 @@ class PropagatorConfig:
     refine_sigmas: List[float] = field(default_factory=lambda: [0.6, 0.3, 0.1])
     hard_core: bool = True
     hard_core_sweeps: int = 8
+    exclusion_retries: int = 8
 
     @classmethod
     def from_dict(cls, values: dict | None) -> "PropagatorConfig":
@@ -102,6 +106,8 @@ class PropagatorConfig:
             raise ValueError(f"model.hard_core must be true or false, got {self.hard_core!r}")
         if int(self.hard_core_sweeps) < 1:
             raise ValueError(f"model.hard_core_sweeps must be >= 1, got {self.hard_core_sweeps}")
+        if int(self.exclusion_retries) < 0:
+            raise ValueError(f"model.exclusion_retries must be >= 0, got {self.exclusion_retries}")
 
     def to_dict(self) -> dict:
         """The options as a plain dict (the ``config`` of a model's ``init_json``)."""

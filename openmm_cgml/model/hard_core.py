@@ -1,4 +1,8 @@
-"""The hard core: bead pairs closer than their learned minimum distance pushed apart after a step.
+"""Excluded volume after a step: which molecules have a pair closer than its minimum, and the hard core.
+
+``violating_beads`` marks every bead of a molecule with a pair closer than
+its minimum distance (the step's truncation redraws those molecules); the
+hard core (``project_hard_core``) pushes such pairs apart.
 
 TorchScript functions called by :meth:`~openmm_cgml.model.propagator.CGPropagator.step`;
 the minimum distances (bonded and non-bonded, nm) are learned from the
@@ -11,7 +15,7 @@ from torch import Tensor
 
 from openmm_cgml.nn import radius_graph
 
-__all__ = ["contact_graph", "project_hard_core"]
+__all__ = ["contact_graph", "project_hard_core", "violating_beads"]
 
 
 def contact_graph(x: Tensor, batch: Tensor, box: Optional[Tensor], limit: float, edge: Tensor, shift: Tensor,
@@ -85,3 +89,23 @@ def project_hard_core(x: Tensor, masses: Tensor, bonds: Tensor, edge: Tensor, sh
         if not moved:
             return x
     return x
+
+
+def violating_beads(x: Tensor, batch: Tensor, bonds: Tensor, edge: Tensor, shift: Tensor,
+                    min_distance_nm: Tensor) -> Tensor:
+    """Whether each bead's molecule has a pair closer than its minimum distance (no host sync).
+
+    ``edge``/``shift`` a radius graph holding every close pair (:func:`contact_graph`); ``bonds``
+    the coarse bonds, which take ``min_distance_nm[0]``, all other pairs ``min_distance_nm[1]``.
+
+    Shapes:
+        x (N, 3) nm, batch (N,), bonds (2, B), edge (2, E), shift (E, 3), min_distance_nm (2,) -> (N,) bool
+    """
+    n = x.size(0)
+    j, i = edge[0], edge[1]
+    bond_keys = torch.cat([bonds[1] * n + bonds[0], bonds[0] * n + bonds[1]])
+    minimum = torch.where(torch.isin(i * n + j, bond_keys), min_distance_nm[0], min_distance_nm[1]).to(x.dtype)
+    close = (torch.linalg.vector_norm(x[i] - x[j] + shift, dim=-1) < minimum).to(x.dtype)
+    # per bead, then per molecule (batch < N, so an (N,) buffer holds every molecule), then back to beads
+    per_molecule = torch.zeros(n, dtype=x.dtype, device=x.device).index_add_(0, batch[i], close)
+    return per_molecule[batch] > 0

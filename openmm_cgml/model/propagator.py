@@ -47,7 +47,7 @@ from torch import Tensor, nn
 from openmm_cgml.model.batch import graph_box, graph_mean, unwrap
 from openmm_cgml.model.config import PropagatorConfig
 from openmm_cgml.model.embedding import EmbeddingGNN, check_embed_inputs, pool_beads, type_mass_table
-from openmm_cgml.model.hard_core import contact_graph, project_hard_core
+from openmm_cgml.model.hard_core import contact_graph, project_hard_core, violating_beads
 from openmm_cgml.model.layers import VectorHead
 from openmm_cgml.model.losses import dynamics_nll, gaussian_nll
 from openmm_cgml.model.sampler import anneal_step, internal_noise, log_spaced_sigmas, marginal_std, sample_acceleration
@@ -148,11 +148,15 @@ class CGPropagator(Block):
         self.min_bonded_nm, self.min_nonbonded_nm = float(min_bonded_nm), float(min_nonbonded_nm)
         self.hard_core = bool(config.hard_core) and max(self.min_bonded_nm, self.min_nonbonded_nm) > 0
         self.hard_core_sweeps = int(config.hard_core_sweeps)
+        # redraws of a molecule's step while it has a pair under its minimum distance (0: no truncation)
+        self.exclusion_retries = int(config.exclusion_retries)
         # [bonded, nonbonded] nm; not persistent, so checkpoints from before the hard core still load
         self.register_buffer("min_distance_nm", torch.tensor([self.min_bonded_nm, self.min_nonbonded_nm]),
                              persistent=False)
         # close pairs the projection has pushed apart since loading (a diagnostic)
         self.register_buffer("hard_core_events", torch.zeros((), dtype=torch.long), persistent=False)
+        # molecule-steps redrawn by the truncation, and those still too close after the last redraw
+        self.register_buffer("exclusion_events", torch.zeros(2, dtype=torch.long), persistent=False)
         self.metadata = "{}"
         self.n_features = int(config.embed_hidden) + 1  # pooled embedding + scaled mass
         self.hidden = int(config.hidden)
@@ -258,18 +262,25 @@ class CGPropagator(Block):
 
     @torch.jit.export
     def noise_draws(self, refine: bool) -> int:
-        """Standard normal (N, 3) draws one ``step`` consumes: 1 for the dynamics, plus one per refinement level."""
-        if refine and len(self.refine_sigmas) > 0:
-            return 1 + len(self.refine_sigmas)
-        return 1
+        """Standard normal (N, 3) draws one ``step`` consumes.
+
+        Per attempt 1 for the dynamics plus one per refinement level; ``1 + exclusion_retries`` attempts
+        when the truncation is on (the model has minimum distances).
+        """
+        per_attempt = 1 + len(self.refine_sigmas) if refine else 1
+        return per_attempt * (1 + self._retries())
+
+    def _retries(self) -> int:
+        return self.exclusion_retries if max(self.min_bonded_nm, self.min_nonbonded_nm) > 0 else 0
 
     @torch.jit.export
     def step(self, pos_history: Tensor, bead_features: Tensor, coarse_edge_index: Tensor, batch: Tensor,
              box: Tensor, noise: Tensor, refine: bool) -> Tensor:
         """Next positions (N, 3) nm from the last k positions (k, N, 3) nm.
 
-        ``noise`` (D, N, 3) standard normal with ``D = noise_draws(refine)``:
-        ``noise[0]`` drives the dynamics, ``noise[1:]`` the refinement.
+        ``noise`` (D, N, 3) standard normal, ``D = noise_draws(refine)``: one block per attempt, its first draw
+        for the dynamics, the rest for the refinement. A molecule with a pair under its minimum distance redraws
+        its step up to ``exclusion_retries`` times (the truncated step, docs/propagator.md); then the hard core.
         """
         _check_step_inputs(pos_history, bead_features, coarse_edge_index, batch, self.k, self.n_beads,
                            self.n_features)
@@ -280,22 +291,44 @@ class CGPropagator(Block):
         pos_history = unwrap(pos_history, pos_history[-1], boxes, batch)
         mean, std, collective, latents = self._dynamics(pos_history, bead_features, coarse_edge_index, batch,
                                                         boxes)
-        x_t = pos_history[-1]
-        velocity = x_t - pos_history[-2]
-        # semi-implicit Euler with dt = 1 model step: v += a; x += v
-        candidate = x_t + velocity + sample_acceleration(mean, std, collective, noise[0], batch) * self.accel_std_nm
-        edge = torch.zeros(2, 0, dtype=torch.long, device=candidate.device)
-        shift = torch.zeros(0, 3, dtype=candidate.dtype, device=candidate.device)
-        graph_at = candidate  # positions the Score graph (if any) was built at
-        if draws > 1:
-            candidate, graph_at, edge, shift = self._refine(candidate, latents, noise[1:], coarse_edge_index,
-                                                            batch, boxes)
+        attempts = 1 + self._retries()
+        per_attempt = draws // attempts
+        candidate, graph_at, edge, shift = self._sample(pos_history, mean, std, collective, latents,
+                                                        noise[:per_attempt], coarse_edge_index, batch, boxes)
         limit = max(self.min_bonded_nm, self.min_nonbonded_nm)
+        for attempt in range(1, attempts + 1 if attempts > 1 else 1):   # no checks without truncation
+            # truncation: a molecule with a pair under its minimum distance redraws its whole step
+            edge, shift = contact_graph(candidate, batch, boxes, limit, edge, shift, graph_at, self.score.cutoff)
+            bad = violating_beads(candidate, batch, coarse_edge_index, edge, shift, self.min_distance_nm)
+            if not bool(bad.any()):
+                break
+            # [redrawn, still too close after the last redraw], in molecule-steps
+            self.exclusion_events[int(attempt == attempts)] += torch.unique(batch[bad]).numel()
+            if attempt < attempts:
+                retry, graph_at, edge, shift = self._sample(pos_history, mean, std, collective, latents,
+                                                            noise[attempt * per_attempt:(attempt + 1) * per_attempt],
+                                                            coarse_edge_index, batch, boxes)
+                candidate = torch.where(bad.unsqueeze(-1), retry, candidate)
         if self.hard_core and limit > 0:
             edge, shift = contact_graph(candidate, batch, boxes, limit, edge, shift, graph_at, self.score.cutoff)
             candidate = project_hard_core(candidate, bead_features[:, -1], coarse_edge_index, edge, shift,
                                           self.min_distance_nm, limit, self.hard_core_sweeps, self.hard_core_events)
         return candidate
+
+    def _sample(self, pos_history: Tensor, mean: Tensor, std: Tensor, collective: Tensor, latents: Tensor,
+                noise: Tensor, coarse_edge_index: Tensor, batch: Tensor,
+                boxes: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """One draw of the next positions (acceleration, then refinement if ``noise`` has levels), where the
+        Score graph was built (the positions themselves without refinement) and that graph (empty without)."""
+        x_t = pos_history[-1]
+        velocity = x_t - pos_history[-2]
+        # semi-implicit Euler with dt = 1 model step: v += a; x += v
+        candidate = x_t + velocity + sample_acceleration(mean, std, collective, noise[0], batch) * self.accel_std_nm
+        if noise.size(0) > 1:
+            return self._refine(candidate, latents, noise[1:], coarse_edge_index, batch, boxes)
+        edge = torch.zeros(2, 0, dtype=torch.long, device=candidate.device)
+        shift = torch.zeros(0, 3, dtype=candidate.dtype, device=candidate.device)
+        return candidate, candidate, edge, shift
 
     def _refine(self, candidate: Tensor, latents: Tensor, noise: Tensor, coarse_edge_index: Tensor, batch: Tensor,
                 box: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -176,3 +176,14 @@ def test_md_that_blows_up_names_the_frame_and_keeps_what_was_committed(fails, tm
         assert trajectory.n_frames == kept and not trajectory.complete
     with h5py.File(tmp_path / "out" / "unstable-r000.h5") as handle:  # still a valid HDF5 file
         assert handle["coordinates"].shape[0] >= kept
+
+
+BAD_SHARDS = [("--shard=2/2", "2/2"), ("--shard=-1/2", "-1/2"), ("--shard=0/0", "0/0"), ("--shard=1of2", "1of2"),
+              ("--shard=1/2/3", "1/2/3"), ("--shard=", "--shard"), ("--shard=a/b", "a/b")]
+
+
+@pytest.mark.parametrize("option, named", BAD_SHARDS, ids=[option for option, _ in BAD_SHARDS])
+def test_bad_shard(fails, tmp_path, option, named):
+    fails(["generate", "polymer-chain", "--out", tmp_path / "out", "-p", "length=4", *FAST, option],
+          names=["--shard", named])
+    assert not (tmp_path / "out").exists()

@@ -1,4 +1,5 @@
 """The propagator networks: symmetry, the step maths, input checks (tiny, untrained models)."""
+import json
 import math
 
 import pytest
@@ -6,6 +7,7 @@ import torch
 
 from openmm_cgml.geometry import count_collisions
 from openmm_cgml.model.propagator import (
+    CGPropagator,
     PropagatorConfig,
     anneal_step,
     gaussian_nll,
@@ -356,3 +358,57 @@ def test_refinement_noise_leaves_the_centre_of_mass_to_the_dynamics(inputs, make
         refined = model.step(history, features, coarse, batch, box, noise, True)
     assert not torch.allclose(refined, plain)
     torch.testing.assert_close(refined.mean(0), plain.mean(0), atol=1e-5, rtol=0)
+
+
+# ------------------------------------------------------------------------------ truncated step
+def _replicated(model, inputs, n_beads, copies):
+    """The chain ``copies`` times as separate molecules of one batch."""
+    history, features, coarse, _, box = inputs(model, torch.float64)
+    edges = torch.cat([coarse + r * n_beads for r in range(copies)], dim=1)
+    batch = torch.arange(copies).repeat_interleave(n_beads)
+    return history.repeat(1, copies, 1), features.double().repeat(copies, 1), edges, batch, box
+
+
+def _bond_lengths(x, n_beads):
+    x = x.view(-1, n_beads, 3)
+    return torch.linalg.vector_norm(x[:, 1:] - x[:, :-1], dim=-1)   # (copies, n_beads - 1)
+
+
+def test_truncated_step_is_the_step_conditioned_on_the_minimum_distance(make_model, inputs, n_beads):
+    """Rejection sampling, checked against its definition: the truncated step's molecules are distributed as
+    the plain step's molecules that have no bond under the minimum; nothing piles up at the limit, where
+    the hard core's projection puts a spike."""
+    from scipy.stats import ks_2samp
+
+    plain = make_model().double()
+    init = json.loads(plain.init_json)
+    init.update(min_bonded_nm=0.35, min_nonbonded_nm=0.0)   # the chain's bonds are ~0.38 nm: many steps violate
+    model = CGPropagator.from_init_json(json.dumps(init)).double()
+    model.load_state_dict(plain.state_dict())
+    model.eval().hard_core = False
+    copies = 3000
+    history, features, coarse, batch, box = _replicated(model, inputs, n_beads, copies)
+    generator = torch.Generator().manual_seed(5)
+
+    def step(retries, hard_core=False):
+        model.exclusion_retries, model.hard_core = retries, hard_core
+        noise = torch.randn(model.noise_draws(True), copies * n_beads, 3, generator=generator, dtype=torch.float64)
+        with torch.no_grad():
+            return _bond_lengths(model.step(history, features, coarse, batch, box, noise, True), n_beads)
+
+    free = step(0)
+    violating = (free < 0.35).any(dim=1)
+    assert 0.3 < float(violating.double().mean()) < 0.8
+    events = model.exclusion_events.clone()
+    truncated = step(6)
+    assert int(model.exclusion_events[0] - events[0]) > copies * 0.2   # redraws happened ...
+    left = (truncated < 0.35).any(dim=1)
+    fraction = float(violating.double().mean())   # independent redraws: a molecule is left outside with f^(1+6)
+    assert abs(float(left.double().mean()) - fraction ** 7) < 0.02
+    kept, accepted = free[~violating], truncated[~left]
+    for bond in (0, 3, 6):
+        assert ks_2samp(kept[:, bond].numpy(), accepted[:, bond].numpy()).pvalue > 0.01
+    near = (accepted > 0.35) & (accepted < 0.351)
+    assert float(near.double().mean()) < 3 * float(((kept > 0.35) & (kept < 0.351)).double().mean()) + 1e-3
+    projected = step(0, hard_core=True)
+    assert float(((projected > 0.345) & (projected < 0.351)).double().mean()) > 5 * float(near.double().mean())
