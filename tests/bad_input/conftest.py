@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import numpy as np
+import openmm.app as app
 import pytest
 
 from openmm_cgml.cli import main
@@ -88,3 +90,19 @@ def pipeline(tmp_path_factory):
         assert main([str(word) for word in argv]) == 0, argv
     return {"root": root, "fine": fine, "pdb": fine[0].with_suffix(".pdb"), "coarse": coarse, "config": config,
             "run": root / "run", "model": model, "rollout": rollout, "report": report}
+
+
+def _chain(n_atoms=12, element=app.element.carbon):
+    """``(topology, positions nm)``: a linear chain of ``n_atoms`` atoms of ``element``, 0.125 nm apart in x."""
+    topology = app.Topology()
+    residue = topology.addResidue("CHN", topology.addChain())
+    atoms = [topology.addAtom(f"C{i}", element, residue) for i in range(n_atoms)]
+    for a, b in zip(atoms[:-1], atoms[1:]):
+        topology.addBond(a, b)
+    return topology, np.array([[0.125 * i, 0.08 * (i % 2), 0.0] for i in range(n_atoms)])
+
+
+@pytest.fixture(scope="session")
+def chain():
+    """``chain(n_atoms=12, element=carbon) -> (topology, positions)``: the tiny molecule of the model cases."""
+    return _chain

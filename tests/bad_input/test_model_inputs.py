@@ -12,17 +12,8 @@ from openmm_cgml.openmm.bead_system import coarse_grained_system
 from openmm_cgml.openmm.integrator import CGMLIntegrator
 
 
-def chain(n_atoms=12, element=app.element.carbon):
-    topology = app.Topology()
-    residue = topology.addResidue("CHN", topology.addChain())
-    atoms = [topology.addAtom(f"C{i}", element, residue) for i in range(n_atoms)]
-    for a, b in zip(atoms[:-1], atoms[1:]):
-        topology.addBond(a, b)
-    return topology, np.array([[0.125 * i, 0.08 * (i % 2), 0.0] for i in range(n_atoms)])
-
-
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def exported(tmp_path_factory, chain):
     """``(safetensors path, TorchScript path)`` of a real tiny model for the 12-atom chain."""
     from openmm_cgml.model.propagator import CGPropagator, PropagatorConfig
     from openmm_cgml.model_file import export_model
@@ -69,14 +60,14 @@ def test_load_refuses_torchscript_without_trust(exported):
     (lambda p: p.__setitem__((0, 0), np.inf), r"NaN or infinite.*\[0, 0\]"),
     (lambda p: p.__setitem__((11, 2), -np.inf), r"NaN or infinite.*\[11, 2\]"),
 ])
-def test_non_finite_positions(model, bad, match):
+def test_non_finite_positions(model, bad, match, chain):
     topology, positions = chain()
     bad(positions)
     with pytest.raises(ValueError, match=match):
         coarse_grained_system(model, topology, positions * u.nanometer)
 
 
-def test_non_finite_pdb(model, tmp_path):
+def test_non_finite_pdb(model, tmp_path, chain):
     topology, positions = chain()
     path = tmp_path / "nan.pdb"
     with open(path, "w") as handle:
@@ -91,14 +82,14 @@ def test_non_finite_pdb(model, tmp_path):
 
 @pytest.mark.parametrize("positions", [lambda p: p * u.kelvin, lambda p: p * u.picosecond,
                                        lambda p: p[:5] * u.nanometer, lambda p: p[:, :2]])
-def test_positions_of_the_wrong_unit_or_shape(model, positions):
+def test_positions_of_the_wrong_unit_or_shape(model, positions, chain):
     topology, xyz = chain()
     with pytest.raises(ValueError, match="positions|shape"):
         coarse_grained_system(model, topology, positions(xyz))
 
 
 @pytest.mark.parametrize("replicas", [0, -1, 1.5, "2x"])
-def test_bad_replicas(model, replicas):
+def test_bad_replicas(model, replicas, chain):
     topology, positions = chain()
     with pytest.raises(ValueError, match="replicas"):
         coarse_grained_system(model, topology, positions, replicas=replicas)
@@ -109,7 +100,7 @@ def test_bad_replicas(model, replicas):
     (12, app.element.nitrogen, "atomic number 7"),
     (12, app.element.oxygen, "atomic number 8"),
 ])
-def test_model_and_molecule_that_do_not_fit(model, n_atoms, element, match):
+def test_model_and_molecule_that_do_not_fit(model, n_atoms, element, match, chain):
     topology, positions = chain(n_atoms, element)
     with pytest.raises(ValueError, match=match):
         coarse_grained_system(model, topology, positions)
@@ -123,7 +114,7 @@ def test_structure_file_missing_or_empty(model, tmp_path):
         coarse_grained_system(model, tmp_path / "empty.pdb")
 
 
-def test_other_elements_named_with_the_structure_file(model, tmp_path):
+def test_other_elements_named_with_the_structure_file(model, tmp_path, chain):
     topology, positions = chain(element=app.element.sulfur)
     path = tmp_path / "sulfur.pdb"
     with open(path, "w") as handle:

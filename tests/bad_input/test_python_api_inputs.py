@@ -15,7 +15,6 @@ import openmm.app as app
 import openmm.unit as u
 import pytest
 import torch
-from test_model_inputs import chain
 
 from openmm_cgml import load
 from openmm_cgml.bond_graph import metis_beads
@@ -44,7 +43,7 @@ def refused(call, match, *files, error=(ValueError, FileNotFoundError)):
 
 
 @pytest.fixture(scope="module")
-def molecule():
+def molecule(chain):
     """``(topology, positions nm)`` of the 12-carbon chain."""
     return chain()
 
@@ -250,7 +249,7 @@ def test_saved_mapping_file_that_is_damaged(molecule, tmp_path, changes, match):
     refused(lambda: Mapping.from_file(path, topology, MASSES), f"mapping file .*saved.json: .*{match}", path)
 
 
-def test_saved_mapping_of_another_molecule(molecule, tmp_path):
+def test_saved_mapping_of_another_molecule(molecule, tmp_path, chain):
     topology, _ = molecule
     other, _ = chain(10)
     path = tmp_path / "ten.json"
@@ -360,7 +359,7 @@ def test_integrator_arguments(model, kwargs, match):
         CGMLIntegrator(model, **kwargs)
 
 
-def test_integrator_and_system_need_a_model(tmp_path):
+def test_integrator_and_system_need_a_model(tmp_path, chain):
     for make in (lambda m: CGMLIntegrator(m), lambda m: coarse_grained_system(m, *chain())):
         with pytest.raises(ValueError, match="model must be a CGModel"):
             make(None)
