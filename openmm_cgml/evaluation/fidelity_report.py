@@ -35,6 +35,15 @@ README_ROWS = {
 }
 
 
+def _truncation_rows(truncation, chains: int) -> list[str]:
+    """The truncated step's table rows: how often it redrew, and the model without it (files before it: none)."""
+    if not truncation or not truncation.get("exclusion_retries"):
+        return []
+    return [f"| truncated step ({truncation['exclusion_retries']} redraws): molecule-steps redrawn; still too close "
+            f"| {_fmt(truncation['redraw_rate'])}; {_fmt(truncation['left_after_retries_rate'])} | | |",
+            f"| unstable rollouts with the truncation off | {truncation['raw_nan_rollouts']} of {chains} | | |"]
+
+
 def _fmt(value, digits: int = 3) -> str:
     if value is None:
         return "n/a"
@@ -120,10 +129,11 @@ def readme_table(document: dict) -> str:
         lines.append(f"| {meaning} | {_fmt(metric['model'])} {_fmt(metric['ci95'])} | {_fmt(metric['ceiling'])} "
                      f"| {baseline} |")
     lines += [
-        f"| raw collisions (hard core off): pair-frames < 1 A; under the reference's per-type minimum "
+        f"| raw collisions (truncation and hard core off): pair-frames < 1 A; under the reference's per-type minimum "
         f"| {collisions['under_1_angstrom']}; {collisions['under_reference_minimum']} | | |",
         f"| unstable rollouts (NaN or blow-up), {document['stability']['model_steps']} model steps each "
         f"| {document['nan_rollouts']} of {document['stability']['chains']} | | |",
+        *_truncation_rows(document.get("truncation"), document['stability']['chains']),
         f"| speed-up in simulated time, interleaved, median (min-max) of {len(speed['rounds'])} rounds "
         f"| {_fmt(speed['median'], 0)} ({_fmt(speed['min'], 0)}-{_fmt(speed['max'], 0)}) | | |",
         "",
