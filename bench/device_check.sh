@@ -17,7 +17,7 @@ if python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1
     python3 -m pip install --quiet --disable-pip-version-check -e ".[dev]" >>"$out/install.log" 2>&1
     python3 -m pytest -q -m cuda -p no:cacheprovider >"$out/cuda_tests.log" 2>&1; tests_rc=$?
     timeout 240 python3 bench/propagator.py --devices cpu cuda --beads 10 1000 10000 >"$out/propagator.json" 2>"$out/propagator.log"
-    timeout 120 python3 bench/integrator.py --platform CUDA >"$out/integrator.json" 2>"$out/integrator.log"
+    timeout 200 python3 bench/integrator.py --platform CUDA >"$out/integrator.json" 2>"$out/integrator.log"
 else
     cuda=false
     tests_rc=skipped

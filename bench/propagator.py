@@ -2,8 +2,8 @@
 
 One run, side by side: for each bead count (copies of one molecule, each its
 own graph, spaced beyond the cutoff) and each device, the exported model's
-``step`` is timed with ``refine=False``/``True`` and the hard-core projection
-off/on (interleaved, median of repeats, on a fixed equilibrium-like
+``step`` is timed with ``refine=False``/``True`` and each correction after a
+step (none, the truncated step, the hard-core projection; interleaved, median of repeats, on a fixed equilibrium-like
 configuration so the graph size is representative), then a rollout from the
 same start, with the same noise and the same counting for every variant,
 counts bead pairs closer than ``--threshold`` (default 0.1 nm).
@@ -103,7 +103,8 @@ def collision_rate(module, inputs, refine: bool, n_steps: int, threshold: float,
     generator = torch.Generator(device=history.device).manual_seed(seed)
     pairs, done, steps_hit = 0, 0, 0
     for _ in range(n_steps):
-        noise = torch.randn(history.shape[1:], generator=generator, device=history.device)
+        noise = torch.randn((module.noise_draws(refine),) + tuple(history.shape[1:]), generator=generator,
+                            device=history.device)
         try:
             x = module.step(history, features, edges, batch, box, noise, refine)
         except (RuntimeError, torch.jit.Error):  # NaN/inf positions: the rollout diverged
@@ -144,8 +145,14 @@ def main() -> None:
         model = model or untrained(mapping, positions, directory, args.k)
         if args.refine_sigmas:
             model.refine_sigmas = args.refine_sigmas
-        hard_core_modes = (False, True) if model.hard_core else (False,)
-        variants = [(refine, hard) for refine in (False, True) for hard in hard_core_modes]
+        # the corrections after a step: none, the truncated step (redraws), the hard core (a projection)
+        retries = model.exclusion_retries or 8
+        modes = ("none", "truncation", "hard_core") if max(model.min_distances.values()) > 0 else ("none",)
+        variants = [(refine, mode) for refine in (False, True) for mode in modes]
+
+        def use(module, mode):
+            module.hard_core = mode == "hard_core"
+            module.exclusion_retries = retries if mode == "truncation" else 0
         rows = []
         for device in args.devices:
             module = model.module.to(device)
@@ -154,31 +161,32 @@ def main() -> None:
                 spacing = 3.0 * (1 + float(np.ptp(positions, 0).max()))
                 inputs = replicate(model, mapping, positions, copies, spacing, device)
                 n_steps = max(5, min(200, 20000 // (copies * mapping.n_beads)))
-                for refine, hard in variants:  # warm-up: TorchScript profiling and allocator
-                    module.hard_core = hard
+                for refine, mode in variants:  # warm-up: TorchScript profiling and allocator
+                    use(module, mode)
                     time_steps(module, inputs, refine, 3, device)
                 timings = {variant: [] for variant in variants}
                 for _ in range(args.repeats):
-                    for refine, hard in variants:
-                        module.hard_core = hard
-                        timings[refine, hard].append(time_steps(module, inputs, refine, n_steps, device))
+                    for refine, mode in variants:
+                        use(module, mode)
+                        timings[refine, mode].append(time_steps(module, inputs, refine, n_steps, device))
                 rollout_steps = max(10, min(args.rollout_steps, 200000 // (copies * mapping.n_beads)))
-                for refine, hard in variants:
-                    module.hard_core = hard
+                for refine, mode in variants:
+                    use(module, mode)
                     rate, done, hit = collision_rate(module, inputs, refine, rollout_steps, args.threshold, seed=1)
                     rows.append({"beads": copies * mapping.n_beads, "molecules": copies, "device": device,
-                                 "refine": refine, "hard_core": hard,
-                                 "ms_per_step": round(statistics.median(timings[refine, hard]), 4),
+                                 "refine": refine, "correction": mode,
+                                 "ms_per_step": round(statistics.median(timings[refine, mode]), 4),
                                  "collision_rate": rate, "steps_with_collision": hit, "rollout_steps": done,
                                  "diverged": done < rollout_steps})
-                module.hard_core = hard_core_modes[-1]
+                use(module, "truncation" if model.exclusion_retries else "none")
+                module.hard_core = model.hard_core
                 print(json.dumps(rows[-len(variants):]), flush=True, file=__import__("sys").stderr)
         report = {
             "benchmark": "propagator model step",
             "model": args.model or "untrained, default PropagatorConfig (collision rates not meaningful)",
             "system": args.system, "system_params": params, "beads_per_molecule": mapping.n_beads,
             "threshold_nm": args.threshold, "refine_sigmas": model.refine_sigmas,
-            "hard_core_nm": model.min_distances,
+            "hard_core_nm": model.min_distances, "exclusion_retries": retries,
             "hardware": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                          "torch_threads": torch.get_num_threads(),
                          "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
@@ -188,12 +196,12 @@ def main() -> None:
         }
         for key in list(report["ratios"]):
             device, beads = key.split(":")
-            ms = {(r["refine"], r["hard_core"]): r["ms_per_step"] for r in rows
+            ms = {(r["refine"], r["correction"]): r["ms_per_step"] for r in rows
                   if r["device"] == device and str(r["beads"]) == beads}
-            report["ratios"][key] = {"refine_over_plain": round(ms[True, False] / ms[False, False], 3)}
-            if (True, True) in ms:
-                report["ratios"][key].update(hard_core_over_none_refined=round(ms[True, True] / ms[True, False], 3),
-                                             hard_core_over_none_plain=round(ms[False, True] / ms[False, False], 3))
+            report["ratios"][key] = {"refine_over_plain": round(ms[True, "none"] / ms[False, "none"], 3)}
+            for mode in modes[1:]:
+                report["ratios"][key].update({f"{mode}_over_none_refined": round(ms[True, mode] / ms[True, "none"], 3),
+                                              f"{mode}_over_none_plain": round(ms[False, mode] / ms[False, "none"], 3)})
         print(json.dumps(report, indent=1))
 
 
