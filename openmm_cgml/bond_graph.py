@@ -23,8 +23,8 @@ from scipy.sparse.csgraph import breadth_first_order, connected_components
 
 from openmm_cgml.units import whole_number
 
-__all__ = ["adjacency", "molecules", "repair_connectivity", "metis_beads", "spanning_forest", "coarse_bonds",
-           "bead_molecules", "bond_difference"]
+__all__ = ["adjacency", "molecules", "repair_connectivity", "check_atoms_per_bead", "check_n_beads", "metis_beads",
+           "spanning_forest", "coarse_bonds", "bead_molecules", "bond_difference"]
 
 
 def adjacency(n_atoms: int, bonds: np.ndarray) -> sp.csr_matrix:
@@ -95,6 +95,53 @@ def repair_connectivity(graph: sp.csr_matrix, part: np.ndarray) -> np.ndarray:
 
 
 
+def check_atoms_per_bead(atoms_per_bead, name: str = "atoms_per_bead") -> float:
+    """``atoms_per_bead`` as a float if it is a finite number >= 1, else a ``ValueError`` naming ``name``.
+
+    Parameters
+    ----------
+    atoms_per_bead : float
+        The METIS resolution (inf would silently make one bead per molecule).
+    name : str
+        What the message calls it, e.g. ``"--atoms-per-bead"`` on the command line.
+
+    Returns
+    -------
+    float
+    """
+    if isinstance(atoms_per_bead, (bool, np.bool_)) or not isinstance(atoms_per_bead, numbers.Real) \
+            or not (np.isfinite(atoms_per_bead) and atoms_per_bead >= 1):
+        raise ValueError(f"{name} must be a finite number >= 1, got {atoms_per_bead!r}")
+    return float(atoms_per_bead)
+
+
+def check_n_beads(n_beads, n_molecules: int = 1, n_atoms: int | None = None, name: str = "n_beads") -> int:
+    """``n_beads`` as an int if a whole number in ``[n_molecules, n_atoms]``, else a ``ValueError`` naming ``name``.
+
+    Parameters
+    ----------
+    n_beads : int
+        The total number of METIS beads.
+    n_molecules : int
+        The fewest beads allowed: one per molecule (1 before the molecule is known).
+    n_atoms : int, optional
+        The most beads allowed: one per atom (no upper bound before the molecule is known).
+    name : str
+        What the messages call it, e.g. ``"--n-beads"`` on the command line.
+
+    Returns
+    -------
+    int
+    """
+    n_beads = whole_number(n_beads, name)
+    if n_atoms is None and n_beads < n_molecules:
+        raise ValueError(f"{name} must be >= {n_molecules}, got {n_beads}")
+    if n_atoms is not None and not n_molecules <= n_beads <= n_atoms:
+        raise ValueError(f"{name} must lie between the number of molecules ({n_molecules}) "
+                         f"and the number of atoms ({n_atoms}), got {n_beads}")
+    return n_beads
+
+
 def metis_beads(n_atoms: int, bonds: np.ndarray, atoms_per_bead: float | None = None,
                 n_beads: int | None = None, seed: int = 0) -> tuple[np.ndarray, list[str], dict]:
     """Partition each molecule's bond graph with METIS into connected beads.
@@ -133,16 +180,10 @@ def metis_beads(n_atoms: int, bonds: np.ndarray, atoms_per_bead: float | None = 
     sizes = np.bincount(molecule)
     seed = whole_number(seed, "seed")
     if atoms_per_bead is not None:
-        if isinstance(atoms_per_bead, bool) or not isinstance(atoms_per_bead, numbers.Real) \
-                or not (np.isfinite(atoms_per_bead) and atoms_per_bead >= 1):
-            raise ValueError(f"atoms_per_bead must be a finite number >= 1, got {atoms_per_bead!r}")
-        atoms_per_bead = float(atoms_per_bead)
+        atoms_per_bead = check_atoms_per_bead(atoms_per_bead)
         parts = np.maximum(1, np.rint(sizes / atoms_per_bead)).astype(np.int64)
     else:
-        n_beads = whole_number(n_beads, "n_beads")
-        if not len(sizes) <= n_beads <= n_atoms:
-            raise ValueError(f"n_beads must lie between the number of molecules ({len(sizes)}) "
-                             f"and the number of atoms ({n_atoms}), got {n_beads}")
+        n_beads = check_n_beads(n_beads, len(sizes), n_atoms)
         parts = _share(n_beads, sizes)
     options = pymetis.Options(seed=seed, contig=1)
     solved = {}   # identical molecules (waters, chains of one sequence) are partitioned once

@@ -121,8 +121,19 @@ def export_model(model, path, metadata: dict | None = None) -> Path:
     return path
 
 
-def check_output(path) -> Path:
+def check_output(path, name: str = "model file") -> Path:
     """``path`` as a Path, if a model file can be written there; else an error naming it, before any work.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Where the model file is to be written.
+    name : str
+        What the messages call it, e.g. ``"--out"`` for the command line.
+
+    Returns
+    -------
+    pathlib.Path
 
     Raises
     ------
@@ -132,17 +143,17 @@ def check_output(path) -> Path:
         Its folder does not exist.
     """
     if not isinstance(path, (str, os.PathLike)):
-        raise ValueError(f"a model file path must be a str or os.PathLike, got {type(path).__name__}")
+        raise ValueError(f"{name} must be a path (str or os.PathLike), got {type(path).__name__}")
     path = Path(path)
     if path.is_dir():
-        raise ValueError(f"model file {path} is a folder; give the model file's name")
+        raise ValueError(f"{name} {path} is a folder; give the model file's name")
     if path.suffix not in (WEIGHTS_SUFFIX, TORCHSCRIPT_SUFFIX):
-        raise ValueError(f"model file {path}: the name must end in {WEIGHTS_SUFFIX} (weights only, the default) "
+        raise ValueError(f"{name} {path}: the name must end in {WEIGHTS_SUFFIX} (weights only, the default) "
                          f"or {TORCHSCRIPT_SUFFIX} (TorchScript, for openmm-torch)")
     if path.parent.exists() and not path.parent.is_dir():
-        raise ValueError(f"model file {path}: {path.parent} is a file, not a folder")
+        raise ValueError(f"{name} {path}: {path.parent} is a file, not a folder")
     if not path.parent.exists():
-        raise FileNotFoundError(f"output directory {path.parent} does not exist")
+        raise FileNotFoundError(f"{name} {path}: output directory {path.parent} does not exist")
     return path
 
 

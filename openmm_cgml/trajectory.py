@@ -18,6 +18,7 @@ a resumed run neither loses nor duplicates frames.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import h5py
@@ -58,14 +59,32 @@ class FineTrajectory:
     ``charges`` (e), ``topology`` (``openmm.app.Topology``),
     ``timestep_ps``, ``stride``, ``frame_interval_ps``, ``temperature_K``,
     ``attrs`` (all root attributes, JSON ones decoded).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The ``.h5`` file.
+    mode : {"r", "a"}
+        Read, or append to a file :meth:`create` made.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` does not exist.
+    ValueError
+        Naming the file: not a path, a folder, not readable HDF5, or not a fine trajectory.
     """
 
     def __init__(self, path, mode: str = "r"):
         if mode not in ("r", "a"):
             raise ValueError(f"FineTrajectory mode must be 'r' or 'a', got {mode!r}")
+        if not isinstance(path, (str, os.PathLike)):
+            raise ValueError(f"a trajectory file path must be a str or os.PathLike, got {type(path).__name__}")
         self.path = Path(path)
         if not self.path.exists():
             raise FileNotFoundError(f"trajectory file {self.path} does not exist")
+        if self.path.is_dir():
+            raise ValueError(f"trajectory file {self.path} is a folder, not an HDF5 file")
         try:
             self._file = h5py.File(self.path, mode)
         except OSError as error:

@@ -8,7 +8,6 @@ The suffix of ``--out`` picks the form (:mod:`openmm_cgml.model_formats`).
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 __all__ = ["configure_parser", "run"]
 
@@ -23,19 +22,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="allow a TorchScript SOURCE that this package does not ship (it can run code)")
 
 
-def _check_out(out: Path) -> None:
-    """Refuse, before any work, an ``--out`` that is a folder or lies in a file posing as its folder."""
-    if out.is_dir():
-        raise IsADirectoryError(f"--out {out} is a folder; give the model file's name")
-    if out.parent.exists() and not out.parent.is_dir():
-        raise NotADirectoryError(f"--out {out}: {out.parent} is a file, not a folder")
-
-
 def run(args: argparse.Namespace) -> int:
-    from openmm_cgml.model_file import export, load
+    from openmm_cgml.model_file import check_output, export, load
     from openmm_cgml.model_formats import TORCHSCRIPT_SUFFIX
 
-    _check_out(Path(args.out))
+    check_output(args.out, name="--out")   # before any work, the messages naming the option
     path = export(args.source, args.out, overwrite=args.overwrite, trusted=args.trust_model)
     print(f"wrote {path}: {load(path, trusted=True)!r}")  # our own output, written just now
     if path.suffix == TORCHSCRIPT_SUFFIX:

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import math
 
 import yaml
 
+from openmm_cgml.bond_graph import check_atoms_per_bead, check_n_beads
 from openmm_cgml.mapping import mapping_options
 
 __all__ = ["add_mapping_arguments", "mapping_options_from_args", "add_param_argument", "parse_overrides"]
@@ -33,12 +33,13 @@ def mapping_options_from_args(args: argparse.Namespace) -> tuple[str, dict]:
     ------
     ValueError
         For an ``--atoms-per-bead`` that is not a finite number >= 1 (inf would silently make one
-        bead per molecule) or an ``--n-beads`` below 1.
+        bead per molecule) or an ``--n-beads`` below 1: the checks of
+        :func:`~openmm_cgml.bond_graph.metis_beads`, named by the option.
     """
-    if args.atoms_per_bead is not None and not (math.isfinite(args.atoms_per_bead) and args.atoms_per_bead >= 1):
-        raise ValueError(f"--atoms-per-bead must be a finite number >= 1, got {args.atoms_per_bead}")
-    if args.n_beads is not None and args.n_beads < 1:
-        raise ValueError(f"--n-beads must be >= 1, got {args.n_beads}")
+    if args.atoms_per_bead is not None:
+        check_atoms_per_bead(args.atoms_per_bead, name="--atoms-per-bead")
+    if args.n_beads is not None:
+        check_n_beads(args.n_beads, name="--n-beads")   # the upper bound needs the molecule: Mapping.build
     return mapping_options(args.mapping, args.atoms_per_bead, args.n_beads, args.center, args.seed)
 
 

@@ -22,6 +22,7 @@ import torch
 
 from openmm_cgml.mapping import Mapping, periodic_marker
 from openmm_cgml.structure import element_types, read_structure
+from openmm_cgml.units import whole_number
 
 __all__ = [
     "CoarseGrainedSystem",
@@ -330,7 +331,8 @@ def coarse_grained_system(model, pdb_or_topology, positions=None, replicas: int 
     positions : Quantity compatible with nanometers, or array in nm, optional
         ``(n_atoms, 3)``; default: the file's.
     replicas : int
-        Independent copies in one System; the integrator simulates them as one batch.
+        Independent copies in one System, a whole number >= 1 (not a bool); the integrator
+        simulates them as one batch.
     mapping : Mapping or path, optional
         An explicit mapping (a Mapping or a mapping file).
     atom_types : array_like of int, optional
@@ -341,12 +343,8 @@ def coarse_grained_system(model, pdb_or_topology, positions=None, replicas: int 
     CoarseGrainedSystem
     """
     model = as_model(model)
-    try:
-        whole = int(replicas) == replicas and replicas >= 1
-    except (TypeError, ValueError):
-        whole = False
-    if not whole:
-        raise ValueError(f"replicas must be a positive integer, got {replicas!r}")
+    if whole_number(replicas, "replicas") < 1:   # whole_number refuses bools, strings and fractions
+        raise ValueError(f"replicas must be a whole number >= 1, got {replicas!r}")
     replicas = int(replicas)
     topology, atoms, box, file_types = read_structure(pdb_or_topology, positions)
     try:

@@ -24,7 +24,7 @@ from openmm_cgml.mapping import Mapping
 from openmm_cgml.openmm._context import MAX_SEED, ContextLink, add_integer, explain_failure, get_integer, read_counters
 from openmm_cgml.openmm.bead_system import as_model
 from openmm_cgml.openmm.rollout import UnstableRolloutError, rollout
-from openmm_cgml.units import COLLISION_DISTANCE_NM, strip, strip_array
+from openmm_cgml.units import COLLISION_DISTANCE_NM, strip, strip_array, whole_number
 
 __all__ = ["CGMLIntegrator"]
 
@@ -41,6 +41,14 @@ def _model_constants(model):
     if k < 1:
         raise ValueError(f"the exported model has an invalid history length k={k}")
     return k, dt_ps, trained_K
+
+
+def _collision_nm(collision_distance) -> float:
+    """``collision_distance`` in nm; ``ValueError`` naming it unless a length >= 0 (a plain number is nm)."""
+    distance = strip(collision_distance, u.nanometer, "collision_distance")
+    if distance < 0:
+        raise ValueError(f"collision_distance must be >= 0 nm (0 disables the check), got {collision_distance}")
+    return distance
 
 
 class CGMLIntegrator(openmm.CustomIntegrator):
@@ -88,7 +96,7 @@ class CGMLIntegrator(openmm.CustomIntegrator):
         temperature): a learned propagator samples the ensemble it was trained
         on and has no thermostat to change it.
     seed : int
-        Random seed, 0 <= seed < 2**48. Same seed, same start: same trajectory,
+        Random seed, a whole number 0 <= seed < 2**48. Same seed, same start: same trajectory,
         however ``step`` calls are split.
     refine : bool
         Use the model's score-based refinement after each step (if it has one).
@@ -96,7 +104,7 @@ class CGMLIntegrator(openmm.CustomIntegrator):
         Stop with ``UnstableRolloutError`` when two beads of one replica come
         closer than this (default: 0.1*unit.nanometer); 0 disables the check. NaNs always stop.
     check_every : int
-        Model steps between guard checks inside one ``step(n)`` (host syncs on GPU).
+        Model steps (a whole number >= 1) between guard checks inside one ``step(n)`` (host syncs on GPU).
     mapping : Mapping, optional
         The molecule's mapping. Default: the one ``coarse_grained_system``
         built the Context's System with (it remembers it), else the model's own.
@@ -128,15 +136,17 @@ class CGMLIntegrator(openmm.CustomIntegrator):
             if candidate is not None and model.n_beads and int(candidate.n_beads) % model.n_beads:
                 raise ValueError(f"model expects {model.n_beads} beads per molecule but the mapping has "
                                  f"{candidate.n_beads}")
-        seed = int(seed)
+        seed = whole_number(seed, "seed")
         if not 0 <= seed < MAX_SEED:
             raise ValueError(f"seed must be in [0, 2**48), got {seed}")
         self._model = model
         self._k = k
         self._temperature_K = trained_K
         self._refine = bool(refine)
-        self._collision = strip(collision_distance, u.nanometer, "collision_distance")
-        self._check_every = max(1, int(check_every))
+        self._collision = _collision_nm(collision_distance)
+        self._check_every = whole_number(check_every, "check_every")
+        if self._check_every < 1:
+            raise ValueError(f"check_every must be a whole number >= 1, got {self._check_every}")
 
         super().__init__(dt_ps)
         # Empty program: OpenMM never integrates; step() below does. The state

@@ -6,8 +6,10 @@ Entry points: ``openmm_cgml.load``, ``coarse_grained_system``, ``CGMLIntegrator`
 Each case is a real object or file (the 12-carbon chain of ``test_model_inputs``, a tiny exported
 model, a tiny fine trajectory); files passed in are unchanged after a refused call (SHA-256).
 """
+import argparse
 import hashlib
 import json
+import re
 
 import h5py
 import numpy as np
@@ -17,10 +19,11 @@ import pytest
 import torch
 
 from openmm_cgml import load
-from openmm_cgml.bond_graph import metis_beads
+from openmm_cgml.bond_graph import check_atoms_per_bead, check_n_beads, metis_beads
+from openmm_cgml.cli.options import mapping_options_from_args
 from openmm_cgml.evaluation.report import check_settings, evaluate
 from openmm_cgml.mapping import Mapping
-from openmm_cgml.model_file import export, export_model
+from openmm_cgml.model_file import check_output, export, export_model
 from openmm_cgml.openmm.bead_system import coarse_grained_system
 from openmm_cgml.openmm.integrator import CGMLIntegrator
 from openmm_cgml.structure import load_structure
@@ -351,12 +354,41 @@ def test_structure_folder_and_nan_pdb(model, tiny, tmp_path):
     ({"temperature": "warm"}, "temperature must be a number or a quantity in kelvin, got 'warm'"),
     ({"collision_distance": 1 * u.kelvin}, "collision_distance must be in units compatible with nanometer"),
     ({"collision_distance": float("inf")}, "collision_distance must be finite"),
+    ({"collision_distance": float("nan")}, "collision_distance must be finite, got nan"),
+    ({"collision_distance": -0.1}, r"collision_distance must be >= 0 nm \(0 disables the check\), got -0.1"),
+    ({"collision_distance": -1 * u.angstrom}, "collision_distance must be >= 0 nm .*got -1 A"),
+    ({"collision_distance": "near"}, "collision_distance must be a number or a quantity in nanometer, got 'near'"),
     ({"seed": -1}, r"seed must be in \[0, 2\*\*48\)"),
+    ({"seed": "x"}, "seed must be a whole number, got 'x'"),
+    ({"seed": 1.5}, "seed must be a whole number, got 1.5"),
+    ({"seed": True}, "seed must be a whole number, got True"),
+    ({"check_every": 0}, "check_every must be a whole number >= 1, got 0"),
+    ({"check_every": -3}, "check_every must be a whole number >= 1, got -3"),
+    ({"check_every": "x"}, "check_every must be a whole number, got 'x'"),
+    ({"check_every": 2.5}, "check_every must be a whole number, got 2.5"),
     ({"mapping": "mapping.json"}, "mapping must be an openmm_cgml.mapping.Mapping, got str"),
 ])
 def test_integrator_arguments(model, kwargs, match):
     with pytest.raises(ValueError, match=match):
         CGMLIntegrator(model, **kwargs)
+
+
+def test_integrator_whole_floats_and_other_length_units_are_accepted(model):
+    integrator = CGMLIntegrator(model, seed=2.0, check_every=4.0, collision_distance=2 * u.angstrom)
+    assert integrator.getSeed() == 2 and integrator._check_every == 4
+    assert integrator._collision == pytest.approx(0.2)
+    assert CGMLIntegrator(model, collision_distance=0)._collision == 0.0   # 0 disables the check
+
+
+@pytest.mark.parametrize("replicas, match", [
+    (True, "replicas must be a whole number, got True"), (np.False_, "replicas must be a whole number, got "),
+    (0, "replicas must be a whole number >= 1, got 0"), (-2, "replicas must be a whole number >= 1, got -2"),
+    (1.5, "replicas must be a whole number, got 1.5"), ("2", "replicas must be a whole number, got '2'"),
+    (float("nan"), "replicas must be a whole number, got nan"), (None, "replicas must be a whole number, got None"),
+])
+def test_replicas_refused(model, chain, replicas, match):
+    with pytest.raises(ValueError, match=match):
+        coarse_grained_system(model, *chain(), replicas=replicas)
 
 
 def test_integrator_and_system_need_a_model(tmp_path, chain):
@@ -385,6 +417,17 @@ def test_fine_trajectory_damaged(tiny, tmp_path, kind, match):
         path.write_bytes({"empty": b"", "text": b"frames: 3\n", "truncated": data[:512]}[kind])
     refused(lambda: FineTrajectory(path), match, path)
     refused(lambda: load_structure(path), match, path)
+
+
+@pytest.mark.parametrize("path, match", [
+    (lambda d: None, "a trajectory file path must be a str or os.PathLike, got NoneType"),
+    (lambda d: 3.5, "a trajectory file path must be a str or os.PathLike, got float"),
+    (lambda d: (d / "folder.h5").mkdir() or d / "folder.h5", "trajectory file .*folder.h5 is a folder"),
+    (lambda d: d, "trajectory file .* is a folder, not an HDF5 file"),
+])
+def test_fine_trajectory_path_that_is_no_file(tmp_path, path, match):
+    with pytest.raises(ValueError, match=match):
+        FineTrajectory(path(tmp_path))
 
 
 def test_fine_trajectory_missing_or_wrong_mode(tiny, tmp_path):
@@ -438,3 +481,37 @@ def test_evaluate_settings_in_other_units_are_converted():
     assert check_settings({"rollout_interval": 500 * u.femtosecond, "contact_cutoff": 8 * u.angstrom,
                            "collision_threshold": 0, "tica_lag": None}) == pytest.approx(
         {"rollout_interval": 0.5, "contact_cutoff": 0.8, "collision_threshold": 0.0})
+
+
+# ----------------------------------------------------------------------------- the CLI's checks are the library's
+
+@pytest.mark.parametrize("check, value, match", [
+    (check_atoms_per_bead, float("nan"), "{} must be a finite number >= 1, got nan"),
+    (check_atoms_per_bead, float("inf"), "{} must be a finite number >= 1, got inf"),
+    (check_atoms_per_bead, 0.0, "{} must be a finite number >= 1, got 0.0"),
+    (check_atoms_per_bead, -2.0, "{} must be a finite number >= 1, got -2.0"),
+    (check_n_beads, 0, "{} must be >= 1, got 0"),
+    (check_n_beads, -4, "{} must be >= 1, got -4"),
+])
+def test_cli_mapping_options_use_the_library_checks(check, value, match):
+    option, parameter = {check_atoms_per_bead: ("--atoms-per-bead", "atoms_per_bead"),
+                         check_n_beads: ("--n-beads", "n_beads")}[check]
+    with pytest.raises(ValueError, match=re.escape(match.format(parameter))):
+        check(value)
+    args = argparse.Namespace(mapping="metis", atoms_per_bead=None, n_beads=None, center="com", seed=0)
+    setattr(args, parameter, value)
+    with pytest.raises(ValueError, match=re.escape(match.format(option))):
+        mapping_options_from_args(args)
+
+
+@pytest.mark.parametrize("out, match", [
+    (lambda d: d, "{} .* is a folder; give the model file's name"),
+    (lambda d: d / "model.onnx", "{} .*model.onnx: the name must end in .safetensors"),
+    (lambda d: (d / "file").write_text("x") and d / "file" / "m.pt", "{} .*m.pt: .*file is a file, not a folder"),
+    (lambda d: d / "absent" / "m.pt", "{} .*m.pt: output directory .*absent does not exist"),
+    (lambda d: None, "{} must be a path"),
+])
+@pytest.mark.parametrize("name", ["model file", "--out"])
+def test_check_output_names_what_it_checks(tmp_path, out, match, name):
+    with pytest.raises((ValueError, FileNotFoundError), match=match.format(re.escape(name))):
+        check_output(out(tmp_path), **({} if name == "model file" else {"name": name}))

@@ -292,7 +292,7 @@ def test_hard_core_scripts_and_models_without_minima_keep_it_off(compressed_hist
     scripted = torch.jit.script(model)
     _, features, coarse, batch, box = inputs(model)
     history = compressed_history(model.k, torch.float32)
-    noise = torch.zeros(1, n_beads, 3)
+    noise = torch.zeros(model.noise_draws(False), n_beads, 3)   # one block per attempt of the truncated step
     with torch.no_grad():
         torch.testing.assert_close(scripted.step(history, features, coarse, batch, box, noise, False),
                                    model.step(history, features, coarse, batch, box, noise, False))
