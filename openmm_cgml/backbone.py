@@ -66,7 +66,7 @@ def backbone_rule(topology: app.Topology, masses, atom_types=None, extra=()):
         An ``extra`` that is not a list of ``"CB"``/``"O"``; an amino acid lacking N, CA, C (or an
         asked-for O, or CB other than in glycine), named with its residue; a topology without amino acids.
     """
-    from openmm_cgml.mapping import Mapping   # here, not above: mapping.py imports this module
+    from openmm_cgml.mapping import Mapping  # here, not above: mapping.py imports this module
 
     extra = _checked_extra(extra)
     n_atoms = structure.topology_atoms(topology)
@@ -100,18 +100,18 @@ def backbone_beads(topology: app.Topology, bonds: np.ndarray, extra=()) -> tuple
     ranks = [rank for _, _, rank in centres]
     owner = _nearest_source(adjacency(n_atoms, bonds), atoms[np.lexsort((atoms, ranks))])
     molecule = molecules(n_atoms, bonds)
-    keys, names, centers = list(atoms), [name for _, name, _ in centres], list(atoms)
+    first_atom = np.unique(molecule, return_index=True)[1]
+    alone = owner < 0   # atoms of molecules no backbone bead reaches: one bead per molecule, keyed by its first atom
+    owner[alone] = first_atom[molecule[alone]]
     residue_of = [atom.residue for atom in topology.atoms()]
-    for m in np.unique(molecule[owner < 0]):   # molecules no backbone bead reaches: one bead each
-        first = int(np.flatnonzero(molecule == m)[0])
-        owner[molecule == m] = first
-        keys.append(first)
-        names.append(f"{residue_of[first].name}{residue_of[first].index + 1}")
-        centers.append(-1)
+    solo = np.unique(owner[alone]).tolist()
+    keys = np.concatenate([atoms, np.asarray(solo, dtype=np.int64)])
+    names = [name for _, name, _ in centres] + [f"{residue_of[a].name}{residue_of[a].index + 1}" for a in solo]
+    centers = atoms.tolist() + [-1] * len(solo)
     order = np.argsort(keys, kind="stable")
-    number = np.empty(int(max(keys)) + 1, dtype=np.int64)
-    number[np.asarray(keys)[order]] = np.arange(len(order))
-    return number[owner], [names[i] for i in order], [int(centers[i]) for i in order]
+    number = np.empty(n_atoms, dtype=np.int64)
+    number[keys[order]] = np.arange(len(order))
+    return number[owner], [names[i] for i in order], [centers[i] for i in order]
 
 
 def _checked_extra(extra) -> tuple[str, ...]:
@@ -131,7 +131,7 @@ def _residue_label(residue: app.Residue) -> str:
 
 def _centre_atoms(topology: app.Topology, extra: tuple[str, ...]) -> list[tuple[int, str, int]]:
     """``(atom index, bead name, tie-break rank)`` of every centred bead, amino acids and cap atoms."""
-    centres, backbone = [], set()
+    centres, backbone = [], {}   # backbone N and C atom -> the role of a cap atom bonded to it
     for residue in topology.residues():
         if residue.name not in AMINO_ACIDS:
             continue
@@ -145,7 +145,7 @@ def _centre_atoms(topology: app.Topology, extra: tuple[str, ...]) -> list[tuple[
                              "mapping")
         for name in (*_BACKBONE, *wanted):
             centres.append((by_name[name], f"{name}{residue.index + 1}", _ROLE_RANK[name]))
-        backbone.update({by_name["N"]: "C", by_name["C"]: "N"}.items())
+        backbone[by_name["N"]], backbone[by_name["C"]] = "C", "N"
     if not centres:
         names = sorted({residue.name for residue in topology.residues()})
         raise ValueError("backbone mapping: the topology has no amino-acid residue (it has "
@@ -154,7 +154,7 @@ def _centre_atoms(topology: app.Topology, extra: tuple[str, ...]) -> list[tuple[
     caps = {}
     for bond in topology.bonds():   # a non-amino-acid heavy atom bonded to an N or C: C(i-1) or N(i+1)
         for this, other in ((bond[0], bond[1]), (bond[1], bond[0])):
-            role = dict(backbone).get(this.index) if this.residue is not other.residue else None
+            role = backbone.get(this.index) if this.residue is not other.residue else None
             if role and other.residue.name not in AMINO_ACIDS and not _is_hydrogen(other):
                 caps[other.index] = (other.index, f"{other.name}{other.residue.index + 1}", _ROLE_RANK[role])
     return centres + list(caps.values())

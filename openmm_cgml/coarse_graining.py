@@ -65,7 +65,7 @@ def coarse_grain(data, out, *, mapping: str = "metis", atoms_per_bead: float | N
         written under a temporary name and renamed at the end, so a failure never damages
         an existing file.
     mapping : str
-        ``"metis"``, ``"residue"`` or a mapping file (JSON/YAML).
+        ``"metis"``, ``"residue"``, ``"backbone"`` or a mapping file (JSON/YAML).
     atoms_per_bead, n_beads : float or int, optional
         METIS resolution (default 4 atoms per bead).
     center : str

@@ -7,6 +7,7 @@ finds potentials): ``Mapping.build(name, topology, masses, **params)``. Built in
   connected beads of about ``atoms_per_bead`` atoms, single-atom ions their own bead
   (the preprocessing of Fu et al., TMLR 2023);
 * ``"residue"`` (:meth:`Mapping.by_residue`): one bead per residue, at its centre of mass or alpha carbon;
+* ``"backbone"`` (:mod:`openmm_cgml.backbone`): beads on N, CA, C (and CB, O) of amino acids, exact phi/psi;
 * ``"file"`` (:meth:`Mapping.from_file`): a user mapping (JSON or YAML, ``docs/coarse_graining.md``);
   a name that is no rule is taken to be such a file.
 
@@ -35,6 +36,7 @@ import openmm.unit as u
 import scipy.sparse as sp
 
 from openmm_cgml import structure
+from openmm_cgml.backbone import backbone_rule
 from openmm_cgml.bond_graph import (
     bead_molecules,
     bond_difference,
@@ -410,7 +412,8 @@ def _file_rule(topology, masses, atom_types=None, *, path, **_ignored) -> Mappin
     return Mapping.from_file(path, topology, masses, atom_types=atom_types)
 
 
-_RULES: dict[str, MappingRule] = {"metis": _metis_rule, "residue": _residue_rule, "file": _file_rule}
+_RULES: dict[str, MappingRule] = {"metis": _metis_rule, "residue": _residue_rule, "file": _file_rule,
+                                  "backbone": backbone_rule}
 
 
 def register_mapping_rule(name: str, rule: MappingRule) -> None:

@@ -14,8 +14,9 @@ __all__ = ["add_mapping_arguments", "mapping_options_from_args", "add_param_argu
 def add_mapping_arguments(parser: argparse.ArgumentParser) -> None:
     """The mapping options shared by ``cgml map-image``, ``cgml coarse-grain`` and ``cgml evaluate``."""
     parser.add_argument("--mapping", default="metis",
-                        help="metis (graph partitioning), residue (one bead per residue) or a mapping file "
-                             "(JSON/YAML, see docs/coarse_graining.md); default metis")
+                        help="metis (graph partitioning), residue (one bead per residue), backbone (beads on "
+                             "N, CA, C of amino acids: exact phi/psi) or a mapping file (JSON/YAML, see "
+                             "docs/coarse_graining.md); default metis")
     parser.add_argument("--atoms-per-bead", type=float, default=None,
                         help="METIS resolution: atoms per bead (default 4 unless --n-beads is given)")
     parser.add_argument("--n-beads", type=int, default=None, help="METIS resolution: total number of beads")

@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 # Mapping rules that depend only on the molecule (plus a stored seed), so they can be re-made for a new one.
-_REMAKEABLE = ("metis", "residue")
+_REMAKEABLE = ("metis", "residue", "backbone")
 
 
 def as_model(model):
