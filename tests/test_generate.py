@@ -1,10 +1,8 @@
 """Reference MD generation: the documented HDF5 layout, resume after a kill, reproducibility, errors."""
 import os
 import random
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import h5py
@@ -206,21 +204,7 @@ def _generate_argv(out):
             "-p", "length=10", "--no-progress", "--platform", "CPU"]
 
 
-def _kill_when_written(argv, path, seconds, env):
-    """Start ``argv``; SIGKILL it ``seconds`` after ``path`` first appears; its exit status."""
-    process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while process.poll() is None and not path.exists() and time.monotonic() < deadline:
-        time.sleep(0.005)
-    try:
-        process.wait(timeout=seconds)
-    except subprocess.TimeoutExpired:
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait()
-    return process.returncode
-
-
-def test_sigkill_at_random_moments_then_rerun_loses_and_repeats_nothing(tmp_path):
+def test_sigkill_at_random_moments_then_rerun_loses_and_repeats_nothing(tmp_path, kill_after):
     """Killed while writing HDF5 (SIGKILL: no clean-up runs), the file reopens and the rerun completes it."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     subprocess.run(_generate_argv(tmp_path / "straight"), env=env, check=True, capture_output=True, timeout=300)
@@ -229,7 +213,7 @@ def test_sigkill_at_random_moments_then_rerun_loses_and_repeats_nothing(tmp_path
     rng = random.Random(12)
     codes = []
     for _ in range(4):  # seeded moments: right after the file appears, mid-run, later
-        codes.append(_kill_when_written(_generate_argv(killed), path, rng.uniform(0.0, 0.6), env))
+        codes.append(kill_after(_generate_argv(killed), path, rng.uniform(0.0, 0.6), env, until="exists"))
         if codes[-1] == 0:
             break
         with h5py.File(path, "r") as handle:  # opens after every kill (the v110 "open for write" flag is gone)

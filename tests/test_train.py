@@ -2,10 +2,8 @@
 import csv
 import os
 import random
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -248,24 +246,7 @@ def test_trained_rollout_is_stable_for_10000_steps(system, tmp_path):
     assert results[True, True][2] == pytest.approx(1.0, abs=0.2)
 
 
-def _kill_after_first_checkpoint(argv, last, seconds, env):
-    """Start ``argv``; SIGKILL it ``seconds`` after ``last`` is (re)written; its exit status."""
-    before = last.stat().st_mtime_ns if last.exists() else None
-    process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while process.poll() is None and time.monotonic() < deadline:
-        if last.exists() and last.stat().st_mtime_ns != before:
-            break
-        time.sleep(0.01)
-    try:
-        process.wait(timeout=seconds)
-    except subprocess.TimeoutExpired:
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait()
-    return process.returncode
-
-
-def test_sigkill_during_training_then_resume_completes(dataset, tmp_path):
+def test_sigkill_during_training_then_resume_completes(dataset, tmp_path, kill_after):
     """Killed at seeded moments (SIGKILL, also mid-checkpoint), `cgml train` resumes to the end: every
     checkpoint loads, the merged log has each step once, and the result exports."""
     from openmm_cgml.train import _read_metrics
@@ -277,7 +258,8 @@ def test_sigkill_during_training_then_resume_completes(dataset, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     rng = random.Random(3)
-    codes = [_kill_after_first_checkpoint(argv, last, rng.uniform(0.0, 1.5), env) for _ in range(3)]
+    # each SIGKILL comes a moment after ``last`` is (re)written
+    codes = [kill_after(argv, last, rng.uniform(0.0, 1.5), env, until="rewritten", deadline=120) for _ in range(3)]
     assert any(code != 0 for code in codes), "no run was killed"
     result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr

@@ -7,14 +7,18 @@ and asserts, with :func:`fails`:
 - exactly one line ``cgml <command>: error: ...`` on stderr, naming the file,
   field or value (``names``), and no traceback;
 - the files in ``keep`` unchanged, byte for byte (SHA-256 before and after).
+
+Fixtures besides ``fails``: ``pipeline`` (the tiny real files of the whole data path), ``damaged``
+(damaged copies of a file), ``locked_folder`` (a read-only folder) and ``set_option`` (edit an argv);
+``chain`` and ``tiny_propagator`` come from ``tests/conftest.py``.
 """
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 from pathlib import Path
 
-import numpy as np
-import openmm.app as app
 import pytest
 
 from openmm_cgml.cli import main
@@ -92,17 +96,54 @@ def pipeline(tmp_path_factory):
             "run": root / "run", "model": model, "rollout": rollout, "report": report}
 
 
-def _chain(n_atoms=12, element=app.element.carbon):
-    """``(topology, positions nm)``: a linear chain of ``n_atoms`` atoms of ``element``, 0.125 nm apart in x."""
-    topology = app.Topology()
-    residue = topology.addResidue("CHN", topology.addChain())
-    atoms = [topology.addAtom(f"C{i}", element, residue) for i in range(n_atoms)]
-    for a, b in zip(atoms[:-1], atoms[1:]):
-        topology.addBond(a, b)
-    return topology, np.array([[0.125 * i, 0.08 * (i % 2), 0.0] for i in range(n_atoms)])
+def _damaged(source, path, kind, recipes=None):
+    """Write ``path`` as a damaged copy of the file ``source``; ``path``.
+
+    ``kind``: ``"missing"`` (nothing written), ``"empty"``, ``"truncated"`` (the first half of the
+    bytes), ``"corrupted"`` (64 bytes after the first 8 set to 0xff), or a key of ``recipes``:
+    ``{kind: recipe(bytes of source) -> bytes or str}`` (which may also redefine the ones above).
+    Any other kind is a mistake in the test.
+    """
+    recipes = {"empty": lambda data: b"", "truncated": lambda data: data[: len(data) // 2],
+               "corrupted": lambda data: data[:8] + b"\xff" * 64 + data[72:], **(recipes or {})}
+    if kind != "missing":
+        content = recipes[kind](Path(source).read_bytes())
+        path.write_bytes(content.encode() if isinstance(content, str) else content)
+    return path
 
 
 @pytest.fixture(scope="session")
-def chain():
-    """``chain(n_atoms=12, element=carbon) -> (topology, positions)``: the tiny molecule of the model cases."""
-    return _chain
+def damaged():
+    """``damaged(source, path, kind, recipes=None) -> path``: a missing, empty, truncated, corrupted or ``recipes``
+    copy of ``source``."""
+    return _damaged
+
+
+@pytest.fixture
+def locked_folder(tmp_path):
+    """``tmp_path / "locked"``: a folder nobody may write into (skips as root), made writable again afterwards."""
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    yield locked
+    locked.chmod(0o700)
+    shutil.rmtree(locked, ignore_errors=True)
+
+
+def _set_option(argv, option, value=None):
+    """Set ``option`` to ``value`` in ``argv`` in place (replaced, or appended); ``value=None``: drop it."""
+    if value is None:
+        del argv[argv.index(option):argv.index(option) + 2]
+    elif option in argv:
+        argv[argv.index(option) + 1] = str(value)
+    else:
+        argv += [option, str(value)]
+    return argv
+
+
+@pytest.fixture(scope="session")
+def set_option():
+    """``set_option(argv, option, value=None) -> argv``: ``option value`` replaced or appended; ``None`` drops it."""
+    return _set_option

@@ -1,6 +1,5 @@
 """Bad input to ``cgml coarse-grain``: one ``cgml coarse-grain: error:`` line naming the problem, nothing lost."""
 import json
-import os
 import shutil
 
 import h5py
@@ -13,29 +12,23 @@ def coarse_grain(pipeline, out, *extra, data=None):
             "--lag", "1", *map(str, extra)]
 
 
-def damaged_h5(pipeline, tmp_path, kind):
+def damaged_h5(pipeline, tmp_path, damaged, kind):
     """A fine trajectory file: missing, empty, truncated, header corrupted, text, or another HDF5 file."""
-    data = pipeline["fine"][0].read_bytes()
     path = tmp_path / f"{kind}.h5"
-    if kind == "empty":
-        path.write_bytes(b"")
-    elif kind == "truncated":
-        path.write_bytes(data[: len(data) // 2])
-    elif kind == "header":
-        path.write_bytes(b"\x00" * 64 + data[64:])
-    elif kind == "text":
-        path.write_text("frames: 16\n")
-    elif kind == "coarse":  # a coarse dataset is HDF5 too, but no fine trajectory
+    if kind == "coarse":  # a coarse dataset is HDF5 too, but no fine trajectory
         shutil.copy(pipeline["coarse"], path)
     elif kind == "plain-hdf5":
         with h5py.File(path, "w") as handle:
             handle["x"] = np.zeros(3)
+    else:
+        damaged(pipeline["fine"][0], path, kind, {"header": lambda data: b"\x00" * 64 + data[64:],
+                                                  "text": lambda data: "frames: 16\n"})
     return path
 
 
 @pytest.mark.parametrize("kind", ["missing", "empty", "truncated", "header", "text", "coarse", "plain-hdf5"])
-def test_bad_fine_trajectory(pipeline, tmp_path, fails, kind):
-    bad = damaged_h5(pipeline, tmp_path, kind)
+def test_bad_fine_trajectory(pipeline, tmp_path, fails, damaged, kind):
+    bad = damaged_h5(pipeline, tmp_path, damaged, kind)
     existing = tmp_path / "out.h5"
     shutil.copy(pipeline["coarse"], existing)
     fails(coarse_grain(pipeline, existing, "--overwrite", data=[pipeline["fine"][0], bad]), names=[bad.name],
@@ -80,22 +73,17 @@ def test_bad_fine_content(pipeline, tmp_path, fails, edit, names):
     ("--atoms-per-bead", "nan", "--atoms-per-bead"), ("--atoms-per-bead", "inf", "--atoms-per-bead"),
     ("--n-beads", 0, "--n-beads"), ("--n-beads", -4, "--n-beads"), ("--n-beads", 100, "n_beads"),
 ])
-def test_bad_number(pipeline, tmp_path, fails, option, value, name):
+def test_bad_number(pipeline, tmp_path, fails, set_option, option, value, name):
     argv = coarse_grain(pipeline, tmp_path / "out.h5")
     if option == "--n-beads":
-        del argv[argv.index("--atoms-per-bead"):argv.index("--atoms-per-bead") + 2]
-    if option in argv:
-        argv[argv.index(option) + 1] = str(value)
-    else:
-        argv += [option, str(value)]
-    fails(argv, names=[name, str(value)])
+        set_option(argv, "--atoms-per-bead")
+    fails(set_option(argv, option, value), names=[name, str(value)])
     assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("steps", ["0", "30", "-50", "75"])
-def test_model_steps_not_a_multiple_of_the_stride(pipeline, tmp_path, fails, steps):
-    argv = coarse_grain(pipeline, tmp_path / "out.h5")
-    del argv[argv.index("--lag"):argv.index("--lag") + 2]
+def test_model_steps_not_a_multiple_of_the_stride(pipeline, tmp_path, fails, set_option, steps):
+    argv = set_option(coarse_grain(pipeline, tmp_path / "out.h5"), "--lag")
     fails(argv + ["--model-steps", steps], names=["model_steps", steps, "stride"])
     assert not list(tmp_path.iterdir())
 
@@ -181,15 +169,8 @@ def test_output_folder_is_a_file(pipeline, tmp_path, fails):
           keep=[tmp_path / "folder"])
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
-def test_unwritable_output_folder(pipeline, tmp_path, fails):
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(0o500)
-    try:
-        fails(coarse_grain(pipeline, locked / "out.h5"), names=[str(locked)])
-    finally:
-        locked.chmod(0o700)
+def test_unwritable_output_folder(pipeline, fails, locked_folder):
+    fails(coarse_grain(pipeline, locked_folder / "out.h5"), names=[str(locked_folder)])
 
 
 @pytest.mark.parametrize("where", ["val", "test"])

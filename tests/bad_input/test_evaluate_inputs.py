@@ -2,7 +2,6 @@
 
 A torn or truncated rollout DCD (a killed run, a partial copy) is an error, not numbers from part of it.
 """
-import os
 import shutil
 
 import h5py
@@ -92,18 +91,9 @@ def test_bad_rollout_topology(pipeline, tmp_path, fails, kind):
     assert not (tmp_path / "report").exists()
 
 
-def damaged_reference(pipeline, tmp_path, kind):
-    data = pipeline["fine"][0].read_bytes()
+def damaged_reference(pipeline, tmp_path, damaged, kind):
     path = tmp_path / f"{kind}.h5"
-    if kind == "empty":
-        path.write_bytes(b"")
-    elif kind == "truncated":
-        path.write_bytes(data[: len(data) // 2])
-    elif kind == "header":
-        path.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\xff" * 56 + data[64:])
-    elif kind == "text":
-        path.write_text("not a trajectory\n")
-    elif kind in ("nan", "one-frame"):
+    if kind in ("nan", "one-frame"):
         shutil.copy(pipeline["fine"][0], path)
         with h5py.File(path, "r+") as handle:
             if kind == "nan":
@@ -117,12 +107,16 @@ def damaged_reference(pipeline, tmp_path, kind):
 
         path = generate("polymer-chain", tmp_path / "other", frames=3, stride=10, params={"length": 5},
                         platform="Reference", progress=False, equilibration_steps=0)[0]
+    else:
+        damaged(pipeline["fine"][0], path, kind, {
+            "header": lambda data: b"\x89HDF\r\n\x1a\n" + b"\xff" * 56 + data[64:],
+            "text": lambda data: "not a trajectory\n"})
     return path
 
 
 @pytest.mark.parametrize("kind", ["missing", "empty", "truncated", "header", "text", "nan", "other-molecule"])
-def test_bad_reference(pipeline, tmp_path, fails, kind):
-    reference = damaged_reference(pipeline, tmp_path, kind)
+def test_bad_reference(pipeline, tmp_path, fails, damaged, kind):
+    reference = damaged_reference(pipeline, tmp_path, damaged, kind)
     report = tmp_path / "report"
     shutil.copytree(pipeline["report"], report)
     fails(evaluate(pipeline, report, "--overwrite", reference=reference), names=[reference.name], keep=[report])
@@ -177,12 +171,5 @@ def test_report_folder_is_a_file(pipeline, tmp_path, fails):
     fails(evaluate(pipeline, report), names=["report", "not a folder"], keep=[report])
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
-def test_unwritable_report_folder(pipeline, tmp_path, fails):
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(0o500)
-    try:
-        fails(evaluate(pipeline, locked / "report"), names=[str(locked)])
-    finally:
-        locked.chmod(0o700)
+def test_unwritable_report_folder(pipeline, fails, locked_folder):
+    fails(evaluate(pipeline, locked_folder / "report"), names=[str(locked_folder)])

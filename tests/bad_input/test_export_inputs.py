@@ -1,6 +1,5 @@
 """Bad input to ``cgml export``: one ``cgml export: error:`` line naming the problem, exit 2, nothing lost."""
 import json
-import os
 import shutil
 
 import pytest
@@ -11,36 +10,31 @@ def export(source, out, *extra):
     return ["export", str(source), "--out", str(out), *map(str, extra)]
 
 
-def damaged_checkpoint(pipeline, tmp_path, kind):
+def damaged_checkpoint(pipeline, tmp_path, damaged, kind):
     """A checkpoint file: missing, empty, truncated, corrupted, foreign, or a torch file that is no training run."""
-    data = (pipeline["run"] / "checkpoints" / "best.ckpt").read_bytes()
+    best = pipeline["run"] / "checkpoints" / "best.ckpt"
     path = tmp_path / f"{kind}.ckpt"
-    if kind == "empty":
-        path.write_bytes(b"")
-    elif kind == "truncated":
-        path.write_bytes(data[: len(data) // 2])
-    elif kind == "corrupted":
-        path.write_bytes(data[:16] + b"\xff" * 256 + data[272:])
-    elif kind == "foreign":
-        path.write_text("epoch: 3\n")
-    elif kind == "plain-torch":
+    if kind == "plain-torch":
         torch.save({"weights": torch.zeros(3)}, path)
     elif kind == "no-model-init":
-        state = torch.load(pipeline["run"] / "checkpoints" / "best.ckpt", weights_only=True)
+        state = torch.load(best, weights_only=True)
         state["hyper_parameters"].pop("model_init")
         torch.save(state, path)
     elif kind == "wrong-weights":
-        state = torch.load(pipeline["run"] / "checkpoints" / "best.ckpt", weights_only=True)
+        state = torch.load(best, weights_only=True)
         name = next(key for key in state["state_dict"] if key.startswith("model."))
         state["state_dict"][name] = torch.zeros(7, 5)
         torch.save(state, path)
+    else:
+        damaged(best, path, kind, {"corrupted": lambda data: data[:16] + b"\xff" * 256 + data[272:],
+                                   "foreign": lambda data: "epoch: 3\n"})
     return path
 
 
 @pytest.mark.parametrize("kind", ["missing", "empty", "truncated", "corrupted", "foreign", "plain-torch",
                                   "no-model-init", "wrong-weights"])
-def test_bad_checkpoint(pipeline, tmp_path, fails, kind):
-    source = damaged_checkpoint(pipeline, tmp_path, kind)
+def test_bad_checkpoint(pipeline, tmp_path, fails, damaged, kind):
+    source = damaged_checkpoint(pipeline, tmp_path, damaged, kind)
     fails(export(source, tmp_path / "model.safetensors"), names=[source.name])
     assert not (tmp_path / "model.safetensors").exists()
 
@@ -60,19 +54,10 @@ def test_run_folder_with_a_damaged_best_checkpoint(pipeline, tmp_path, fails):
     assert not (tmp_path / "model.safetensors").exists()
 
 
-def damaged_model(pipeline, tmp_path, kind):
+def damaged_model(pipeline, tmp_path, damaged, kind):
     """A model file to convert: missing, empty, truncated, corrupted, foreign, or edited after export."""
-    data = pipeline["model"].read_bytes()
     path = tmp_path / f"{kind}.safetensors"
-    if kind == "empty":
-        path.write_bytes(b"")
-    elif kind == "truncated":
-        path.write_bytes(data[: len(data) // 2])
-    elif kind == "corrupted":
-        path.write_bytes(data[:8] + b"\xff" * 64 + data[72:])
-    elif kind == "foreign":
-        path.write_text("not a model\n")
-    elif kind in ("edited-mapping", "edited-k", "nan-weights"):
+    if kind in ("edited-mapping", "edited-k", "nan-weights"):
         from safetensors import safe_open
         from safetensors.torch import save_file
 
@@ -90,13 +75,15 @@ def damaged_model(pipeline, tmp_path, kind):
             name = next(name for name, tensor in tensors.items() if tensor.is_floating_point())
             tensors[name] = tensors[name].clone().fill_(float("nan"))
         save_file(tensors, str(path), metadata={"openmm_cgml": json.dumps(metadata, sort_keys=True)})
+    else:
+        damaged(pipeline["model"], path, kind, {"foreign": lambda data: "not a model\n"})
     return path
 
 
 @pytest.mark.parametrize("kind", ["missing", "empty", "truncated", "corrupted", "foreign", "edited-mapping",
                                   "edited-k", "nan-weights"])
-def test_bad_model_file(pipeline, tmp_path, fails, kind):
-    source = damaged_model(pipeline, tmp_path, kind)
+def test_bad_model_file(pipeline, tmp_path, fails, damaged, kind):
+    source = damaged_model(pipeline, tmp_path, damaged, kind)
     fails(export(source, tmp_path / "model.pt"), names=[source.name])
     assert not (tmp_path / "model.pt").exists()
 
@@ -153,12 +140,5 @@ def test_output_folder_missing_or_a_file(pipeline, tmp_path, fails, where):
     assert not (folder.exists() and folder.is_dir())
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
-def test_unwritable_output_folder(pipeline, tmp_path, fails):
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(0o500)
-    try:
-        fails(export(pipeline["run"], locked / "model.safetensors"), names=[str(locked)])
-    finally:
-        locked.chmod(0o700)
+def test_unwritable_output_folder(pipeline, fails, locked_folder):
+    fails(export(pipeline["run"], locked_folder / "model.safetensors"), names=[str(locked_folder)])

@@ -21,20 +21,10 @@ def drawn(pipeline, tmp_path_factory):
     return folder
 
 
-def structure(pipeline, tmp_path, kind):
+def structure(pipeline, tmp_path, damaged, kind):
     path = tmp_path / f"{kind}.pdb"
-    text = pipeline["pdb"].read_text()
-    if kind == "empty":
-        path.write_text("")
-    elif kind == "truncated":
-        lines = text.splitlines(True)
-        path.write_text(lines[0] + lines[1][:40])   # cut inside the first atom record
-    elif kind == "garbage":
-        path.write_text("ATOM      1  P   POL A   1    garbage\n")
-    elif kind == "binary":
-        path.write_bytes(os.urandom(512))
-    elif kind in ("nan", "inf"):
-        lines = text.splitlines(True)
+    if kind in ("nan", "inf"):
+        lines = pipeline["pdb"].read_text().splitlines(True)
         atom = next(i for i, line in enumerate(lines) if line.startswith(("ATOM", "HETATM")))
         lines[atom] = lines[atom][:38] + f"{' ' + kind:>8}" + lines[atom][46:]
         path.write_text("".join(lines))
@@ -55,13 +45,18 @@ def structure(pipeline, tmp_path, kind):
                 handle["coordinates"][...] = coordinates
     elif kind == "unknown-system":
         path = tmp_path / "no-such-system"
+    else:
+        damaged(pipeline["pdb"], path, kind, {
+            "truncated": lambda data: data.splitlines(True)[0] + data.splitlines(True)[1][:40],  # inside atom 1
+            "garbage": lambda data: "ATOM      1  P   POL A   1    garbage\n",
+            "binary": lambda data: os.urandom(512)})
     return path
 
 
 @pytest.mark.parametrize("kind", ["missing", "empty", "truncated", "garbage", "binary", "nan", "inf", "folder",
                                   "fine-nan", "fine-truncated", "fine-empty", "unknown-system"])
-def test_bad_structure(pipeline, tmp_path, fails, drawn, kind):
-    path = structure(pipeline, tmp_path, kind)
+def test_bad_structure(pipeline, tmp_path, fails, drawn, damaged, kind):
+    path = structure(pipeline, tmp_path, damaged, kind)
     fails(map_image(path, drawn / "map.png", "--overwrite", "--save-mapping", drawn / "map.json"), names=[path.name],
           keep=[drawn])
 
@@ -70,21 +65,16 @@ def test_bad_structure(pipeline, tmp_path, fails, drawn, kind):
     ("--atoms-per-bead", 0), ("--atoms-per-bead", -1), ("--atoms-per-bead", "nan"), ("--atoms-per-bead", "inf"),
     ("--n-beads", 0), ("--n-beads", -2),
 ])
-def test_bad_resolution(pipeline, tmp_path, fails, option, value):
+def test_bad_resolution(pipeline, tmp_path, fails, set_option, option, value):
     argv = map_image(pipeline["pdb"], tmp_path / "map.png")
     if option == "--n-beads":
-        del argv[argv.index("--atoms-per-bead"):argv.index("--atoms-per-bead") + 2]
-    if option in argv:
-        argv[argv.index(option) + 1] = str(value)
-    else:
-        argv += [option, str(value)]
-    fails(argv, names=[option, str(value)])
+        set_option(argv, "--atoms-per-bead")
+    fails(set_option(argv, option, value), names=[option, str(value)])
     assert not list(tmp_path.iterdir())
 
 
-def test_more_beads_than_atoms(pipeline, tmp_path, fails):
-    argv = map_image(pipeline["pdb"], tmp_path / "map.png")
-    del argv[argv.index("--atoms-per-bead"):argv.index("--atoms-per-bead") + 2]
+def test_more_beads_than_atoms(pipeline, tmp_path, fails, set_option):
+    argv = set_option(map_image(pipeline["pdb"], tmp_path / "map.png"), "--atoms-per-bead")
     fails(argv + ["--n-beads", "50"], names=["n_beads", "50"])
     assert not list(tmp_path.iterdir())
 
@@ -133,12 +123,5 @@ def test_out_is_not_a_png(pipeline, tmp_path, fails, name):
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
-def test_unwritable_out_folder(pipeline, tmp_path, fails):
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(0o500)
-    try:
-        fails(map_image(pipeline["pdb"], locked / "map.png"), names=[str(locked)])
-    finally:
-        locked.chmod(0o700)
+def test_unwritable_out_folder(pipeline, fails, locked_folder):
+    fails(map_image(pipeline["pdb"], locked_folder / "map.png"), names=[str(locked_folder)])

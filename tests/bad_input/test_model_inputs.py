@@ -4,7 +4,6 @@ import openmm
 import openmm.app as app
 import openmm.unit as u
 import pytest
-import torch
 
 from openmm_cgml import load
 from openmm_cgml.mapping import Mapping
@@ -13,21 +12,15 @@ from openmm_cgml.openmm.integrator import CGMLIntegrator
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory, chain):
+def exported(tmp_path_factory, chain, tiny_propagator):
     """``(safetensors path, TorchScript path)`` of a real tiny model for the 12-atom chain."""
-    from openmm_cgml.model.propagator import CGPropagator, PropagatorConfig
     from openmm_cgml.model_file import export_model
 
     folder = tmp_path_factory.mktemp("bad_model")
     topology, _ = chain()
     masses = np.array([a.element.mass.value_in_unit(u.dalton) for a in topology.atoms()])
     mapping = Mapping.metis(topology, masses, atoms_per_bead=3)
-    config = PropagatorConfig(k=3, embed_hidden=8, embed_layers=1, hidden=8, n_layers=1, score_hidden=8,
-                              score_layers=1)
-    torch.manual_seed(0)
-    module = CGPropagator.from_mapping(mapping, config, model_dt_ps=2.0, md_steps_per_model_step=1000,
-                                       md_timestep_ps=0.002, temperature_K=300.0, accel_std_nm=1e-3,
-                                       velocity_std_nm=1e-2)
+    module = tiny_propagator(mapping)
     return (export_model(module, folder / "model.safetensors", {"mapping": mapping}),
             export_model(module, folder / "model.pt", {"mapping": mapping}))
 

@@ -16,7 +16,6 @@ import numpy as np
 import openmm.app as app
 import openmm.unit as u
 import pytest
-import torch
 
 from openmm_cgml import load
 from openmm_cgml.bond_graph import check_atoms_per_bead, check_n_beads, metis_beads
@@ -52,19 +51,12 @@ def molecule(chain):
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory, molecule):
+def tiny(tmp_path_factory, molecule, tiny_propagator):
     """``{"module": CGPropagator, "mapping": Mapping, "path": .safetensors, "fine": .h5, "pdb": .pdb}``."""
-    from openmm_cgml.model.propagator import CGPropagator, PropagatorConfig
-
     folder = tmp_path_factory.mktemp("python_api")
     topology, positions = molecule
     mapping = Mapping.metis(topology, MASSES, atoms_per_bead=3)
-    config = PropagatorConfig(k=3, embed_hidden=8, embed_layers=1, hidden=8, n_layers=1, score_hidden=8,
-                              score_layers=1)
-    torch.manual_seed(0)
-    module = CGPropagator.from_mapping(mapping, config, model_dt_ps=2.0, md_steps_per_model_step=1000,
-                                       md_timestep_ps=0.002, temperature_K=300.0, accel_std_nm=1e-3,
-                                       velocity_std_nm=1e-2)
+    module = tiny_propagator(mapping)
     pdb = folder / "chain.pdb"
     with open(pdb, "w") as handle:
         app.PDBFile.writeFile(topology, positions * u.nanometer, handle)

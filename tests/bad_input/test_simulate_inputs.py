@@ -6,18 +6,8 @@ import numpy as np
 import openmm.app as app
 import openmm.unit as u
 import pytest
-import torch
 
 from openmm_cgml.mapping import Mapping
-
-
-def chain(n_atoms=12, element=app.element.carbon):
-    topology = app.Topology()
-    residue = topology.addResidue("CHN", topology.addChain())
-    atoms = [topology.addAtom(f"C{i}", element, residue) for i in range(n_atoms)]
-    for a, b in zip(atoms[:-1], atoms[1:]):
-        topology.addBond(a, b)
-    return topology, np.array([[0.125 * i, 0.08 * (i % 2), 0.0] for i in range(n_atoms)])
 
 
 def write_pdb(path, topology, positions):
@@ -27,22 +17,16 @@ def write_pdb(path, topology, positions):
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(tmp_path_factory, chain, tiny_propagator):
     """A real exported tiny model, its TorchScript twin, a start PDB and a finished run to protect."""
     from openmm_cgml.cli import main
-    from openmm_cgml.model.propagator import CGPropagator, PropagatorConfig
     from openmm_cgml.model_file import export_model
 
     folder = tmp_path_factory.mktemp("bad_simulate")
     topology, positions = chain()
     masses = np.array([a.element.mass.value_in_unit(u.dalton) for a in topology.atoms()])
     mapping = Mapping.metis(topology, masses, atoms_per_bead=3)
-    config = PropagatorConfig(k=3, embed_hidden=8, embed_layers=1, hidden=8, n_layers=1, score_hidden=8,
-                              score_layers=1)
-    torch.manual_seed(0)
-    module = CGPropagator.from_mapping(mapping, config, model_dt_ps=2.0, md_steps_per_model_step=1000,
-                                       md_timestep_ps=0.002, temperature_K=300.0, accel_std_nm=1e-3,
-                                       velocity_std_nm=1e-2)
+    module = tiny_propagator(mapping)
     model = export_model(module, folder / "model.safetensors", {"mapping": mapping})
     script = export_model(module, folder / "model.pt", {"mapping": mapping})
     pdb = write_pdb(folder / "start.pdb", topology, positions)
@@ -60,26 +44,12 @@ def simulate(files, out, *extra, model=None, pdb=None, steps=4):
             "--out", str(out), "--report-interval", "2", "--platform", "CPU", *map(str, extra)]
 
 
-def damaged(files, tmp_path, kind):
-    """A model file: missing, empty, truncated, corrupted (bytes flipped) or foreign."""
-    data = files["model"].read_bytes()
-    path = tmp_path / f"{kind}.safetensors"
-    if kind == "empty":
-        path.write_bytes(b"")
-    elif kind == "truncated":
-        path.write_bytes(data[: len(data) // 2])
-    elif kind == "corrupted":
-        path.write_bytes(data[:8] + b"\xff" * 64 + data[72:])
-    elif kind == "foreign":
-        path.write_text("hello, not a model\n")
-    elif kind == "tail-flipped":
-        path.write_bytes(data[:-16] + bytes(b ^ 0xFF for b in data[-16:]))
-    return path
-
-
 @pytest.mark.parametrize("kind", ["missing", "empty", "truncated", "corrupted", "foreign", "tail-flipped"])
-def test_bad_model_file(files, tmp_path, fails, kind):
-    model = damaged(files, tmp_path, kind)
+def test_bad_model_file(files, tmp_path, fails, damaged, kind):
+    """A model file: missing, empty, truncated, corrupted (bytes flipped), foreign or its tail flipped."""
+    model = damaged(files["model"], tmp_path / f"{kind}.safetensors", kind, {
+        "foreign": lambda data: "hello, not a model\n",
+        "tail-flipped": lambda data: data[:-16] + bytes(b ^ 0xFF for b in data[-16:])})
     fails(simulate(files, tmp_path / "t.dcd", model=model), names=[model.name], keep=[files["run"]])
     assert not (tmp_path / "t.dcd").exists()
 
@@ -89,18 +59,9 @@ def test_torchscript_model_needs_trust(files, tmp_path, fails):
     assert not (tmp_path / "t.dcd").exists()
 
 
-def pdb_case(files, tmp_path, kind):
+def pdb_case(files, tmp_path, damaged, chain, kind):
     path = tmp_path / f"{kind}.pdb"
-    text = files["pdb"].read_text()
-    if kind == "empty":
-        path.write_text("")
-    elif kind == "truncated":
-        path.write_text("".join(text.splitlines(True)[:5]))
-    elif kind == "garbage":
-        path.write_text("ATOM      1  C   CHN A   1    garbage\n")
-    elif kind == "binary":
-        path.write_bytes(os.urandom(512))
-    elif kind in ("nan", "inf"):
+    if kind in ("nan", "inf"):
         topology, positions = files["topology"], files["positions"].copy()
         write_pdb(path, topology, positions)
         lines = path.read_text().splitlines(True)
@@ -112,13 +73,18 @@ def pdb_case(files, tmp_path, kind):
         write_pdb(path, *chain(9))
     elif kind == "other-element":
         write_pdb(path, chain(element=app.element.nitrogen)[0], files["positions"])
+    else:
+        damaged(files["pdb"], path, kind, {
+            "truncated": lambda data: b"".join(data.splitlines(True)[:5]),
+            "garbage": lambda data: "ATOM      1  C   CHN A   1    garbage\n",
+            "binary": lambda data: os.urandom(512)})
     return path
 
 
 @pytest.mark.parametrize("kind", ["missing", "empty", "truncated", "garbage", "binary", "nan", "inf", "other-size",
                                   "other-element"])
-def test_bad_structure(files, tmp_path, fails, kind):
-    pdb = pdb_case(files, tmp_path, kind)
+def test_bad_structure(files, tmp_path, fails, damaged, chain, kind):
+    pdb = pdb_case(files, tmp_path, damaged, chain, kind)
     fails(simulate(files, tmp_path / "t.dcd", pdb=pdb), names=[pdb.name] + (
         ["mapping"] if kind.startswith("other") else []), keep=[files["run"]])
     assert not (tmp_path / "t.dcd").exists()
@@ -129,12 +95,8 @@ def test_bad_structure(files, tmp_path, fails, kind):
     ("--replicas", -2), ("--seed", -1), ("--collision-distance", -0.1), ("--collision-distance", "nan"),
     ("--temperature", 0), ("--temperature", -300), ("--temperature", "inf"), ("--temperature", 400),
 ])
-def test_bad_number(files, tmp_path, fails, option, value):
-    argv = simulate(files, tmp_path / "t.dcd")
-    if option in argv:
-        argv[argv.index(option) + 1] = str(value)
-    else:
-        argv += [option, str(value)]
+def test_bad_number(files, tmp_path, fails, set_option, option, value):
+    argv = set_option(simulate(files, tmp_path / "t.dcd"), option, value)
     fails(argv, names=[option if option != "--temperature" or value != 400 else "temperature"])
     assert not list(tmp_path.iterdir())
 
@@ -176,15 +138,8 @@ def test_missing_output_folder(files, tmp_path, fails, where):
     assert not (tmp_path / "t.dcd").exists()
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
-def test_unwritable_output_folder(files, tmp_path, fails):
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(0o500)
-    try:
-        fails(simulate(files, locked / "t.dcd"), names=[str(locked), "not writable"])
-    finally:
-        locked.chmod(0o700)
+def test_unwritable_output_folder(files, fails, locked_folder):
+    fails(simulate(files, locked_folder / "t.dcd"), names=[str(locked_folder), "not writable"])
 
 
 def test_output_is_a_folder(files, tmp_path, fails):

@@ -6,32 +6,19 @@ subprocess for the kill-and-resume test.
 """
 import os
 import random
-import signal
 import struct
 import subprocess
 import sys
-import time
 
 import numpy as np
 import openmm.app as app
 import openmm.unit as u
 import pytest
-import torch
 
 from openmm_cgml.cli import main
 from openmm_cgml.mapping import Mapping
 
 DT_PS = 2.0
-
-
-def chain(n_atoms=12, element=app.element.carbon):
-    """A zig-zag chain with bonds: topology and positions (nm)."""
-    topology = app.Topology()
-    residue = topology.addResidue("CHN", topology.addChain())
-    atoms = [topology.addAtom(f"C{i}", element, residue) for i in range(n_atoms)]
-    for a, b in zip(atoms[:-1], atoms[1:]):
-        topology.addBond(a, b)
-    return topology, np.array([[0.125 * i, 0.08 * (i % 2), 0.0] for i in range(n_atoms)])
 
 
 def write_pdb(path, topology, positions):
@@ -41,21 +28,15 @@ def write_pdb(path, topology, positions):
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, chain, tiny_propagator):
     """``(model path, start PDB)``: a real exported model for the chain and its start structure."""
-    from openmm_cgml.model.propagator import CGPropagator, PropagatorConfig
     from openmm_cgml.model_file import export_model
 
     folder = tmp_path_factory.mktemp("simulate")
     topology, positions = chain()
     masses = np.array([a.element.mass.value_in_unit(u.dalton) for a in topology.atoms()])
     mapping = Mapping.metis(topology, masses, atoms_per_bead=3)
-    config = PropagatorConfig(k=4, embed_hidden=8, embed_layers=1, hidden=16, n_layers=1, score_hidden=8,
-                              score_layers=1)
-    torch.manual_seed(0)
-    module = CGPropagator.from_mapping(mapping, config, model_dt_ps=DT_PS, md_steps_per_model_step=1000,
-                                       md_timestep_ps=0.002, temperature_K=300.0, accel_std_nm=1e-3,
-                                       velocity_std_nm=1e-2)
+    module = tiny_propagator(mapping, k=4, hidden=16, model_dt_ps=DT_PS)
     model = export_model(module, folder / "model.safetensors", {"mapping": mapping})
     return model, write_pdb(folder / "start.pdb", topology, positions)
 
@@ -141,7 +122,7 @@ def test_resume_skips_frames_written_after_the_checkpoint(setup, tmp_path, suffi
         np.testing.assert_allclose(resumed.time, 3 * DT_PS * np.arange(1, 5), rtol=1e-6)
 
 
-def test_single_molecule_model_refuses_other_elements_with_the_same_graph(setup, tmp_path, capsys):
+def test_single_molecule_model_refuses_other_elements_with_the_same_graph(setup, tmp_path, capsys, chain):
     from openmm_cgml import load
     from openmm_cgml.model_file import export_model, rebuild
     from openmm_cgml.openmm.bead_system import coarse_grained_system
@@ -166,25 +147,7 @@ def test_single_molecule_model_refuses_other_elements_with_the_same_graph(setup,
     assert not (tmp_path / "n.dcd").exists()
 
 
-def _kill_at(argv, out, seconds, env):
-    """Start ``cgml argv``; SIGKILL it ``seconds`` after ``out`` has grown (start-up done); its exit status."""
-    process = subprocess.Popen([sys.executable, "-m", "openmm_cgml.cli", *argv], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    size = out.stat().st_size if out.exists() else 0
-    deadline = time.monotonic() + 60
-    while process.poll() is None and time.monotonic() < deadline:
-        if out.exists() and out.stat().st_size > size:
-            break
-        time.sleep(0.01)
-    try:
-        process.wait(timeout=seconds)
-    except subprocess.TimeoutExpired:
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait()
-    return process.returncode
-
-
-def test_sigkill_at_random_moments_then_resume_loses_and_repeats_nothing(setup, tmp_path):
+def test_sigkill_at_random_moments_then_resume_loses_and_repeats_nothing(setup, tmp_path, kill_after):
     steps, interval = 1200, 3
     # the uninterrupted run in a process like the killed ones: torch's float sums depend on its thread count
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -198,7 +161,9 @@ def test_sigkill_at_random_moments_then_resume_loses_and_repeats_nothing(setup, 
     rng = random.Random(15)
     codes = []
     for _ in range(3):  # seeded random moments: during start-up, mid-run, near a report
-        codes.append(_kill_at(argv, out, rng.uniform(0.0, 1.0), env))
+        # SIGKILL once ``out`` has grown (start-up done)
+        codes.append(kill_after([sys.executable, "-m", "openmm_cgml.cli", *argv], out, rng.uniform(0.0, 1.0), env,
+                                until="grown"))
         if codes[-1] == 0:
             break
     result = subprocess.run([sys.executable, "-m", "openmm_cgml.cli", *argv], env=env, capture_output=True,
