@@ -1,0 +1,31 @@
+"""The benchmark's batched rollouts: corrections switched per call, counted, and set back."""
+import numpy as np
+import pytest
+
+import openmm_cgml
+from openmm_cgml import systems
+from openmm_cgml.evaluation.rollouts import roll_out
+from openmm_cgml.openmm.bead_system import molecule_mapping
+
+
+@pytest.fixture(scope="module")
+def chain_start():
+    """The shipped 1 ps polymer model, the mapping of a 6-monomer chain and a history squeezed to 20 %."""
+    model = openmm_cgml.load("polymer-chain-1ps")
+    reference = systems.load("polymer-chain", length=6)
+    mapping = molecule_mapping(model, reference.topology, reference.atom_types, None)
+    beads = mapping.bead_positions(reference.positions._value)
+    squeezed = (beads - beads.mean(0)) * 0.2   # bonds of ~0.1 nm: far under the model's bonded minimum
+    return model, mapping, np.repeat(squeezed[None], model.k, axis=0)
+
+
+def test_truncation_is_counted_per_molecule_step_and_switched_back(chain_start):
+    model, mapping, history = chain_start
+    assert model.exclusion_retries == 8 and model.hard_core   # as shipped
+    on = roll_out(model, [mapping, mapping], [history, history], 3, seed=2, hard_core=False)
+    assert on["molecule_steps"] == 6 and on["exclusion_events"][0] >= 2   # both molecules redrew their first step
+    off = roll_out(model, [mapping, mapping], [history, history], 3, seed=2, hard_core=False, exclusion_retries=0)
+    assert off["exclusion_events"] == (0, 0)
+    assert model.exclusion_retries == 8 and model.hard_core              # the call's settings were set back
+    first = lambda run: np.stack([frames[1] for frames in run["frames"]])  # noqa: E731
+    assert not np.allclose(first(on), first(off))                        # the redrawn step differs
