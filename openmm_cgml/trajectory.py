@@ -45,6 +45,31 @@ _CHECKPOINT = "cgml/checkpoint"
 _CHECKPOINT_NEXT = "cgml/checkpoint_next"
 
 
+def _open_trajectory(path, mode: str):
+    """``(Path, open h5py.File)`` of a fine trajectory; errors name the file and what is wrong with it."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise ValueError(f"a trajectory file path must be a str or os.PathLike, got {type(path).__name__}")
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"trajectory file {path} does not exist")
+    if path.is_dir():
+        raise ValueError(f"trajectory file {path} is a folder, not an HDF5 file")
+    try:
+        handle = h5py.File(path, mode)
+    except OSError as error:
+        if "already open for write" in str(error):
+            raise ValueError(f"{path} was left flagged open-for-writing by a killed run of an older "
+                             f"openmm-cgml; clear the flag with `h5clear -s {path}` (HDF5 tools) "
+                             "and run again") from None
+        raise ValueError(f"{path} is not a readable HDF5 file ({error})") from None
+    missing = [name for name in ("coordinates", "velocities", "time", "topology", "cgml/masses") if name not in handle]
+    if missing or "cgml_system" not in handle.attrs:
+        handle.close()
+        raise ValueError(f"{path} is not an openmm-cgml fine trajectory "
+                         f"(missing {', '.join(missing) or 'attribute cgml_system'})")
+    return path, handle
+
+
 class FineTrajectory:
     """A fine-grained (all-atom or bead-spring) trajectory file.
 
@@ -78,27 +103,7 @@ class FineTrajectory:
     def __init__(self, path, mode: str = "r"):
         if mode not in ("r", "a"):
             raise ValueError(f"FineTrajectory mode must be 'r' or 'a', got {mode!r}")
-        if not isinstance(path, (str, os.PathLike)):
-            raise ValueError(f"a trajectory file path must be a str or os.PathLike, got {type(path).__name__}")
-        self.path = Path(path)
-        if not self.path.exists():
-            raise FileNotFoundError(f"trajectory file {self.path} does not exist")
-        if self.path.is_dir():
-            raise ValueError(f"trajectory file {self.path} is a folder, not an HDF5 file")
-        try:
-            self._file = h5py.File(self.path, mode)
-        except OSError as error:
-            if "already open for write" in str(error):
-                raise ValueError(f"{self.path} was left flagged open-for-writing by a killed run of an older "
-                                 f"openmm-cgml; clear the flag with `h5clear -s {self.path}` (HDF5 tools) "
-                                 "and run again") from None
-            raise ValueError(f"{self.path} is not a readable HDF5 file ({error})") from None
-        missing = [name for name in ("coordinates", "velocities", "time", "topology", "cgml/masses")
-                   if name not in self._file]
-        if missing or "cgml_system" not in self._file.attrs:
-            self._file.close()
-            raise ValueError(f"{self.path} is not an openmm-cgml fine trajectory "
-                             f"(missing {', '.join(missing) or 'attribute cgml_system'})")
+        self.path, self._file = _open_trajectory(path, mode)
         self._topology = None
 
     # ------------------------------------------------------------------ writing
