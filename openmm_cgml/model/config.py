@@ -45,6 +45,10 @@ class PropagatorConfig:
     exclusion_retries : int
         The truncated step: a molecule with a pair closer than its learned minimum distance redraws
         its step up to this many times (0: off); see docs/propagator.md.
+    chirality : bool
+        Give the Dynamics network reflection-odd bead inputs (signed volumes of the coarse bonds,
+        :mod:`openmm_cgml.model.chirality`), so it tells a molecule from its mirror image (SE(3)
+        instead of E(3)). Off by default; files without the option load with it off.
     """
 
     k: int = 4
@@ -63,6 +67,7 @@ class PropagatorConfig:
     hard_core: bool = True
     hard_core_sweeps: int = 8
     exclusion_retries: int = 8
+    chirality: bool = False
 
     @classmethod
     def from_dict(cls, values: dict | None) -> "PropagatorConfig":
@@ -108,6 +113,8 @@ class PropagatorConfig:
             raise ValueError(f"model.hard_core_sweeps must be >= 1, got {self.hard_core_sweeps}")
         if int(self.exclusion_retries) < 0:
             raise ValueError(f"model.exclusion_retries must be >= 0, got {self.exclusion_retries}")
+        if not isinstance(self.chirality, bool):
+            raise ValueError(f"model.chirality must be true or false, got {self.chirality!r}")
 
     def to_dict(self) -> dict:
         """The options as a plain dict (the ``config`` of a model's ``init_json``)."""

@@ -14,7 +14,8 @@ system and the lag.
 - Dynamics network - a :class:`~openmm_cgml.nn.PaxNet` over the beads
   (radius graph globally, coarse bonds locally) whose vector inputs are the
   last ``k - 1`` velocities and scalar inputs their norms, the bead
-  embedding and the bead mass. It returns per bead an equivariant mean
+  embedding and the bead mass (with ``chirality``, also reflection-odd
+  signed volumes of the coarse bonds, :mod:`openmm_cgml.model.chirality`). It returns per bead an equivariant mean
   acceleration and an invariant, strictly positive internal std
   (``std = min_std + softplus(.)``), and per graph the std of the
   centre-of-mass acceleration.
@@ -45,6 +46,7 @@ import torch
 from torch import Tensor, nn
 
 from openmm_cgml.model.batch import graph_box, graph_mean, unwrap
+from openmm_cgml.model.chirality import N_PSEUDO, dynamics_scalars
 from openmm_cgml.model.config import PropagatorConfig
 from openmm_cgml.model.embedding import EmbeddingGNN, check_embed_inputs, pool_beads, type_mass_table
 from openmm_cgml.model.hard_core import contact_graph, project_hard_core, violating_beads
@@ -143,7 +145,7 @@ class CGPropagator(Block):
         self.md_steps_per_model_step, self.md_timestep_ps = int(md_steps_per_model_step), float(md_timestep_ps)
         self.temperature_K = float(temperature_K)
         self.n_beads, self.n_atoms = int(n_beads), int(n_atoms)
-        self.min_std = float(config.min_std)
+        self.min_std, self.chirality = float(config.min_std), bool(config.chirality)  # chirality: SE(3) inputs
         self.refine_sigmas = [float(s) for s in config.refine_sigmas]
         self.min_bonded_nm, self.min_nonbonded_nm = float(min_bonded_nm), float(min_nonbonded_nm)
         self.hard_core = bool(config.hard_core) and max(self.min_bonded_nm, self.min_nonbonded_nm) > 0
@@ -167,7 +169,7 @@ class CGPropagator(Block):
         n_vel = self.k - 1
         self.dynamics = PaxNet(hidden=config.hidden, n_layers=config.n_layers, cutoff=config.cutoff_nm,
                                n_rbf=config.n_rbf, n_sbf=config.n_sbf, vector_in=n_vel,
-                               scalar_in=n_vel + self.n_features)
+                               scalar_in=n_vel + self.n_features + (N_PSEUDO if self.chirality else 0))
         self.accel_head = VectorHead(config.hidden)
         self.std_head = mlp(config.hidden, config.hidden, 1)
         # std of the collective (centre-of-mass) acceleration of each graph, from pooled latents
@@ -228,7 +230,7 @@ class CGPropagator(Block):
         units, and the scalar latents (N, hidden)."""
         velocities = (pos_history[1:] - pos_history[:-1]) / self.velocity_std_nm     # (k-1, N, 3)
         v_in = velocities.permute(1, 2, 0)                                            # (N, 3, k-1)
-        s_in = torch.cat([torch.linalg.vector_norm(v_in, dim=1), bead_features], dim=-1)
+        s_in = dynamics_scalars(v_in, bead_features, pos_history[-1], coarse_edge_index, self.chirality)
         s, v = self.dynamics(s_in, v_in, pos_history[-1], coarse_edge_index, batch, box)
         mean = self.accel_head(s, v)
         std = self.min_std + nn.functional.softplus(self.std_head(s))
