@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from openmm_cgml.cli.options import add_mapping_arguments, mapping_options_from_args
 
 __all__ = ["configure_parser", "run"]
@@ -45,12 +43,7 @@ def run(args) -> int:
     from openmm_cgml.structure import load_structure
 
     _check_outputs(args)
-    if Path(args.structure).is_dir():
-        raise IsADirectoryError(f"structure {args.structure} is a folder, not a structure file")
-    topology, positions, masses, atom_types, box = load_structure(args.structure)
-    bad = np.argwhere(~np.isfinite(np.asarray(positions, dtype=np.float64)))
-    if len(bad):   # a fine trajectory's first frame is not checked on reading
-        raise ValueError(f"structure {args.structure}: atom {int(bad[0][0])} has NaN or infinite coordinates")
+    topology, positions, masses, atom_types, box = load_structure(args.structure)   # refuses folders and NaN
     method, params = mapping_options_from_args(args)
     mapping = Mapping.build(method, topology, masses, atom_types=atom_types, **params)
     out = draw_mapping(mapping, positions, args.out, box=box)

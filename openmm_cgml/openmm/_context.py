@@ -21,6 +21,7 @@ import torch
 
 from openmm_cgml.openmm.bead_system import check_bead_system
 from openmm_cgml.openmm.rollout import model_graph
+from openmm_cgml.structure import atom_masses
 
 _HALF = 1 << 24
 MAX_SEED = _HALF * _HALF
@@ -100,7 +101,7 @@ def bind(model, mapping, context: openmm.Context, temperature_K: float) -> BeadS
     features = model.embed_mapping(mapping).to(device)
     dtype = features.dtype if features.is_floating_point() else torch.float32
     edge_index, batch = model_graph(mapping, replicas, device)
-    masses = np.array([system.getParticleMass(i).value_in_unit(u.dalton) for i in range(system.getNumParticles())])
+    masses = atom_masses(system, system.getNumParticles())
     # kJ/mol over g/mol is (nm/ps)^2: the velocity std of a bead of mass M at temperature T
     kT = (u.MOLAR_GAS_CONSTANT_R * temperature_K * u.kelvin).value_in_unit(u.kilojoule_per_mole)
     thermal_speed = np.sqrt(kT / np.where(masses > 0, masses, np.inf))[:, None]
