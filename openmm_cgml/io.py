@@ -10,7 +10,7 @@ from typing import Iterator
 
 import numpy as np
 
-__all__ = ["atomic_path", "write_atomic", "jsonable", "software_versions", "read_yaml"]
+__all__ = ["atomic_path", "write_atomic", "jsonable", "software_versions", "read_yaml", "first_line"]
 
 
 @contextmanager
@@ -158,3 +158,9 @@ def read_yaml(path, what: str = "YAML file") -> dict:
     if values is not None and not isinstance(values, dict):
         raise ValueError(f"{path}: expected a mapping of options at the top level of the {what}")
     return values or {}
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message, or its type's name if it has none (for one-line messages)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

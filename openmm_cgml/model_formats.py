@@ -26,10 +26,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import numbers
+import math
 from pathlib import Path
 
 import torch
+
+from openmm_cgml.io import first_line
+from openmm_cgml.units import is_integer, is_number
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "WEIGHTS_SUFFIX", "TORCHSCRIPT_SUFFIX", "kind_of", "file_sha256",
            "write_weights", "read_weights", "write_torchscript", "read_torchscript", "check_metadata",
@@ -96,8 +99,8 @@ def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
             header = handle.metadata() or {}
             tensors = {name: handle.get_tensor(name) for name in handle.keys()}
     except Exception as error:  # safetensors raises its own error types for every kind of damage
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"{path}: not a readable openmm-cgml model file (corrupted or truncated?): {first}") from None
+        raise ValueError(f"{path}: not a readable openmm-cgml model file (corrupted or truncated?): "
+                         f"{first_line(error)}") from None
     if _HEADER_KEY not in header:
         raise ValueError(f"{path}: a safetensors file without openmm-cgml metadata")
     metadata = _parse_metadata(header[_HEADER_KEY], path)
@@ -141,8 +144,8 @@ def read_torchscript(path: Path, device, trusted: bool) -> tuple[torch.jit.Scrip
         if isinstance(text, bytes):
             text = text.decode()
     except Exception as error:  # TorchScript and a damaged archive raise many types; UnicodeDecodeError too
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"{path}: not a readable openmm-cgml model file (corrupted or truncated?): {first}") from None
+        raise ValueError(f"{path}: not a readable openmm-cgml model file (corrupted or truncated?): "
+                         f"{first_line(error)}") from None
     return module, _parse_metadata(text, path)
 
 
@@ -158,12 +161,11 @@ def _parse_metadata(text: str, path: Path) -> dict:
 
 
 def _number(value, positive: bool) -> bool:
-    return (isinstance(value, numbers.Real) and not isinstance(value, bool) and value == value
-            and abs(value) != float("inf") and (value > 0 if positive else value >= 0))
+    return is_number(value) and math.isfinite(value) and (value > 0 if positive else value >= 0)
 
 
 def _integer(value, minimum: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+    return is_integer(value) and value >= minimum
 
 
 # key -> (check, what it must be); the fields every export writes and every reader relies on

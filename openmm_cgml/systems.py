@@ -40,7 +40,7 @@ import openmm.unit as u
 import yaml
 
 from openmm_cgml.polymers import BEAD_TYPES, build_polymer
-from openmm_cgml.units import AMU, KELVIN, NM, PS, strip, strip_array
+from openmm_cgml.units import AMU, KELVIN, NM, PS, is_integer, is_number, strip, strip_array
 
 __all__ = ["ReferenceSystem", "load", "available", "descriptions", "SYSTEMS_DIR", "BEAD_TYPES"]
 
@@ -74,14 +74,6 @@ _BUILDER_KEYS["polymer-chains"] = (_BUILDER_KEYS["polymer-chain"] - {"sequence",
 _GENERATE_KEYS = {"frames", "stride", "equilibration_steps"}
 
 
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _integer(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _strings(value) -> bool:
     return isinstance(value, list) and all(isinstance(item, str) for item in value)
 
@@ -99,13 +91,13 @@ _KINDS = {
     "strings": ("a list of strings", _strings),
     "string or strings": ("a string or a list of strings", lambda v: isinstance(v, str) or _strings(v)),
     "bool": ("true or false", lambda v: isinstance(v, bool)),
-    "integer": ("an integer", _integer),
-    "number": ("a number", _number),
+    "integer": ("an integer", is_integer),
+    "number": ("a number", is_number),
     "pair numbers": ("a mapping of bead pairs to numbers",
-                     lambda v: v is None or (isinstance(v, dict) and all(map(_number, v.values())))),
+                     lambda v: v is None or (isinstance(v, dict) and all(map(is_number, v.values())))),
     "generate": ("a mapping of frames, stride and equilibration_steps to integers",
                  lambda v: v is None or (isinstance(v, dict) and set(v) <= _GENERATE_KEYS
-                                         and all(map(_integer, v.values())))),
+                                         and all(map(is_integer, v.values())))),
 }
 _KEY_KINDS = {
     "name": "name", "description": "string", "builder": "string", "pdb": "string", "system_xml": "string",

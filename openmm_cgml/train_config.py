@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from openmm_cgml.io import read_yaml
+from openmm_cgml.units import is_number
 
 __all__ = ["TrainConfig", "OptimConfig", "TrainerConfig", "DEFAULT_CONFIG"]
 
@@ -34,10 +35,6 @@ def _mapping(values, section: str) -> dict:
 def _shown(value) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _checked_value(name: str, value, default):
@@ -60,7 +57,7 @@ def _checked_value(name: str, value, default):
                 value = float(value)
             except ValueError:
                 raise ValueError(f"{name} must be a number, got {_shown(value)}") from None
-        if not _is_number(value) or not math.isfinite(value):
+        if not is_number(value) or not math.isfinite(value):
             raise ValueError(f"{name} must be a finite number, got {_shown(value)}")
         return value
     if isinstance(default, str):
@@ -68,7 +65,7 @@ def _checked_value(name: str, value, default):
             raise ValueError(f"{name} must be a string, got {_shown(value)}")
         return value
     if isinstance(default, list):
-        if not isinstance(value, list) or not all(_is_number(v) and math.isfinite(v) for v in value):
+        if not isinstance(value, list) or not all(is_number(v) and math.isfinite(v) for v in value):
             raise ValueError(f"{name} must be a list of numbers, got {_shown(value)}")
         return value
     return value

@@ -13,8 +13,8 @@ import numpy as np
 import openmm
 import openmm.unit as u
 
-__all__ = ["strip", "strip_array", "strip_box", "whole_number", "whole_array", "NM", "PS", "KJ_PER_MOL", "AMU",
-           "KELVIN", "COLLISION_DISTANCE_NM"]
+__all__ = ["strip", "strip_array", "strip_box", "whole_number", "whole_array", "is_number", "is_integer", "NM", "PS",
+           "KJ_PER_MOL", "AMU", "KELVIN", "COLLISION_DISTANCE_NM"]
 
 NM = u.nanometer
 PS = u.picosecond
@@ -73,6 +73,16 @@ def strip_array(value, unit: u.Unit, name: str, shape_tail: tuple[int, ...] | No
         bad = np.argwhere(~np.isfinite(array.reshape(-1, *shape_tail) if shape_tail else array))[:5]
         raise ValueError(f"{name} contains NaN or infinite values (first at {bad.tolist()})")
     return array
+
+
+def is_number(value) -> bool:
+    """Whether a value read from YAML or JSON is a number: an int or a float, not a bool (YAML's true)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_integer(value) -> bool:
+    """Whether a value read from YAML or JSON is an integer: an int, not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def whole_number(value, name: str) -> int:

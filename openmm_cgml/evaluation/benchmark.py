@@ -40,6 +40,7 @@ from openmm_cgml.evaluation import sequences as seqs
 from openmm_cgml.evaluation.references import ReferenceBatch, chain_atoms, chain_system_params, run_batches
 from openmm_cgml.evaluation.statistics import LinearBaseline, r2_scores
 from openmm_cgml.io import jsonable, read_yaml, write_atomic
+from openmm_cgml.units import is_number
 
 __all__ = ["BENCHMARKS_DIR", "available", "load_definition", "design_splits", "run_benchmark"]
 
@@ -110,7 +111,7 @@ def _check_like(values, template, path: str, where: str) -> None:
         if type(values) is not type(template):
             raise ValueError(f"{path}: {name} must be a {type(template).__name__}, got {values!r:.60}")
     elif isinstance(template, (int, float)):
-        if isinstance(values, bool) or not isinstance(values, (int, float)) or not math.isfinite(values):
+        if not is_number(values) or not math.isfinite(values):
             raise ValueError(f"{path}: {name} must be a finite number, got {values!r:.60}")
         if values < 0 or (values == 0 and where.rsplit(".", 1)[-1] not in _MAY_BE_ZERO):
             raise ValueError(f"{path}: {name} must be > 0, got {values!r}")

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from openmm_cgml.bond_graph import molecules
+from openmm_cgml.io import first_line
 from openmm_cgml.units import PS, strip
 
 __all__ = ["BeadTrajectory", "load_reference", "load_rollout"]
@@ -268,8 +269,7 @@ def _read_topology(topology, role: str):
             warnings.simplefilter("ignore")  # mdtraj warns about element-less bead atoms
             top = mdtraj.load_topology(str(topology))
     except Exception as error:  # mdtraj raises many types for damaged files
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"cannot read the {role}'s bead topology {topology}: {first}") from None
+        raise ValueError(f"cannot read the {role}'s bead topology {topology}: {first_line(error)}") from None
     if top.n_atoms == 0:
         raise ValueError(f"the {role}'s bead topology {topology} has no atoms")
     return top
@@ -289,8 +289,7 @@ def _read_mdtraj(path: Path, topology, role: str):
             with _quiet_c_stdout():
                 traj = mdtraj.load(str(path), top=top)
     except Exception as error:  # mdtraj raises many types for damaged files
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"cannot read {role} {path}: {first}{topology_note}") from None
+        raise ValueError(f"cannot read {role} {path}: {first_line(error)}{topology_note}") from None
     if traj.n_frames < 2:
         raise ValueError(f"{role} {path} has {traj.n_frames} frame(s); need at least 2")
     if not np.all(np.isfinite(traj.xyz)):
