@@ -391,7 +391,7 @@ def _evaluate(model, definition, splits, baseline, model_dt, benchmark_dt, log) 
                                                                runs["raw"]["frames"], model_dt)
     stability = _stability(rolled, everything, off["unstable"], float(definition["blow_up_rg_factor"]))
     raw_stability = _stability(raw, everything, runs["raw"]["unstable"], float(definition["blow_up_rg_factor"]))
-    usable = [i for i in range(len(everything)) if len(rolled[i].positions) >= 100]
+    usable = _long_enough(rolled)
     n_test = len(test_a.chains)
     keep = [i for i in usable if i < n_test]
     keep_long = [i - n_test for i in usable if i >= n_test]
@@ -419,11 +419,10 @@ def _evaluate(model, definition, splits, baseline, model_dt, benchmark_dt, log) 
     metrics["length_transfer_rg_r2"] = long_metrics["length_transfer_rg_r2"]
     minima = fidelity.type_pair_minima(test_a.chains + test_b.chains + long_a.chains + long_b.chains)
     tau_ps = np.array([o.tau_integrated for o in obs["A"]])
-    raw_usable = [i for i in range(len(everything)) if len(raw[i].positions) >= 100]
     summary = {
         "metrics": metrics,
         # with every correction off (truncation and hard core): what the learned step does on its own
-        "collisions_raw": fidelity.collision_metrics([raw[i] for i in raw_usable], minima),
+        "collisions_raw": fidelity.collision_metrics([raw[i] for i in _long_enough(raw)], minima),
         "nan_rollouts": len(stability["nan"]) + len(stability["blown_up"]),
         "stability": dict(stability, model_steps=n_steps, chains=len(everything)),
         "truncation": _truncation_block(model, off, raw_stability),
@@ -442,6 +441,11 @@ def _evaluate(model, definition, splits, baseline, model_dt, benchmark_dt, log) 
         summary.update({"hard_core_rate": None, "at_limit_fraction": None})
     summary["plots"] = {"obs": obs, "keep": keep, "test_a": test_a.chains, "rolled": rolled[:n_test]}
     return summary
+
+
+def _long_enough(rollouts) -> list[int]:
+    """Indices of the rollouts with at least 100 frames (an early failure leaves too few to measure)."""
+    return [i for i, chain in enumerate(rollouts) if len(chain.positions) >= 100]
 
 
 def _test_rollouts(model, mappings, starts, n_steps: int, log) -> dict:

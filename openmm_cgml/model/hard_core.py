@@ -62,7 +62,7 @@ def project_hard_core(x: Tensor, masses: Tensor, bonds: Tensor, edge: Tensor, sh
     """
     n = x.size(0)
     j_all, i_all = edge[0], edge[1]
-    bond_keys = torch.cat([bonds[1] * n + bonds[0], bonds[0] * n + bonds[1]])
+    bond_keys = _bond_keys(bonds, n)
     counted = False
     for _ in range(3):  # re-select the close pairs from the whole graph after a round of corrections
         dist = torch.linalg.vector_norm(x[i_all] - x[j_all] + shift, dim=-1)
@@ -71,8 +71,7 @@ def project_hard_core(x: Tensor, masses: Tensor, bonds: Tensor, edge: Tensor, sh
         if near.numel() == 0:
             return x
         i, j, pair_shift = i_all[near], j_all[near], shift[near]
-        bonded = torch.isin(i * n + j, bond_keys)
-        minimum = torch.where(bonded, min_distance_nm[0], min_distance_nm[1]).to(x.dtype)
+        minimum = _pair_minimum(i, j, n, bond_keys, min_distance_nm).to(x.dtype)
         share = (masses[j] / (masses[i] + masses[j])).unsqueeze(-1)   # i moves by m_j / (m_i + m_j)
         moved = False
         for _sweep in range(sweeps):
@@ -103,9 +102,26 @@ def violating_beads(x: Tensor, batch: Tensor, bonds: Tensor, edge: Tensor, shift
     """
     n = x.size(0)
     j, i = edge[0], edge[1]
-    bond_keys = torch.cat([bonds[1] * n + bonds[0], bonds[0] * n + bonds[1]])
-    minimum = torch.where(torch.isin(i * n + j, bond_keys), min_distance_nm[0], min_distance_nm[1]).to(x.dtype)
+    minimum = _pair_minimum(i, j, n, _bond_keys(bonds, n), min_distance_nm).to(x.dtype)
     close = (torch.linalg.vector_norm(x[i] - x[j] + shift, dim=-1) < minimum).to(x.dtype)
     # per bead, then per molecule (batch < N, so an (N,) buffer holds every molecule), then back to beads
     per_molecule = torch.zeros(n, dtype=x.dtype, device=x.device).index_add_(0, batch[i], close)
     return per_molecule[batch] > 0
+
+
+def _bond_keys(bonds: Tensor, n: int) -> Tensor:
+    """Keys ``i * n + j`` of the coarse bonds in both directions, for :func:`_pair_minimum`.
+
+    Shapes:
+        bonds (2, B) -> (2B,)
+    """
+    return torch.cat([bonds[1] * n + bonds[0], bonds[0] * n + bonds[1]])
+
+
+def _pair_minimum(i: Tensor, j: Tensor, n: int, bond_keys: Tensor, min_distance_nm: Tensor) -> Tensor:
+    """The minimum distance of each pair (i, j): ``min_distance_nm[0]`` if bonded, else ``min_distance_nm[1]``.
+
+    Shapes:
+        i, j (P,), bond_keys (2B,), min_distance_nm (2,) -> (P,)
+    """
+    return torch.where(torch.isin(i * n + j, bond_keys), min_distance_nm[0], min_distance_nm[1])
