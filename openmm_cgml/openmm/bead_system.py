@@ -99,7 +99,7 @@ def mapping_rule(model):
 
     Read by :attr:`CGModel.mapping_rule <openmm_cgml.model_file.CGModel.mapping_rule>` (the file's
     ``mapping_rule``, else its own mapping's, else its training data's). Only rules that depend on the
-    molecule alone ("metis" with its seed, "residue") can be re-made.
+    molecule alone ("metis" with its seed, "residue", "backbone") can be re-made.
 
     Parameters
     ----------

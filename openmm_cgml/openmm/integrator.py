@@ -94,7 +94,8 @@ class CGMLIntegrator(openmm.CustomIntegrator):
     temperature : Quantity compatible with kelvin, optional
         Must equal the model's training temperature (default: that
         temperature): a learned propagator samples the ensemble it was trained
-        on and has no thermostat to change it.
+        on; its thermostat (step 4) only draws the reported velocities and
+        cannot change the ensemble.
     seed : int
         Random seed, a whole number 0 <= seed < 2**48. Same seed, same start: same trajectory,
         however ``step`` calls are split.
