@@ -57,6 +57,22 @@ def test_open_boundaries_batched(method):
     check_against_reference(pos, 0.7, batch, None, method)
 
 
+def test_many_small_graphs_auto_matches_the_cell_list():
+    """Above DENSE_MAX_ATOMS, many small sorted graphs take the per-graph block search: the same edges."""
+    gen = torch.Generator().manual_seed(3)
+    sizes = torch.randint(1, 12, (120,), generator=gen)                 # uneven molecules, one of a single bead
+    sizes[7] = 1
+    batch = torch.arange(120).repeat_interleave(sizes)
+    centres = torch.rand(120, 3, generator=gen) * 4.0                    # molecules overlap in space
+    pos = centres[batch] + 0.4 * torch.randn(len(batch), 3, generator=gen)
+    assert len(pos) > 512
+    auto = radius_graph(pos, 0.6, batch)
+    cell = radius_graph(pos, 0.6, batch, method="cell")
+    assert torch.equal(auto[0], cell[0]) and torch.equal(auto[1], cell[1])
+    assert auto[0].size(1) > 0 and torch.all(batch[auto[0][0]] == batch[auto[0][1]])
+    check_against_reference(pos[:600], 0.6, batch[:600], None, "auto")
+
+
 @pytest.mark.parametrize("method", ["dense", "cell"])
 def test_triclinic_periodic_batched(method):
     gen = torch.Generator().manual_seed(2)
