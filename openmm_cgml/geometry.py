@@ -1,4 +1,4 @@
-"""Periodic geometry, written once: the minimum image, pair distances and bead collisions.
+"""Geometry, written once: the minimum image, pair distances, bead collisions and the best rotation (Kabsch).
 
 Box vectors are rows of a (3, 3) matrix, as OpenMM gives them (``a`` along x,
 ``b`` in the xy plane: the reduced form). A box of all zeros, or ``None``, means
@@ -18,7 +18,7 @@ from torch import Tensor
 
 from openmm_cgml.units import COLLISION_DISTANCE_NM
 
-__all__ = ["minimum_image", "minimum_image_torch", "pair_distances_torch", "count_collisions"]
+__all__ = ["minimum_image", "minimum_image_torch", "pair_distances_torch", "count_collisions", "kabsch"]
 
 
 def minimum_image(delta: np.ndarray, box: np.ndarray) -> np.ndarray:
@@ -80,3 +80,24 @@ def count_collisions(pos: Tensor, threshold_nm: float = COLLISION_DISTANCE_NM,
             close &= batch[start:start + chunk].unsqueeze(1) == batch.unsqueeze(0)
         total += int(close.sum())
     return total
+
+
+def kabsch(moving: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Best proper rotations of point sets, batched: ``moving @ R.T`` fits ``target``.
+
+    Both (..., P, 3), already centred (on their centroids, or on a common
+    origin such as a bead). A rotation never reflects (det +1), so a fit keeps
+    the handedness of ``moving``.
+
+    Returns
+    -------
+    rotation : (..., 3, 3)
+    residual : (...,) sum of squared distances after the fit, nm^2
+    """
+    left, _, right_t = np.linalg.svd(np.swapaxes(moving, -1, -2) @ target)
+    sign = np.where(np.linalg.det(left @ right_t) < 0, -1.0, 1.0)
+    left = left.copy()
+    left[..., :, 2] *= sign[..., None]
+    rotation = np.swapaxes(left @ right_t, -1, -2)
+    residual = ((moving @ np.swapaxes(rotation, -1, -2) - target) ** 2).sum(axis=(-1, -2))
+    return rotation, residual

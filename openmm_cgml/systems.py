@@ -42,7 +42,7 @@ import yaml
 from openmm_cgml.polymers import BEAD_TYPES, build_polymer
 from openmm_cgml.units import AMU, KELVIN, NM, PS, is_integer, is_number, strip, strip_array
 
-__all__ = ["ReferenceSystem", "load", "available", "descriptions", "SYSTEMS_DIR", "BEAD_TYPES"]
+__all__ = ["ReferenceSystem", "load", "rebuild", "available", "descriptions", "SYSTEMS_DIR", "BEAD_TYPES"]
 
 # Shipped YAML files live in the repository's systems/ folder (next to the package).
 def _find_systems_dir() -> Path:
@@ -191,6 +191,20 @@ def load(name_or_path, **overrides) -> ReferenceSystem:
         name=params["name"], topology=topology, system=system, positions=positions,
         temperature=params["temperature_K"] * KELVIN, friction=params["friction_per_ps"] / PS,
         timestep=params["timestep_ps"] * PS, atom_types=atom_types, charges=charges, params=params)
+
+
+def rebuild(name: str, params: dict) -> ReferenceSystem:
+    """The reference system a trajectory recorded: registered ``name`` with the recorded ``params``
+    (``cgml_system`` and ``cgml_params`` of a ``cgml generate`` file), keys its builder takes only.
+
+    ``ValueError`` if ``name`` is not a registered system (a user YAML: load it by path instead).
+    """
+    if name not in available():
+        raise ValueError(f"{name!r} is not a registered reference system: give its YAML path")
+    default = load(name).params
+    allowed = (_COMMON_KEYS | _BUILDER_KEYS[default["builder"]]) - {"name", "builder", "description", "generate"}
+    return load(name, **{key: value for key, value in params.items()
+                         if key in allowed and default.get(key) != value})
 
 
 # ---------------------------------------------------------------- YAML handling

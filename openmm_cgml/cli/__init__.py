@@ -19,6 +19,7 @@ COMMANDS = {
     "train": ("openmm_cgml.cli.train", "train the propagator from a YAML config"),
     "export": ("openmm_cgml.cli.export", "export a training checkpoint (or convert a model) to one model file"),
     "simulate": ("openmm_cgml.cli.simulate", "run an exported model as an OpenMM integrator"),
+    "backmap": ("openmm_cgml.cli.backmap", "bead trajectories back to atoms: fragments, restrained minimisation"),
     "evaluate": ("openmm_cgml.cli.evaluate", "compare rollouts with reference MD: JSON and report"),
     "benchmark": ("openmm_cgml.cli.benchmark", "fidelity benchmark: held-out chains, ceilings, CIs, baseline"),
 }

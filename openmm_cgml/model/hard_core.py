@@ -124,4 +124,10 @@ def _pair_minimum(i: Tensor, j: Tensor, n: int, bond_keys: Tensor, min_distance_
     Shapes:
         i, j (P,), bond_keys (2B,), min_distance_nm (2,) -> (P,)
     """
-    return torch.where(torch.isin(i * n + j, bond_keys), min_distance_nm[0], min_distance_nm[1])
+    # a binary search in the few sorted bond keys: isin would sort all the pairs as well
+    keys = i * n + j
+    if bond_keys.numel() == 0:
+        return min_distance_nm[1].expand(keys.size(0))
+    sorted_keys = torch.sort(bond_keys)[0]
+    found = sorted_keys[torch.searchsorted(sorted_keys, keys).clamp_max(sorted_keys.size(0) - 1)] == keys
+    return torch.where(found, min_distance_nm[0], min_distance_nm[1])
