@@ -1,4 +1,4 @@
-"""Beads back to atoms: :class:`Backmapper`, fragments from reference MD placed on the beads, then a restrained minimisation.
+"""Beads back to atoms: :class:`Backmapper`, reference fragments placed on the beads, then a restrained minimisation.
 
 A chemist needs atoms to look at a coarse structure, to rescore it with a
 force field or to seed all-atom MD. The backmapping here has two stages:
@@ -31,7 +31,6 @@ from dataclasses import dataclass
 import numpy as np
 import openmm
 import openmm.unit as u
-from openmm import app
 
 from openmm_cgml import systems
 from openmm_cgml.geometry import kabsch
@@ -69,7 +68,7 @@ class BackmapResult:
 
 
 def _context_beads(n_beads: int, coarse_bonds: np.ndarray, molecule_of_bead: np.ndarray) -> list[np.ndarray]:
-    """For each bead, its context: beads of its molecule by distance in the bond graph (<= 2, else any), nearest first."""
+    """Each bead's context: beads of its molecule by bond-graph distance (<= 2, else any), nearest first."""
     neighbours = [[] for _ in range(n_beads)]
     for a, b in coarse_bonds:
         neighbours[a].append(int(b))
