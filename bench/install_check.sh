@@ -27,5 +27,6 @@ print(json.dumps({"check": "pip install -e .[dev] over an installed torch, then 
                   "commit": commit, "torch_asked": asked, "torch_before_install": before,
                   "torch_after_install": after, "torch_kept": before == after and before.startswith(asked),
                   "tests_exit_code": int(code), "tests_summary": lines[-1] if lines else None,
+                  "tests_failed": [line.split()[1] for line in lines if line.startswith("FAILED")],
                   "python": platform.python_version(), "machine": platform.machine()}, indent=1))
 PY

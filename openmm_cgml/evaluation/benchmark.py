@@ -45,6 +45,9 @@ from openmm_cgml.units import is_number
 __all__ = ["BENCHMARKS_DIR", "available", "load_definition", "design_splits", "run_benchmark"]
 
 BENCHMARKS_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
+# a definition's ``kind`` (default polymer) -> the shipped file whose shape it must have
+KINDS = {"polymer": "polymer.yaml", "peptide": "peptide.yaml"}
+DEFAULT_MODELS = {"polymer": "polymer-chain", "peptide": "alanine-dipeptide"}
 SPLITS = ("test", "test_long", "validation", "train")  # design order: the test sets get first pick
 
 
@@ -69,7 +72,10 @@ def load_definition(name_or_path, scale: str) -> dict:
         raise ValueError(f"{path}: scale {scale!r} must be a mapping of settings, got {scales[scale]!r:.60}")
     merged = {key: value for key, value in definition.items() if key != "scales"}
     merged.update(scales[scale])
-    _check_like(merged, _template(), str(path), "")
+    kind = merged.setdefault("kind", "polymer")
+    if kind not in KINDS:
+        raise ValueError(f"{path}: kind must be one of {sorted(KINDS)}, got {kind!r:.60}")
+    _check_like(merged, _template(kind), str(path), "")
     merged.update(scale=scale, file=str(path))
     return merged
 
@@ -78,11 +84,12 @@ def load_definition(name_or_path, scale: str) -> dict:
 _MAY_BE_ZERO = {"seed", "equilibration_steps"}
 
 
-def _template() -> dict:
-    """The shipped polymer benchmark at its small scale: what every definition must look like."""
-    shipped = read_yaml(BENCHMARKS_DIR / "polymer.yaml", "benchmark definition")
+def _template(kind: str) -> dict:
+    """The shipped benchmark of ``kind`` at its small scale: what every definition of that kind must look like."""
+    shipped = read_yaml(BENCHMARKS_DIR / KINDS[kind], "benchmark definition")
     template = {key: value for key, value in shipped.items() if key != "scales"}
     template.update(shipped["scales"]["small"])
+    template.setdefault("kind", kind)
     return template
 
 
@@ -298,9 +305,13 @@ def _hard_core_block(model, test_sets, rollout_on: dict, reference_chains, n_ste
     }
 
 
-def run_benchmark(name: str, scale: str, out, model="polymer-chain", cache=None, workers: int | None = None,
+def run_benchmark(name: str, scale: str, out, model=None, cache=None, workers: int | None = None,
                   log=print, overwrite: bool = False, platform: str = "CPU") -> dict:
-    """Run the benchmark and write ``out/fidelity.json`` and ``out/report.md``; returns the JSON content."""
+    """Run the benchmark and write ``out/fidelity.json`` and ``out/report.md``; returns the JSON content.
+
+    ``model`` defaults to the shipped model of the benchmark's kind (:data:`DEFAULT_MODELS`). A ``peptide``
+    definition runs :func:`openmm_cgml.evaluation.peptide.run_peptide_benchmark`.
+    """
     from openmm_cgml.model_file import load
 
     started = time.perf_counter()
@@ -313,10 +324,15 @@ def run_benchmark(name: str, scale: str, out, model="polymer-chain", cache=None,
     if workers is not None and workers < 1:
         raise ValueError(f"workers (--workers) must be >= 1, got {workers}")
     _check_platform(platform)
+    model = DEFAULT_MODELS[definition["kind"]] if model is None else model
     cg_model = load(model)   # before hours of reference MD: a bad model file fails now
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(cache) if cache else out / "references"
     workers = workers or max(1, min(2, os.cpu_count() or 1))
+    if definition["kind"] == "peptide":
+        from openmm_cgml.evaluation.peptide import run_peptide_benchmark
+
+        return run_peptide_benchmark(definition, out, cg_model, model, cache, workers, log, platform)
 
     designed = design_splits(definition)
     params = chain_system_params(definition["system"], definition["system_params"])

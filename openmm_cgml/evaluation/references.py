@@ -1,13 +1,15 @@
-"""Reference MD for a benchmark: isolated chains simulated side by side, cached by what defines them.
+"""Reference MD for a benchmark, cached by what defines it: isolated chains side by side, or peptide replicas.
 
-A :class:`ReferenceBatch` is one OpenMM Context of up to ``chains_per_context``
+A :class:`ReferenceBatch` (polymer benchmark) is one OpenMM Context of up to ``chains_per_context``
 isolated chains (the ``polymer-chains`` builder) and one replica seed. Its
 trajectory lives in ``CACHE/<hash>/``, where the hash covers everything that
 defines the trajectory (force field, sequences, lengths, seeds), so a rerun,
 or a run with another model, reuses it; a half-written one resumes.
 Batches run in parallel worker processes, one CPU thread each, or one after
 another on a GPU platform (``platform="CUDA"``), where one Context of many
-chains already fills the device.
+chains already fills the device. :func:`replica_runs` (peptide benchmark)
+runs independent replicas of one registered system the same way, one
+``cgml generate`` shard per replica, into ``CACHE/<split>-<hash>/``.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import numpy as np
 from openmm_cgml import systems
 from openmm_cgml.trajectory import FineTrajectory
 
-__all__ = ["ReferenceBatch", "chain_system_params", "run_batches", "chain_atoms"]
+__all__ = ["ReferenceBatch", "chain_system_params", "run_batches", "chain_atoms", "replica_runs"]
 
 
 def chain_system_params(system: str, overrides: dict) -> dict:
@@ -87,7 +89,8 @@ def _run(batch: ReferenceBatch, cache: str, platform: str = "CPU") -> str:
     return str(paths[0])
 
 
-def _complete(path: Path) -> bool:
+def is_complete(path: Path) -> bool:
+    """Whether ``path`` is a finished fine trajectory (absent, half-written or unreadable: no)."""
     if not path.is_file():
         return False
     try:
@@ -106,7 +109,7 @@ def run_batches(batches: list[ReferenceBatch], cache, workers: int = 2, log=prin
     """
     cache = Path(cache)
     cache.mkdir(parents=True, exist_ok=True)
-    todo = sorted((b for b in batches if not _complete(b.path(cache))), key=lambda b: -b.cost)
+    todo = sorted((b for b in batches if not is_complete(b.path(cache))), key=lambda b: -b.cost)
     if todo:
         log(f"      reference MD: {len(todo)} of {len(batches)} batches to run "
             f"({sum(b.cost for b in todo) / 1e6:.0f} M bead-steps) on {platform}, "
@@ -128,3 +131,47 @@ def chain_atoms(path: Path, sequences) -> tuple[list[np.ndarray], float]:
         everything = np.asarray(trajectory.positions[:], dtype=np.float64)
         interval = float(trajectory.frame_interval_ps)
     return [everything[:, a:b] for a, b in zip(offsets[:-1], offsets[1:])], interval
+
+
+def _run_replica(system: str, params: dict, folder: str, frames: int, stride: int, equilibration_steps: int,
+                 seed: int, replica: int, replicas: int, platform: str) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    from openmm_cgml.generate import generate
+
+    generate(system, folder, frames=frames, stride=stride, replicas=replicas, seed=seed, params=params,
+             equilibration_steps=equilibration_steps, progress=False, platform=platform, cpu_threads=1,
+             shard=(replica, replicas))
+
+
+def replica_runs(system: str, params: dict, split: str, spec: dict, stride: int, equilibration_steps: int,
+                 cache, workers: int = 2, log=print, platform: str = "CPU") -> list[Path]:
+    """Run (or find in ``cache``) ``spec["replicas"]`` independent replicas of a registered system; their paths.
+
+    ``spec``: ``seed``, ``replicas``, ``reference_ns``; frames every ``stride`` MD steps after
+    ``equilibration_steps``. The folder is ``CACHE/<split>-<hash>``, the hash over everything that defines
+    the trajectories; a half-written replica resumes. Replicas run in parallel processes on the CPU.
+    """
+    dt = float(systems.load(system, **params).timestep._value)
+    frames = int(round(float(spec["reference_ns"]) * 1000.0 / (stride * dt))) + 1
+    replicas, seed = int(spec["replicas"]), int(spec["seed"])
+    text = json.dumps({"system": system, "params": params, "frames": frames, "stride": stride,
+                       "equilibration_steps": equilibration_steps, "seed": seed, "replicas": replicas}, sort_keys=True)
+    folder = Path(cache) / f"{split}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+    paths = [folder / f"{system}-r{replica:03d}.h5" for replica in range(replicas)]
+    todo = [replica for replica, path in enumerate(paths) if not is_complete(path)]
+    if todo:
+        log(f"      reference MD ({split}): {len(todo)} of {replicas} replicas of {frames} frames to run "
+            f"on {platform}; cache {folder}")
+        folder.mkdir(parents=True, exist_ok=True)
+        args = [(system, params, str(folder), frames, stride, equilibration_steps, seed, r, replicas, platform)
+                for r in todo]
+        if workers <= 1 or platform != "CPU":
+            for item in args:
+                _run_replica(*item)
+        else:
+            with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                for future in [pool.submit(_run_replica, *item) for item in args]:
+                    future.result()
+    return paths

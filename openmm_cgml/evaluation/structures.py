@@ -15,16 +15,22 @@ Positions are plain nm arrays (frames, n_atoms, 3); the topology is an
   MD frames, 0.19-0.20 nm, as clashes).
 - :func:`heavy_atom_rmsd`: per-frame RMSD of the heavy atoms after the best
   proper rotation onto the reference frame.
+- :func:`backmap_quality`: all of these for a Backmapper on reference frames
+  it never saw (the ``backmap`` block of the peptide benchmark, ``bench/backmap.py``).
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
+import openmm.unit as u
 from openmm import app
 
 from openmm_cgml.geometry import kabsch
 from openmm_cgml.structure import topology_bonds
 
-__all__ = ["stereocentres", "handedness", "clashes", "heavy_atom_rmsd", "VDW_RADII_NM", "CLASH_OVERLAP_NM"]
+__all__ = ["stereocentres", "handedness", "clashes", "heavy_atom_rmsd", "backmap_quality", "VDW_RADII_NM",
+           "CLASH_OVERLAP_NM"]
 
 # van der Waals radii, nm: Bondi (1964) for heavy atoms (others 0.18), 0.10 for hydrogen (see above)
 VDW_RADII_NM = {"H": 0.100, "C": 0.170, "N": 0.155, "O": 0.152, "F": 0.147, "P": 0.180, "S": 0.180, "Cl": 0.175}
@@ -117,3 +123,52 @@ def heavy_atom_rmsd(positions: np.ndarray, reference: np.ndarray, topology: app.
     b = b - b.mean(axis=1, keepdims=True)
     _, residual = kabsch(a, b)
     return np.sqrt(np.maximum(residual, 0.0) / heavy.sum())
+
+
+def backmap_quality(backmapper, atoms: np.ndarray, topology: app.Topology) -> dict:
+    """Backmap the beads of reference frames (with minimisation) and compare with their own atoms.
+
+    Parameters
+    ----------
+    backmapper : Backmapper
+        Its library must not hold these frames.
+    atoms : ndarray
+        (frames, n_atoms, 3) reference atom positions, nm (a stretch of one trajectory, in order).
+    topology : openmm.app.Topology
+
+    Returns
+    -------
+    dict
+        ``rmsd_nm`` (mean and 95% block-bootstrap interval), ``chirality_fraction`` (stereocentre signs
+        as in the original frame), ``clashes`` and ``clashes_md_frames`` (frames with a clash after
+        backmapping, and in the MD frames themselves), ``bead_deviation_nm`` (largest), energies
+        (``potential_energy_kj_mol``: backmapped, and the MD frames minimised under the same restraints),
+        ``frames`` and ``seconds_per_frame``.
+    """
+    from openmm_cgml.evaluation.statistics import block_bootstrap_means, percentile_ci
+
+    def mean_ci(values):
+        values = np.asarray(values, dtype=np.float64)
+        return {"mean": float(values.mean()), "ci95": percentile_ci(block_bootstrap_means(values, seed=1))}
+
+    beads = backmapper.mapping.bead_positions(atoms)
+    start = time.perf_counter()
+    result = backmapper.backmap(beads)
+    seconds = (time.perf_counter() - start) / len(beads)
+    placed = result.positions.value_in_unit(u.nanometer)
+    centres = stereocentres(topology)
+    out = {"frames": int(len(beads)), "rmsd_nm": mean_ci(heavy_atom_rmsd(placed, atoms, topology)),
+           "chirality_fraction": float((handedness(placed, centres) == handedness(atoms, centres)).mean())
+           if len(centres) else None,
+           "clashes": int((clashes(placed, topology) > 0).sum()),
+           "clashes_md_frames": int((clashes(atoms, topology) > 0).sum()),
+           "bead_deviation_nm": float(result.bead_deviation.value_in_unit(u.nanometer).max()),
+           "seconds_per_frame": seconds}
+    if result.potential_energy is not None:
+        energy = result.potential_energy.value_in_unit(u.kilojoule_per_mole)
+        minimized = np.array([backmapper.minimize(frame, bead)[1].value_in_unit(u.kilojoule_per_mole)
+                              for frame, bead in zip(atoms, beads)])
+        out["potential_energy_kj_mol"] = {"backmapped_minimized": mean_ci(energy),
+                                          "md_minimized_same_restraints": mean_ci(minimized),
+                                          "backmapped_minus_md_minimized": mean_ci(energy - minimized)}
+    return out
