@@ -149,7 +149,9 @@ def backmap_quality(backmapper, atoms: np.ndarray, topology: app.Topology) -> di
 
     def mean_ci(values):
         values = np.asarray(values, dtype=np.float64)
-        return {"mean": float(values.mean()), "ci95": percentile_ci(block_bootstrap_means(values, seed=1))}
+        # a block bootstrap needs a few frames; with fewer there is no interval
+        interval = percentile_ci(block_bootstrap_means(values, seed=1)) if len(values) >= 8 else None
+        return {"mean": float(values.mean()), "ci95": interval}
 
     beads = backmapper.mapping.bead_positions(atoms)
     start = time.perf_counter()

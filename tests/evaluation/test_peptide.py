@@ -1,0 +1,79 @@
+"""The peptide benchmark: statistics on synthetic data with known answers, and a whole tiny run."""
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from openmm_cgml.cli import main
+from openmm_cgml.evaluation import peptide
+from openmm_cgml.evaluation.benchmark import BENCHMARKS_DIR, load_definition
+
+
+def test_basin_populations_of_known_points():
+    phi = np.array([-60.0, -60.0, -150.0, -80.0, 60.0, 170.0, -100.0, -60.0])
+    psi = np.array([-40.0, 140.0, 160.0, -170.0, 40.0, -170.0, 49.0, 50.0])
+    # alpha-R: (-60,-40), (-100,49); C7eq/C5: (-60,140), (-150,160), (-80,-170), (-60,50); alpha-L: phi >= 0
+    assert peptide.basin_populations(phi, psi) == {"c7eq_c5": 0.5, "alpha_r": 0.25, "alpha_l": 0.25}
+
+
+def two_state_ensemble(p: float, frames: int, replicas: int, seed: int, dt_ps: float = 1.0):
+    """Replicas of a two-state Markov chain (phi -60 or +60 degrees, psi fixed): known slowest timescale."""
+    rng = np.random.default_rng(seed)
+    phis, psis = [], []
+    for _ in range(replicas):
+        flips = rng.random(frames) < p
+        state = np.cumsum(flips) % 2
+        phis.append((np.where(state == 0, -60.0, 60.0) + rng.normal(0, 5, frames))[:, None])
+        psis.append(np.full((frames, 1), 150.0) + rng.normal(0, 5, (frames, 1)))
+    return peptide._Ensemble(dt_ps, phi=phis, psi=psis, beads=[None] * replicas)
+
+
+def test_msm_recovers_the_implied_timescale_of_a_two_state_chain():
+    p = 0.05
+    ensemble = two_state_ensemble(p, 5000, 4, seed=1)
+    kinetics = peptide._Kinetics(ensemble, clusters=2, lag_ps=2.0)
+    expected = -2.0 / np.log((1 - 2 * p) ** 2)            # lag 2 frames: eigenvalue (1 - 2p)^2
+    assert kinetics.slowest_its_ps(ensemble) == pytest.approx(expected, rel=0.1)
+    # the same chain saved every 2 ps (flip probability q per frame, 1 - 2q = (1 - 2p)^2): the same timescale
+    # in ps, the lag now one frame
+    coarser = two_state_ensemble(2 * p - 2 * p * p, 5000, 4, seed=2, dt_ps=2.0)
+    assert kinetics.slowest_its_ps(coarser) == pytest.approx(expected, rel=0.15)
+    with pytest.raises(ValueError, match="whole number"):
+        kinetics.slowest_its_ps(two_state_ensemble(p, 100, 2, seed=3, dt_ps=3.0))
+
+
+def test_peptide_definition_is_checked_like_the_polymer_one(tmp_path):
+    definition = load_definition("peptide", "small")
+    assert definition["kind"] == "peptide" and definition["test"]["replicas"] % 2 == 0
+    broken = yaml.safe_load((BENCHMARKS_DIR / "peptide.yaml").read_text())
+    del broken["scales"]["small"]["msm_lag_ps"]
+    (tmp_path / "broken.yaml").write_text(yaml.safe_dump(broken))
+    with pytest.raises(ValueError, match="msm_lag_ps"):
+        load_definition(tmp_path / "broken.yaml", "small")
+
+
+def test_a_tiny_peptide_benchmark_runs_end_to_end(tmp_path, capsys):
+    """The shipped alanine-dipeptide model on 4 replicas of 40 ps: every metric with model, ceiling and CI."""
+    definition = yaml.safe_load((BENCHMARKS_DIR / "peptide.yaml").read_text())
+    definition["scales"] = {"tiny": {
+        "frame_stride": 500, "equilibration_steps": 1000, "library": {"seed": 5, "replicas": 1, "reference_ns": 0.02},
+        "test": {"seed": 6, "replicas": 4, "reference_ns": 0.04}, "msm_lag_ps": 4.0, "msm_clusters": 4,
+        "backmap_frames": 3, "timing": {"rounds": 1, "md_steps": 200, "model_steps": 4}, "bootstrap": 10}}
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(definition))
+    out = tmp_path / "bench"
+    assert main(["benchmark", str(tmp_path / "tiny.yaml"), "--scale", "tiny", "--out", str(out),
+                 "--workers", "1"]) == 0
+    document = json.loads((out / "fidelity.json").read_text())
+    for name in ("phi_js", "psi_js", "rama_js", "population_max_diff", "slowest_its_ratio",
+                 "chirality_kept_fraction"):
+        metric = document["metrics"][name]
+        assert set(metric) >= {"model", "ceiling", "ci95"} and len(metric["ci95"]) == 2
+    assert 0.0 <= document["metrics"]["rama_js"]["model"] <= 1.0
+    assert document["backmap"]["rmsd_nm"]["mean"] < 0.05 and document["backmap"]["chirality_fraction"] == 1.0
+    assert document["speedup"]["interleaved"] is True and document["speedup"]["median"] > 0
+    assert abs(sum(document["populations"]["reference"].values()) - 1.0) < 1e-9
+    assert (out / "report.md").exists() and (out / "ramachandran.png").stat().st_size > 0
+    # the brief on stdout carries the peptide blocks
+    brief = json.loads(capsys.readouterr().out)
+    assert "backmap" in brief and "speedup" in brief
