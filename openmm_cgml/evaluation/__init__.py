@@ -12,6 +12,8 @@
 ``fidelity``        the metrics, model against reference and reference against reference
 ``fidelity_report`` the benchmark's Markdown report and plots
 ``benchmark``       the whole fidelity benchmark (``cgml benchmark``) from a versioned definition file
+``peptide``         the peptide benchmark: torsion and Ramachandran JS, basins, MSM kinetics, handedness
+``structures``      quality of atom structures: stereocentres, clashes, heavy-atom RMSD, backmapping quality
 ``properties``      the backbone property task: energies, forces and dipoles of a molecule (``bench/backbone.py``)
 
 The command lines are ``openmm_cgml/cli/evaluate.py`` and ``openmm_cgml/cli/benchmark.py``.
