@@ -23,7 +23,8 @@ from scipy.sparse.csgraph import breadth_first_order, connected_components
 
 from openmm_cgml.units import whole_number
 
-__all__ = ["adjacency", "molecules", "repair_connectivity", "check_atoms_per_bead", "check_n_beads", "metis_beads",
+__all__ = ["adjacency", "molecules", "stereocentres",
+           "repair_connectivity", "check_atoms_per_bead", "check_n_beads", "metis_beads",
            "spanning_forest", "coarse_bonds", "bead_molecules", "bond_difference"]
 
 
@@ -335,3 +336,33 @@ def spanning_forest(n_atoms: int, bonds: np.ndarray, molecule: np.ndarray):
     stops = np.concatenate([boundaries, [len(children)]]).astype(int)
     levels = list(zip(starts.tolist(), stops.tolist())) if len(children) else []
     return children.astype(np.int64), parents, levels
+
+
+def stereocentres(labels, bonds: np.ndarray) -> np.ndarray:
+    """Stereocentres of a bond graph and their neighbours in a fixed order: (S, 5) int64, ``[centre, a, b, c, d]``.
+
+    An atom with four bonded neighbours that all differ, told apart by their
+    label (element or atom type) and the sorted labels bonded to them
+    (excluding the centre): the alpha carbon of every amino acid but glycine,
+    not a methyl carbon. The neighbours are sorted by that signature, so the
+    sign of ``det(a - x, b - x, c - x)`` is the handedness.
+
+    Parameters
+    ----------
+    labels : sequence
+        One comparable label per atom (element symbols, atomic numbers).
+    bonds : ndarray
+        (B, 2) atom index pairs.
+    """
+    bonded = [[] for _ in range(len(labels))]
+    for a, b in np.asarray(bonds, dtype=np.int64).reshape(-1, 2):
+        bonded[a].append(int(b))
+        bonded[b].append(int(a))
+    rows = []
+    for centre, around in enumerate(bonded):
+        if len(around) != 4:
+            continue
+        signature = [(labels[n], tuple(sorted(labels[m] for m in bonded[n] if m != centre))) for n in around]
+        if len(set(signature)) == 4:
+            rows.append([centre] + [n for _, n in sorted(zip(signature, around))])
+    return np.asarray(rows, dtype=np.int64).reshape(-1, 5)

@@ -66,8 +66,10 @@ def dataset_summary(dataset) -> dict:
         :meth:`CoarseDataset.summary` (``path``, ``attrs``, ``mass_scale_amu``,
         ``n_molecules``) plus ``type_masses`` (amu per atom type, the embedding's mass
         table: built here because it is a model input) and ``single_mapping`` (the
-        :class:`~openmm_cgml.mapping.Mapping` when the data holds one molecule, else None).
+        :class:`~openmm_cgml.mapping.Mapping` when the data holds one molecule, else None) and
+        ``stereocentres`` (how many the data's molecules have, from atom types and fine bonds).
     """
+    from openmm_cgml.bond_graph import stereocentres
     from openmm_cgml.model.embedding import type_mass_table
 
     if not isinstance(dataset, CoarseDataset):
@@ -79,7 +81,8 @@ def dataset_summary(dataset) -> dict:
     table = type_mass_table(torch.as_tensor(types), torch.as_tensor(masses))
     return {"path": facts["path"], "attrs": facts["attrs"], "type_masses": table.tolist(),
             "mass_scale_amu": facts["mass_scale_amu"], "n_molecules": facts["n_molecules"],
-            "single_mapping": mappings[0] if len(mappings) == 1 else None}
+            "single_mapping": mappings[0] if len(mappings) == 1 else None,
+            "stereocentres": sum(len(stereocentres(m.atom_types.tolist(), m.fine_bonds)) for m in mappings)}
 
 
 def hard_core_distance(observed_nm: float) -> float:
@@ -115,6 +118,8 @@ def build_propagator(config: TrainConfig, summary: dict):
     if missing:
         raise ValueError(f"{summary.get('path', 'the dataset')}: no dataset attribute {missing[0]!r}")
     model_options = dict(config.model)
+    if model_options.get("chirality", "auto") == "auto":   # the training default: on for chiral molecules
+        model_options["chirality"] = summary.get("stereocentres", 0) > 0
     data_k = int(attrs["k"])
     model_options.setdefault("k", data_k)
     if int(model_options["k"]) > data_k:

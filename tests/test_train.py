@@ -13,6 +13,7 @@ import yaml
 from openmm_cgml.cli import main
 from openmm_cgml.data import CoarseDataset, coarse_grain
 from openmm_cgml.generate import generate
+from openmm_cgml.model.propagator import CGPropagator, PropagatorConfig
 from openmm_cgml.model_file import load, propagator_from_checkpoint
 from openmm_cgml.train import build_propagator, dataset_summary, hard_core_distance, train
 from openmm_cgml.train_config import DEFAULT_CONFIG, TrainConfig
@@ -73,6 +74,19 @@ def test_dataset_summary_reads_scales_and_mapping(dataset):
     assert summary["attrs"]["k"] == 3 and summary["attrs"]["md_steps_per_model_step"] == 100
     assert summary["single_mapping"].n_beads == 10
     assert summary["type_masses"][0] == pytest.approx(72.0)
+
+
+def test_chirality_auto_follows_the_molecules_stereocentres(dataset, tmp_path):
+    """Training's default chirality 'auto': off for a polymer chain (no stereocentre), on for a chiral one."""
+    config = tiny_config(dataset, tmp_path / "run")
+    summary = dataset_summary(dataset)
+    assert summary["stereocentres"] == 0 and "chirality" not in config.model
+    assert build_propagator(config, summary).chirality is False
+    assert build_propagator(config, dict(summary, stereocentres=1)).chirality is True
+    config.model["chirality"] = False
+    assert build_propagator(config, dict(summary, stereocentres=1)).chirality is False
+    with pytest.raises(ValueError, match="resolved"):
+        CGPropagator(PropagatorConfig(chirality="auto"), torch.ones(3))
 
 
 def test_training_lowers_nll_resumes_and_exports(dataset, tmp_path):

@@ -26,6 +26,7 @@ import numpy as np
 import openmm.unit as u
 from openmm import app
 
+from openmm_cgml.bond_graph import stereocentres as graph_stereocentres
 from openmm_cgml.geometry import kabsch
 from openmm_cgml.structure import topology_bonds
 
@@ -53,17 +54,10 @@ def stereocentres(topology: app.Topology) -> np.ndarray:
     """Stereocentres and their neighbours in a fixed order: (S, 5) int, ``[centre, a, b, c, d]``.
 
     Neighbours are told apart by their element and the sorted elements bonded
-    to them (excluding the centre); a centre qualifies when all four differ.
+    to them (excluding the centre); a centre qualifies when all four differ
+    (:func:`openmm_cgml.bond_graph.stereocentres`).
     """
-    bonded, symbols = _neighbours(topology), _symbols(topology)
-    rows = []
-    for centre, around in enumerate(bonded):
-        if len(around) != 4:
-            continue
-        labels = [(symbols[n], tuple(sorted(symbols[m] for m in bonded[n] if m != centre))) for n in around]
-        if len(set(labels)) == 4:
-            rows.append([centre] + [n for _, n in sorted(zip(labels, around))])
-    return np.asarray(rows, dtype=np.int64).reshape(-1, 5)
+    return graph_stereocentres(_symbols(topology), topology_bonds(topology))
 
 
 def handedness(positions: np.ndarray, centres: np.ndarray) -> np.ndarray:

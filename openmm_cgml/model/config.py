@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-from typing import List
+from typing import List, Union
 
 __all__ = ["PropagatorConfig", "SCORE_NETS"]
 
@@ -45,10 +45,13 @@ class PropagatorConfig:
     exclusion_retries : int
         The truncated step: a molecule with a pair closer than its learned minimum distance redraws
         its step up to this many times (0: off); see docs/propagator.md.
-    chirality : bool
+    chirality : bool or "auto"
         Give the Dynamics network reflection-odd bead inputs (signed volumes of the coarse bonds,
         :mod:`openmm_cgml.model.chirality`), so it tells a molecule from its mirror image (SE(3)
-        instead of E(3)). Off by default; files without the option load with it off.
+        instead of E(3)). Off by default here, and files without the option load with it off;
+        ``cgml train`` takes ``auto`` when the option is not given and resolves it from the data: on
+        when a training molecule has a stereocentre (:func:`openmm_cgml.bond_graph.stereocentres`).
+        A propagator needs it resolved.
     """
 
     k: int = 4
@@ -67,7 +70,7 @@ class PropagatorConfig:
     hard_core: bool = True
     hard_core_sweeps: int = 8
     exclusion_retries: int = 8
-    chirality: bool = False
+    chirality: Union[bool, str] = False
 
     @classmethod
     def from_dict(cls, values: dict | None) -> "PropagatorConfig":
@@ -113,8 +116,8 @@ class PropagatorConfig:
             raise ValueError(f"model.hard_core_sweeps must be >= 1, got {self.hard_core_sweeps}")
         if int(self.exclusion_retries) < 0:
             raise ValueError(f"model.exclusion_retries must be >= 0, got {self.exclusion_retries}")
-        if not isinstance(self.chirality, bool):
-            raise ValueError(f"model.chirality must be true or false, got {self.chirality!r}")
+        if not isinstance(self.chirality, bool) and self.chirality != "auto":
+            raise ValueError(f"model.chirality must be true, false or auto, got {self.chirality!r}")
 
     def to_dict(self) -> dict:
         """The options as a plain dict (the ``config`` of a model's ``init_json``)."""

@@ -18,6 +18,20 @@ def test_alanine_dipeptide_has_one_stereocentre_whose_mirror_flips():
     assert handedness(-x, centres)[0, 0] == -handedness(x, centres)[0, 0]
 
 
+def test_stereocentres_of_a_bond_graph_by_atomic_numbers():
+    """The same centre from atomic numbers and bonds (what training sees) as from the topology's elements."""
+    from openmm_cgml.bond_graph import stereocentres as graph_stereocentres
+    from openmm_cgml.structure import topology_bonds
+
+    reference = systems.load("alanine-dipeptide")
+    numbers = [a.element.atomic_number for a in reference.topology.atoms()]
+    by_graph = graph_stereocentres(numbers, topology_bonds(reference.topology))
+    assert by_graph[:, 0].tolist() == stereocentres(reference.topology)[:, 0].tolist()
+    # a carbon with four identical substituents (CH4-like) or three (a methyl group) is not one
+    assert len(graph_stereocentres([6, 1, 1, 1, 1], [[0, 1], [0, 2], [0, 3], [0, 4]])) == 0
+    assert len(graph_stereocentres([6, 1, 1, 1, 6], [[0, 1], [0, 2], [0, 3], [0, 4]])) == 0
+
+
 def test_clashes_count_only_overlapping_pairs_beyond_three_bonds():
     reference = systems.load("alanine-dipeptide")
     x = reference.positions.value_in_unit(u.nanometer)
