@@ -42,7 +42,7 @@ from openmm_cgml.evaluation.statistics import LinearBaseline, r2_scores
 from openmm_cgml.io import jsonable, read_yaml, write_atomic
 from openmm_cgml.units import is_number
 
-__all__ = ["BENCHMARKS_DIR", "available", "load_definition", "design_splits", "run_benchmark"]
+__all__ = ["BENCHMARKS_DIR", "available", "load_definition", "design_splits", "run_benchmark", "frames_per_step"]
 
 BENCHMARKS_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
 # a definition's ``kind`` (default polymer) -> the shipped file whose shape it must have
@@ -190,7 +190,8 @@ def _bead_kinds(mapping) -> np.ndarray:
     return np.asarray(labels, dtype=np.int64)
 
 
-def _lag(model_dt: float, interval: float) -> int:
+def frames_per_step(model_dt: float, interval: float) -> int:
+    """Reference frames (``interval`` ps apart) per model step of ``model_dt`` ps; ``ValueError`` unless whole."""
     lag = model_dt / interval
     if lag < 1 - 1e-6 or abs(lag - round(lag)) > 1e-6:
         raise ValueError(f"the model step ({model_dt} ps) must be a whole number of reference frames "
@@ -211,7 +212,7 @@ def _tune(model, definition, validation: _Split, model_dt: float, log) -> dict:
     """Choose the Score refinement levels on the validation chains: the lowest mean Rg + bond JS."""
     from openmm_cgml.evaluation.rollouts import roll_out
 
-    lag = _lag(model_dt, validation.chains[0].dt_ps)
+    lag = frames_per_step(model_dt, validation.chains[0].dt_ps)
     starts = [_start(c, model.k, lag) for c in validation.chains]
     reference = [fidelity.observe(c, n_boot=10) for c in validation.chains]
     scores = {}
@@ -362,8 +363,9 @@ def run_benchmark(name: str, scale: str, out, model=None, cache=None, workers: i
     from openmm_cgml.evaluation.rollouts import interleaved_speedup
 
     timing = definition["timing"]
+    lag = frames_per_step(model_dt, test_a.chains[0].dt_ps)
     speedup = interleaved_speedup(test_a.references[0], cg_model, test_a.mappings[0],
-                                  _start(test_a.chains[0], cg_model.k, _lag(model_dt, test_a.chains[0].dt_ps)),
+                                  _start(test_a.chains[0], cg_model.k, lag),
                                   rounds=timing["rounds"], md_steps=timing["md_steps"],
                                   model_steps=timing["model_steps"])
     document = _document(definition, designed, cg_model, model, choices, baseline, result, speedup,
@@ -396,7 +398,7 @@ def _evaluate(model, definition, splits, baseline, model_dt, benchmark_dt, log) 
     long_a, long_b = splits[("test_long", 0)], splits[("test_long", 1)]
     everything = test_a.chains + long_a.chains
     mappings = test_a.mappings + long_a.mappings
-    lag = _lag(model_dt, everything[0].dt_ps)
+    lag = frames_per_step(model_dt, everything[0].dt_ps)
     starts = [_start(c, model.k, lag) for c in everything]
     reference_ps = max(definition["test"]["reference_ns"], definition["test_long"]["reference_ns"]) * 1000.0
     n_steps = max(int(definition["rollout_min_model_steps"]), int(math.ceil(reference_ps / model_dt)))

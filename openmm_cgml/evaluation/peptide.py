@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from openmm_cgml.evaluation.analysis import js_divergence, js_divergence_samples, tica
+from openmm_cgml.evaluation.benchmark import frames_per_step
 from openmm_cgml.evaluation.statistics import percentile_ci
 from openmm_cgml.io import atomic_path, jsonable, software_versions, write_atomic
 
@@ -206,14 +207,6 @@ def _ensemble(atoms: list, beads: list, dt_ps: float, topology) -> _Ensemble:
     return _Ensemble(dt_ps, phi=[a[0] for a in angles], psi=[a[1] for a in angles], beads=beads)
 
 
-def _whole_lag(model_dt: float, interval: float) -> int:
-    lag = model_dt / interval
-    if lag < 1 - 1e-6 or abs(lag - round(lag)) > 1e-6:
-        raise ValueError(f"the model step ({model_dt} ps) must be a whole number of reference frames "
-                         f"({interval} ps apart)")
-    return int(round(lag))
-
-
 def run_peptide_benchmark(definition: dict, out: Path, cg_model, model_name: str, cache: Path, workers: int,
                           log=print, platform: str = "CPU") -> dict:
     """Run the peptide benchmark of a loaded ``definition`` (checked, output folder ready); the JSON content.
@@ -247,7 +240,7 @@ def run_peptide_benchmark(definition: dict, out: Path, cg_model, model_name: str
     test, interval = _read(paths["test"], mapping)
     a_atoms, b_atoms = test[0::2], test[1::2]
     model_dt = float(cg_model.model_timestep._value)
-    lag = _whole_lag(model_dt, interval)
+    lag = frames_per_step(model_dt, interval)
 
     log("[2/5] rollouts from the start of every A replica")
     histories = [mapping.bead_positions(atoms[: (cg_model.k - 1) * lag + 1: lag]) for atoms in a_atoms]

@@ -133,9 +133,8 @@ class CGPropagator(Block):
                  score: Optional[nn.Module] = None):
         super().__init__()
         config.validate()
-        if not isinstance(config.chirality, bool):
-            raise ValueError("model.chirality must be resolved to true or false before building a propagator "
-                             "(cgml train resolves 'auto' from the data)")
+        if not isinstance(config.chirality, bool):   # cgml train resolves 'auto' from the data
+            raise ValueError("model.chirality must be resolved to true or false before building a propagator")
         type_masses = torch.as_tensor(type_masses, dtype=torch.float32).flatten()
         if type_masses.numel() == 0 or not bool((type_masses >= 0).all()):
             raise ValueError("type_masses must be a non-empty array of masses >= 0 (amu)")
