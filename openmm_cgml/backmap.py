@@ -45,6 +45,7 @@ CONTEXT_BEADS = 6
 # candidates (by context distances) that get a full rotational fit
 _CANDIDATES = 8
 _RESTRAINT_GROUP = 31
+_FRAMES_PER_BLOCK = 128
 _KJ_PER_NM2 = u.kilojoule_per_mole / u.nanometer ** 2
 
 
@@ -240,24 +241,29 @@ class Backmapper:
         return beads
 
     def _place(self, beads: np.ndarray) -> np.ndarray:
-        n_frames = len(beads)
-        atoms = np.zeros((n_frames, self.mapping.n_atoms, 3))
-        for bead, (context, members) in enumerate(zip(self._contexts, self._members)):
-            query = beads[:, context] - beads[:, bead:bead + 1]                  # (F, c, 3)
-            if len(context) == 0:   # a lone bead: no orientation to match
-                atoms[:, members] = beads[:, bead:bead + 1] + self._atoms[bead][0]
-                continue
-            gap = np.abs(_distances(query)[:, None, :] - self._descriptors[bead][None]).sum(-1)   # (F, T)
-            k = min(_CANDIDATES, gap.shape[1])
-            candidates = np.argpartition(gap, k - 1, axis=1)[:, :k]                              # (F, k)
-            rotation, residual = kabsch(self._context_xyz[bead][candidates], query[:, None])
-            best = np.argmin(residual, axis=1)
-            chosen = candidates[np.arange(n_frames), best]
-            turn = rotation[np.arange(n_frames), best]                                           # (F, 3, 3)
-            atoms[:, members] = beads[:, bead:bead + 1] + self._atoms[bead][chosen] @ np.swapaxes(turn, -1, -2)
+        atoms = np.zeros((len(beads), self.mapping.n_atoms, 3))
+        for start in range(0, len(beads), _FRAMES_PER_BLOCK):   # bounds the (frames, library) work arrays
+            block = beads[start:start + _FRAMES_PER_BLOCK]
+            for bead, (context, members) in enumerate(zip(self._contexts, self._members)):
+                atoms[start:start + len(block), members] = self._fragment(bead, context, block)
         # shift each bead's atoms so the bead, as the mapping defines it, sits exactly on its target
         atoms += (beads - self.mapping.bead_positions(atoms))[:, self.mapping.bead_of_atom]
         return atoms
+
+    def _fragment(self, bead: int, context: np.ndarray, beads: np.ndarray) -> np.ndarray:
+        """The library atoms of ``bead`` (frames, its atoms, 3) nm, rotated onto each frame's context."""
+        n_frames = len(beads)
+        if len(context) == 0:   # a lone bead: no orientation to match
+            return beads[:, bead:bead + 1] + self._atoms[bead][0]
+        query = beads[:, context] - beads[:, bead:bead + 1]                                  # (F, c, 3)
+        gap = np.abs(_distances(query)[:, None, :] - self._descriptors[bead][None]).sum(-1)   # (F, T)
+        k = min(_CANDIDATES, gap.shape[1])
+        candidates = np.argpartition(gap, k - 1, axis=1)[:, :k]                              # (F, k)
+        rotation, residual = kabsch(self._context_xyz[bead][candidates], query[:, None])
+        best = np.argmin(residual, axis=1)
+        chosen = candidates[np.arange(n_frames), best]
+        turn = rotation[np.arange(n_frames), best]                                           # (F, 3, 3)
+        return beads[:, bead:bead + 1] + self._atoms[bead][chosen] @ np.swapaxes(turn, -1, -2)
 
     # ------------------------------------------------------------------ stage 2: minimisation
     def backmap(self, bead_positions, minimize: bool = True) -> BackmapResult:
