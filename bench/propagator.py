@@ -12,6 +12,9 @@ counts bead pairs closer than ``--threshold`` (default 0.1 nm).
     OMP_NUM_THREADS=1 python bench/propagator.py --model ala2.safetensors --system alanine-dipeptide \\
         --refine-sigmas 0.6 0.3 0.1
 
+``--profile`` adds ``profile``: the per-op time breakdown of one step (``torch.profiler``, self CPU time
+per step of the 25 costliest ops, refinement on, the model's own correction) at each bead count.
+
 ``collision_rate`` = colliding bead pairs per bead per model step, averaged
 over the rollout (0 = no collision ever); ``steps_with_collision`` counts model
 steps with at least one. With an untrained model (no ``--model``) timings
@@ -117,6 +120,20 @@ def collision_rate(module, inputs, refine: bool, n_steps: int, threshold: float,
     return (pairs / max(done, 1) / history.shape[1]), done, steps_hit
 
 
+def profile_step(module, inputs, refine: bool, n_steps: int = 20, top: int = 25) -> list[dict]:
+    """The costliest ops of one model step: name, self CPU microseconds per step, calls per step."""
+    history, features, edges, batch, box = inputs
+    noise = torch.randn(module.noise_draws(refine), history.shape[1], 3, device=history.device)
+    for _ in range(3):
+        module.step(history, features, edges, batch, box, noise, refine)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(n_steps):
+            module.step(history, features, edges, batch, box, noise, refine)
+    events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:top]
+    return [{"op": e.key, "self_us_per_step": round(e.self_cpu_time_total / n_steps, 2),
+             "calls_per_step": e.count / n_steps} for e in events]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="exported model (default: an untrained model of the default size)")
@@ -130,6 +147,7 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, default=0.1, help="collision distance (nm)")
     parser.add_argument("--k", type=int, default=4, help="history length of the untrained model")
     parser.add_argument("--refine-sigmas", type=float, nargs="+", help="override the model's refinement levels")
+    parser.add_argument("--profile", action="store_true", help="add a per-op time breakdown of one step")
     args = parser.parse_args()
     params = {}
     for item in args.system_param:
@@ -153,7 +171,7 @@ def main() -> None:
         def use(module, mode):
             module.hard_core = mode == "hard_core"
             module.exclusion_retries = retries if mode == "truncation" else 0
-        rows = []
+        rows, profiles = [], {}
         for device in args.devices:
             module = model.module.to(device)
             for beads in args.beads:
@@ -180,6 +198,8 @@ def main() -> None:
                                  "diverged": done < rollout_steps})
                 use(module, "truncation" if model.exclusion_retries else "none")
                 module.hard_core = model.hard_core
+                if args.profile:
+                    profiles[f"{device}:{copies * mapping.n_beads}"] = profile_step(module, inputs, True)
                 print(json.dumps(rows[-len(variants):]), flush=True, file=__import__("sys").stderr)
         report = {
             "benchmark": "propagator model step",
@@ -194,6 +214,8 @@ def main() -> None:
             "ratios": {f"{r['device']}:{r['beads']}": None for r in rows},
             "rows": rows,
         }
+        if args.profile:
+            report["profile"] = profiles
         for key in list(report["ratios"]):
             device, beads = key.split(":")
             ms = {(r["refine"], r["correction"]): r["ms_per_step"] for r in rows
