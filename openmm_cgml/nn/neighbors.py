@@ -33,7 +33,7 @@ DENSE_MAX_ATOMS = 512
 
 # Largest padded per-molecule distance block (graphs x largest graph^2) that method="auto"
 # searches densely, molecule by molecule, for many small molecules without a box (replicas of
-# a peptide, a batch of chains): 16x faster than the cell list for 512 chains of 8 beads.
+# a peptide, a batch of chains): about 25x faster than the cell list for 512 chains of 8 beads.
 GROUPED_MAX_PAIRS = 1 << 22
 
 
