@@ -5,9 +5,11 @@
 A run (definition: ``openmm_cgml/benchmarks/peptide.yaml``):
 
 1. runs, or finds in the cache, the reference MD: a library run (fragments for
-   reading atoms off beads; never scored) and the test replicas, the even
-   ones A (the reference) and the odd ones B (the ceiling);
-2. rolls out the model from the start of every A replica, as long as it;
+   reading atoms off beads; never scored), validation replicas and the test
+   replicas, the even ones A (the reference) and the odd ones B (the ceiling);
+2. chooses the model's Score refinement levels (``refine_candidates``) on the
+   validation replicas only: the lowest Ramachandran JS of their rollouts;
+   then rolls out the model from the start of every A replica, as long as it;
 3. reads the backbone torsions of every frame: from the atoms for MD, and
    from atoms placed on the rollout's beads by the backmapping fragments
    (exact for the backbone mapping, whose beads sit on N, CA and C);
@@ -207,6 +209,38 @@ def _ensemble(atoms: list, beads: list, dt_ps: float, topology) -> _Ensemble:
     return _Ensemble(dt_ps, phi=[a[0] for a in angles], psi=[a[1] for a in angles], beads=beads)
 
 
+def _starts(atoms: list, mapping, k: int, lag: int) -> tuple[list[np.ndarray], int]:
+    """The first k bead frames, one model step apart, of each trajectory, and the model steps all of them last."""
+    histories = [mapping.bead_positions(x[: (k - 1) * lag + 1: lag]) for x in atoms]
+    return histories, min((len(x) - 1 - (k - 1) * lag) // lag for x in atoms)
+
+
+def _tune(cg_model, mapping, backmapper, atoms: list, interval: float, topology, definition: dict, log) -> dict:
+    """Choose the Score refinement levels on the validation replicas: the lowest Ramachandran JS of their rollouts.
+
+    Sets the model's levels to the choice (or leaves them when the choice is no refinement).
+    """
+    from openmm_cgml.evaluation.rollouts import roll_out
+
+    model_dt = float(cg_model.model_timestep._value)
+    histories, n_steps = _starts(atoms, mapping, cg_model.k, frames_per_step(model_dt, interval))
+    reference = _ensemble(atoms, [mapping.bead_positions(x) for x in atoms], interval, topology)
+    bins, scores, original = int(definition["torsion_bins"]), {}, cg_model.refine_sigmas
+    for candidate in definition["refine_candidates"]:
+        if candidate:
+            cg_model.refine_sigmas = candidate
+        rolled = roll_out(cg_model, [mapping] * len(atoms), histories, n_steps,
+                          seed=int(definition["validation"]["seed"]), refine=bool(candidate))
+        placed = [backmapper.place(frames)._value for frames in rolled["frames"]]
+        ensemble = _ensemble(placed, rolled["frames"], model_dt, topology)
+        scores[json.dumps(candidate)] = _histogram_js(reference, ensemble, bins)["rama_js"]
+        log(f"      validation: refine {candidate or 'off'}: Ramachandran JS {scores[json.dumps(candidate)]:.4f}")
+    best = json.loads(min(scores, key=scores.get))
+    cg_model.refine_sigmas = best if best else original
+    return {"refine_sigmas": {"value": best, "split": "validation", "objective": "Ramachandran JS",
+                              "scores": scores, "replicas": len(atoms), "model_steps": int(n_steps)}}
+
+
 def run_peptide_benchmark(definition: dict, out: Path, cg_model, model_name: str, cache: Path, workers: int,
                           log=print, platform: str = "CPU") -> dict:
     """Run the peptide benchmark of a loaded ``definition`` (checked, output folder ready); the JSON content.
@@ -230,22 +264,24 @@ def run_peptide_benchmark(definition: dict, out: Path, cg_model, model_name: str
     log(f"[1/5] reference MD ({definition['name']} v{definition['version']}, scale {definition['scale']})")
     paths = {split: replica_runs(definition["system"], definition["system_params"], split, definition[split],
                                  int(definition["frame_stride"]), int(definition["equilibration_steps"]), cache,
-                                 workers, log, platform) for split in ("library", "test")}
+                                 workers, log, platform) for split in ("library", "validation", "test")}
     md_seconds = time.perf_counter() - started
     torch.set_num_threads(1)
     library, _ = _read(paths["library"], mapping)
     library = np.concatenate(library)
     backmapper = Backmapper(mapping, reference.system, library[np.linspace(0, len(library) - 1, min(1000, len(library)))
                                                               .round().astype(int)])
+    model_dt = float(cg_model.model_timestep._value)
+
+    log("[2/5] refinement levels on the validation replicas; rollouts from the start of every A replica")
+    validation, interval = _read(paths["validation"], mapping)
+    choices = _tune(cg_model, mapping, backmapper, validation, interval, reference.topology, definition, log)
+    refine = bool(choices["refine_sigmas"]["value"])
     test, interval = _read(paths["test"], mapping)
     a_atoms, b_atoms = test[0::2], test[1::2]
-    model_dt = float(cg_model.model_timestep._value)
-    lag = frames_per_step(model_dt, interval)
-
-    log("[2/5] rollouts from the start of every A replica")
-    histories = [mapping.bead_positions(atoms[: (cg_model.k - 1) * lag + 1: lag]) for atoms in a_atoms]
-    n_steps = min((len(atoms) - 1 - (cg_model.k - 1) * lag) // lag for atoms in a_atoms)
-    rolled = roll_out(cg_model, [mapping] * len(a_atoms), histories, n_steps, seed=int(definition["test"]["seed"]))
+    histories, n_steps = _starts(a_atoms, mapping, cg_model.k, frames_per_step(model_dt, interval))
+    rolled = roll_out(cg_model, [mapping] * len(a_atoms), histories, n_steps, seed=int(definition["test"]["seed"]),
+                      refine=refine)
     model_beads = rolled["frames"]
     model_atoms = [backmapper.place(frames).value_in_unit(unit.nanometer) for frames in model_beads]
 
@@ -254,9 +290,11 @@ def run_peptide_benchmark(definition: dict, out: Path, cg_model, model_name: str
     b = _ensemble(b_atoms, [mapping.bead_positions(x) for x in b_atoms], interval, reference.topology)
     m = _ensemble(model_atoms, model_beads, model_dt, reference.topology)
     document = _metrics(definition, a, b, m, mapping)
+    document["choices"] = choices
     document["rollouts"] = {"replicas": len(model_beads), "model_steps": int(n_steps),
                             "unstable": {str(k): v for k, v in rolled["unstable"].items()},
-                            "hard_core": bool(cg_model.hard_core), "refine_sigmas": cg_model.refine_sigmas,
+                            "hard_core": bool(cg_model.hard_core),
+                            "refine_sigmas": cg_model.refine_sigmas if refine else [],
                             "torsions_from": "atoms placed on the beads by the backmapping fragments (no minimisation)"}
 
     log("[4/5] backmapping held-out B frames")
@@ -332,7 +370,9 @@ def _provenance(definition, cg_model, model_name, mapping, a, b, library, md_sec
                   "reference_A": f"{len(a.phi)} replicas (even), the reference",
                   "replica_B": f"{len(b.phi)} replicas (odd), the ceiling",
                   "seed": definition["test"]["seed"], "reference_frames": frames,
-                  "reference_ns": frames * a.dt_ps / 1000.0, "tuned_on": "nothing: the model's own settings"},
+                  "reference_ns": frames * a.dt_ps / 1000.0,
+                  "tuned_on": f"validation: {definition['validation']['replicas']} replicas "
+                              f"(seed {definition['validation']['seed']})"},
         "model": {"name": str(model_name), "path": cg_model.path, "model_step_ps": cg_model.model_timestep._value,
                   "k": cg_model.k, "mapping": mapping.method, "n_beads": mapping.n_beads},
         "timing_s": {"reference_md": md_seconds, "total": seconds},

@@ -58,6 +58,7 @@ def test_a_tiny_peptide_benchmark_runs_end_to_end(tmp_path, capsys):
     definition = yaml.safe_load((BENCHMARKS_DIR / "peptide.yaml").read_text())
     definition["scales"] = {"tiny": {
         "frame_stride": 500, "equilibration_steps": 1000, "library": {"seed": 5, "replicas": 1, "reference_ns": 0.02},
+        "validation": {"seed": 7, "replicas": 1, "reference_ns": 0.04},
         "test": {"seed": 6, "replicas": 4, "reference_ns": 0.04}, "msm_lag_ps": 4.0, "msm_clusters": 4,
         "backmap_frames": 3, "timing": {"rounds": 1, "md_steps": 200, "model_steps": 4}, "bootstrap": 10}}
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(definition))
@@ -74,6 +75,10 @@ def test_a_tiny_peptide_benchmark_runs_end_to_end(tmp_path, capsys):
     assert document["speedup"]["interleaved"] is True and document["speedup"]["median"] > 0
     assert abs(sum(document["populations"]["reference"].values()) - 1.0) < 1e-9
     assert (out / "report.md").exists() and (out / "ramachandran.png").stat().st_size > 0
+    # the refinement levels were chosen on validation, among the definition's candidates
+    tuned = document["choices"]["refine_sigmas"]
+    assert tuned["split"] == "validation" and len(tuned["scores"]) == len(definition["refine_candidates"])
+    assert tuned["value"] in definition["refine_candidates"]
     # the brief on stdout carries the peptide blocks
     brief = json.loads(capsys.readouterr().out)
     assert "backmap" in brief and "speedup" in brief
