@@ -29,7 +29,6 @@ import numpy as np
 
 from openmm_cgml import systems
 from openmm_cgml.backmap import Backmapper
-from openmm_cgml.evaluation.peptide import torsions as peptide_torsions
 from openmm_cgml.evaluation.statistics import block_bootstrap_means, percentile_ci
 from openmm_cgml.evaluation.structures import backmap_quality, clashes, heavy_atom_rmsd
 from openmm_cgml.generate import generate
@@ -43,11 +42,6 @@ def mean_ci(values) -> dict:
     return {"mean": float(values.mean()), "ci95": percentile_ci(block_bootstrap_means(values, seed=1))}
 
 
-def torsions(positions: np.ndarray, topology) -> np.ndarray:
-    """(frames, 2 * n) phi and psi in degrees."""
-    return np.concatenate(peptide_torsions(positions, topology), axis=1)
-
-
 def evaluate(mapping: Mapping, system, library: np.ndarray, held_out: np.ndarray, md_energy: np.ndarray,
              topology) -> dict:
     backmapper = Backmapper(mapping, system, library)
@@ -55,14 +49,11 @@ def evaluate(mapping: Mapping, system, library: np.ndarray, held_out: np.ndarray
     beads = mapping.bead_positions(held_out)
     placed = backmapper.place(beads)._value
     one_template = Backmapper(mapping, system, library[:1]).place(beads)._value
-    atoms = backmapper.backmap(beads).positions._value
-    angle = np.abs((torsions(atoms, topology) - torsions(held_out, topology) + 180.0) % 360.0 - 180.0)
     row.update({
         "rmsd_nm_fragments_only": mean_ci(heavy_atom_rmsd(placed, held_out, topology)),
         "rmsd_nm_one_template_fragments": mean_ci(heavy_atom_rmsd(one_template, held_out, topology)),
         "clashes_fragments_only": int((clashes(placed, topology) > 0).sum()),
         "md_raw_potential_energy_kj_mol": mean_ci(md_energy),
-        "phi_psi_error_deg": mean_ci(angle.mean(axis=1)),
     })
     return row
 

@@ -42,9 +42,10 @@ import numpy as np
 from openmm_cgml.evaluation.analysis import js_divergence, js_divergence_samples, tica
 from openmm_cgml.evaluation.benchmark import frames_per_step
 from openmm_cgml.evaluation.statistics import percentile_ci
+from openmm_cgml.evaluation.structures import torsions
 from openmm_cgml.io import atomic_path, jsonable, software_versions, write_atomic
 
-__all__ = ["run_peptide_benchmark", "BASINS", "basin_populations", "torsions"]
+__all__ = ["run_peptide_benchmark", "BASINS", "basin_populations"]
 
 # (phi, psi) basins in degrees; alpha_l holds all of phi >= 0 (alpha-L and C7ax)
 BASINS = {
@@ -53,14 +54,6 @@ BASINS = {
     "alpha_l": "phi >= 0",
 }
 _CHIRAL_AGREEMENT = 0.95
-
-
-def torsions(positions: np.ndarray, topology) -> tuple[np.ndarray, np.ndarray]:
-    """Backbone phi and psi in degrees, (frames, n_phi) and (frames, n_psi), from atom positions (frames, n, 3) nm."""
-    import mdtraj
-
-    trajectory = mdtraj.Trajectory(np.asarray(positions, dtype=np.float32), mdtraj.Topology.from_openmm(topology))
-    return np.degrees(mdtraj.compute_phi(trajectory)[1]), np.degrees(mdtraj.compute_psi(trajectory)[1])
 
 
 def basin_populations(phi: np.ndarray, psi: np.ndarray) -> dict:

@@ -15,6 +15,7 @@ Positions are plain nm arrays (frames, n_atoms, 3); the topology is an
   MD frames, 0.19-0.20 nm, as clashes).
 - :func:`heavy_atom_rmsd`: per-frame RMSD of the heavy atoms after the best
   proper rotation onto the reference frame.
+- :func:`torsions`: backbone phi and psi (mdtraj).
 - :func:`backmap_quality`: all of these for a Backmapper on reference frames
   it never saw (the ``backmap`` block of the peptide benchmark, ``bench/backmap.py``).
 """
@@ -30,7 +31,7 @@ from openmm_cgml.bond_graph import stereocentres as graph_stereocentres
 from openmm_cgml.geometry import kabsch
 from openmm_cgml.structure import topology_bonds
 
-__all__ = ["stereocentres", "handedness", "clashes", "heavy_atom_rmsd", "backmap_quality", "VDW_RADII_NM",
+__all__ = ["stereocentres", "handedness", "clashes", "heavy_atom_rmsd", "torsions", "backmap_quality", "VDW_RADII_NM",
            "CLASH_OVERLAP_NM"]
 
 # van der Waals radii, nm: Bondi (1964) for heavy atoms (others 0.18), 0.10 for hydrogen (see above)
@@ -119,6 +120,14 @@ def heavy_atom_rmsd(positions: np.ndarray, reference: np.ndarray, topology: app.
     return np.sqrt(np.maximum(residual, 0.0) / heavy.sum())
 
 
+def torsions(positions: np.ndarray, topology) -> tuple[np.ndarray, np.ndarray]:
+    """Backbone phi and psi in degrees, (frames, n_phi) and (frames, n_psi), from atom positions (frames, n, 3) nm."""
+    import mdtraj
+
+    trajectory = mdtraj.Trajectory(np.asarray(positions, dtype=np.float32), mdtraj.Topology.from_openmm(topology))
+    return np.degrees(mdtraj.compute_phi(trajectory)[1]), np.degrees(mdtraj.compute_psi(trajectory)[1])
+
+
 def backmap_quality(backmapper, atoms: np.ndarray, topology: app.Topology) -> dict:
     """Backmap the beads of reference frames (with minimisation) and compare with their own atoms.
 
@@ -137,7 +146,8 @@ def backmap_quality(backmapper, atoms: np.ndarray, topology: app.Topology) -> di
         as in the original frame), ``clashes`` and ``clashes_md_frames`` (frames with a clash after
         backmapping, and in the MD frames themselves), ``bead_deviation_nm`` (largest), energies
         (``potential_energy_kj_mol``: backmapped, and the MD frames minimised under the same restraints),
-        ``frames`` and ``seconds_per_frame``.
+        ``frames``, ``seconds_per_frame`` and, for a peptide, ``phi_psi_error_deg`` (mean absolute difference
+        of the backbone torsions).
     """
     from openmm_cgml.evaluation.statistics import block_bootstrap_means, percentile_ci
 
@@ -160,6 +170,9 @@ def backmap_quality(backmapper, atoms: np.ndarray, topology: app.Topology) -> di
            "clashes_md_frames": int((clashes(atoms, topology) > 0).sum()),
            "bead_deviation_nm": float(result.bead_deviation.value_in_unit(u.nanometer).max()),
            "seconds_per_frame": seconds}
+    angles = np.concatenate(torsions(placed, topology), axis=1) - np.concatenate(torsions(atoms, topology), axis=1)
+    if angles.size:
+        out["phi_psi_error_deg"] = mean_ci(np.abs((angles + 180.0) % 360.0 - 180.0).mean(axis=1))
     if result.potential_energy is not None:
         energy = result.potential_energy.value_in_unit(u.kilojoule_per_mole)
         minimized = np.array([backmapper.minimize(frame, bead)[1].value_in_unit(u.kilojoule_per_mole)
