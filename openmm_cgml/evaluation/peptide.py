@@ -286,9 +286,9 @@ def run_peptide_benchmark(definition: dict, out: Path, cg_model, model_name: str
     document["choices"] = choices
     document["rollouts"] = {"replicas": len(model_beads), "model_steps": int(n_steps),
                             "unstable": {str(k): v for k, v in rolled["unstable"].items()},
-                            "hard_core": bool(cg_model.hard_core),
-                            # how often the corrections after a step fired (they hold distances by construction)
-                            "hard_core_per_bead_step": rolled["hard_core_events"] / max(rolled["bead_steps"], 1),
+                            # the hard-core projection is off in the scored rollouts (it would hold distances by
+                            # construction); the truncated step is the model's own: how often it fired
+                            "hard_core": False,
                             "exclusion_retries": int(cg_model.exclusion_retries),
                             "redrawn_per_molecule_step": rolled["exclusion_events"][0]
                             / max(rolled["molecule_steps"], 1),
