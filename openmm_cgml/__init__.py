@@ -3,7 +3,7 @@
 The data path, one room per stage (``docs/design.md``)::
 
     systems -> generate -> trajectory -> mapping -> data -> nn -> model -> train
-            -> model_file -> openmm (integrator) -> evaluation
+            -> model_file -> openmm (integrator) -> evaluation, backmap (beads to atoms)
 
 Heavy modules are imported on first use, so ``import openmm_cgml`` stays cheap.
 The public names below are classes and functions; every other attribute of the
@@ -25,9 +25,10 @@ _LAZY = {
     "Mapping": "openmm_cgml.mapping",
     "ReferenceSystem": "openmm_cgml.systems",
     "FineTrajectory": "openmm_cgml.trajectory",
+    "Backmapper": "openmm_cgml.backmap",
 }
 _SUBMODULES = {"systems", "generate", "trajectory", "units", "io", "mapping", "data", "nn", "model", "train",
-               "model_file", "openmm", "evaluation", "pretrained", "cli"}
+               "model_file", "openmm", "evaluation", "pretrained", "cli", "backmap"}
 
 __all__ = ["__version__", *_LAZY]
 
