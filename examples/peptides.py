@@ -6,7 +6,9 @@ rollouts with ``CGMLIntegrator`` inside an ordinary ``openmm.app.Simulation``
 (DCDReporter, several replicas in one batch), started from held-out reference
 states -> ``cgml evaluate``: TICA free-energy surfaces (TICA fitted on the
 reference, rollouts projected on it), Jensen-Shannon divergences of the
-structural distributions, bead collisions and the speed-up.
+structural distributions, bead collisions and the speed-up -> backmapping of
+the first rollout frames to atoms (fragments from the training runs, then a
+restrained minimisation with the fine force field: ``rollout_atoms.dcd``).
 
     OMP_NUM_THREADS=1 python examples/peptides.py            # --small: 2 CPU cores, ~7-15 min
     python examples/peptides.py --full --out runs/peptides-full  # GPU, hours
@@ -89,8 +91,9 @@ def roll_out(model, fine_path: Path, lag: int, n_steps: int, replicas: int, seed
     return time.perf_counter() - start, simulation.currentStep * model.model_timestep.value_in_unit(u.picosecond)
 
 
-def run_peptide(name: str, config: dict, out: Path, seed: int, log) -> tuple[Path, Path, Path, float, float]:
-    """Reference MD, dataset, training, export and rollout of one peptide; returns what evaluation needs."""
+def run_peptide(name: str, config: dict, out: Path, seed: int, log) -> tuple:
+    """Reference MD, dataset, training, export, rollout and backmapping of one peptide; returns what evaluation
+    needs and the backmapping summary."""
     log(f"[{name}] reference MD: {config['train_replicas']} training runs of {config['train_frames']} frames, "
         f"1 held-out run of {config['test_frames']} frames, every {config['stride']} steps")
     started = time.perf_counter()
@@ -120,7 +123,33 @@ def run_peptide(name: str, config: dict, out: Path, seed: int, log) -> tuple[Pat
     lag = config["model_steps"] // config["stride"]
     wall, simulated_ps = roll_out(model, test_path, lag, config["rollout_steps"], config["rollout_replicas"],
                                   seed, dcd, pdb)
-    return test_path, dcd, pdb, analysis.ns_per_day(simulated_ps, wall), reference_speed(systems.load(name))
+    log(f"[{name}] backmapping the first rollout frames to atoms")
+    backmapped = backmap_rollout(model, train_paths, dcd, pdb, out / "rollout_atoms.dcd")
+    log(f"      {backmapped}")
+    return (test_path, dcd, pdb, analysis.ns_per_day(simulated_ps, wall), reference_speed(systems.load(name)),
+            backmapped)
+
+
+def backmap_rollout(model, train_paths, dcd: Path, pdb: Path, out: Path, frames: int = 20) -> dict:
+    """Backmap the first ``frames`` frames of the first replica of a rollout; write them; their quality."""
+    import mdtraj
+
+    from openmm_cgml.backmap import Backmapper
+    from openmm_cgml.evaluation.structures import clashes, handedness, stereocentres
+
+    backmapper = Backmapper.from_references(model.mapping, train_paths, library_frames=1000)
+    beads = mdtraj.load(str(dcd), top=str(pdb)).xyz[:frames, :model.mapping.n_beads].astype(np.float64)
+    result = backmapper.backmap(beads)
+    atoms = result.positions.value_in_unit(u.nanometer)
+    with FineTrajectory(train_paths[0]) as reference:
+        topology = reference.topology
+        centres = stereocentres(topology)
+        hands = np.sign(handedness(reference.positions[:], centres).sum(axis=0))
+    mdtraj.Trajectory(atoms.astype(np.float32), mdtraj.Topology.from_openmm(topology)).save_dcd(str(out))
+    return {"frames": len(atoms), "max_bead_deviation_nm": float(result.bead_deviation._value.max()),
+            "mean_potential_energy_kj_mol": float(np.mean(result.potential_energy._value)),
+            "handedness_kept_fraction": float((handedness(atoms, centres) == hands).mean()) if len(centres) else None,
+            "frames_with_clashes": int((clashes(atoms, topology) > 0).sum()), "atoms_dcd": str(out)}
 
 
 def run(config: dict, out: Path, seed: int = 0, log=print) -> dict:
@@ -131,10 +160,11 @@ def run(config: dict, out: Path, seed: int = 0, log=print) -> dict:
     log("evaluation")
     # the speed-up is per peptide; evaluate() takes one pair of speeds, so evaluate each, then all together
     summaries = {}
-    for name, (ref, dcd, pdb, rollout_speed, reference_speed_) in zip(names, results):
+    for name, (ref, dcd, pdb, rollout_speed, reference_speed_, backmapped) in zip(names, results):
         summaries[name] = report.evaluate([ref], [dcd], out / name / "report", topology=pdb,
                                           model=out / name / "model.safetensors", reference_ns_per_day=reference_speed_,
                                           rollout_ns_per_day=rollout_speed, names=[name], overwrite=True)["summary"]
+        summaries[name]["backmap"] = backmapped
         log(f"      {name}: {out / name / 'report' / 'report.md'}")
     combined = {key: summaries[names[0]][key] for key in ("js_divergence", "collisions", "speedup")} \
         if len(names) == 1 else {
