@@ -19,7 +19,7 @@ after=$("$venv/bin/python" -c "import torch; print(torch.__version__)" 2>/dev/nu
 log=$(mktemp)
 (cd "$clone" && OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} "$venv/bin/python" -m pytest -q -p no:cacheprovider >"$log" 2>&1)
 code=$?
-"$venv/bin/python" - "$torch_version" "$before" "$after" "$code" "$log" "$(git rev-parse HEAD)" <<'PY'
+"$venv/bin/python" - "$torch_version" "$before" "$after" "$code" "$log" "$(git -C "$clone" rev-parse HEAD)" <<'PY'
 import json, platform, sys
 asked, before, after, code, log, commit = sys.argv[1:]
 lines = open(log).read().strip().splitlines()
