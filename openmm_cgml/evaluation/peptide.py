@@ -117,7 +117,8 @@ class _Kinetics:
         self.lag_ps = lag_ps
         self.clustering = KMeans(n_clusters=int(clusters), fixed_seed=seed, max_iter=200).fit(data).fetch_model()
 
-    def _lag(self, ensemble: _Ensemble) -> int:
+    def lag_frames(self, ensemble: _Ensemble) -> int:
+        """The lag in frames of ``ensemble`` (``ValueError`` unless a whole number)."""
         lag = self.lag_ps / ensemble.dt_ps
         if abs(lag - round(lag)) > 1e-6 or round(lag) < 1:
             raise ValueError(f"the MSM lag {self.lag_ps} ps is not a whole number of frames {ensemble.dt_ps} ps apart")
@@ -128,7 +129,7 @@ class _Kinetics:
         from deeptime.markov import TransitionCountEstimator
         from deeptime.markov.msm import MaximumLikelihoodMSM
 
-        lag = self._lag(ensemble)
+        lag = self.lag_frames(ensemble)
         dtrajs = [self.clustering.transform(f).astype(np.int32) for f in ensemble.features() if len(f) > lag]
         if not dtrajs:
             return float("nan")
@@ -142,7 +143,7 @@ class _Kinetics:
         """VAMP-2 score of the torsion features at the lag (deeptime VAMP), a measure of their slow variance."""
         from deeptime.decomposition import VAMP
 
-        lag = self._lag(ensemble)
+        lag = self.lag_frames(ensemble)
         trajectories = [f for f in ensemble.features() if len(f) > lag]
         return float(VAMP(lagtime=lag).fit(trajectories).fetch_model().score(r=2))
 
@@ -320,7 +321,8 @@ def _metrics(definition: dict, a: _Ensemble, b: _Ensemble, m: _Ensemble, mapping
     """Every metric, model (rollout vs A) and ceiling (B vs A), with bootstrap intervals over replicas."""
     bins, n_boot = int(definition["torsion_bins"]), int(definition["bootstrap"])
     kinetics = _Kinetics(a, definition["msm_clusters"], float(definition["msm_lag_ps"]))
-    _, _, projections = tica(a.features(), kinetics._lag(a), dim=2, others=a.features() + b.features() + m.features())
+    others = a.features() + b.features() + m.features()
+    _, _, projections = tica(a.features(), kinetics.lag_frames(a), dim=2, others=others)
     n_a, n_b = len(a.phi), len(b.phi)
     a.arrays["tica"], b.arrays["tica"] = projections[:n_a], projections[n_a:n_a + n_b]
     m.arrays["tica"] = projections[n_a + n_b:]
