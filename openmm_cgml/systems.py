@@ -42,7 +42,8 @@ import yaml
 from openmm_cgml.polymers import BEAD_TYPES, build_polymer
 from openmm_cgml.units import AMU, KELVIN, NM, PS, is_integer, is_number, strip, strip_array
 
-__all__ = ["ReferenceSystem", "load", "rebuild", "available", "descriptions", "SYSTEMS_DIR", "BEAD_TYPES"]
+__all__ = ["ReferenceSystem", "load", "rebuild", "builder_keys", "available", "descriptions", "SYSTEMS_DIR",
+           "BEAD_TYPES"]
 
 # Shipped YAML files live in the repository's systems/ folder (next to the package).
 def _find_systems_dir() -> Path:
@@ -191,6 +192,14 @@ def load(name_or_path, **overrides) -> ReferenceSystem:
         name=params["name"], topology=topology, system=system, positions=positions,
         temperature=params["temperature_K"] * KELVIN, friction=params["friction_per_ps"] / PS,
         timestep=params["timestep_ps"] * PS, atom_types=atom_types, charges=charges, params=params)
+
+
+def builder_keys(builder: str) -> frozenset:
+    """The YAML keys a builder takes (``pdb``, ``peptide``, ``polymer-chain``, ``polymer-chains``, ...),
+    besides the keys every system has (name, temperature, friction, time step, ...)."""
+    if builder not in _BUILDER_KEYS:
+        raise ValueError(f"unknown builder {builder!r}; one of {sorted(_BUILDER_KEYS)}")
+    return frozenset(_BUILDER_KEYS[builder])
 
 
 def rebuild(name: str, params: dict) -> ReferenceSystem:

@@ -31,7 +31,7 @@ __all__ = ["ReferenceBatch", "chain_system_params", "run_batches", "chain_atoms"
 def chain_system_params(system: str, overrides: dict) -> dict:
     """Force-field parameters of ``system`` (a polymer-chain YAML) in the form the ``polymer-chains`` builder takes."""
     params = systems.load(system, **overrides).params
-    allowed = systems._BUILDER_KEYS["polymer-chains"] | {"temperature_K", "friction_per_ps", "timestep_ps"}
+    allowed = systems.builder_keys("polymer-chains") | {"temperature_K", "friction_per_ps", "timestep_ps"}
     return {key: value for key, value in params.items() if key in allowed and key != "sequences"}
 
 
