@@ -29,17 +29,12 @@ import numpy as np
 
 from openmm_cgml import systems
 from openmm_cgml.backmap import Backmapper
-from openmm_cgml.evaluation.statistics import block_bootstrap_means, percentile_ci
+from openmm_cgml.evaluation.statistics import mean_ci
 from openmm_cgml.evaluation.structures import backmap_quality, clashes, heavy_atom_rmsd
 from openmm_cgml.generate import generate
 from openmm_cgml.io import software_versions
 from openmm_cgml.mapping import Mapping
 from openmm_cgml.trajectory import FineTrajectory
-
-
-def mean_ci(values) -> dict:
-    values = np.asarray(values, dtype=np.float64)
-    return {"mean": float(values.mean()), "ci95": percentile_ci(block_bootstrap_means(values, seed=1))}
 
 
 def evaluate(mapping: Mapping, system, library: np.ndarray, held_out: np.ndarray, md_energy: np.ndarray,

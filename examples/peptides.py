@@ -135,21 +135,16 @@ def backmap_rollout(model, train_paths, dcd: Path, pdb: Path, out: Path, frames:
     import mdtraj
 
     from openmm_cgml.backmap import Backmapper
-    from openmm_cgml.evaluation.structures import clashes, handedness, stereocentres
+    from openmm_cgml.evaluation.structures import backmap_summary
 
     backmapper = Backmapper.from_references(model.mapping, train_paths, library_frames=1000)
     beads = mdtraj.load(str(dcd), top=str(pdb)).xyz[:frames, :model.mapping.n_beads].astype(np.float64)
     result = backmapper.backmap(beads)
-    atoms = result.positions.value_in_unit(u.nanometer)
     with FineTrajectory(train_paths[0]) as reference:
-        topology = reference.topology
-        centres = stereocentres(topology)
-        hands = np.sign(handedness(reference.positions[:], centres).sum(axis=0))
+        topology, reference_atoms = reference.topology, np.asarray(reference.positions[:])
+    atoms = result.positions.value_in_unit(u.nanometer)
     mdtraj.Trajectory(atoms.astype(np.float32), mdtraj.Topology.from_openmm(topology)).save_dcd(str(out))
-    return {"frames": len(atoms), "max_bead_deviation_nm": float(result.bead_deviation._value.max()),
-            "mean_potential_energy_kj_mol": float(np.mean(result.potential_energy._value)),
-            "handedness_kept_fraction": float((handedness(atoms, centres) == hands).mean()) if len(centres) else None,
-            "frames_with_clashes": int((clashes(atoms, topology) > 0).sum()), "atoms_dcd": str(out)}
+    return {**backmap_summary(result, topology, reference_atoms), "atoms_dcd": str(out)}
 
 
 def run(config: dict, out: Path, seed: int = 0, log=print) -> dict:

@@ -33,6 +33,7 @@ import openmm
 import openmm.unit as u
 
 from openmm_cgml import systems
+from openmm_cgml.bond_graph import neighbour_lists
 from openmm_cgml.geometry import kabsch
 from openmm_cgml.mapping import Mapping
 from openmm_cgml.trajectory import FineTrajectory
@@ -70,16 +71,13 @@ class BackmapResult:
 
 def _context_beads(n_beads: int, coarse_bonds: np.ndarray, molecule_of_bead: np.ndarray) -> list[np.ndarray]:
     """Each bead's context: beads of its molecule by bond-graph distance (<= 2, else any), nearest first."""
-    neighbours = [[] for _ in range(n_beads)]
-    for a, b in coarse_bonds:
-        neighbours[a].append(int(b))
-        neighbours[b].append(int(a))
+    neighbours = neighbour_lists(n_beads, coarse_bonds)
     contexts = []
     for bead in range(n_beads):
         seen, queue, order = {bead: 0}, deque([bead]), []
         while queue:
             here = queue.popleft()
-            for other in sorted(neighbours[here]):
+            for other in neighbours[here]:
                 if other not in seen:
                     seen[other] = seen[here] + 1
                     order.append(other)
@@ -148,8 +146,6 @@ class Backmapper:
             raise ValueError("restraint and tolerance must be > 0 and max_iterations >= 0")
         self.mapping, self.system = mapping, system
         self.max_iterations, self.platform = int(max_iterations), str(platform)
-        # (n_beads, n_atoms) weights that define each bead (mass fractions or its centre atom)
-        self._weights = mapping.bead_positions(np.repeat(np.eye(mapping.n_atoms)[:, :, None], 3, axis=2))[:, :, 0].T
         self._library(frames.astype(np.float64))
         self._context = None
 
@@ -325,7 +321,8 @@ class Backmapper:
             for name in ("x0", "y0", "z0"):
                 restraint.addPerBondParameter(name)
             for bead, members in enumerate(self._members):
-                restraint.addGroup([int(a) for a in members], [float(w) for w in self._weights[bead, members]])
+                restraint.addGroup([int(a) for a in members],
+                                   [float(w) for w in self.mapping.atom_weights[members]])
                 restraint.addBond([bead], [0.0, 0.0, 0.0])
             restraint.setForceGroup(_RESTRAINT_GROUP)
             system.addForce(restraint)

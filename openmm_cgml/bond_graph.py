@@ -23,7 +23,7 @@ from scipy.sparse.csgraph import breadth_first_order, connected_components
 
 from openmm_cgml.units import whole_number
 
-__all__ = ["adjacency", "molecules", "stereocentres",
+__all__ = ["adjacency", "neighbour_lists", "molecules", "stereocentres",
            "repair_connectivity", "check_atoms_per_bead", "check_n_beads", "metis_beads",
            "spanning_forest", "coarse_bonds", "bead_molecules", "bond_difference"]
 
@@ -33,6 +33,13 @@ def adjacency(n_atoms: int, bonds: np.ndarray) -> sp.csr_matrix:
     rows = np.concatenate([bonds[:, 0], bonds[:, 1]])
     cols = np.concatenate([bonds[:, 1], bonds[:, 0]])
     return sp.csr_matrix((np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(n_atoms, n_atoms))
+
+
+def neighbour_lists(n_atoms: int, bonds) -> list[list[int]]:
+    """Each atom's bonded partners, ascending (the rows of :func:`adjacency`; a repeated bond counts once)."""
+    graph = adjacency(n_atoms, np.asarray(bonds, dtype=np.int64).reshape(-1, 2))
+    graph.sort_indices()
+    return [graph.indices[graph.indptr[i]:graph.indptr[i + 1]].tolist() for i in range(n_atoms)]
 
 
 def molecules(n_atoms: int, bonds: np.ndarray) -> np.ndarray:
@@ -354,10 +361,7 @@ def stereocentres(labels, bonds: np.ndarray) -> np.ndarray:
     bonds : ndarray
         (B, 2) atom index pairs.
     """
-    bonded = [[] for _ in range(len(labels))]
-    for a, b in np.asarray(bonds, dtype=np.int64).reshape(-1, 2):
-        bonded[a].append(int(b))
-        bonded[b].append(int(a))
+    bonded = neighbour_lists(len(labels), bonds)
     rows = []
     for centre, around in enumerate(bonded):
         if len(around) != 4:

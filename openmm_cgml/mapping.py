@@ -98,7 +98,8 @@ class Mapping:
     atom_masses : (n_atoms,) float64, amu
     atom_types : (n_atoms,) int64, atomic numbers (or bead types of a coarse polymer)
     fine_bonds : (B, 2) int64, atom index pairs, i < j
-    center_atoms : (n_beads,) int64, the atom that places each bead, or -1 for the centre of mass
+    center_atoms, atom_weights : (n_beads,) int64, the atom that places each bead (-1: the centre of mass);
+        (n_atoms,) float64, each atom's weight in its bead's position (mass fraction, or 1 on a center atom)
     method, params : how the mapping was made (``Mapping.build(method, topology, masses, **params)`` re-makes it)
     bead_masses : (n_beads,) float64, amu, the sum of the bead's atom masses (never zero)
     coarse_bonds : (C, 2) int64, bead pairs joined by at least one atomic bond
@@ -116,8 +117,7 @@ class Mapping:
                            else whole_array(atom_types, "atom_types"))
         self.fine_bonds = (np.zeros((0, 2), dtype=np.int64) if fine_bonds is None
                            else whole_array(fine_bonds, "fine_bonds", width=2))
-        self.method = method
-        self.params = dict(params or {})
+        self.method, self.params = method, dict(params or {})
         self.n_beads = _check_arrays(self.bead_of_atom, self.atom_masses, self.atom_types, self.fine_bonds)
         self.bead_names, self.center_atoms, self.bead_masses = _bead_fields(
             bead_names, center_atoms, self.bead_of_atom, self.atom_masses, self.n_beads)
@@ -125,7 +125,8 @@ class Mapping:
         self.n_molecules = int(self.molecule_of_atom.max()) + 1
         self.molecule_of_bead = bead_molecules(self.bead_of_atom, self.molecule_of_atom, self.bead_names)
         self.coarse_bonds = coarse_bonds(self.bead_of_atom, self.fine_bonds)
-        self._weights = _weight_matrix(self.bead_of_atom, self.atom_masses, self.bead_masses, self.center_atoms)
+        self.atom_weights = _atom_weights(self.bead_of_atom, self.atom_masses, self.bead_masses, self.center_atoms)
+        self._weights = _weight_matrix(self.bead_of_atom, self.atom_weights, self.n_beads)  # bead = weights @ atoms
         self._unwrap_plan = None
 
     # ------------------------------------------------------------------ construction
@@ -582,14 +583,16 @@ def _check_center_atoms(center_atoms: np.ndarray, bead_of_atom: np.ndarray, n_be
         raise ValueError("every center atom must be an atom of its own bead")
 
 
-def _weight_matrix(bead_of_atom, atom_masses, bead_masses, center_atoms):
-    """(n_beads, n_atoms) weights: mass fractions, or 1 on a bead's center atom; sparse when large."""
-    n_atoms, n_beads = len(bead_of_atom), len(bead_masses)
+def _atom_weights(bead_of_atom, atom_masses, bead_masses, center_atoms) -> np.ndarray:
+    """(n_atoms,) each atom's weight in its own bead: mass fractions, or 1 on a bead's center atom (0 on the rest)."""
     weights = atom_masses / bead_masses[bead_of_atom]
-    placed = np.flatnonzero(center_atoms >= 0)
-    if len(placed):
-        on_placed = np.isin(bead_of_atom, placed)
-        weights[on_placed] = 0.0
-        weights[center_atoms[placed]] = 1.0
-    matrix = sp.csr_matrix((weights, (bead_of_atom, np.arange(n_atoms))), shape=(n_beads, n_atoms))
+    weights[center_atoms[bead_of_atom] >= 0] = 0.0          # the atoms of beads placed by a center atom
+    weights[center_atoms[center_atoms >= 0]] = 1.0
+    return weights
+
+
+def _weight_matrix(bead_of_atom, atom_weights, n_beads: int):
+    """(n_beads, n_atoms) weights from :func:`_atom_weights`; sparse when large."""
+    n_atoms = len(bead_of_atom)
+    matrix = sp.csr_matrix((atom_weights, (bead_of_atom, np.arange(n_atoms))), shape=(n_beads, n_atoms))
     return matrix.toarray() if n_beads * n_atoms <= _DENSE_LIMIT else matrix

@@ -82,7 +82,7 @@ def run(args) -> int:
     import numpy as np
 
     from openmm_cgml.backmap import Backmapper
-    from openmm_cgml.evaluation.structures import clashes, handedness, stereocentres
+    from openmm_cgml.evaluation.structures import backmap_summary
     from openmm_cgml.io import atomic_path
     from openmm_cgml.model_file import load
     from openmm_cgml.openmm.bead_system import molecule_mapping
@@ -92,9 +92,7 @@ def run(args) -> int:
     model = load(args.model, trusted=args.trust_model)
     with FineTrajectory(args.reference[0]) as first:
         topology, atom_types = first.topology, first.atom_types
-        centres = stereocentres(topology)
-        # the handedness each stereocentre has in most reference frames
-        reference_hands = np.sign(handedness(first.positions[:], centres).sum(axis=0)) if len(centres) else None
+        reference = np.asarray(first.positions[:])   # the handedness each stereocentre has in most frames
     mapping = molecule_mapping(model, topology, atom_types=atom_types, mapping=args.mapping)
     backmapper = Backmapper.from_references(mapping, args.reference, args.library_frames, system=args.system)
     frames = _bead_frames(args, mapping.n_beads)
@@ -102,7 +100,6 @@ def run(args) -> int:
     result = backmapper.backmap(frames.reshape(-1, mapping.n_beads, 3), minimize=not args.no_minimize)
     atoms = result.positions._value.reshape(n_frames, copies, mapping.n_atoms, 3)
 
-    flat = atoms.reshape(-1, mapping.n_atoms, 3)
     one = mdtraj.Topology.from_openmm(topology)
     joined = one
     for _ in range(copies - 1):
@@ -113,17 +110,9 @@ def run(args) -> int:
     if len(paths) > 1:
         with atomic_path(paths[1]) as temporary:
             trajectory[0].save_pdb(str(temporary), force_overwrite=True)
-    energy = result.potential_energy
-    summary = {
-        "frames": int(n_frames), "copies": int(copies), "atoms": int(copies * mapping.n_atoms),
-        "library_frames": backmapper.library_frames, "minimized": energy is not None,
-        "max_bead_deviation_nm": float(result.bead_deviation._value.max()),
-        "mean_potential_energy_kj_mol": None if energy is None else float(np.mean(energy._value)),
-        "stereocentres": int(len(centres)),
-        "handedness_kept_fraction": None if reference_hands is None
-        else float((handedness(flat, centres) == reference_hands).mean()),
-        "frames_with_clashes": int((clashes(flat, topology) > 0).sum()),
-        "out": [str(path) for path in paths],
-    }
+    summary = backmap_summary(result, topology, reference)
+    summary.update(frames=int(n_frames), copies=int(copies), atoms=int(copies * mapping.n_atoms),
+                   library_frames=backmapper.library_frames, minimized=result.potential_energy is not None,
+                   out=[str(path) for path in paths])
     print(json.dumps(summary))
     return 0

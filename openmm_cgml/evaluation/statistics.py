@@ -22,7 +22,7 @@ import numpy as np
 from scipy import optimize
 
 __all__ = ["block_bootstrap_means", "bootstrap_ci", "percentile_ci", "integrated_time", "exponential_time",
-           "js_floor", "LinearBaseline", "r2_scores"]
+           "js_floor", "LinearBaseline", "r2_scores", "mean_ci"]
 
 CONFIDENCE = 0.95
 
@@ -74,6 +74,14 @@ def block_bootstrap_means(series, n_boot: int = 1000, block: int | None = None, 
     block_means = (cumulative[block:] - cumulative[:-block]) / block
     starts = rng.integers(0, len(block_means), size=(n_boot, n_blocks))
     return block_means[starts].mean(axis=1)
+
+
+def mean_ci(series, min_samples: int = 8) -> dict:
+    """``{"mean", "ci95"}`` of a correlated series: its mean and the 95% moving-block bootstrap interval
+    (:func:`block_bootstrap_means`), None with fewer than ``min_samples`` samples."""
+    values = np.asarray(series, dtype=np.float64).ravel()
+    interval = percentile_ci(block_bootstrap_means(values, seed=1)) if values.size >= min_samples else None
+    return {"mean": float(values.mean()), "ci95": interval}
 
 
 def bootstrap_ci(units: Sequence, statistic: Callable[[np.ndarray], float], n_boot: int = 1000, seed: int = 0,

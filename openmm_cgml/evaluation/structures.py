@@ -17,7 +17,9 @@ Positions are plain nm arrays (frames, n_atoms, 3); the topology is an
   proper rotation onto the reference frame.
 - :func:`torsions`: backbone phi and psi (mdtraj).
 - :func:`backmap_quality`: all of these for a Backmapper on reference frames
-  it never saw (the ``backmap`` block of the peptide benchmark, ``bench/backmap.py``).
+  it never saw (the ``backmap`` block of the peptide benchmark, ``bench/backmap.py``);
+  :func:`backmap_summary`: what can be said of backmapped frames without their
+  original atoms (``cgml backmap``, ``examples/peptides.py``).
 """
 from __future__ import annotations
 
@@ -26,25 +28,19 @@ import time
 import numpy as np
 import openmm.unit as u
 from openmm import app
+from scipy.sparse.csgraph import dijkstra
 
+from openmm_cgml.bond_graph import adjacency, neighbour_lists
 from openmm_cgml.bond_graph import stereocentres as graph_stereocentres
 from openmm_cgml.geometry import kabsch
 from openmm_cgml.structure import topology_bonds
 
-__all__ = ["stereocentres", "handedness", "clashes", "heavy_atom_rmsd", "torsions", "backmap_quality", "VDW_RADII_NM",
-           "CLASH_OVERLAP_NM"]
+__all__ = ["stereocentres", "handedness", "clashes", "heavy_atom_rmsd", "torsions", "backmap_quality",
+           "backmap_summary", "VDW_RADII_NM", "CLASH_OVERLAP_NM"]
 
 # van der Waals radii, nm: Bondi (1964) for heavy atoms (others 0.18), 0.10 for hydrogen (see above)
 VDW_RADII_NM = {"H": 0.100, "C": 0.170, "N": 0.155, "O": 0.152, "F": 0.147, "P": 0.180, "S": 0.180, "Cl": 0.175}
 CLASH_OVERLAP_NM = 0.04
-
-
-def _neighbours(topology: app.Topology) -> list[list[int]]:
-    bonded = [[] for _ in range(topology.getNumAtoms())]
-    for a, b in topology_bonds(topology):
-        bonded[a].append(int(b))
-        bonded[b].append(int(a))
-    return bonded
 
 
 def _symbols(topology: app.Topology) -> list[str]:
@@ -73,17 +69,10 @@ def handedness(positions: np.ndarray, centres: np.ndarray) -> np.ndarray:
 
 def _separated_pairs(topology: app.Topology, min_bonds: int = 4) -> np.ndarray:
     """Atom pairs (P, 2), i < j, at least ``min_bonds`` bonds apart (or in different molecules)."""
-    bonded = _neighbours(topology)
-    n = len(bonded)
-    near = np.zeros((n, n), dtype=bool)
-    for start in range(n):
-        frontier, seen = [start], {start}
-        for _ in range(min_bonds - 1):
-            frontier = [m for atom in frontier for m in bonded[atom] if m not in seen]
-            seen.update(frontier)
-        near[start, list(seen)] = True
+    n = topology.getNumAtoms()
+    hops = dijkstra(adjacency(n, topology_bonds(topology)), directed=False, unweighted=True, limit=min_bonds - 1)
     i, j = np.triu_indices(n, k=1)
-    keep = ~near[i, j]
+    keep = ~np.isfinite(hops[i, j])
     return np.stack([i[keep], j[keep]], axis=1)
 
 
@@ -95,7 +84,7 @@ def clashes(positions: np.ndarray, topology: app.Topology) -> np.ndarray:
     pairs = _separated_pairs(topology)
     symbols = _symbols(topology)
     polar_h = np.asarray([symbol == "H" and any(symbols[m] in ("N", "O") for m in around)
-                          for symbol, around in zip(symbols, _neighbours(topology))])
+                          for symbol, around in zip(symbols, neighbour_lists(len(symbols), topology_bonds(topology)))])
     acceptor = np.isin(symbols, ["N", "O"])
     hydrogen_bond = (polar_h[pairs[:, 0]] & acceptor[pairs[:, 1]]) | (polar_h[pairs[:, 1]] & acceptor[pairs[:, 0]])
     pairs = pairs[~hydrogen_bond]
@@ -149,13 +138,7 @@ def backmap_quality(backmapper, atoms: np.ndarray, topology: app.Topology) -> di
         ``frames``, ``seconds_per_frame`` and, for a peptide, ``phi_psi_error_deg`` (mean absolute difference
         of the backbone torsions).
     """
-    from openmm_cgml.evaluation.statistics import block_bootstrap_means, percentile_ci
-
-    def mean_ci(values):
-        values = np.asarray(values, dtype=np.float64)
-        # a block bootstrap needs a few frames; with fewer there is no interval
-        interval = percentile_ci(block_bootstrap_means(values, seed=1)) if len(values) >= 8 else None
-        return {"mean": float(values.mean()), "ci95": interval}
+    from openmm_cgml.evaluation.statistics import mean_ci
 
     beads = backmapper.mapping.bead_positions(atoms)
     start = time.perf_counter()
@@ -181,3 +164,37 @@ def backmap_quality(backmapper, atoms: np.ndarray, topology: app.Topology) -> di
                                           "md_minimized_same_restraints": mean_ci(minimized),
                                           "backmapped_minus_md_minimized": mean_ci(energy - minimized)}
     return out
+
+
+def backmap_summary(result, topology: app.Topology, reference: np.ndarray) -> dict:
+    """Quality of backmapped frames with no original atoms to compare with (rollouts).
+
+    Parameters
+    ----------
+    result : BackmapResult
+        From :meth:`~openmm_cgml.backmap.Backmapper.backmap`, frames of one molecule.
+    topology : openmm.app.Topology
+        The molecule's.
+    reference : ndarray
+        (frames, n_atoms, 3) reference atom positions, nm: each stereocentre's handedness is the sign it has
+        in most of them.
+
+    Returns
+    -------
+    dict
+        ``frames``, ``max_bead_deviation_nm``, ``mean_potential_energy_kj_mol`` (None without minimisation),
+        ``stereocentres``, ``handedness_kept_fraction`` (None without stereocentres), ``frames_with_clashes``.
+    """
+    atoms = result.positions.value_in_unit(u.nanometer)
+    centres = stereocentres(topology)
+    kept = None
+    if len(centres):
+        hands = np.sign(handedness(reference, centres).sum(axis=0))
+        kept = float((handedness(atoms, centres) == hands).mean())
+    energy = result.potential_energy
+    deviation = result.bead_deviation.value_in_unit(u.nanometer)
+    return {"frames": int(len(atoms)), "max_bead_deviation_nm": float(deviation.max()),
+            "mean_potential_energy_kj_mol": None if energy is None
+            else float(np.mean(energy.value_in_unit(u.kilojoule_per_mole))),
+            "stereocentres": int(len(centres)), "handedness_kept_fraction": kept,
+            "frames_with_clashes": int((clashes(atoms, topology) > 0).sum())}
