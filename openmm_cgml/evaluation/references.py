@@ -100,6 +100,18 @@ def is_complete(path: Path) -> bool:
         return False
 
 
+def _run_all(task, jobs: list[tuple], workers: int, platform: str) -> None:
+    """``task(*job)`` for every job: in ``workers`` spawned processes on the CPU platform, else one after another
+    here (a GPU platform is filled by one run)."""
+    if workers <= 1 or platform != "CPU":
+        for job in jobs:
+            task(*job)
+        return
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for future in [pool.submit(task, *job) for job in jobs]:
+            future.result()
+
+
 def run_batches(batches: list[ReferenceBatch], cache, workers: int = 2, log=print, platform: str = "CPU") -> dict:
     """Run (or find in ``cache``) every batch; returns ``{batch: path}``. Missing ones run largest first.
 
@@ -114,13 +126,7 @@ def run_batches(batches: list[ReferenceBatch], cache, workers: int = 2, log=prin
         log(f"      reference MD: {len(todo)} of {len(batches)} batches to run "
             f"({sum(b.cost for b in todo) / 1e6:.0f} M bead-steps) on {platform}, "
             f"{workers if platform == 'CPU' else 1} worker(s); cache {cache}")
-        if workers <= 1 or platform != "CPU":
-            for batch in todo:
-                _run(batch, str(cache), platform)
-        else:
-            with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-                for future in [pool.submit(_run, batch, str(cache)) for batch in todo]:
-                    future.result()
+        _run_all(_run, [(batch, str(cache), platform) for batch in todo], workers, platform)
     return {batch: batch.path(cache) for batch in batches}
 
 
@@ -167,11 +173,5 @@ def replica_runs(system: str, params: dict, split: str, spec: dict, stride: int,
         folder.mkdir(parents=True, exist_ok=True)
         args = [(system, params, str(folder), frames, stride, equilibration_steps, seed, r, replicas, platform)
                 for r in todo]
-        if workers <= 1 or platform != "CPU":
-            for item in args:
-                _run_replica(*item)
-        else:
-            with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-                for future in [pool.submit(_run_replica, *item) for item in args]:
-                    future.result()
+        _run_all(_run_replica, args, workers, platform)
     return paths
