@@ -126,6 +126,23 @@ def tiny_propagator():
     return _tiny_propagator
 
 
+def _chain_dataset(root, frames: int, replicas: int, split, equilibration_steps: int):
+    from openmm_cgml.coarse_graining import coarse_grain
+    from openmm_cgml.generate import generate
+
+    paths = generate("polymer-chain", root / "fine", frames=frames, stride=50, replicas=replicas,
+                     params={"length": 5}, platform="Reference", progress=False,
+                     equilibration_steps=equilibration_steps)
+    return coarse_grain(paths, root / "coarse.h5", mapping="metis", atoms_per_bead=1, k=3, lag=2, split=split)
+
+
+@pytest.fixture(scope="session")
+def chain_dataset():
+    """``chain_dataset(root, frames, replicas, split, equilibration_steps) -> coarse.h5``: 10-bead polymer chains
+    (Reference platform, frames 50 MD steps apart) as a k=3, lag-2 dataset."""
+    return _chain_dataset
+
+
 def _kill_after(argv, path, seconds, env, until="exists", deadline=60):
     """Start ``argv``; SIGKILL it ``seconds`` after ``path`` is ready; its exit status.
 

@@ -20,13 +20,9 @@ from openmm_cgml.train_config import DEFAULT_CONFIG, TrainConfig
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
+def dataset(tmp_path_factory, chain_dataset):
     """Three 10-bead polymer trajectories (150 frames, 0.5 ps apart) as a k=3 dataset, model step 1 ps."""
-    root = tmp_path_factory.mktemp("polymer")
-    paths = generate("polymer-chain", root / "fine", frames=150, stride=50, replicas=3, params={"length": 5},
-                     platform="Reference", progress=False, equilibration_steps=500)
-    return coarse_grain(paths, root / "coarse.h5", mapping="metis", atoms_per_bead=1, k=3, lag=2,
-                        split=(0.67, 0.33, 0.0))
+    return chain_dataset(tmp_path_factory.mktemp("polymer"), 150, 3, (0.67, 0.33, 0.0), 500)
 
 
 def tiny_config(dataset, out_dir, **train):

@@ -26,8 +26,7 @@ import torch
 import yaml
 
 from openmm_cgml.cli import main
-from openmm_cgml.data import CoarseDataset, coarse_grain
-from openmm_cgml.generate import generate
+from openmm_cgml.data import CoarseDataset
 from openmm_cgml.model_file import load, propagator_from_checkpoint
 from openmm_cgml.train import build_propagator, dataset_summary
 from openmm_cgml.train_config import TrainConfig
@@ -37,13 +36,9 @@ TOLERANCE = 0.05             # of the NLL drop that training makes (see the modu
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
+def dataset(tmp_path_factory, chain_dataset):
     """Four 10-bead polymer trajectories (80 frames) as a k=3 dataset: 148 training and 148 validation windows."""
-    root = tmp_path_factory.mktemp("ddp")
-    paths = generate("polymer-chain", root / "fine", frames=80, stride=50, replicas=4, params={"length": 5},
-                     platform="Reference", progress=False, equilibration_steps=200)
-    return coarse_grain(paths, root / "coarse.h5", mapping="metis", atoms_per_bead=1, k=3, lag=2,
-                        split=(0.5, 0.5, 0.0))
+    return chain_dataset(tmp_path_factory.mktemp("ddp"), 80, 4, (0.5, 0.5, 0.0), 200)
 
 
 def write_config(folder, dataset, processes: int):
