@@ -81,6 +81,10 @@ class _Ensemble:
     def pick(self, replicas) -> "_Ensemble":
         return _Ensemble(self.dt_ps, **{key: [value[i] for i in replicas] for key, value in self.arrays.items()})
 
+    def pooled(self, name: str) -> np.ndarray:
+        """All replicas' values of ``name`` (``phi``, ``psi``) in one flat array."""
+        return np.concatenate([v.ravel() for v in self.arrays[name]])
+
     def features(self) -> list[np.ndarray]:
         """(cos, sin) of every torsion per frame, per replica: the MSM and TICA input."""
         return [np.concatenate([np.cos(np.radians(f)), np.sin(np.radians(f))], axis=1)
@@ -90,20 +94,18 @@ class _Ensemble:
 def _histogram_js(a: _Ensemble, b: _Ensemble, bins: int) -> dict:
     edges = np.linspace(-180.0, 180.0, bins + 1)
 
-    def hist(values):
-        return np.histogram(np.concatenate([v.ravel() for v in values]), edges)[0] + 0.0
+    def hist(e, name):
+        return np.histogram(e.pooled(name), edges)[0] + 0.0
 
     def rama(e):
-        phi, psi = np.concatenate([v.ravel() for v in e.phi]), np.concatenate([v.ravel() for v in e.psi])
-        return np.histogram2d(phi, psi, [edges, edges])[0]
+        return np.histogram2d(e.pooled("phi"), e.pooled("psi"), [edges, edges])[0]
 
-    return {"phi_js": js_divergence(hist(a.phi), hist(b.phi)), "psi_js": js_divergence(hist(a.psi), hist(b.psi)),
-            "rama_js": js_divergence(rama(a), rama(b))}
+    return {"phi_js": js_divergence(hist(a, "phi"), hist(b, "phi")),
+            "psi_js": js_divergence(hist(a, "psi"), hist(b, "psi")), "rama_js": js_divergence(rama(a), rama(b))}
 
 
 def _population_gap(a: _Ensemble, b: _Ensemble) -> float:
-    pa = basin_populations(np.concatenate([v.ravel() for v in a.phi]), np.concatenate([v.ravel() for v in a.psi]))
-    pb = basin_populations(np.concatenate([v.ravel() for v in b.phi]), np.concatenate([v.ravel() for v in b.psi]))
+    pa, pb = (basin_populations(e.pooled("phi"), e.pooled("psi")) for e in (a, b))
     return max(abs(pa[key] - pb[key]) for key in BASINS)
 
 
@@ -161,6 +163,13 @@ def _chiral_features(ensemble: _Ensemble, bonds: np.ndarray) -> list[np.ndarray]
         values = torch.stack([pseudo_scalars(frame, edges) for frame in x]).numpy()
         signs.append(np.sign(values).reshape(len(values), -1))
     return signs
+
+
+def _chiral_reference(reference: _Ensemble) -> tuple[np.ndarray, np.ndarray]:
+    """Each bead feature's majority sign in the reference, and which features keep it in >= 95% of frames."""
+    signs = np.concatenate(reference.signs)
+    majority = np.where((signs > 0).mean(axis=0) >= 0.5, 1.0, -1.0)
+    return majority, (signs == majority).mean(axis=0) >= _CHIRAL_AGREEMENT
 
 
 def _kept_fraction(signs: list[np.ndarray], reference_sign: np.ndarray, chiral: np.ndarray) -> float:
@@ -331,10 +340,7 @@ def _metrics(definition: dict, a: _Ensemble, b: _Ensemble, m: _Ensemble, mapping
         ensemble.arrays["signs"] = _chiral_features(ensemble, bonds)
 
     def chirality(ref: _Ensemble, other: _Ensemble) -> float:
-        signs = np.concatenate(ref.signs)
-        majority = np.where((signs > 0).mean(axis=0) >= 0.5, 1.0, -1.0)
-        chiral = (signs == majority).mean(axis=0) >= _CHIRAL_AGREEMENT
-        return _kept_fraction(other.signs, majority, chiral)
+        return _kept_fraction(other.signs, *_chiral_reference(ref))
 
     statistics = {
         "phi_js": lambda x, y: _histogram_js(x, y, bins)["phi_js"],
@@ -347,17 +353,14 @@ def _metrics(definition: dict, a: _Ensemble, b: _Ensemble, m: _Ensemble, mapping
         "chirality_kept_fraction": chirality,
     }
     metrics = {name: _metric(statistic, a, b, m, n_boot) for name, statistic in statistics.items()}
-    signs = np.concatenate(a.signs)
-    populations = {name: basin_populations(np.concatenate([v.ravel() for v in e.phi]),
-                                           np.concatenate([v.ravel() for v in e.psi]))
+    populations = {name: basin_populations(e.pooled("phi"), e.pooled("psi"))
                    for name, e in (("reference", a), ("replica", b), ("model", m))}
     return {"metrics": metrics, "populations": populations, "basins_deg": BASINS,
             "slowest_its_ps": {name: kinetics.slowest_its_ps(e) for name, e in (("reference", a), ("replica", b),
                                                                                 ("model", m))},
             "msm": {"lag_ps": kinetics.lag_ps, "clusters": int(definition["msm_clusters"]),
                     "states": "k-means on (cos, sin) of the torsions of the reference A"},
-            "chiral_bead_features": int(((signs == np.where((signs > 0).mean(axis=0) >= 0.5, 1.0, -1.0))
-                                         .mean(axis=0) >= _CHIRAL_AGREEMENT).sum())}
+            "chiral_bead_features": int(_chiral_reference(a)[1].sum())}
 
 
 def _provenance(definition, cg_model, model_name, mapping, a, b, library, md_seconds, seconds) -> dict:
@@ -395,8 +398,7 @@ def _write_report(document: dict, a: _Ensemble, b: _Ensemble, m: _Ensemble, out:
 
     figure, axes = plt.subplots(1, 3, figsize=(12, 4), sharey=True)
     for axis, (title, e) in zip(axes, (("reference A", a), ("MD replica B (ceiling)", b), ("model rollout", m))):
-        phi = np.concatenate([v.ravel() for v in e.phi])
-        psi = np.concatenate([v.ravel() for v in e.psi])
+        phi, psi = e.pooled("phi"), e.pooled("psi")
         axis.hist2d(phi, psi, bins=72, range=[[-180, 180], [-180, 180]], cmap="viridis", cmin=1)
         axis.set_title(title)
         axis.set_xlabel("phi (deg)")
