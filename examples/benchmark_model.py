@@ -111,8 +111,9 @@ def split_chains(definition: dict, batches: dict, fine: Path, log=print) -> dict
     return splits
 
 
-def train_model(dataset: Path, out: Path, overrides: dict) -> Path:
-    """Train with configs/benchmark-polymer.yaml (``overrides``: train-section values); returns the checkpoint."""
+def train_model(dataset: Path, out: Path, overrides: dict, model_overrides: dict) -> Path:
+    """Train with configs/benchmark-polymer.yaml (``overrides``: train-section values, ``model_overrides``:
+    model-section values); returns the checkpoint."""
     from openmm_cgml.train import TrainConfig, train
 
     config = TrainConfig.from_yaml(CONFIG)
@@ -120,6 +121,7 @@ def train_model(dataset: Path, out: Path, overrides: dict) -> Path:
     for key, value in overrides.items():
         if value is not None:
             setattr(config.train, key, value)
+    config.model.update({key: value for key, value in model_overrides.items() if value is not None})
     return train(config)
 
 
@@ -131,6 +133,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bm-train")
     parser.add_argument("--max-epochs", type=int, default=None, help="override the config's train.max_epochs")
     parser.add_argument("--limit-train-batches", type=int, default=None, help="override train.limit_train_batches")
+    parser.add_argument("--noise", choices=["independent", "bonded"], default=None,
+                        help="override model.noise (the acceleration noise model)")
     args = parser.parse_args(argv)
 
     import torch
@@ -157,7 +161,8 @@ def main(argv=None) -> int:
     log(f"      {dataset} ({time.perf_counter() - started:.0f} s)")
     log("[3/4] training")
     checkpoint = train_model(dataset, args.out, {"max_epochs": args.max_epochs,
-                                                 "limit_train_batches": args.limit_train_batches})
+                                                 "limit_train_batches": args.limit_train_batches},
+                             {"noise": args.noise})
     log(f"      {checkpoint} ({time.perf_counter() - started:.0f} s)")
     log("[4/4] export")
     model = export(checkpoint, args.out / "model.safetensors", overwrite=True)

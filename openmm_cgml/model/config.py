@@ -4,10 +4,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import List, Union
 
-__all__ = ["PropagatorConfig", "SCORE_NETS"]
+__all__ = ["PropagatorConfig", "SCORE_NETS", "NOISE_MODELS"]
 
 # Names of the Score networks (``score_net``); openmm_cgml.model.scores maps each to its class.
 SCORE_NETS = ("pair", "paxnet")
+# Acceleration noise models (``noise``): per-bead independent, or correlated along the coarse bonds.
+NOISE_MODELS = ("independent", "bonded")
 
 
 @dataclass
@@ -32,6 +34,11 @@ class PropagatorConfig:
         Radial and angular basis sizes.
     min_std : float
         Floor of the predicted std.
+    noise : str
+        The acceleration noise: ``"independent"`` (per bead, plus one centre-of-mass kick per
+        molecule) or ``"bonded"`` (a Gaussian Markov chain along the coarse bonds, anisotropic
+        about each bond: :class:`~openmm_cgml.model.bonded_noise.BondedNoise`). Files without
+        the option load as ``"independent"``.
     score_net : str
         ``"pair"`` (one equivariant pair-message round, fast) or ``"paxnet"``.
     score_hidden, score_layers : int
@@ -63,6 +70,7 @@ class PropagatorConfig:
     n_rbf: int = 16
     n_sbf: int = 6
     min_std: float = 0.05
+    noise: str = "independent"
     score_net: str = "pair"
     score_hidden: int = 32
     score_layers: int = 2
@@ -106,6 +114,8 @@ class PropagatorConfig:
             raise ValueError(f"model.cutoff_nm must be > 0 nm, got {self.cutoff_nm}")
         if not self.min_std > 0:
             raise ValueError(f"model.min_std must be > 0, got {self.min_std}")
+        if self.noise not in NOISE_MODELS:
+            raise ValueError(f"model.noise must be 'independent' or 'bonded', got {self.noise!r}")
         if self.score_net not in SCORE_NETS:
             raise ValueError(f"model.score_net must be 'pair' or 'paxnet', got {self.score_net!r}")
         if any(not s > 0 for s in self.refine_sigmas):

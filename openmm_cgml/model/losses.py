@@ -2,9 +2,9 @@
 import torch
 from torch import Tensor
 
-from openmm_cgml.model.batch import graph_mean
+from openmm_cgml.model.batch import graph_box, graph_mean, unwrap
 
-__all__ = ["gaussian_nll", "dynamics_nll"]
+__all__ = ["gaussian_nll", "dynamics_nll", "training_losses"]
 
 
 def gaussian_nll(target: Tensor, mean: Tensor, std: Tensor) -> Tensor:
@@ -33,3 +33,28 @@ def dynamics_nll(accel: Tensor, mean: Tensor, std: Tensor, collective: Tensor, b
     nll = gaussian_nll(accel - accel_com, mean - mean_com, std)
     z = (accel_com - mean_com) / collective
     return nll + ((0.5 * z.pow(2).sum(-1) + 3.0 * torch.log(collective.squeeze(-1))) / count.squeeze(-1)).mean()
+
+
+def training_losses(model, pos_history: Tensor, pos_target: Tensor, bead_features: Tensor,
+                    coarse_edge_index: Tensor, batch: Tensor, box: Tensor, history_sigma: Tensor,
+                    score_sigma: Tensor) -> dict:
+    """:meth:`CGPropagator.losses <openmm_cgml.model.propagator.CGPropagator.losses>` of ``model``."""
+    boxes = graph_box(box, batch)
+    pos_history = unwrap(pos_history, pos_history[-1], boxes, batch)
+    pos_target = unwrap(pos_target, pos_history[-1], boxes, batch)
+    # noisy history: the target acceleration is taken from the noisy frames,
+    # so the model learns to correct the noise instead of integrating it
+    noisy = pos_history + (history_sigma * model.accel_std_nm).unsqueeze(0) * torch.randn_like(pos_history)
+    x_t, x_prev = noisy[-1], noisy[-2]
+    accel = (pos_target - 2.0 * x_t + x_prev) / model.accel_std_nm
+    mean, params, latents = model._dynamics(noisy, bead_features, coarse_edge_index, batch, boxes)
+    if hasattr(model, "bonded_noise"):
+        nll = model.bonded_noise.nll(accel - mean, params, x_t, coarse_edge_index)
+    else:
+        nll = dynamics_nll(accel, mean, params[:, :1], params[:, 1:], batch)
+    eps = torch.randn_like(pos_target)
+    candidate = pos_target + (score_sigma * model.accel_std_nm) * eps
+    edge, shift = model.score.graph(candidate, batch, boxes)
+    eps_pred = model.score(candidate, latents, torch.log(score_sigma), coarse_edge_index, batch, boxes, edge, shift)
+    dsm = (eps_pred - eps).pow(2).sum(-1).mean()
+    return {"nll": nll, "dsm": dsm, "accel_mse": (mean - accel).pow(2).sum(-1).mean().detach()}

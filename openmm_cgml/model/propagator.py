@@ -46,12 +46,13 @@ import torch
 from torch import Tensor, nn
 
 from openmm_cgml.model.batch import graph_box, graph_mean, unwrap
+from openmm_cgml.model.bonded_noise import BondedNoise
 from openmm_cgml.model.chirality import N_PSEUDO, dynamics_scalars
 from openmm_cgml.model.config import PropagatorConfig
 from openmm_cgml.model.embedding import EmbeddingGNN, check_embed_inputs, pool_beads, type_mass_table
 from openmm_cgml.model.hard_core import contact_graph, project_hard_core, violating_beads
 from openmm_cgml.model.layers import VectorHead
-from openmm_cgml.model.losses import dynamics_nll, gaussian_nll
+from openmm_cgml.model.losses import gaussian_nll, training_losses
 from openmm_cgml.model.sampler import anneal_step, internal_noise, log_spaced_sigmas, marginal_std, sample_acceleration
 from openmm_cgml.model.scores import build_score
 from openmm_cgml.nn import PaxNet
@@ -91,6 +92,14 @@ def _check_step_inputs(pos_history: Tensor, bead_features: Tensor, coarse_edge_i
         raise ValueError("coarse_edge_index refers to beads outside 0.." + str(n - 1))
     if not bool(torch.isfinite(pos_history).all()):
         raise ValueError("pos_history contains NaN or infinite positions")
+
+
+def _init_json(model, config: PropagatorConfig, type_masses: Tensor) -> str:
+    """A propagator's ``init_json``: everything needed to rebuild it (before loading a state dict)."""
+    keys = ("accel_std_nm", "velocity_std_nm", "mass_scale_amu", "model_dt_ps", "md_steps_per_model_step",
+            "md_timestep_ps", "temperature_K", "n_beads", "n_atoms", "min_bonded_nm", "min_nonbonded_nm")
+    return json.dumps({"config": config.to_dict(), "type_masses": type_masses.tolist(),
+                       **{key: getattr(model, key) for key in keys}})
 
 
 class CGPropagator(Block):
@@ -165,7 +174,7 @@ class CGPropagator(Block):
         self.n_features = int(config.embed_hidden) + 1  # pooled embedding + scaled mass
         self.hidden = int(config.hidden)
         self.register_buffer("type_masses", type_masses)
-        self.init_json = self._describe(config, type_masses)
+        self.init_json = _init_json(self, config, type_masses)
 
         self.embedding = EmbeddingGNN(type_masses.numel(), config.embed_hidden, config.embed_layers)
         n_vel = self.k - 1
@@ -173,21 +182,14 @@ class CGPropagator(Block):
                                n_rbf=config.n_rbf, n_sbf=config.n_sbf, vector_in=n_vel,
                                scalar_in=n_vel + self.n_features + (N_PSEUDO if self.chirality else 0))
         self.accel_head = VectorHead(config.hidden)
-        self.std_head = mlp(config.hidden, config.hidden, 1)
-        # std of the collective (centre-of-mass) acceleration of each graph, from pooled latents
-        self.collective_std_head = mlp(config.hidden, config.hidden, 1)
+        if config.noise == "bonded":
+            self.bonded_noise = BondedNoise(config.hidden, config.min_std)
+        else:
+            self.std_head = mlp(config.hidden, config.hidden, 1)
+            # std of the collective (centre-of-mass) acceleration of each graph, from pooled latents
+            self.collective_std_head = mlp(config.hidden, config.hidden, 1)
         # built last, so a default model's initial weights do not depend on where the Score network is made
         self.score = build_score(config) if score is None else score
-
-    def _describe(self, config: PropagatorConfig, type_masses: Tensor) -> str:
-        """``init_json``: everything needed to rebuild this module (before loading a state dict)."""
-        return json.dumps({
-            "config": config.to_dict(), "type_masses": type_masses.tolist(), "accel_std_nm": self.accel_std_nm,
-            "velocity_std_nm": self.velocity_std_nm, "mass_scale_amu": self.mass_scale_amu,
-            "model_dt_ps": self.model_dt_ps, "md_steps_per_model_step": self.md_steps_per_model_step,
-            "md_timestep_ps": self.md_timestep_ps, "temperature_K": self.temperature_K,
-            "n_beads": self.n_beads, "n_atoms": self.n_atoms,
-            "min_bonded_nm": self.min_bonded_nm, "min_nonbonded_nm": self.min_nonbonded_nm})
 
     def extra_repr(self) -> str:
         return (f"k={self.k}, n_beads={self.n_beads or 'any'}, hidden={self.hidden}, n_features={self.n_features}, "
@@ -227,18 +229,29 @@ class CGPropagator(Block):
         return cls(config or PropagatorConfig(), type_masses, **scales)
 
     def _dynamics(self, pos_history: Tensor, bead_features: Tensor, coarse_edge_index: Tensor, batch: Tensor,
-                  box: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Acceleration mean (N, 3), internal std (N, 1), collective std (N, 1, per graph) in accel-std
-        units, and the scalar latents (N, hidden)."""
+                  box: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+        """Acceleration mean (N, 3) and noise parameters in accel-std units, and the scalar latents (N, hidden).
+
+        Noise parameters: ``[std, collective std]`` (N, 2) (internal, and per graph), or with bonded noise
+        ``BondedNoise``'s (N, 4)."""
         velocities = (pos_history[1:] - pos_history[:-1]) / self.velocity_std_nm     # (k-1, N, 3)
         v_in = velocities.permute(1, 2, 0)                                            # (N, 3, k-1)
         s_in = dynamics_scalars(v_in, bead_features, pos_history[-1], coarse_edge_index, self.chirality)
         s, v = self.dynamics(s_in, v_in, pos_history[-1], coarse_edge_index, batch, box)
         mean = self.accel_head(s, v)
+        if hasattr(self, "bonded_noise"):
+            return mean, self.bonded_noise(s), s
         std = self.min_std + nn.functional.softplus(self.std_head(s))
         pooled, _ = graph_mean(s, batch)
         collective = self.min_std + nn.functional.softplus(self.collective_std_head(pooled))
-        return mean, std, collective, s
+        return mean, torch.cat([std, collective], dim=1), s
+
+    def _draw(self, mean: Tensor, params: Tensor, noise: Tensor, x: Tensor, coarse_edge_index: Tensor,
+              batch: Tensor) -> Tensor:
+        """An acceleration (N, 3) in accel-std units from standard normal ``noise`` (N, 3)."""
+        if hasattr(self, "bonded_noise"):
+            return mean + self.bonded_noise.sample(params, noise, x, coarse_edge_index)
+        return sample_acceleration(mean, params[:, :1], params[:, 1:], noise, batch)
 
     # ------------------------------------------------------------- public API
     @torch.jit.export
@@ -261,8 +274,12 @@ class CGPropagator(Block):
                            self.n_features)
         boxes = graph_box(box, batch)
         pos_history = unwrap(pos_history, pos_history[-1], boxes, batch)
-        mean, std, collective, _ = self._dynamics(pos_history, bead_features, coarse_edge_index, batch, boxes)
-        return mean * self.accel_std_nm, marginal_std(std, collective, batch) * self.accel_std_nm
+        mean, params, _ = self._dynamics(pos_history, bead_features, coarse_edge_index, batch, boxes)
+        if hasattr(self, "bonded_noise"):
+            std = self.bonded_noise.marginal_std(params, pos_history[-1], coarse_edge_index)
+        else:
+            std = marginal_std(params[:, :1], params[:, 1:], batch)
+        return mean * self.accel_std_nm, std * self.accel_std_nm
 
     @torch.jit.export
     def noise_draws(self, refine: bool) -> int:
@@ -293,12 +310,11 @@ class CGPropagator(Block):
             raise ValueError("noise must have shape (" + str(draws) + ", n_beads, 3), got " + str(noise.shape))
         boxes = graph_box(box, batch)
         pos_history = unwrap(pos_history, pos_history[-1], boxes, batch)
-        mean, std, collective, latents = self._dynamics(pos_history, bead_features, coarse_edge_index, batch,
-                                                        boxes)
+        mean, params, latents = self._dynamics(pos_history, bead_features, coarse_edge_index, batch, boxes)
         attempts = 1 + self._retries()
         per_attempt = draws // attempts
-        candidate, graph_at, edge, shift = self._sample(pos_history, mean, std, collective, latents,
-                                                        noise[:per_attempt], coarse_edge_index, batch, boxes)
+        candidate, graph_at, edge, shift = self._sample(pos_history, mean, params, latents, noise[:per_attempt],
+                                                        coarse_edge_index, batch, boxes)
         limit = max(self.min_bonded_nm, self.min_nonbonded_nm)
         for attempt in range(1, attempts + 1 if attempts > 1 else 1):   # no checks without truncation
             # truncation: a molecule with a pair under its minimum distance redraws its whole step
@@ -309,7 +325,7 @@ class CGPropagator(Block):
             # [redrawn, still too close after the last redraw], in molecule-steps
             self.exclusion_events[int(attempt == attempts)] += torch.unique(batch[bad]).numel()
             if attempt < attempts:
-                retry, graph_at, edge, shift = self._sample(pos_history, mean, std, collective, latents,
+                retry, graph_at, edge, shift = self._sample(pos_history, mean, params, latents,
                                                             noise[attempt * per_attempt:(attempt + 1) * per_attempt],
                                                             coarse_edge_index, batch, boxes)
                 candidate = torch.where(bad.unsqueeze(-1), retry, candidate)
@@ -319,7 +335,7 @@ class CGPropagator(Block):
                                           self.min_distance_nm, limit, self.hard_core_sweeps, self.hard_core_events)
         return candidate
 
-    def _sample(self, pos_history: Tensor, mean: Tensor, std: Tensor, collective: Tensor, latents: Tensor,
+    def _sample(self, pos_history: Tensor, mean: Tensor, params: Tensor, latents: Tensor,
                 noise: Tensor, coarse_edge_index: Tensor, batch: Tensor,
                 boxes: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         """One draw of the next positions (acceleration, then refinement if ``noise`` has levels), where the
@@ -327,7 +343,8 @@ class CGPropagator(Block):
         x_t = pos_history[-1]
         velocity = x_t - pos_history[-2]
         # semi-implicit Euler with dt = 1 model step: v += a; x += v
-        candidate = x_t + velocity + sample_acceleration(mean, std, collective, noise[0], batch) * self.accel_std_nm
+        accel = self._draw(mean, params, noise[0], x_t, coarse_edge_index, batch)
+        candidate = x_t + velocity + accel * self.accel_std_nm
         if noise.size(0) > 1:
             return self._refine(candidate, latents, noise[1:], coarse_edge_index, batch, boxes)
         edge = torch.zeros(2, 0, dtype=torch.long, device=candidate.device)
@@ -377,19 +394,5 @@ class CGPropagator(Block):
         sigma^2, i.e. the mean squared error of the predicted unit noise) and
         ``accel_mse`` (of the mean, scaled units; a diagnostic).
         """
-        boxes = graph_box(box, batch)
-        pos_history = unwrap(pos_history, pos_history[-1], boxes, batch)
-        pos_target = unwrap(pos_target, pos_history[-1], boxes, batch)
-        # noisy history: the target acceleration is taken from the noisy frames,
-        # so the model learns to correct the noise instead of integrating it
-        noisy = pos_history + (history_sigma * self.accel_std_nm).unsqueeze(0) * torch.randn_like(pos_history)
-        x_t, x_prev = noisy[-1], noisy[-2]
-        accel = (pos_target - 2.0 * x_t + x_prev) / self.accel_std_nm
-        mean, std, collective, latents = self._dynamics(noisy, bead_features, coarse_edge_index, batch, boxes)
-        nll = dynamics_nll(accel, mean, std, collective, batch)
-        eps = torch.randn_like(pos_target)
-        candidate = pos_target + (score_sigma * self.accel_std_nm) * eps
-        edge, shift = self.score.graph(candidate, batch, boxes)
-        eps_pred = self.score(candidate, latents, torch.log(score_sigma), coarse_edge_index, batch, boxes, edge, shift)
-        dsm = (eps_pred - eps).pow(2).sum(-1).mean()
-        return {"nll": nll, "dsm": dsm, "accel_mse": (mean - accel).pow(2).sum(-1).mean().detach()}
+        return training_losses(self, pos_history, pos_target, bead_features, coarse_edge_index, batch, box,
+                               history_sigma, score_sigma)

@@ -39,9 +39,10 @@ def inputs(chain_molecule, chain_history, n_beads):
     return build
 
 
+@pytest.mark.parametrize("noise", ["independent", "bonded"])
 @pytest.mark.parametrize("reflect", [False, True])
-def test_mean_equivariant_and_std_invariant(reflect, inputs, make_model):
-    model = make_model().double()
+def test_mean_equivariant_and_std_invariant(reflect, noise, inputs, make_model):
+    model = make_model(noise=noise).double()
     history, features, coarse, batch, box = inputs(model, torch.float64)
     features = features.double()
     rotation = random_orthogonal(1, reflect)
@@ -68,10 +69,10 @@ def assert_step_equivariant(model, history, features, coarse, batch, box, rotati
     return noise
 
 
-@pytest.mark.parametrize("score_net", ["pair", "paxnet"])
-def test_full_step_with_refinement_is_equivariant(score_net, inputs, make_model):
+@pytest.mark.parametrize("score_net, noise", [("pair", "independent"), ("paxnet", "independent"), ("pair", "bonded")])
+def test_full_step_with_refinement_is_equivariant(score_net, noise, inputs, make_model):
     """Rotating positions and the noise rotates the refined next positions."""
-    model = make_model(score_net=score_net).double()
+    model = make_model(score_net=score_net, noise=noise).double()
     history, features, coarse, batch, box = inputs(model, torch.float64)
     features = features.double()
     assert_step_equivariant(model, history, features, coarse, batch, box, random_orthogonal(2, reflect=True),
@@ -87,9 +88,10 @@ def test_std_positive_and_floored(inputs, make_model, n_beads):
     assert torch.all(std >= model.min_std * model.accel_std_nm * (1 - 1e-6))
 
 
-def test_step_is_semi_implicit_euler_of_predict(inputs, make_model, n_beads):
+@pytest.mark.parametrize("noise_model", ["independent", "bonded"])
+def test_step_is_semi_implicit_euler_of_predict(noise_model, inputs, make_model, n_beads):
     """x[t+1] = x[t] + (x[t] - x[t-1]) + a, a linear in the noise, mean and std as `predict` says."""
-    model = make_model(k=4)
+    model = make_model(k=4, noise=noise_model)
     history, features, coarse, batch, box = inputs(model)
     noise = torch.randn(model.noise_draws(True), n_beads, 3)
     with torch.no_grad():
@@ -116,8 +118,9 @@ def test_step_is_semi_implicit_euler_of_predict(inputs, make_model, n_beads):
     torch.testing.assert_close(empirical, std.squeeze(1), rtol=0.06, atol=0)
 
 
-def test_copies_in_one_batch_match_single_molecules(inputs, make_model, n_beads):
-    model = make_model()
+@pytest.mark.parametrize("noise_model", ["independent", "bonded"])
+def test_copies_in_one_batch_match_single_molecules(noise_model, inputs, make_model, n_beads):
+    model = make_model(noise=noise_model)
     history, features, coarse, batch, box = inputs(model)
     far = history + torch.tensor([50.0, 0.0, 0.0])  # second copy, out of the cutoff
     both = torch.cat([history, far], 1)
@@ -159,8 +162,9 @@ def test_wrong_molecule_is_refused(chain_molecule, inputs, make_model, n_beads):
         model.predict(bad, features, coarse, batch, box)
 
 
-def test_scripted_module_matches_eager(inputs, make_model, n_beads):
-    model = make_model()
+@pytest.mark.parametrize("noise_model", ["independent", "bonded"])
+def test_scripted_module_matches_eager(noise_model, inputs, make_model, n_beads):
+    model = make_model(noise=noise_model)
     scripted = torch.jit.script(model)
     history, features, coarse, batch, box = inputs(model)
     noise = torch.randn(model.noise_draws(True), n_beads, 3)
@@ -169,8 +173,9 @@ def test_scripted_module_matches_eager(inputs, make_model, n_beads):
                                    model.step(history, features, coarse, batch, box, noise, True))
 
 
-def test_losses_are_finite_and_differentiable(inputs, make_model, n_beads):
-    model = make_model().train()
+@pytest.mark.parametrize("noise_model", ["independent", "bonded"])
+def test_losses_are_finite_and_differentiable(noise_model, inputs, make_model, n_beads):
+    model = make_model(noise=noise_model).train()
     history, features, coarse, batch, box = inputs(model)
     target = history[-1] + (history[-1] - history[-2])
     sigma = torch.full((n_beads, 1), 0.05)
@@ -180,6 +185,8 @@ def test_losses_are_finite_and_differentiable(inputs, make_model, n_beads):
     assert math.isfinite(float(loss.detach()))
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.score.parameters())
     assert model.embedding.type_embedding.weight.grad.abs().sum() > 0
+    noise_heads = model.bonded_noise if noise_model == "bonded" else model.std_head
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in noise_heads.parameters())
 
 
 def test_gaussian_nll_matches_torch():
