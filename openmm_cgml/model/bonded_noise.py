@@ -33,6 +33,7 @@ from typing import Tuple
 import torch
 from torch import Tensor, nn
 
+from openmm_cgml.model.batch import graph_mean
 from openmm_cgml.nn.layers import Block, mlp
 
 __all__ = ["BondedNoise", "bond_parents", "tree_solve", "tree_covariance"]
@@ -89,33 +90,51 @@ def tree_covariance(cov: Tensor, coupling: Tensor, parent: Tensor) -> Tensor:
     return c
 
 
+def _skew(d: Tensor) -> Tensor:
+    """Cross-product matrices (N, 3, 3): ``_skew(d) @ v == d x v``."""
+    zero = torch.zeros_like(d[:, 0])
+    return torch.stack([torch.stack([zero, -d[:, 2], d[:, 1]], -1),
+                        torch.stack([d[:, 2], zero, -d[:, 0]], -1),
+                        torch.stack([-d[:, 1], d[:, 0], zero], -1)], 1)
+
+
 class BondedNoise(Block):
     """Per-bead scales of the bond-correlated acceleration noise, and its draw and log-density.
+
+    Besides the tree (module docstring) each molecule gets a rigid rotation: ``r_i += s_rot (omega x d_i)``
+    with ``omega ~ N(0, I_3)`` per molecule and ``d_i`` the bead's offset from the molecule's centroid
+    (nm), ``s_rot`` read from the pooled latents. A molecule that turns as a whole over a model step
+    moves its beads perpendicular to their offsets, oppositely on opposite sides; independent per-bond
+    noise would have to rotate every bond on its own and scramble the torsions. The density adds a
+    rank-3 term per molecule, exact by the Woodbury identity with the tree's sparse precision.
 
     Parameters
     ----------
     hidden : int
         Width of the Dynamics latents the scales are read from.
     min_std : float
-        Floor of both stds (accel-std units).
+        Floor of both per-bead stds (accel-std units).
     """
 
     def __init__(self, hidden: int, min_std: float):
         super().__init__()
         self.hidden, self.min_std = int(hidden), float(min_std)
         self.head = mlp(hidden, hidden, 4)
+        self.rotation_head = mlp(hidden, hidden, 1)
 
     def extra_repr(self) -> str:
         return f"{self.hidden}, min_std={self.min_std}"
 
-    def forward(self, latents: Tensor) -> Tensor:
-        """``[s_par, s_perp, c_par, c_perp]`` per bead.
+    def forward(self, latents: Tensor, batch: Tensor) -> Tensor:
+        """``[s_par, s_perp, c_par, c_perp, s_rot]`` per bead (``s_rot`` per molecule, in accel-std per nm).
 
         Shapes:
-            latents (N, hidden) invariant -> (N, 4)
+            latents (N, hidden) invariant, batch (N,) -> (N, 5)
         """
         out = self.head(latents)
-        return torch.cat([self.min_std + nn.functional.softplus(out[:, :2]), out[:, 2:]], dim=1)
+        pooled, _ = graph_mean(latents, batch)
+        rotation = nn.functional.softplus(self.rotation_head(pooled))
+        return torch.cat([self.min_std + nn.functional.softplus(out[:, :2]), out[:, 2:], rotation], dim=1)
 
     def _frame(self, params: Tensor, x: Tensor, coarse_edge_index: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         """Parent (N,), unit bond axis (N, 3) (0 at roots), coupling matrices (N, 3, 3), and the std along
@@ -131,33 +150,73 @@ class BondedNoise(Block):
         s_par = torch.where(root, params[:, 1], params[:, 0])
         return parent, axis, coupling, s_par
 
-    def sample(self, params: Tensor, noise: Tensor, x: Tensor, coarse_edge_index: Tensor) -> Tensor:
-        """A draw of the residual ``r`` (N, 3) from standard normal ``noise`` (N, 3), bond axes taken at ``x``."""
+    def _rotation_basis(self, params: Tensor, x: Tensor, batch: Tensor) -> Tensor:
+        """``s_rot B_i`` (N, 3, 3), with ``B_i omega = omega x d_i``."""
+        centroid, _ = graph_mean(x, batch)
+        return -_skew(x - centroid) * params[:, 4].view(-1, 1, 1)
+
+    def sample(self, params: Tensor, noise: Tensor, rotation_noise: Tensor, x: Tensor, coarse_edge_index: Tensor,
+               batch: Tensor) -> Tensor:
+        """A draw of the residual ``r`` (N, 3), bond axes and offsets taken at ``x``.
+
+        ``noise`` (N, 3) standard normal drives the tree; ``rotation_noise`` (N, 3) standard normal gives
+        each molecule's rotation ``omega = sqrt(n) * its mean`` (itself standard normal).
+        """
         parent, axis, coupling, s_par = self._frame(params, x, coarse_edge_index)
         s_perp = params[:, 1:2]
         along = (axis * noise).sum(-1, keepdim=True)
         w = s_perp * noise + (s_par.unsqueeze(-1) - s_perp) * along * axis
-        return tree_solve(w, coupling, parent)
+        omega_mean, count = graph_mean(rotation_noise, batch)
+        omega = omega_mean * torch.sqrt(count)
+        turn = torch.bmm(self._rotation_basis(params, x, batch), omega.unsqueeze(-1)).squeeze(-1)
+        return tree_solve(w, coupling, parent) + turn
 
-    def nll(self, residual: Tensor, params: Tensor, x: Tensor, coarse_edge_index: Tensor) -> Tensor:
+    def nll(self, residual: Tensor, params: Tensor, x: Tensor, coarse_edge_index: Tensor, batch: Tensor) -> Tensor:
         """Negative log-density of ``residual`` (N, 3), per bead, averaged (constant dropped)."""
         parent, axis, coupling, s_par = self._frame(params, x, coarse_edge_index)
         s_perp = params[:, 1]
         w = residual - torch.bmm(coupling, residual[parent].unsqueeze(-1)).squeeze(-1)
         w_par = (axis * w).sum(-1)
         quad = (w_par / s_par).pow(2) + (w.pow(2).sum(-1) - w_par.pow(2)) / s_perp.pow(2)
-        return (0.5 * quad + torch.log(s_par) + 2.0 * torch.log(s_perp)).mean()
+        tree = 0.5 * quad + torch.log(s_par) + 2.0 * torch.log(s_perp)
+        # Woodbury for the rotation: Sigma = T + U U^T with U = s_rot B (3 columns per molecule)
+        basis = self._rotation_basis(params, x, batch)
+        columns = torch.cat([residual.unsqueeze(-1), basis], dim=-1)                   # (N, 3, 4)
+        precise = _apply_precision(columns, coupling, parent, s_par, s_perp, axis)      # Q [r, U]
+        per_bead = torch.bmm(basis.transpose(1, 2), precise).flatten(1)                # U_i^T Q [r, U] (N, 12)
+        mean, count = graph_mean(per_bead, batch)
+        summed = (mean * count).view(-1, 3, 4)                                        # per molecule, on each bead
+        y = summed[:, :, :1]
+        m = torch.eye(3, dtype=x.dtype, device=x.device) + summed[:, :, 1:]
+        correction = -0.5 * (y * torch.linalg.solve(m, y)).sum((1, 2)) + 0.5 * torch.linalg.slogdet(m)[1]
+        return (tree + correction / count.squeeze(-1)).mean()
 
-    def marginal_covariance(self, params: Tensor, x: Tensor, coarse_edge_index: Tensor) -> Tensor:
+    def marginal_covariance(self, params: Tensor, x: Tensor, coarse_edge_index: Tensor, batch: Tensor) -> Tensor:
         """Each bead's marginal covariance ``Cov(r_i)`` (N, 3, 3)."""
         parent, axis, coupling, s_par = self._frame(params, x, coarse_edge_index)
         outer = axis.unsqueeze(-1) * axis.unsqueeze(-2)
         eye = torch.eye(3, dtype=x.dtype, device=x.device).expand_as(outer)
         s_perp2 = params[:, 1].pow(2).view(-1, 1, 1)
         own = s_perp2 * eye + (s_par.pow(2).view(-1, 1, 1) - s_perp2) * outer
-        return tree_covariance(own, coupling, parent)
+        basis = self._rotation_basis(params, x, batch)
+        return tree_covariance(own, coupling, parent) + torch.bmm(basis, basis.transpose(1, 2))
 
-    def marginal_std(self, params: Tensor, x: Tensor, coarse_edge_index: Tensor) -> Tensor:
+    def marginal_std(self, params: Tensor, x: Tensor, coarse_edge_index: Tensor, batch: Tensor) -> Tensor:
         """Isotropic summary (N, 1) of each bead's marginal std: ``sqrt(trace(Cov(r_i)) / 3)``."""
-        cov = self.marginal_covariance(params, x, coarse_edge_index)
+        cov = self.marginal_covariance(params, x, coarse_edge_index, batch)
         return torch.sqrt(torch.diagonal(cov, dim1=1, dim2=2).sum(-1, keepdim=True) / 3.0)
+
+
+def _apply_precision(v: Tensor, coupling: Tensor, parent: Tensor, s_par: Tensor, s_perp: Tensor,
+                     axis: Tensor) -> Tensor:
+    """``Q v`` for the tree's precision ``Q = (I - C)^T S^-2 (I - C)``, column by column.
+
+    Shapes:
+        v (N, 3, M), coupling (N, 3, 3), parent (N,), s_par and s_perp (N,), axis (N, 3) -> (N, 3, M)
+    """
+    w = v - torch.bmm(coupling, v[parent])
+    along = (axis.unsqueeze(-1) * w).sum(1, keepdim=True)                              # (N, 1, M)
+    y = w / s_perp.pow(2).view(-1, 1, 1) \
+        + (1.0 / s_par.pow(2) - 1.0 / s_perp.pow(2)).view(-1, 1, 1) * along * axis.unsqueeze(-1)
+    # (I - C)^T: each child sends -C^T y back to its parent (roots have C = 0)
+    return y.index_add(0, parent, -torch.bmm(coupling.transpose(1, 2), y))

@@ -49,7 +49,7 @@ def training_losses(model, pos_history: Tensor, pos_target: Tensor, bead_feature
     accel = (pos_target - 2.0 * x_t + x_prev) / model.accel_std_nm
     mean, params, latents = model._dynamics(noisy, bead_features, coarse_edge_index, batch, boxes)
     if hasattr(model, "bonded_noise"):
-        nll = model.bonded_noise.nll(accel - mean, params, x_t, coarse_edge_index)
+        nll = model.bonded_noise.nll(accel - mean, params, x_t, coarse_edge_index, batch)
     else:
         nll = dynamics_nll(accel, mean, params[:, :1], params[:, 1:], batch)
     eps = torch.randn_like(pos_target)

@@ -182,6 +182,8 @@ class CGPropagator(Block):
                                n_rbf=config.n_rbf, n_sbf=config.n_sbf, vector_in=n_vel,
                                scalar_in=n_vel + self.n_features + (N_PSEUDO if self.chirality else 0))
         self.accel_head = VectorHead(config.hidden)
+        # standard normal (N, 3) draws the dynamics takes per step: the bonded noise's rotation takes a second
+        self.dynamics_draws = 2 if config.noise == "bonded" else 1
         if config.noise == "bonded":
             self.bonded_noise = BondedNoise(config.hidden, config.min_std)
         else:
@@ -240,7 +242,7 @@ class CGPropagator(Block):
         s, v = self.dynamics(s_in, v_in, pos_history[-1], coarse_edge_index, batch, box)
         mean = self.accel_head(s, v)
         if hasattr(self, "bonded_noise"):
-            return mean, self.bonded_noise(s), s
+            return mean, self.bonded_noise(s, batch), s
         std = self.min_std + nn.functional.softplus(self.std_head(s))
         pooled, _ = graph_mean(s, batch)
         collective = self.min_std + nn.functional.softplus(self.collective_std_head(pooled))
@@ -248,10 +250,10 @@ class CGPropagator(Block):
 
     def _draw(self, mean: Tensor, params: Tensor, noise: Tensor, x: Tensor, coarse_edge_index: Tensor,
               batch: Tensor) -> Tensor:
-        """An acceleration (N, 3) in accel-std units from standard normal ``noise`` (N, 3)."""
+        """An acceleration (N, 3) in accel-std units from standard normal ``noise`` (dynamics_draws, N, 3)."""
         if hasattr(self, "bonded_noise"):
-            return mean + self.bonded_noise.sample(params, noise, x, coarse_edge_index)
-        return sample_acceleration(mean, params[:, :1], params[:, 1:], noise, batch)
+            return mean + self.bonded_noise.sample(params, noise[0], noise[1], x, coarse_edge_index, batch)
+        return sample_acceleration(mean, params[:, :1], params[:, 1:], noise[0], batch)
 
     # ------------------------------------------------------------- public API
     @torch.jit.export
@@ -276,7 +278,7 @@ class CGPropagator(Block):
         pos_history = unwrap(pos_history, pos_history[-1], boxes, batch)
         mean, params, _ = self._dynamics(pos_history, bead_features, coarse_edge_index, batch, boxes)
         if hasattr(self, "bonded_noise"):
-            std = self.bonded_noise.marginal_std(params, pos_history[-1], coarse_edge_index)
+            std = self.bonded_noise.marginal_std(params, pos_history[-1], coarse_edge_index, batch)
         else:
             std = marginal_std(params[:, :1], params[:, 1:], batch)
         return mean * self.accel_std_nm, std * self.accel_std_nm
@@ -285,10 +287,11 @@ class CGPropagator(Block):
     def noise_draws(self, refine: bool) -> int:
         """Standard normal (N, 3) draws one ``step`` consumes.
 
-        Per attempt 1 for the dynamics plus one per refinement level; ``1 + exclusion_retries`` attempts
+        Per attempt ``dynamics_draws`` (1; 2 with bonded noise) plus one per refinement level; ``1 +
+        exclusion_retries`` attempts
         when the truncation is on (the model has minimum distances).
         """
-        per_attempt = 1 + len(self.refine_sigmas) if refine else 1
+        per_attempt = self.dynamics_draws + (len(self.refine_sigmas) if refine else 0)
         return per_attempt * (1 + self._retries())
 
     def _retries(self) -> int:
@@ -343,10 +346,10 @@ class CGPropagator(Block):
         x_t = pos_history[-1]
         velocity = x_t - pos_history[-2]
         # semi-implicit Euler with dt = 1 model step: v += a; x += v
-        accel = self._draw(mean, params, noise[0], x_t, coarse_edge_index, batch)
+        accel = self._draw(mean, params, noise[:self.dynamics_draws], x_t, coarse_edge_index, batch)
         candidate = x_t + velocity + accel * self.accel_std_nm
-        if noise.size(0) > 1:
-            return self._refine(candidate, latents, noise[1:], coarse_edge_index, batch, boxes)
+        if noise.size(0) > self.dynamics_draws:
+            return self._refine(candidate, latents, noise[self.dynamics_draws:], coarse_edge_index, batch, boxes)
         edge = torch.zeros(2, 0, dtype=torch.long, device=candidate.device)
         shift = torch.zeros(0, 3, dtype=candidate.dtype, device=candidate.device)
         return candidate, candidate, edge, shift

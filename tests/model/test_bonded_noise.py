@@ -8,6 +8,7 @@ from openmm_cgml.model.bonded_noise import BondedNoise, bond_parents, tree_covar
 # two molecules: a branched one with a ring (0-1, 1-2, 1-3, 3-4, 1-4, 2-5) and a chain 6-7-8-9
 EDGES = torch.tensor([[0, 1, 3, 4, 1, 2, 6, 8, 8], [1, 2, 1, 3, 4, 5, 7, 7, 9]])
 N = 10
+BATCH = torch.tensor([0] * 6 + [1] * 4)
 
 
 def test_parents_are_the_highest_lower_bonded_neighbour():
@@ -47,13 +48,18 @@ def _noise_model_and_params(seed=1):
     noise = BondedNoise(hidden=8, min_std=0.05).double()
     latents = torch.randn(N, 8, dtype=torch.float64)
     x = torch.randn(N, 3, dtype=torch.float64)
-    return noise, noise(latents), x
+    return noise, noise(latents, BATCH), x
+
+
+def _draw(noise, params, eps, x):
+    """A draw from (2, N, 3) standard normal noise: the tree's, then the rotation's."""
+    return noise.sample(params, eps[0], eps[1], x, EDGES, BATCH)
 
 
 def _dense_factor(noise, params, x):
-    """The (3N, 3N) matrix M with r = M eps, column by column from unit noise."""
-    return torch.stack([noise.sample(params, e.view(N, 3), x, EDGES).flatten()
-                        for e in torch.eye(3 * N, dtype=torch.float64)], 1)
+    """The (3N, 6N) matrix M with r = M eps, column by column from unit noise."""
+    return torch.stack([_draw(noise, params, e.view(2, N, 3), x).flatten()
+                        for e in torch.eye(6 * N, dtype=torch.float64)], 1)
 
 
 def test_density_is_the_exact_gaussian_of_the_draw():
@@ -65,31 +71,39 @@ def test_density_is_the_exact_gaussian_of_the_draw():
     for seed in range(3):
         r = torch.randn(N, 3, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
         want = (-dist.log_prob(r.flatten()) - 1.5 * N * math.log(2 * math.pi)) / N
-        torch.testing.assert_close(noise.nll(r, params, x, EDGES), want)
+        torch.testing.assert_close(noise.nll(r, params, x, EDGES, BATCH), want)
 
 
 def test_draw_is_linear_keeps_bonds_when_coupled_and_its_std_is_the_marginal():
     noise, params, x = _noise_model_and_params()
     factor = _dense_factor(noise, params, x)
-    eps = torch.randn(N, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
-    torch.testing.assert_close(noise.sample(params, eps, x, EDGES).flatten(), factor @ eps.flatten())
+    eps = torch.randn(2, N, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    torch.testing.assert_close(_draw(noise, params, eps, x).flatten(), factor @ eps.flatten())
     per_bead = torch.diagonal(factor @ factor.T).view(N, 3).sum(-1, keepdim=True) / 3
-    torch.testing.assert_close(noise.marginal_std(params, x, EDGES), per_bead.sqrt())
+    torch.testing.assert_close(noise.marginal_std(params, x, EDGES, BATCH), per_bead.sqrt())
 
-    # full coupling, tiny own noise: a whole molecule moves together (its bonds barely change)
-    tight = torch.tensor([0.01, 0.01, 1.0, 1.0], dtype=torch.float64).repeat(N, 1)
+    # full coupling, tiny own noise, no rotation: a whole molecule moves together (its bonds barely change)
+    tight = torch.tensor([0.01, 0.01, 1.0, 1.0, 0.0], dtype=torch.float64).repeat(N, 1)
     tight[[0, 6], :2] = 1.0     # the roots carry the motion
-    r = noise.sample(tight, eps, x, EDGES)
+    r = _draw(noise, tight, eps, x)
     parent = bond_parents(EDGES, N)
     relative = (r - r[parent]).norm(dim=-1)[parent != torch.arange(N)]
     assert relative.max() < 0.1 and r.norm(dim=-1).min() > 0.3
+
+    # rotation only: each molecule turns rigidly about its centroid (distances kept to first order)
+    turn = torch.tensor([0.0, 0.0, 0.0, 0.0, 1e-3], dtype=torch.float64).repeat(N, 1)
+    r = _draw(noise, turn, eps, x)
+    for beads in (slice(0, 6), slice(6, 10)):
+        d = x[beads] - x[beads].mean(0)
+        assert torch.allclose((r[beads] * d).sum(-1), torch.zeros(d.size(0), dtype=torch.float64), atol=1e-9)
+        assert r[beads].norm(dim=-1).max() > 1e-4
 
 
 def test_draw_rotates_with_the_molecule():
     noise, params, x = _noise_model_and_params()
     q, _ = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64))
-    eps = torch.randn(N, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    torch.testing.assert_close(noise.sample(params, eps @ q.T, x @ q.T + 1.0, EDGES),
-                               noise.sample(params, eps, x, EDGES) @ q.T)
+    q = q * torch.det(q)   # a proper rotation: the rotation noise is a pseudo-vector
+    eps = torch.randn(2, N, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    torch.testing.assert_close(_draw(noise, params, eps @ q.T, x @ q.T + 1.0), _draw(noise, params, eps, x) @ q.T)
     r = torch.randn(N, 3, dtype=torch.float64)
-    torch.testing.assert_close(noise.nll(r @ q.T, params, x @ q.T, EDGES), noise.nll(r, params, x, EDGES))
+    torch.testing.assert_close(noise.nll(r @ q.T, params, x @ q.T, EDGES, BATCH), noise.nll(r, params, x, EDGES, BATCH))
