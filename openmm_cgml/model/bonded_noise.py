@@ -11,22 +11,28 @@ coarse bond graph:
 - every bead ``i`` bonded to a lower-index bead has a *parent* ``p(i)``, the
   highest such index (along a chain, the previous bead); the others are roots;
 - ``r_i = C_i r_p(i) + S_i eps_i`` with ``eps_i ~ N(0, I_3)``;
-- ``S_i = s_par u u^T + s_perp (I - u u^T)`` and
-  ``C_i = c_par u u^T + c_perp (I - u u^T)``, with ``u`` the unit bond vector
-  ``x_i - x_p(i)`` at the current frame; at a root ``S = s_perp I`` and ``C = 0``;
-- the four scalars per bead come from the Dynamics latents (invariant), so the
-  draw is E(3)-equivariant like the rest of the step.
+- ``S_i`` and ``C_i`` are diagonal in a local frame of internal coordinates
+  at the current positions: the bond ``u`` to the parent (stretch), the normal
+  ``n`` of the plane of that bond and the parent's bond (torsion), and the
+  third direction (bend); at a root ``S`` is isotropic and ``C = 0``
+  (:class:`BondedNoise`);
+- the scalars per bead come from the Dynamics latents (invariant), and the
+  frame only through ``u u^T`` and ``n n^T``, so the draw is E(3)-equivariant
+  like the rest of the step.
 
 With ``C ~ I`` a bead inherits its parent's displacement and adds its own:
-the bond stretches by ``s_par`` and bends by ``s_perp``, while a root's noise
+the bond stretches, bends and twists by their own stds, while a root's noise
 moves the whole molecule (there is no separate centre-of-mass term). It is the
 structure of a harmonic chain: the precision matrix is sparse along the bonds.
+On top, each molecule turns rigidly by a random rotation ``s_rot omega x d_i``
+(``d_i`` the offset from its centroid), see :class:`BondedNoise`.
 
 The log-density is exact and O(N): ``w_i = r_i - C_i r_p(i)`` has a unit
-triangular Jacobian, so it is a sum of independent per-bead Gaussians of
-``w_i`` under ``S_i``. A draw solves the triangular system by pointer
-doubling in ``ceil(log2 N)`` rounds of gathers (no host sync, any tree
-depth). Everything here is TorchScript-compatible.
+triangular Jacobian, so the tree's is a sum of independent per-bead Gaussians
+of ``w_i`` under ``S_i``; the rotation adds a 3x3 Woodbury term per
+molecule. A draw solves the triangular system by pointer doubling in
+``ceil(log2 N)`` rounds of gathers (no host sync, any tree depth).
+Everything here is TorchScript-compatible.
 """
 from typing import Tuple
 
@@ -101,6 +107,13 @@ def _skew(d: Tensor) -> Tensor:
 class BondedNoise(Block):
     """Per-bead scales of the bond-correlated acceleration noise, and its draw and log-density.
 
+    Each bead's own noise ``S_i`` and coupling ``C_i`` act in a local frame of internal coordinates:
+    ``u`` along the bond to its parent (stretch), ``n`` normal to the plane of that bond and the
+    parent's own bond (out of plane: the torsion), and the rest (in plane: the bend), with one std and
+    one coupling each. Where there is no plane (the parent is a root, or the bonds are collinear)
+    the torsion direction takes the bend's values; at a root the noise is isotropic (the bend's std).
+    A stiff bond, a stiff angle and a soft torsion thus get their own scales.
+
     Besides the tree (module docstring) each molecule gets a rigid rotation: ``r_i += s_rot (omega x d_i)``
     with ``omega ~ N(0, I_3)`` per molecule and ``d_i`` the bead's offset from the molecule's centroid
     (nm), ``s_rot`` read from the pooled latents. A molecule that turns as a whole over a model step
@@ -113,59 +126,64 @@ class BondedNoise(Block):
     hidden : int
         Width of the Dynamics latents the scales are read from.
     min_std : float
-        Floor of both per-bead stds (accel-std units).
+        Floor of the per-bead stds (accel-std units).
     """
 
     def __init__(self, hidden: int, min_std: float):
         super().__init__()
         self.hidden, self.min_std = int(hidden), float(min_std)
-        self.head = mlp(hidden, hidden, 4)
+        self.head = mlp(hidden, hidden, 6)
         self.rotation_head = mlp(hidden, hidden, 1)
 
     def extra_repr(self) -> str:
         return f"{self.hidden}, min_std={self.min_std}"
 
     def forward(self, latents: Tensor, batch: Tensor) -> Tensor:
-        """``[s_par, s_perp, c_par, c_perp, s_rot]`` per bead (``s_rot`` per molecule, in accel-std per nm).
+        """``[s_bond, s_torsion, s_bend, c_bond, c_torsion, c_bend, s_rot]`` per bead (``s_rot`` per
+        molecule, in accel-std per nm).
 
         Shapes:
-            latents (N, hidden) invariant, batch (N,) -> (N, 5)
+            latents (N, hidden) invariant, batch (N,) -> (N, 7)
         """
         out = self.head(latents)
         pooled, _ = graph_mean(latents, batch)
         rotation = nn.functional.softplus(self.rotation_head(pooled))
-        return torch.cat([self.min_std + nn.functional.softplus(out[:, :2]), out[:, 2:], rotation], dim=1)
+        return torch.cat([self.min_std + nn.functional.softplus(out[:, :3]), out[:, 3:], rotation], dim=1)
 
     def _frame(self, params: Tensor, x: Tensor, coarse_edge_index: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Parent (N,), unit bond axis (N, 3) (0 at roots), coupling matrices (N, 3, 3), and the std along
-        the axis (N,) (``s_perp`` at roots, whose noise is isotropic)."""
-        parent = bond_parents(coarse_edge_index, x.size(0))
-        root = parent == torch.arange(x.size(0), device=x.device)
+        """Parent (N,), the frame's two unit axes (N, 2, 3) ``[u, n]`` (0 where undefined), the
+        coupling matrices (N, 3, 3) and the stds along ``[u, n, rest]`` (N, 3)."""
+        n_beads = x.size(0)
+        parent = bond_parents(coarse_edge_index, n_beads)
+        root = parent == torch.arange(n_beads, device=x.device)
         bond = x - x[parent]
-        axis = bond / torch.linalg.vector_norm(bond, dim=-1, keepdim=True).clamp_min(1e-9)
-        outer = axis.unsqueeze(-1) * axis.unsqueeze(-2)
-        eye = torch.eye(3, dtype=x.dtype, device=x.device).expand_as(outer)
-        c_par, c_perp = params[:, 2].view(-1, 1, 1), params[:, 3].view(-1, 1, 1)
-        coupling = (c_perp * eye + (c_par - c_perp) * outer) * (~root).to(x.dtype).view(-1, 1, 1)
-        s_par = torch.where(root, params[:, 1], params[:, 0])
-        return parent, axis, coupling, s_par
+        u = bond / torch.linalg.vector_norm(bond, dim=-1, keepdim=True).clamp_min(1e-9)
+        normal = torch.linalg.cross(u[parent], u)        # 0 at roots and next to them (u[root] = 0)
+        length = torch.linalg.vector_norm(normal, dim=-1, keepdim=True)
+        planar = length.squeeze(-1) > 1e-3
+        normal = torch.where(planar.unsqueeze(-1), normal / length.clamp_min(1e-9), torch.zeros_like(normal))
+        axes = torch.stack([u, normal], 1)
+        # without a plane the torsion direction is a bend direction; at a root all three are
+        stds = torch.stack([torch.where(root, params[:, 2], params[:, 0]),
+                            torch.where(planar, params[:, 1], params[:, 2]), params[:, 2]], 1)
+        couplings = torch.stack([params[:, 3], torch.where(planar, params[:, 4], params[:, 5]), params[:, 5]], 1)
+        coupling = _in_frame(axes, couplings) * (~root).to(x.dtype).view(-1, 1, 1)
+        return parent, axes, coupling, stds
 
     def _rotation_basis(self, params: Tensor, x: Tensor, batch: Tensor) -> Tensor:
         """``s_rot B_i`` (N, 3, 3), with ``B_i omega = omega x d_i``."""
         centroid, _ = graph_mean(x, batch)
-        return -_skew(x - centroid) * params[:, 4].view(-1, 1, 1)
+        return -_skew(x - centroid) * params[:, 6].view(-1, 1, 1)
 
     def sample(self, params: Tensor, noise: Tensor, rotation_noise: Tensor, x: Tensor, coarse_edge_index: Tensor,
                batch: Tensor) -> Tensor:
-        """A draw of the residual ``r`` (N, 3), bond axes and offsets taken at ``x``.
+        """A draw of the residual ``r`` (N, 3), frames and offsets taken at ``x``.
 
         ``noise`` (N, 3) standard normal drives the tree; ``rotation_noise`` (N, 3) standard normal gives
         each molecule's rotation ``omega = sqrt(n) * its mean`` (itself standard normal).
         """
-        parent, axis, coupling, s_par = self._frame(params, x, coarse_edge_index)
-        s_perp = params[:, 1:2]
-        along = (axis * noise).sum(-1, keepdim=True)
-        w = s_perp * noise + (s_par.unsqueeze(-1) - s_perp) * along * axis
+        parent, axes, coupling, stds = self._frame(params, x, coarse_edge_index)
+        w = torch.bmm(_in_frame(axes, stds), noise.unsqueeze(-1)).squeeze(-1)
         omega_mean, count = graph_mean(rotation_noise, batch)
         omega = omega_mean * torch.sqrt(count)
         turn = torch.bmm(self._rotation_basis(params, x, batch), omega.unsqueeze(-1)).squeeze(-1)
@@ -173,16 +191,14 @@ class BondedNoise(Block):
 
     def nll(self, residual: Tensor, params: Tensor, x: Tensor, coarse_edge_index: Tensor, batch: Tensor) -> Tensor:
         """Negative log-density of ``residual`` (N, 3), per bead, averaged (constant dropped)."""
-        parent, axis, coupling, s_par = self._frame(params, x, coarse_edge_index)
-        s_perp = params[:, 1]
+        parent, axes, coupling, stds = self._frame(params, x, coarse_edge_index)
         w = residual - torch.bmm(coupling, residual[parent].unsqueeze(-1)).squeeze(-1)
-        w_par = (axis * w).sum(-1)
-        quad = (w_par / s_par).pow(2) + (w.pow(2).sum(-1) - w_par.pow(2)) / s_perp.pow(2)
-        tree = 0.5 * quad + torch.log(s_par) + 2.0 * torch.log(s_perp)
+        whitened = torch.bmm(_in_frame(axes, 1.0 / stds), w.unsqueeze(-1)).squeeze(-1)
+        tree = 0.5 * whitened.pow(2).sum(-1) + torch.log(stds).sum(-1)
         # Woodbury for the rotation: Sigma = T + U U^T with U = s_rot B (3 columns per molecule)
         basis = self._rotation_basis(params, x, batch)
         columns = torch.cat([residual.unsqueeze(-1), basis], dim=-1)                   # (N, 3, 4)
-        precise = _apply_precision(columns, coupling, parent, s_par, s_perp, axis)      # Q [r, U]
+        precise = _apply_precision(columns, coupling, parent, _in_frame(axes, stds.pow(-2)))  # Q [r, U]
         per_bead = torch.bmm(basis.transpose(1, 2), precise).flatten(1)                # U_i^T Q [r, U] (N, 12)
         mean, count = graph_mean(per_bead, batch)
         summed = (mean * count).view(-1, 3, 4)                                        # per molecule, on each bead
@@ -193,13 +209,9 @@ class BondedNoise(Block):
 
     def marginal_covariance(self, params: Tensor, x: Tensor, coarse_edge_index: Tensor, batch: Tensor) -> Tensor:
         """Each bead's marginal covariance ``Cov(r_i)`` (N, 3, 3)."""
-        parent, axis, coupling, s_par = self._frame(params, x, coarse_edge_index)
-        outer = axis.unsqueeze(-1) * axis.unsqueeze(-2)
-        eye = torch.eye(3, dtype=x.dtype, device=x.device).expand_as(outer)
-        s_perp2 = params[:, 1].pow(2).view(-1, 1, 1)
-        own = s_perp2 * eye + (s_par.pow(2).view(-1, 1, 1) - s_perp2) * outer
+        parent, axes, coupling, stds = self._frame(params, x, coarse_edge_index)
         basis = self._rotation_basis(params, x, batch)
-        return tree_covariance(own, coupling, parent) + torch.bmm(basis, basis.transpose(1, 2))
+        return tree_covariance(_in_frame(axes, stds.pow(2)), coupling, parent) + torch.bmm(basis, basis.transpose(1, 2))
 
     def marginal_std(self, params: Tensor, x: Tensor, coarse_edge_index: Tensor, batch: Tensor) -> Tensor:
         """Isotropic summary (N, 1) of each bead's marginal std: ``sqrt(trace(Cov(r_i)) / 3)``."""
@@ -207,16 +219,26 @@ class BondedNoise(Block):
         return torch.sqrt(torch.diagonal(cov, dim1=1, dim2=2).sum(-1, keepdim=True) / 3.0)
 
 
-def _apply_precision(v: Tensor, coupling: Tensor, parent: Tensor, s_par: Tensor, s_perp: Tensor,
-                     axis: Tensor) -> Tensor:
+def _in_frame(axes: Tensor, values: Tensor) -> Tensor:
+    """The symmetric matrices (N, 3, 3) ``v_u u u^T + v_n n n^T + v_rest (I - u u^T - n n^T)``.
+
+    A zero axis (undefined) leaves its direction to ``v_rest``.
+
+    Shapes:
+        axes (N, 2, 3), values (N, 3) -> (N, 3, 3)
+    """
+    outer = axes.unsqueeze(-1) * axes.unsqueeze(-2)                                   # (N, 2, 3, 3)
+    eye = torch.eye(3, dtype=axes.dtype, device=axes.device)
+    rest = values[:, 2].view(-1, 1, 1)
+    return rest * eye + ((values[:, :2] - values[:, 2:]).view(-1, 2, 1, 1) * outer).sum(1)
+
+
+def _apply_precision(v: Tensor, coupling: Tensor, parent: Tensor, inverse_variance: Tensor) -> Tensor:
     """``Q v`` for the tree's precision ``Q = (I - C)^T S^-2 (I - C)``, column by column.
 
     Shapes:
-        v (N, 3, M), coupling (N, 3, 3), parent (N,), s_par and s_perp (N,), axis (N, 3) -> (N, 3, M)
+        v (N, 3, M), coupling (N, 3, 3), parent (N,), inverse_variance ``S^-2`` (N, 3, 3) -> (N, 3, M)
     """
-    w = v - torch.bmm(coupling, v[parent])
-    along = (axis.unsqueeze(-1) * w).sum(1, keepdim=True)                              # (N, 1, M)
-    y = w / s_perp.pow(2).view(-1, 1, 1) \
-        + (1.0 / s_par.pow(2) - 1.0 / s_perp.pow(2)).view(-1, 1, 1) * along * axis.unsqueeze(-1)
+    y = torch.bmm(inverse_variance, v - torch.bmm(coupling, v[parent]))
     # (I - C)^T: each child sends -C^T y back to its parent (roots have C = 0)
     return y.index_add(0, parent, -torch.bmm(coupling.transpose(1, 2), y))

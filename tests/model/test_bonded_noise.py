@@ -83,20 +83,34 @@ def test_draw_is_linear_keeps_bonds_when_coupled_and_its_std_is_the_marginal():
     torch.testing.assert_close(noise.marginal_std(params, x, EDGES, BATCH), per_bead.sqrt())
 
     # full coupling, tiny own noise, no rotation: a whole molecule moves together (its bonds barely change)
-    tight = torch.tensor([0.01, 0.01, 1.0, 1.0, 0.0], dtype=torch.float64).repeat(N, 1)
-    tight[[0, 6], :2] = 1.0     # the roots carry the motion
+    tight = torch.tensor([0.01, 0.01, 0.01, 1.0, 1.0, 1.0, 0.0], dtype=torch.float64).repeat(N, 1)
+    tight[[0, 6], :3] = 1.0     # the roots carry the motion
     r = _draw(noise, tight, eps, x)
     parent = bond_parents(EDGES, N)
     relative = (r - r[parent]).norm(dim=-1)[parent != torch.arange(N)]
     assert relative.max() < 0.1 and r.norm(dim=-1).min() > 0.3
 
     # rotation only: each molecule turns rigidly about its centroid (distances kept to first order)
-    turn = torch.tensor([0.0, 0.0, 0.0, 0.0, 1e-3], dtype=torch.float64).repeat(N, 1)
+    turn = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1e-3], dtype=torch.float64).repeat(N, 1)
     r = _draw(noise, turn, eps, x)
     for beads in (slice(0, 6), slice(6, 10)):
         d = x[beads] - x[beads].mean(0)
         assert torch.allclose((r[beads] * d).sum(-1), torch.zeros(d.size(0), dtype=torch.float64), atol=1e-9)
         assert r[beads].norm(dim=-1).max() > 1e-4
+
+
+def test_each_internal_direction_has_its_own_std():
+    """Only the torsion std on: a bead moves along the normal of its bond plane (and its subtree with it)."""
+    noise, _, x = _noise_model_and_params()
+    params = torch.tensor([0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0], dtype=torch.float64).repeat(N, 1)
+    eps = torch.zeros(2, N, 3, dtype=torch.float64)
+    eps[0, 4] = torch.tensor([0.3, -1.2, 0.8], dtype=torch.float64)   # bead 4: parent 3, grandparent 1
+    r = _draw(noise, params, eps, x)
+    u = (x[4] - x[3]) / (x[4] - x[3]).norm()
+    n = torch.linalg.cross((x[3] - x[1]) / (x[3] - x[1]).norm(), u)
+    n = n / n.norm()
+    torch.testing.assert_close(r[4], (eps[0, 4] @ n) * n)
+    assert r[[0, 1, 2, 3, 6, 7, 8, 9]].abs().max() == 0
 
 
 def test_draw_rotates_with_the_molecule():
