@@ -26,6 +26,7 @@ or another model file; ``openmm_cgml.load(path)`` returns a :class:`CGModel`.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -504,6 +505,23 @@ class CGModel:
     def step(self, pos_history, bead_features, coarse_edge_index, batch, box, noise, refine: bool = True):
         """Next bead positions (N, 3) nm; see the TorchScript contract in docs/design.md."""
         return self._call("step", pos_history, bead_features, coarse_edge_index, batch, box, noise, bool(refine))
+
+    @contextlib.contextmanager
+    def validated(self, pos_history, bead_features, coarse_edge_index, batch):
+        """Check the inputs of ``step`` once; inside the block ``step`` skips its own checks (host syncs).
+
+        For a caller that steps one topology many times and watches the frames itself (``rollout``).
+        Models exported before the switch check at every step, as before.
+        """
+        if not hasattr(self.module, "validate_inputs"):
+            yield
+            return
+        self._call("validate", pos_history, bead_features, coarse_edge_index, batch)
+        self.module.validate_inputs = False
+        try:
+            yield
+        finally:
+            self.module.validate_inputs = True
 
     def noise_draws(self, refine: bool = True) -> int:
         """How many (N, 3) standard normal draws one ``step`` takes (``noise`` is (draws, N, 3))."""

@@ -38,7 +38,16 @@ def dynamics_nll(accel: Tensor, mean: Tensor, std: Tensor, collective: Tensor, b
 def training_losses(model, pos_history: Tensor, pos_target: Tensor, bead_features: Tensor,
                     coarse_edge_index: Tensor, batch: Tensor, box: Tensor, history_sigma: Tensor,
                     score_sigma: Tensor) -> dict:
-    """:meth:`CGPropagator.losses <openmm_cgml.model.propagator.CGPropagator.losses>` of ``model``."""
+    """Training losses of ``model`` (a ``CGPropagator``) on a batch.
+
+    ``pos_history`` (k, N, 3) nm, ``pos_target`` (N, 3) nm. ``history_sigma``
+    and ``score_sigma`` (N, 1) are noise levels in accel-std units per bead
+    (usually constant per graph). Returns ``nll`` (negative log-likelihood of
+    the scaled acceleration under the model's noise model), ``dsm`` (denoising
+    score matching, weighted by sigma^2, i.e. the mean squared error of the
+    predicted unit noise) and ``accel_mse`` (of the mean, scaled units; a
+    diagnostic).
+    """
     boxes = graph_box(box, batch)
     pos_history = unwrap(pos_history, pos_history[-1], boxes, batch)
     pos_target = unwrap(pos_target, pos_history[-1], boxes, batch)

@@ -163,6 +163,8 @@ class CGPropagator(Block):
         self.hard_core_sweeps = int(config.hard_core_sweeps)
         # redraws of a molecule's step while it has a pair under its minimum distance (0: no truncation)
         self.exclusion_retries = int(config.exclusion_retries)
+        # False: `step` skips the shape/value checks with host syncs (a caller that ran `validate` once)
+        self.validate_inputs = True
         # [bonded, nonbonded] nm; not persistent, so checkpoints from before the hard core still load
         self.register_buffer("min_distance_nm", torch.tensor([self.min_bonded_nm, self.min_nonbonded_nm]),
                              persistent=False)
@@ -272,8 +274,7 @@ class CGPropagator(Block):
     def predict(self, pos_history: Tensor, bead_features: Tensor, coarse_edge_index: Tensor, batch: Tensor,
                 box: Tensor) -> Tuple[Tensor, Tensor]:
         """Acceleration mean (N, 3) and isotropic std (N, 1) in nm per model step^2."""
-        _check_step_inputs(pos_history, bead_features, coarse_edge_index, batch, self.k, self.n_beads,
-                           self.n_features)
+        self.validate(pos_history, bead_features, coarse_edge_index, batch)
         boxes = graph_box(box, batch)
         pos_history = unwrap(pos_history, pos_history[-1], boxes, batch)
         mean, params, _ = self._dynamics(pos_history, bead_features, coarse_edge_index, batch, boxes)
@@ -282,6 +283,12 @@ class CGPropagator(Block):
         else:
             std = marginal_std(params[:, :1], params[:, 1:], batch)
         return mean * self.accel_std_nm, std * self.accel_std_nm
+
+    @torch.jit.export
+    def validate(self, pos_history: Tensor, bead_features: Tensor, coarse_edge_index: Tensor, batch: Tensor) -> None:
+        """``ValueError`` naming the first input of ``step`` with a wrong shape or value (NaN positions too)."""
+        _check_step_inputs(pos_history, bead_features, coarse_edge_index, batch, self.k, self.n_beads,
+                           self.n_features)
 
     @torch.jit.export
     def noise_draws(self, refine: bool) -> int:
@@ -306,8 +313,8 @@ class CGPropagator(Block):
         for the dynamics, the rest for the refinement. A molecule with a pair under its minimum distance redraws
         its step up to ``exclusion_retries`` times (the truncated step, docs/propagator.md); then the hard core.
         """
-        _check_step_inputs(pos_history, bead_features, coarse_edge_index, batch, self.k, self.n_beads,
-                           self.n_features)
+        if self.validate_inputs:
+            self.validate(pos_history, bead_features, coarse_edge_index, batch)
         draws = self.noise_draws(refine)
         if noise.dim() != 3 or noise.size(0) != draws or noise.shape[1:] != pos_history[-1].shape:
             raise ValueError("noise must have shape (" + str(draws) + ", n_beads, 3), got " + str(noise.shape))
@@ -388,14 +395,7 @@ class CGPropagator(Block):
     # --------------------------------------------------------------- training
     def losses(self, pos_history: Tensor, pos_target: Tensor, bead_features: Tensor, coarse_edge_index: Tensor,
                batch: Tensor, box: Tensor, history_sigma: Tensor, score_sigma: Tensor) -> dict:
-        """Training losses on a batch (Python only; not in the exported file).
-
-        ``pos_history`` (k, N, 3) nm, ``pos_target`` (N, 3) nm. ``history_sigma``
-        and ``score_sigma`` (N, 1) are noise levels in accel-std units per bead
-        (usually constant per graph). Returns ``nll`` (Gaussian NLL of the
-        scaled acceleration), ``dsm`` (denoising score matching, weighted by
-        sigma^2, i.e. the mean squared error of the predicted unit noise) and
-        ``accel_mse`` (of the mean, scaled units; a diagnostic).
-        """
+        """Training losses on a batch (Python only; not in the exported file): see
+        :func:`~openmm_cgml.model.losses.training_losses`."""
         return training_losses(self, pos_history, pos_target, bead_features, coarse_edge_index, batch, box,
                                history_sigma, score_sigma)

@@ -233,6 +233,14 @@ def rollout(
         return step_noise(generator, seed, step, shape, dtype, device)
 
     graph = (bead_features, edge_index, batch, box)
+    with model.validated(history, bead_features, edge_index, batch):   # NaN frames: caught by the flags below
+        return _run_blocks(model, history, graph, refine, noise, n_steps, first_step, check_every, n_replicas,
+                           collision_distance, periodic_box)
+
+
+def _run_blocks(model, history, graph, refine, noise, n_steps, first_step, check_every, n_replicas,
+                collision_distance, periodic_box):
+    """``rollout``'s loop: blocks of ``check_every`` steps, each checked once at its end."""
     done = 0
     while done < n_steps:
         block = min(check_every, n_steps - done)

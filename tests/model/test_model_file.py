@@ -25,9 +25,9 @@ def chain_mapping(chain_molecule):
 
 @pytest.fixture
 def export_chain_model(make_model, chain_mapping):
-    """``export_chain_model(path) -> (model, path)``: a new chain model (k = 3), exported to ``path``."""
-    def export(path):
-        model = make_model(k=3)
+    """``export_chain_model(path, **config) -> (model, path)``: a new chain model (k = 3), exported to ``path``."""
+    def export(path, **config):
+        model = make_model(k=3, **config)
         return model, export_model(model, path, {"mapping": chain_mapping, "training": {"note": "test"}})
     return export
 
@@ -44,10 +44,11 @@ def exported_torchscript(tmp_path, export_chain_model):
     return export_chain_model(tmp_path / "model.pt")
 
 
-@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
-def test_load_reproduces_predictions_exactly(tmp_path, suffix, chain_history, chain_molecule, export_chain_model,
-                                             n_beads):
-    model, path = export_chain_model(tmp_path / f"model{suffix}")
+@pytest.mark.parametrize("suffix, noise_model", [(".safetensors", "independent"), (".pt", "independent"),
+                                                 (".safetensors", "bonded"), (".pt", "bonded")])
+def test_load_reproduces_predictions_exactly(tmp_path, suffix, noise_model, chain_history, chain_molecule,
+                                             export_chain_model, n_beads):
+    model, path = export_chain_model(tmp_path / f"model{suffix}", noise=noise_model)
     loaded = load(path, trusted=suffix == ".pt")
     assert isinstance(loaded, CGModel)
     history = chain_history(3)
@@ -387,3 +388,22 @@ def test_cli_converts_between_the_two_forms(exported, tmp_path, capsys, chain_hi
     args = (history, features, coarse, torch.zeros(n_beads, dtype=torch.long), torch.zeros(3, 3),
             torch.randn(3, n_beads, 3))
     torch.testing.assert_close(load(back).step(*args), load(path).step(*args), atol=0, rtol=0)
+
+
+def test_validated_checks_once_then_steps_without_the_per_step_checks(exported, chain_history, chain_molecule,
+                                                                      n_beads):
+    _, path = exported
+    loaded = load(path)
+    history, features, coarse = chain_history(3), loaded.embed_mapping(), chain_molecule()[3]
+    batch, box = torch.zeros(n_beads, dtype=torch.long), torch.zeros(3, 3)
+    bad = history.clone()
+    bad[0, 0, 0] = float("nan")   # oldest frame only: the graphs are built on the newest
+    noise = torch.randn(loaded.noise_draws(False), n_beads, 3)
+    with pytest.raises(ValueError, match="NaN"):
+        loaded.step(bad, features, coarse, batch, box, noise, False)
+    with pytest.raises(ValueError, match="NaN"), loaded.validated(bad, features, coarse, batch):
+        pass
+    with loaded.validated(history, features, coarse, batch):
+        unchecked = loaded.step(bad, features, coarse, batch, box, noise, False)
+    assert not bool(torch.isfinite(unchecked).all())   # passed through: the caller watches the frames
+    assert loaded.module.validate_inputs
