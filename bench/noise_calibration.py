@@ -8,7 +8,11 @@ For each model, over every window of one split of a coarse dataset (no history n
 - ``bead_coverage_95``: fraction of beads whose residual lies inside the 95 % ellipsoid of its
   marginal 3x3 covariance (chi^2, 3 degrees of freedom); calibrated = 0.95;
 - ``bond_coverage_95`` and ``bond_z2``: the same for the stretch of each bond, the residual
-  difference of a bead and its parent along their bond; calibrated = 0.95 and 1.
+  difference of a bead and its parent along their bond; calibrated = 0.95 and 1;
+- ``one_step_bond_std_ratio`` and ``one_step_bond_mean_shift_nm``: one draw of the step per
+  window (no refinement, no corrections) against the data's next frame: the spread of the
+  coarse-bond lengths (pooled over bonds) as a ratio, and the shift of their mean; 1 and 0 when
+  the step keeps bonded geometry.
 
 Both noise models are linear in their standard normal draws, ``r = M eps``: the script builds
 each molecule's ``M`` from the model's own draw of unit vectors and evaluates the Gaussian of
@@ -93,7 +97,13 @@ def _window_scores(module, window):
                 a = torch.zeros(3 * beads.numel(), dtype=torch.float64)
                 a[3 * i:3 * i + 3], a[3 * j:3 * j + 3] = axis / axis.norm(), -axis / axis.norm()
                 z2.append(float((a @ r[beads].reshape(-1)) ** 2 / (a @ cov @ a)))
-    return float(nll), inside.numpy(), np.array(z2)
+    # one draw of the step per window (no refinement or corrections): its bond lengths against the data's
+    eps = torch.randn(module.dynamics_draws, n, 3, generator=torch.Generator().manual_seed(n))
+    sample = 2.0 * history[-1] - history[-2] + module._draw(mean, params, eps, history[-1], window.coarse_edge_index,
+                                                            window.batch) * module.accel_std_nm
+    i, j = window.coarse_edge_index[:, window.coarse_edge_index[0] < window.coarse_edge_index[1]]
+    lengths = np.stack([(target[i] - target[j]).norm(dim=-1).numpy(), (sample[i] - sample[j]).norm(dim=-1).numpy()])
+    return float(nll), inside.numpy(), np.array(z2), lengths
 
 
 def evaluate(model_path: str, data: str, split: str, batch_size: int, block: int, n_boot: int, seed: int) -> dict:
@@ -116,17 +126,20 @@ def evaluate(model_path: str, data: str, split: str, batch_size: int, block: int
             for start in range(0, len(indices), block):
                 windows = Subset(dataset, indices[start:start + block].tolist())
                 for window in DataLoader(windows, batch_size=batch_size, shuffle=False):
-                    nll, inside, z2 = _window_scores(module, window)
+                    nll, inside, z2, lengths = _window_scores(module, window)
                     per_block.setdefault((int(traj), start), []).append(
-                        (nll, inside, z2, window.pos_history.size(0)))
+                        (nll, inside, z2, window.pos_history.size(0), lengths))
     const = 1.5 * math.log(2 * math.pi) + 3.0 * math.log(module.accel_std_nm)
 
     def summary(groups):
         nll = sum(g[0] for g in groups) / sum(g[3] for g in groups) + const
         inside = np.concatenate([g[1] for g in groups])
         z2 = np.concatenate([g[2] for g in groups])
+        lengths = np.concatenate([g[4] for g in groups], axis=1)
         return {"nll_per_bead": nll, "bead_coverage_95": float(inside.mean()),
-                "bond_coverage_95": float((z2 < 1.959963984540054 ** 2).mean()), "bond_z2": float(z2.mean())}
+                "bond_coverage_95": float((z2 < 1.959963984540054 ** 2).mean()), "bond_z2": float(z2.mean()),
+                "one_step_bond_std_ratio": float(lengths[1].std() / lengths[0].std()),
+                "one_step_bond_mean_shift_nm": float(lengths[1].mean() - lengths[0].mean())}
 
     everything = [g for groups in per_block.values() for g in groups]
     result = {key: {"value": value} for key, value in summary(everything).items()}
