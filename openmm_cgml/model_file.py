@@ -40,7 +40,7 @@ import torch
 
 from openmm_cgml import model_formats
 from openmm_cgml.io import atomic_path, software_versions
-from openmm_cgml.model_formats import FORMAT, FORMAT_VERSION, TORCHSCRIPT_SUFFIX, WEIGHTS_SUFFIX
+from openmm_cgml.model_formats import FORMAT, FORMAT_VERSION, TORCHSCRIPT_SUFFIX, WEIGHTS_SUFFIX, check_output
 
 __all__ = ["FORMAT", "export_model", "export", "check_output", "load", "CGModel", "rebuild",
            "propagator_from_checkpoint", "read_mapping_rule"]
@@ -119,42 +119,6 @@ def export_model(model, path, metadata: dict | None = None) -> Path:
             model_formats.write_weights(module.state_dict(), meta, temporary)
         else:
             model_formats.write_torchscript(torch.jit.script(module), meta, temporary)
-    return path
-
-
-def check_output(path, name: str = "model file") -> Path:
-    """``path`` as a Path, if a model file can be written there; else an error naming it, before any work.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        Where the model file is to be written.
-    name : str
-        What the messages call it, e.g. ``"--out"`` for the command line.
-
-    Returns
-    -------
-    pathlib.Path
-
-    Raises
-    ------
-    ValueError
-        ``path`` is a folder, its parent is a file, or its name ends in neither ``.safetensors`` nor ``.pt``.
-    FileNotFoundError
-        Its folder does not exist.
-    """
-    if not isinstance(path, (str, os.PathLike)):
-        raise ValueError(f"{name} must be a path (str or os.PathLike), got {type(path).__name__}")
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{name} {path} is a folder; give the model file's name")
-    if path.suffix not in (WEIGHTS_SUFFIX, TORCHSCRIPT_SUFFIX):
-        raise ValueError(f"{name} {path}: the name must end in {WEIGHTS_SUFFIX} (weights only, the default) "
-                         f"or {TORCHSCRIPT_SUFFIX} (TorchScript, for openmm-torch)")
-    if path.parent.exists() and not path.parent.is_dir():
-        raise ValueError(f"{name} {path}: {path.parent} is a file, not a folder")
-    if not path.parent.exists():
-        raise FileNotFoundError(f"{name} {path}: output directory {path.parent} does not exist")
     return path
 
 

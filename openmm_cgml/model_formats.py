@@ -1,4 +1,4 @@
-"""The two on-disk forms of a model file, and what loading either may trust.
+"""The two on-disk forms of a model file, what loading either may trust, and where one may be written.
 
 **Weights file (``.safetensors``, the default).** The propagator's tensors in
 the safetensors format, and one JSON text (the metadata: the mapping, ``k``,
@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -34,7 +35,7 @@ import torch
 from openmm_cgml.io import first_line
 from openmm_cgml.units import is_integer, is_number
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "WEIGHTS_SUFFIX", "TORCHSCRIPT_SUFFIX", "kind_of", "file_sha256",
+__all__ = ["FORMAT", "FORMAT_VERSION", "WEIGHTS_SUFFIX", "TORCHSCRIPT_SUFFIX", "check_output", "kind_of", "file_sha256",
            "write_weights", "read_weights", "write_torchscript", "read_torchscript", "check_metadata",
            "digest", "trusted_sha256s"]
 
@@ -209,3 +210,39 @@ def check_metadata(metadata: dict, path) -> None:
     mapping = metadata.get("mapping")
     if mapping is not None and not isinstance(mapping, (str, dict)):
         raise ValueError(f"{path}: model metadata 'mapping' must be a mapping JSON, got {type(mapping).__name__}")
+
+
+def check_output(path, name: str = "model file") -> Path:
+    """``path`` as a Path, if a model file can be written there; else an error naming it, before any work.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Where the model file is to be written.
+    name : str
+        What the messages call it, e.g. ``"--out"`` for the command line.
+
+    Returns
+    -------
+    pathlib.Path
+
+    Raises
+    ------
+    ValueError
+        ``path`` is a folder, its parent is a file, or its name ends in neither ``.safetensors`` nor ``.pt``.
+    FileNotFoundError
+        Its folder does not exist.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise ValueError(f"{name} must be a path (str or os.PathLike), got {type(path).__name__}")
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{name} {path} is a folder; give the model file's name")
+    if path.suffix not in (WEIGHTS_SUFFIX, TORCHSCRIPT_SUFFIX):
+        raise ValueError(f"{name} {path}: the name must end in {WEIGHTS_SUFFIX} (weights only, the default) "
+                         f"or {TORCHSCRIPT_SUFFIX} (TorchScript, for openmm-torch)")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise ValueError(f"{name} {path}: {path.parent} is a file, not a folder")
+    if not path.parent.exists():
+        raise FileNotFoundError(f"{name} {path}: output directory {path.parent} does not exist")
+    return path
