@@ -18,7 +18,10 @@
 
 torch's thread count is set explicitly (``--threads``, default 1) and
 OpenMM's CPU platform gets the same ``Threads``, so a setting left behind by
-an earlier ``train()`` in the process cannot leak into the numbers.
+an earlier ``train()`` in the process cannot leak into the numbers. The whole
+run is pinned to that many CPUs (``pinned_cpus``): unpinned, the fine MD ran
+3-4x slower whenever the machine's other CPU was idle (its worker hand-offs
+wait for a sleeping virtual CPU), which inflated earlier speed-ups.
 
 The alternative design (the propagator inside an openmm-torch ``TorchForce``
 driven by a ``CustomIntegrator``) is measured by ``bench/integrator_paths.py``
@@ -46,6 +49,7 @@ import torch  # before openmm: openmm-torch's plugin only loads when torch's lib
 
 import openmm_cgml.openmm.integrator as integrator_module
 from openmm_cgml import systems
+from openmm_cgml.evaluation.rollouts import pinned_cpus
 from openmm_cgml.model_file import load
 from openmm_cgml.openmm.bead_system import coarse_grained_system
 from openmm_cgml.openmm.integrator import CGMLIntegrator
@@ -191,13 +195,19 @@ def main():
     if args.repeats < 3:
         parser.error("--repeats must be at least 3")
 
+    with pinned_cpus(args.threads):   # OpenMM's worker hand-offs wait on idle CPUs otherwise (pinned_cpus)
+        run(args)
+
+
+def run(args) -> None:
+    """The timings of ``main``, printed as JSON."""
     torch.set_num_threads(args.threads)  # explicit: never inherit an earlier train()'s setting
     platform = openmm.Platform.getPlatformByName(args.platform)
     properties = {"Threads": str(args.threads)} if args.platform == "CPU" else {}
     model = load(args.model)
     system_name = args.system or (args.model if args.model in systems.available() else None)
     if system_name is None:
-        parser.error("--system is needed for a model file")
+        raise SystemExit("bench/integrator.py: --system is needed for a model file")
     reference = systems.load(system_name)
     fine = fine_md(reference, platform, properties, args.fine_steps)
     fine()  # warm-up
@@ -208,6 +218,7 @@ def main():
                      "torch_threads": torch.get_num_threads(), "openmm_cpu_threads": properties.get("Threads"),
                      "platform": args.platform,
                      "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+                     "pinned_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
                      "note": "shared machine; fine MD and the model interleaved in one process"},
         "versions": {"openmm": openmm.__version__, "torch": torch.__version__},
         "model": args.model, "system": system_name, "n_atoms": reference.n_atoms,
