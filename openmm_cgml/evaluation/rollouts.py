@@ -124,6 +124,15 @@ def _roll_out(model, mappings, histories, n_steps, seed, refine) -> dict:
             "molecule_steps": molecule_steps}
 
 
+def _current_cpu() -> int | None:
+    """The CPU this thread last ran on (Linux ``/proc/self/stat`` field 39), or None."""
+    try:
+        with open("/proc/self/stat") as stat:
+            return int(stat.read().rsplit(")", 1)[1].split()[36])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 @contextlib.contextmanager
 def pinned_cpus(threads: int):
     """Run the block (and the threads it starts) on ``threads`` of the CPUs this process may use.
@@ -141,7 +150,9 @@ def pinned_cpus(threads: int):
         yield
         return
     allowed = sorted(os.sched_getaffinity(0))
-    os.sched_setaffinity(0, allowed[:max(1, int(threads))])
+    here = _current_cpu()   # start from the CPU this runs on, so two pinned runs need not share one
+    first = sorted(allowed, key=lambda cpu: cpu != here)
+    os.sched_setaffinity(0, first[:max(1, int(threads))])
     try:
         yield
     finally:

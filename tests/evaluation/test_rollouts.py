@@ -1,10 +1,12 @@
-"""The benchmark's batched rollouts: corrections switched per call, counted, and set back."""
+"""The benchmark's batched rollouts: corrections switched per call, counted, and set back; CPU pinning."""
+import os
+
 import numpy as np
 import pytest
 
 import openmm_cgml
 from openmm_cgml import systems
-from openmm_cgml.evaluation.rollouts import roll_out
+from openmm_cgml.evaluation.rollouts import pinned_cpus, roll_out
 from openmm_cgml.openmm.bead_system import molecule_mapping
 
 
@@ -29,3 +31,14 @@ def test_truncation_is_counted_per_molecule_step_and_switched_back(chain_start):
     assert model.exclusion_retries == 8 and model.hard_core              # the call's settings were set back
     first = lambda run: np.stack([frames[1] for frames in run["frames"]])  # noqa: E731
     assert not np.allclose(first(on), first(off))                        # the redrawn step differs
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="CPU affinity is Linux-only")
+def test_pinned_cpus_pins_the_block_and_restores_the_affinity():
+    allowed = os.sched_getaffinity(0)
+    with pinned_cpus(1):
+        inside = os.sched_getaffinity(0)
+    assert len(inside) == 1 and inside <= allowed
+    assert os.sched_getaffinity(0) == allowed
+    with pinned_cpus(len(allowed) + 5):   # more than there are: all of them
+        assert os.sched_getaffinity(0) == allowed
