@@ -18,7 +18,8 @@ system and the lag.
   signed volumes of the coarse bonds, :mod:`openmm_cgml.model.chirality`). It returns per bead an equivariant mean
   acceleration and an invariant, strictly positive internal std
   (``std = min_std + softplus(.)``), and per graph the std of the
-  centre-of-mass acceleration.
+  centre-of-mass acceleration (with ``noise: bonded``, the scales of
+  :class:`~openmm_cgml.model.bonded_noise.BondedNoise` instead).
 - Score network (:mod:`openmm_cgml.model.scores`, injected; by default the
   light :class:`~openmm_cgml.model.scores.PairScore`) - at the candidate
   positions, conditioned on the noise level and the dynamics latents, no
@@ -33,9 +34,11 @@ system and the lag.
   the learned minimum distances are pushed apart after the step.
 
 ``step`` samples ``a = mean + std * (noise[0] - z) + std_com * sqrt(n) * z``
-(``z`` the graph mean of ``noise[0]``), integrates semi-implicit Euler in
-model-step units (``v = x[t] - x[t-1]; v += a; x += v``) and refines with
-``noise[1:]``. The whole module is TorchScript-able; see ``openmm_cgml.model_file``.
+(``z`` the graph mean of ``noise[0]``; with ``noise: bonded``, ``a = mean +``
+the draw of :class:`~openmm_cgml.model.bonded_noise.BondedNoise` from
+``noise[0:2]``), integrates semi-implicit Euler in model-step units
+(``v = x[t] - x[t-1]; v += a; x += v``) and refines with the remaining draws.
+The whole module is TorchScript-able; see ``openmm_cgml.model_file``.
 """
 
 import json
