@@ -149,12 +149,7 @@ def main() -> None:
     parser.add_argument("--refine-sigmas", type=float, nargs="+", help="override the model's refinement levels")
     parser.add_argument("--profile", action="store_true", help="add a per-op time breakdown of one step")
     args = parser.parse_args()
-    params = {}
-    for item in args.system_param:
-        key, value = item.split("=", 1)
-        params[key] = json.loads(value) if value[:1].isdigit() or value in ("true", "false") else value
-    if args.system == "polymer-chain" and not params:
-        params = {"length": 5}  # a 10-bead chain
+    params = _system_params(args.system, args.system_param)
     torch.manual_seed(0)
 
     with tempfile.TemporaryDirectory() as directory, torch.inference_mode():
@@ -211,20 +206,37 @@ def main() -> None:
                          "torch_threads": torch.get_num_threads(),
                          "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
             "versions": model.metadata.get("versions"),
-            "ratios": {f"{r['device']}:{r['beads']}": None for r in rows},
+            "ratios": _ratios(rows, modes),
             "rows": rows,
         }
         if args.profile:
             report["profile"] = profiles
-        for key in list(report["ratios"]):
-            device, beads = key.split(":")
-            ms = {(r["refine"], r["correction"]): r["ms_per_step"] for r in rows
-                  if r["device"] == device and str(r["beads"]) == beads}
-            report["ratios"][key] = {"refine_over_plain": round(ms[True, "none"] / ms[False, "none"], 3)}
-            for mode in modes[1:]:
-                report["ratios"][key].update({f"{mode}_over_none_refined": round(ms[True, mode] / ms[True, "none"], 3),
-                                              f"{mode}_over_none_plain": round(ms[False, mode] / ms[False, "none"], 3)})
         print(json.dumps(report, indent=1))
+
+
+def _system_params(system: str, items: list) -> dict:
+    """The ``--system-param KEY=VALUE`` overrides (numbers and booleans parsed as JSON)."""
+    params = {}
+    for item in items:
+        key, value = item.split("=", 1)
+        params[key] = json.loads(value) if value[:1].isdigit() or value in ("true", "false") else value
+    if system == "polymer-chain" and not params:
+        params = {"length": 5}  # a 10-bead chain
+    return params
+
+
+def _ratios(rows: list, modes: tuple) -> dict:
+    """Per ``device:beads``: the step time with refinement over without, and each correction's over none."""
+    ratios = {}
+    for key in dict.fromkeys(f"{r['device']}:{r['beads']}" for r in rows):
+        device, beads = key.split(":")
+        ms = {(r["refine"], r["correction"]): r["ms_per_step"] for r in rows
+              if r["device"] == device and str(r["beads"]) == beads}
+        ratios[key] = {"refine_over_plain": round(ms[True, "none"] / ms[False, "none"], 3)}
+        for mode in modes[1:]:
+            ratios[key].update({f"{mode}_over_none_refined": round(ms[True, mode] / ms[True, "none"], 3),
+                                f"{mode}_over_none_plain": round(ms[False, mode] / ms[False, "none"], 3)})
+    return ratios
 
 
 if __name__ == "__main__":
