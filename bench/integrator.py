@@ -18,8 +18,8 @@
 
 torch's thread count is set explicitly (``--threads``, default 1) and
 OpenMM's CPU platform gets the same ``Threads``, so a setting left behind by
-an earlier ``train()`` in the process cannot leak into the numbers. The whole
-run is pinned to that many CPUs (``pinned_cpus``): unpinned, the fine MD ran
+an earlier ``train()`` in the process cannot leak into the numbers. On the
+CPU platform the whole run is pinned to that many CPUs (``pinned_cpus``): unpinned, the fine MD ran
 3-4x slower whenever the machine's other CPU was idle (its worker hand-offs
 wait for a sleeping virtual CPU), which inflated earlier speed-ups.
 
@@ -36,6 +36,7 @@ inside it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform as host
@@ -195,7 +196,8 @@ def main():
     if args.repeats < 3:
         parser.error("--repeats must be at least 3")
 
-    with pinned_cpus(args.threads):   # OpenMM's worker hand-offs wait on idle CPUs otherwise (pinned_cpus)
+    # the CPU platform's worker hand-offs wait on idle CPUs unless pinned (pinned_cpus); a GPU run is left alone
+    with pinned_cpus(args.threads) if args.platform == "CPU" else contextlib.nullcontext():
         run(args)
 
 
