@@ -12,85 +12,14 @@ import openmm.app as app
 import openmm.unit as u
 import pytest
 import torch
+from integrator_support import DT_PS, DampedWalk, EveryStepReporter, chain_molecule, positions_of, walk_model
 
 from openmm_cgml.mapping import Mapping
-from openmm_cgml.model_file import CGModel
 from openmm_cgml.openmm.bead_system import coarse_grained_system
 from openmm_cgml.openmm.integrator import CGMLIntegrator
 from openmm_cgml.openmm.rollout import UnstableRolloutError, model_graph, rollout
 
-DT_PS = 2.0
-
-
-class DampedWalk(torch.nn.Module):
-    """Scripted stand-in for an exported model: x' = x + 0.5 v + drift + sigma * noise.
-
-    Positions whose x coordinate passes ``nan_beyond`` nm become NaN, so a
-    NaN appears at a step that can be computed in advance.
-    """
-
-    def __init__(self, k: int = 3, sigma: float = 0.01, drift: float = 0.0, nan_beyond: float = 1e9,
-                 raise_on_nan: bool = False, n_beads: int = 0):
-        super().__init__()
-        self.k = k
-        self.model_dt_ps = DT_PS
-        self.md_steps_per_model_step = 1000
-        self.md_timestep_ps = 0.002
-        self.temperature_K = 300.0
-        self.n_beads = n_beads  # 0 = transferable, as the real model
-        self.metadata = "{}"
-        self.sigma = sigma
-        self.drift = drift
-        self.nan_beyond = nan_beyond
-        self.raise_on_nan = raise_on_nan  # refuse inside the step, as the real model's refinement does
-        self.register_buffer("type_masses", torch.ones(8))
-
-    @torch.jit.export
-    def embed(self, atom_types: torch.Tensor, fine_edge_index: torch.Tensor, bead_of_atom: torch.Tensor,
-              n_beads: int) -> torch.Tensor:
-        out = torch.zeros(n_beads, 2, device=atom_types.device)
-        return out.index_add(0, bead_of_atom, torch.stack([atom_types.float(), torch.ones_like(atom_types).float()], 1))
-
-    @torch.jit.export
-    def noise_draws(self, refine: bool) -> int:
-        return 1
-
-    @torch.jit.export
-    def step(self, pos_history: torch.Tensor, bead_features: torch.Tensor, coarse_edge_index: torch.Tensor,
-             batch: torch.Tensor, box: torch.Tensor, noise: torch.Tensor, refine: bool) -> torch.Tensor:
-        if not bool(torch.isfinite(pos_history).all()):  # as the real model does
-            raise ValueError("pos_history contains NaN or infinite positions")
-        x = pos_history[-1]
-        v = x - pos_history[-2]
-        new = x + 0.5 * v + self.sigma * noise[0]
-        drift = torch.zeros_like(new)
-        drift[:, 0] = self.drift
-        new = new + drift
-        new = torch.where(new[:, :1] > self.nan_beyond, torch.full_like(new, float("nan")), new)
-        if self.raise_on_nan and not bool(torch.isfinite(new).all()):
-            raise ValueError("pos contains NaN or infinite coordinates")
-        return new
-
-    @torch.jit.export
-    def predict(self, pos_history: torch.Tensor, bead_features: torch.Tensor, coarse_edge_index: torch.Tensor,
-                batch: torch.Tensor, box: torch.Tensor):
-        mean = -0.5 * (pos_history[-1] - pos_history[-2])
-        return mean, torch.full_like(mean[:, :1], self.sigma)
-
-
 # ----------------------------------------------------------------------------- fixtures
-
-
-def chain_molecule(n_atoms: int = 12):
-    """A zig-zag chain of carbons with bonds: topology and positions (nm)."""
-    topology = app.Topology()
-    chain = topology.addChain()
-    residue = topology.addResidue("CHN", chain)
-    atoms = [topology.addAtom(f"C{i}", app.element.carbon, residue) for i in range(n_atoms)]
-    for a, b in zip(atoms[:-1], atoms[1:]):
-        topology.addBond(a, b)
-    positions = np.array([[0.125 * i, 0.08 * (i % 2), 0.0] for i in range(n_atoms)])
-    return topology, positions
 
 
 @pytest.fixture(scope="module")
@@ -99,10 +28,6 @@ def molecule():
     masses = np.array([a.element.mass.value_in_unit(u.dalton) for a in topology.atoms()])
     mapping = Mapping.metis(topology, masses, atoms_per_bead=3)
     return topology, positions, mapping
-
-
-def walk_model(mapping, **kwargs):
-    return CGModel(torch.jit.script(DampedWalk(**kwargs)), {"mapping": mapping.to_json()})
 
 
 @pytest.fixture(scope="module")
@@ -135,24 +60,6 @@ def make_simulation(model, molecule, replicas=1, seed=1, **kwargs):
     simulation = app.Simulation(cg.topology, cg.system, integrator, openmm.Platform.getPlatformByName("CPU"))
     simulation.context.setPositions(cg.positions)
     return simulation
-
-
-def positions_of(simulation):
-    return simulation.context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(u.nanometer)
-
-
-class EveryStepReporter:
-    """A reporter that calls getState on every step (as a nosy user would)."""
-
-    def __init__(self):
-        self.frames = []
-
-    def describeNextReport(self, simulation):
-        return {"steps": 1, "include": ["positions", "velocities"]}
-
-    def report(self, simulation, state):
-        self.frames.append(state.getPositions(asNumpy=True).value_in_unit(u.nanometer))
-        simulation.context.getState(getPositions=True, getVelocities=True, getEnergy=True)
 
 
 # ----------------------------------------------------------------------------- tests
@@ -623,147 +530,6 @@ def test_cli_simulate_guard_keeps_frames(molecule, tmp_path, capsys):
     assert traj.n_frames > 3 and np.all(np.isfinite(traj.xyz))
     # XTC frames carry the true simulated time: one frame per 2 model steps of DT_PS
     np.testing.assert_allclose(traj.time, 2 * DT_PS * np.arange(1, traj.n_frames + 1), rtol=1e-5)
-
-
-# ----------------------------------------------------------------------------- transferable models
-
-
-def polymer(**params):
-    from openmm_cgml import systems
-
-    return systems.load("polymer-chain", **params)
-
-
-@pytest.fixture(scope="module")
-def polymer_model(tmp_path_factory):
-    """A real exported CGPropagator for one polymer-chain sequence, exported as transferable (n_beads = 0)."""
-    from openmm_cgml import load
-    from openmm_cgml.model.propagator import CGPropagator, PropagatorConfig
-    from openmm_cgml.model_file import export_model
-
-    reference = polymer(sequence="BAAABB")
-    mapping = Mapping.metis(reference.topology, reference.system, atoms_per_bead=2, seed=3,
-                            atom_types=reference.atom_types)
-    config = PropagatorConfig(k=3, embed_hidden=8, embed_layers=1, hidden=16, n_layers=1, score_hidden=8,
-                              score_layers=1)
-    torch.manual_seed(0)
-    module = CGPropagator.from_mapping(mapping, config, transferable=True, model_dt_ps=1.0,
-                                       md_steps_per_model_step=100, md_timestep_ps=0.01, temperature_K=300.0,
-                                       accel_std_nm=1e-3, velocity_std_nm=1e-2)
-    path = export_model(module, tmp_path_factory.mktemp("polymer") / "model.safetensors", {"mapping": mapping})
-    return load(path)
-
-
-@pytest.mark.parametrize("params", [dict(sequence="ABBAAB"), dict(sequence="ABBAABBAA")],
-                         ids=["other-sequence", "other-length"])
-def test_transferable_model_runs_an_unseen_polymer_sequence(polymer_model, params):
-    other = polymer(**params)
-    cg = coarse_grained_system(polymer_model, other.topology, other.positions, replicas=2,
-                               atom_types=other.atom_types)
-    # the model's metis rule, re-made for the new molecule with its stored seed: deterministic
-    expected = Mapping.metis(other.topology, other.system, atoms_per_bead=2, seed=3, atom_types=other.atom_types)
-    assert cg.mapping == expected and cg.mapping != polymer_model.mapping
-    np.testing.assert_array_equal(cg.mapping.atom_types, other.atom_types)
-    assert cg.system.getNumParticles() == 2 * expected.n_beads
-    torch.testing.assert_close(cg.bead_features, polymer_model.embed_mapping(expected))
-
-    integrator = CGMLIntegrator(polymer_model, seed=4, collision_distance=0.0)  # no mapping: the System's
-    simulation = app.Simulation(cg.topology, cg.system, integrator, openmm.Platform.getPlatformByName("CPU"))
-    simulation.context.setPositions(cg.positions)
-    simulation.reporters.append(EveryStepReporter())
-    simulation.step(6)
-    assert simulation.currentStep == 6 and np.all(np.isfinite(positions_of(simulation)))
-    # the integrator runs exactly the rollout of the re-made mapping's graph and features
-    edges, batch = model_graph(expected, 2)
-    history = torch.as_tensor(cg.positions.value_in_unit(u.nanometer), dtype=torch.float32).repeat(3, 1, 1)
-    out = rollout(polymer_model, history, cg.bead_features.repeat(2, 1), edges, batch, torch.zeros(3, 3), 6,
-                  seed=4, collision_distance=0.0, n_replicas=2)
-    np.testing.assert_array_equal(out[-1].double().numpy(), positions_of(simulation))
-
-
-def test_transfer_needs_known_atom_types_and_an_explicit_mapping_wins(polymer_model, tmp_path):
-    other = polymer(sequence="ABBAAB")
-    # a polymer PDB has carbon elements, not bead types: refused, naming the problem
-    with pytest.raises(ValueError, match="atom types"):
-        coarse_grained_system(polymer_model, other.topology, other.positions)
-    with pytest.raises(ValueError, match="never saw"):
-        coarse_grained_system(polymer_model, other.topology, other.positions, atom_types=other.atom_types + 4)
-    coarser = Mapping.metis(other.topology, other.system, atoms_per_bead=4, atom_types=other.atom_types)
-    cg = coarse_grained_system(polymer_model, other.topology, other.positions, mapping=coarser)
-    assert cg.mapping is coarser
-    path = tmp_path / "mapping.json"
-    path.write_text(coarser.to_json())
-    assert coarse_grained_system(polymer_model, other.topology, other.positions, mapping=path,
-                                 atom_types=other.atom_types).mapping == coarser
-    # a saved mapping carries its atom types: none needed from the structure
-    assert coarse_grained_system(polymer_model, other.topology, other.positions, mapping=path).mapping == coarser
-    # a copied System forgets its mapping: the integrator refuses rather than use the model's own one
-    copied = openmm.XmlSerializer.clone(cg.system)
-    simulation = app.Simulation(cg.topology, copied, CGMLIntegrator(polymer_model),
-                                openmm.Platform.getPlatformByName("CPU"))
-    simulation.context.setPositions(cg.positions)
-    with pytest.raises(ValueError, match="mapping=cg.mapping"):
-        simulation.step(1)
-    simulation = app.Simulation(cg.topology, copied, CGMLIntegrator(polymer_model, mapping=coarser),
-                                openmm.Platform.getPlatformByName("CPU"))
-    simulation.context.setPositions(cg.positions)
-    simulation.step(2)
-    assert simulation.currentStep == 2
-
-
-def test_model_trained_on_many_molecules_remakes_its_data_mapping_rule(polymer_model, tmp_path):
-    """A multi-molecule model file has no single mapping, only its training data's mapping rule."""
-    import json
-
-    from openmm_cgml import load
-    from openmm_cgml.model_file import export_model, rebuild
-
-    metadata = dict(polymer_model.metadata, mapping=None)
-    metadata["training"] = {"data": {"attrs": {"mapping_method": "metis", "mapping_params": json.dumps(
-        {"atoms_per_bead": 2, "n_beads": None, "seed": 3})}}}
-    metadata.pop("mapping_rule", None)
-    model = load(export_model(rebuild(polymer_model), tmp_path / "many.safetensors", metadata))
-    assert model.mapping is None and model.n_beads == 0
-    other = polymer(sequence="AABBA")
-    cg = coarse_grained_system(model, other.topology, other.positions, atom_types=other.atom_types)
-    assert cg.mapping == Mapping.metis(other.topology, other.system, atoms_per_bead=2, seed=3,
-                                       atom_types=other.atom_types)
-    simulation = app.Simulation(cg.topology, cg.system, CGMLIntegrator(model, collision_distance=0.0),
-                                openmm.Platform.getPlatformByName("CPU"))
-    simulation.context.setPositions(cg.positions)
-    simulation.step(3)
-    assert np.all(np.isfinite(positions_of(simulation)))
-
-
-def test_cli_simulate_transfers_to_a_new_sequence(polymer_model, tmp_path, capsys):
-    import mdtraj
-    import yaml
-
-    from openmm_cgml.cli import main
-    from openmm_cgml.systems import _find_systems_dir
-
-    spec = yaml.safe_load((_find_systems_dir() / "polymer-chain.yaml").read_text())
-    spec.update(sequence="ABBAABBAA", length=9)
-    system_yaml = tmp_path / "new-sequence.yaml"
-    system_yaml.write_text(yaml.safe_dump(spec))
-    common = [polymer_model.path, "--pdb", str(system_yaml), "--steps", "6", "--report-interval", "2",
-              "--platform", "CPU", "--collision-distance", "0"]
-    out = tmp_path / "new.dcd"
-    assert main(["simulate", *common, "--out", str(out)]) == 0
-    other = polymer(sequence="ABBAABBAA")
-    remade = Mapping.metis(other.topology, other.system, atoms_per_bead=2, seed=3, atom_types=other.atom_types)
-    traj = mdtraj.load_dcd(str(out), top=str(tmp_path / "new_beads.pdb"))
-    assert traj.n_frames == 3 and traj.n_atoms == remade.n_beads
-    # --mapping FILE: an explicit mapping for the molecule
-    coarser = Mapping.metis(other.topology, other.system, atoms_per_bead=3, atom_types=other.atom_types)
-    mapping_file = tmp_path / "coarser.json"
-    mapping_file.write_text(coarser.to_json())
-    out = tmp_path / "coarser.dcd"
-    assert main(["simulate", *common, "--out", str(out), "--mapping", str(mapping_file)]) == 0
-    assert mdtraj.load_dcd(str(out), top=str(tmp_path / "coarser_beads.pdb")).n_atoms == coarser.n_beads
-    capsys.readouterr()
-    assert main(["simulate", *common, "--out", str(tmp_path / "x.dcd"), "--mapping", str(tmp_path / "no.json")]) == 2
-    assert "no.json" in capsys.readouterr().err
 
 
 def velocities_of(simulation):
