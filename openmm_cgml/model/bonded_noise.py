@@ -17,8 +17,9 @@ coarse bond graph:
   third direction (bend); at a root ``S`` is isotropic and ``C = 0``
   (:class:`BondedNoise`);
 - the scalars per bead come from the Dynamics latents (invariant), and the
-  frame only through ``u u^T`` and ``n n^T``, so the draw is E(3)-equivariant
-  like the rest of the step.
+  frame only through ``u u^T`` and ``n n^T``, so the draw is equivariant like
+  the rest of the step (exactly under rotations; under reflections in law,
+  since the rotation below is drawn as a pseudo-vector).
 
 With ``C ~ I`` a bead inherits its parent's displacement and adds its own:
 the bond stretches, bends and twists by their own stds, while a root's noise
