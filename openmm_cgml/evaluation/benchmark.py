@@ -210,32 +210,27 @@ def _rollout_chains(split: _Split, frames: list[np.ndarray], model_dt: float) ->
 
 def _tune(model, definition, validation: _Split, model_dt: float, log) -> dict:
     """Choose the Score refinement levels on the validation chains: the lowest mean Rg + bond JS."""
-    from openmm_cgml.evaluation.rollouts import roll_out
+    from openmm_cgml.evaluation.rollouts import choose_refinement, roll_out
 
     lag = frames_per_step(model_dt, validation.chains[0].dt_ps)
     starts = [_start(c, model.k, lag) for c in validation.chains]
     reference = [fidelity.observe(c, n_boot=10) for c in validation.chains]
-    scores = {}
-    original = model.refine_sigmas
-    for candidate in definition["refine_candidates"]:
-        if candidate:
-            model.refine_sigmas = candidate
+
+    def score(refine: bool) -> float:
         result = roll_out(model, validation.mappings, starts, int(definition["tune_model_steps"]), seed=7,
-                          refine=bool(candidate))
-        score = 0.0
+                          refine=refine)
+        total = 0.0
         for ref, frames, chain in zip(reference, result["frames"], validation.chains):
             if len(frames) < 10:
-                score += 2.0
+                total += 2.0
                 continue
             rolled = fidelity.Chain(chain.name, frames, model_dt, chain.masses, chain.bonds, chain.bead_types)
             roll = fidelity.observe(rolled, n_boot=10)
-            score += fidelity._js(ref.rg, roll.rg, 50) + fidelity._js(ref.bonds, roll.bonds, 50)
-        scores[json.dumps(candidate)] = score / len(validation.chains)
-        log(f"      validation: refine {candidate or 'off'}: mean Rg+bond JS {scores[json.dumps(candidate)]:.4f}")
-    best = json.loads(min(scores, key=scores.get))
-    model.refine_sigmas = best if best else original
-    return {"refine_sigmas": {"value": best, "split": "validation", "objective": "mean of Rg JS + bond JS",
-                              "scores": scores, "model_steps": int(definition["tune_model_steps"])}}
+            total += fidelity._js(ref.rg, roll.rg, 50) + fidelity._js(ref.bonds, roll.bonds, 50)
+        return total / len(validation.chains)
+
+    chosen = choose_refinement(model, definition["refine_candidates"], score, "mean of Rg JS + bond JS", log)
+    return {"refine_sigmas": {**chosen, "model_steps": int(definition["tune_model_steps"])}}
 
 
 def _split_half_r(chains: list[fidelity.Chain]) -> float:

@@ -223,25 +223,21 @@ def _tune(cg_model, mapping, backmapper, atoms: list, interval: float, topology,
 
     Sets the model's levels to the choice (or leaves them when the choice is no refinement).
     """
-    from openmm_cgml.evaluation.rollouts import roll_out
+    from openmm_cgml.evaluation.rollouts import choose_refinement, roll_out
 
     model_dt = float(cg_model.model_timestep._value)
     histories, n_steps = _starts(atoms, mapping, cg_model.k, frames_per_step(model_dt, interval))
     reference = _ensemble(atoms, [mapping.bead_positions(x) for x in atoms], interval, topology)
-    bins, scores, original = int(definition["torsion_bins"]), {}, cg_model.refine_sigmas
-    for candidate in definition["refine_candidates"]:
-        if candidate:
-            cg_model.refine_sigmas = candidate
+
+    def score(refine: bool) -> float:
         rolled = roll_out(cg_model, [mapping] * len(atoms), histories, n_steps,
-                          seed=int(definition["validation"]["seed"]), refine=bool(candidate))
+                          seed=int(definition["validation"]["seed"]), refine=refine)
         placed = [backmapper.place(frames)._value for frames in rolled["frames"]]
         ensemble = _ensemble(placed, rolled["frames"], model_dt, topology)
-        scores[json.dumps(candidate)] = _histogram_js(reference, ensemble, bins)["rama_js"]
-        log(f"      validation: refine {candidate or 'off'}: Ramachandran JS {scores[json.dumps(candidate)]:.4f}")
-    best = json.loads(min(scores, key=scores.get))
-    cg_model.refine_sigmas = best if best else original
-    return {"refine_sigmas": {"value": best, "split": "validation", "objective": "Ramachandran JS",
-                              "scores": scores, "replicas": len(atoms), "model_steps": int(n_steps)}}
+        return _histogram_js(reference, ensemble, int(definition["torsion_bins"]))["rama_js"]
+
+    chosen = choose_refinement(cg_model, definition["refine_candidates"], score, "Ramachandran JS", log)
+    return {"refine_sigmas": {**chosen, "replicas": len(atoms), "model_steps": int(n_steps)}}
 
 
 def run_peptide_benchmark(definition: dict, out: Path, cg_model, model_name: str, cache: Path, workers: int,

@@ -9,6 +9,7 @@ molecule alternately in this process, on the same thread count.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
 
@@ -18,7 +19,7 @@ import torch
 
 from openmm_cgml.openmm.rollout import UnstableRolloutError, rollout
 
-__all__ = ["roll_out", "interleaved_speedup", "pinned_cpus"]
+__all__ = ["roll_out", "choose_refinement", "interleaved_speedup", "pinned_cpus"]
 
 
 def _graph(model, mappings):
@@ -122,6 +123,25 @@ def _roll_out(model, mappings, histories, n_steps, seed, refine) -> dict:
     return {"frames": [np.stack(f) for f in frames], "unstable": unstable,
             "hard_core_events": model.hard_core_events - events_before, "bead_steps": bead_steps,
             "molecule_steps": molecule_steps}
+
+
+def choose_refinement(model, candidates, score, objective: str, log=print) -> dict:
+    """Try each list of Score refinement levels in ``candidates`` (``[]``: off) and keep the lowest score.
+
+    ``score(refine)`` rolls out validation data with the model's current levels (refinement on or
+    off) and returns the objective, lower is better. The model keeps the chosen levels (or its own,
+    when the choice is no refinement). Returns ``{"value", "split", "objective", "scores"}``.
+    """
+    scores, original = {}, model.refine_sigmas
+    for candidate in candidates:
+        if candidate:
+            model.refine_sigmas = candidate
+        key = json.dumps(candidate)
+        scores[key] = float(score(bool(candidate)))
+        log(f"      validation: refine {candidate or 'off'}: {objective} {scores[key]:.4f}")
+    best = json.loads(min(scores, key=scores.get))
+    model.refine_sigmas = best if best else original
+    return {"value": best, "split": "validation", "objective": objective, "scores": scores}
 
 
 def _current_cpu() -> int | None:

@@ -240,7 +240,7 @@ class CGPropagator(Block):
         """Acceleration mean (N, 3) and noise parameters in accel-std units, and the scalar latents (N, hidden).
 
         Noise parameters: ``[std, collective std]`` (N, 2) (internal, and per graph), or with bonded noise
-        ``BondedNoise``'s (N, 4)."""
+        ``BondedNoise``'s (N, 7)."""
         velocities = (pos_history[1:] - pos_history[:-1]) / self.velocity_std_nm     # (k-1, N, 3)
         v_in = velocities.permute(1, 2, 0)                                            # (N, 3, k-1)
         s_in = dynamics_scalars(v_in, bead_features, pos_history[-1], coarse_edge_index, self.chirality)
@@ -297,9 +297,8 @@ class CGPropagator(Block):
     def noise_draws(self, refine: bool) -> int:
         """Standard normal (N, 3) draws one ``step`` consumes.
 
-        Per attempt ``dynamics_draws`` (1; 2 with bonded noise) plus one per refinement level; ``1 +
-        exclusion_retries`` attempts
-        when the truncation is on (the model has minimum distances).
+        Per attempt ``dynamics_draws`` (1; 2 with bonded noise) plus one per refinement level;
+        ``1 + exclusion_retries`` attempts when the truncation is on (the model has minimum distances).
         """
         per_attempt = self.dynamics_draws + (len(self.refine_sigmas) if refine else 0)
         return per_attempt * (1 + self._retries())
