@@ -166,8 +166,11 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    rows = [evaluate(path, args.data, args.split, args.batch_size, args.block, args.bootstrap, args.seed)
-            for path in args.model]
+    try:
+        rows = [evaluate(path, args.data, args.split, args.batch_size, args.block, args.bootstrap, args.seed)
+                for path in args.model]
+    except (OSError, ValueError) as error:   # a missing or unreadable dataset or model file: one line
+        parser.exit(2, f"bench/noise_calibration.py: {error}\n")
     print(json.dumps({"bench": "noise_calibration", "data": args.data, "split": args.split, "rows": rows,
                       "hardware": {"machine": platform.machine(), "torch": torch.__version__}}, indent=1))
     return 0
