@@ -12,7 +12,9 @@
     (``--replicas``): ``openmm_overhead``;
 (c) ``throughput``: chain-steps per second of ``--throughput-model``
     (default ``polymer-chain-1ps``) on 8-bead chains, many replicas in one
-    Context (``--throughput-replicas``, default 1, 8, 64, 512).
+    Context (``--throughput-replicas``, default 1, 8, 64, 512), at each of
+    ``--throughput-threads`` (default 1 and every CPU the process may use),
+    the settings alternating for ``--repeats`` rounds: median, min and max.
 
     OMP_NUM_THREADS=1 python bench/integrator.py [--model alanine-dipeptide] [--steps 100] [--threads 1]
 
@@ -156,8 +158,8 @@ def coarse_timings(model, reference, platform, properties, steps, repeats, repli
     return timing
 
 
-def throughput(model, n_monomers, platform, properties, steps, replicas):
-    """Chain-steps per second of ``replicas`` chains of ``n_monomers`` in one Context, through ``Simulation``."""
+def chain_simulation(model, n_monomers, platform, properties, replicas):
+    """``replicas`` chains of ``n_monomers`` in one Context driven by ``CGMLIntegrator``, warmed up."""
     reference = systems.load("polymer-chain", length=n_monomers)
     cg = coarse_grained_system(model, reference.topology, reference.positions, replicas=replicas,
                                atom_types=reference.atom_types)
@@ -165,12 +167,42 @@ def throughput(model, n_monomers, platform, properties, steps, replicas):
     simulation = app.Simulation(cg.topology, cg.system, integrator, platform, properties)
     simulation.context.setPositions(cg.positions)
     simulation.step(max(3, model.k))  # warm-up: TorchScript profiling runs, the history fills
-    start = time.perf_counter()
-    simulation.step(steps)
-    simulation.context.getState(getPositions=True)
-    elapsed = time.perf_counter() - start
-    return {"replicas": replicas, "beads_per_replica": cg.mapping.n_beads, "steps": steps,
-            "chain_steps_per_s": replicas * steps / elapsed, "ms_per_step": elapsed / steps * 1e3}
+    return simulation, cg.mapping.n_beads
+
+
+def throughput(model, platform, steps, replicas_list, threads_list, rounds):
+    """Chain-steps per second of 8-bead chains, many in one Context, through ``Simulation``.
+
+    Every (replicas, threads) setting is timed once per round, the settings in
+    turn, for ``rounds`` rounds; each timing runs pinned to ``threads`` CPUs
+    with that many torch threads. Returns one row per setting with the
+    median, min and max over the rounds.
+    """
+    settings = [(n, t) for t in threads_list for n in replicas_list]
+    simulations = {}
+    for n, t in settings:
+        with pinned_cpus(t):
+            torch.set_num_threads(t)
+            properties = {"Threads": str(t)} if platform.getName() == "CPU" else {}
+            simulations[(n, t)] = chain_simulation(model, 8, platform, properties, n)
+    times = {setting: [] for setting in settings}
+    for _ in range(rounds):
+        for n, t in settings:
+            simulation, _ = simulations[(n, t)]
+            with pinned_cpus(t):
+                torch.set_num_threads(t)
+                start = time.perf_counter()
+                simulation.step(steps)
+                simulation.context.getState(getPositions=True)
+                times[(n, t)].append(time.perf_counter() - start)
+    rows = []
+    for n, t in settings:
+        rates = [n * steps / elapsed for elapsed in times[(n, t)]]
+        rows.append({"replicas": n, "beads_per_replica": simulations[(n, t)][1], "threads": t,
+                     "steps": steps, "rounds": rounds, "chain_steps_per_s": statistics.median(rates),
+                     "chain_steps_per_s_min": min(rates), "chain_steps_per_s_max": max(rates),
+                     "ms_per_step": statistics.median(times[(n, t)]) / steps * 1e3})
+    return rows
 
 
 def spread(values):
@@ -190,6 +222,8 @@ def main():
     parser.add_argument("--throughput-model", default="polymer-chain-1ps")
     parser.add_argument("--throughput-replicas", type=int, nargs="*", default=[1, 8, 64, 512])
     parser.add_argument("--throughput-steps", type=int, default=20)
+    parser.add_argument("--throughput-threads", type=int, nargs="*", default=None,
+                        help="thread counts of the throughput rows (default: 1 and all CPUs this process may use)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads and OpenMM CPU-platform threads (default 1)")
     args = parser.parse_args()
@@ -198,11 +232,20 @@ def main():
 
     # the CPU platform's worker hand-offs wait on idle CPUs unless pinned (pinned_cpus); a GPU run is left alone
     with pinned_cpus(args.threads) if args.platform == "CPU" else contextlib.nullcontext():
-        run(args)
+        result = run(args)
+    # the throughput rows pin themselves, each to its own thread count
+    platform = openmm.Platform.getPlatformByName(args.platform)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = args.throughput_threads or sorted({1, cpus})
+    result["throughput_model"] = args.throughput_model
+    result["throughput"] = throughput(load(args.throughput_model), platform, args.throughput_steps,
+                                      args.throughput_replicas, threads, args.repeats)
+    torch.set_num_threads(args.threads)
+    print(json.dumps(result, indent=2))
 
 
-def run(args) -> None:
-    """The timings of ``main``, printed as JSON."""
+def run(args) -> dict:
+    """The timings of ``main`` but the throughput, pinned to ``args.threads`` CPUs."""
     torch.set_num_threads(args.threads)  # explicit: never inherit an earlier train()'s setting
     platform = openmm.Platform.getPlatformByName(args.platform)
     properties = {"Threads": str(args.threads)} if args.platform == "CPU" else {}
@@ -246,11 +289,7 @@ def run(args) -> None:
     single = result["coarse"]["by_replicas"][str(args.replicas[0])]
     result["openmm_overhead"] = single["openmm_overhead"]
     result["openmm_overhead_in_run"] = single["openmm_overhead_in_run"]
-    chains = load(args.throughput_model)
-    result["throughput_model"] = args.throughput_model
-    result["throughput"] = [throughput(chains, 8, platform, properties, args.throughput_steps, n)
-                            for n in args.throughput_replicas]
-    print(json.dumps(result, indent=2))
+    return result
 
 
 if __name__ == "__main__":
