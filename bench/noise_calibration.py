@@ -12,7 +12,13 @@ For each model, over every window of one split of a coarse dataset (no history n
 - ``one_step_bond_std_ratio`` and ``one_step_bond_mean_shift_nm``: one draw of the step per
   window (no refinement, no corrections) against the data's next frame: the spread of the
   coarse-bond lengths (pooled over bonds) as a ratio, and the shift of their mean; 1 and 0 when
-  the step keeps bonded geometry.
+  the step keeps bonded geometry;
+- ``one_step_angle_std_ratio`` and ``one_step_torsion_change_ratio``: the same draw's spread of
+  the bond angles (pooled) over the data's, and its RMS change of every torsion along bonded
+  paths from the current frame over the data's (wrapped to [-180, 180) degrees);
+- ``refined_bond_std_ratio``, ``refined_angle_std_ratio`` and ``refined_torsion_change_ratio``:
+  the same three for the model's whole step, with its Score refinement (the file's levels, or
+  ``--refine-sigmas``) and its truncation, hard core off: what a rollout takes each step.
 
 Both noise models are linear in their standard normal draws, ``r = M eps``: the script builds
 each molecule's ``M`` from the model's own draw of unit vectors and evaluates the Gaussian of
@@ -101,12 +107,53 @@ def _window_scores(module, window):
     eps = torch.randn(module.dynamics_draws, n, 3, generator=torch.Generator().manual_seed(n))
     sample = 2.0 * history[-1] - history[-2] + module._draw(mean, params, eps, history[-1], window.coarse_edge_index,
                                                             window.batch) * module.accel_std_nm
-    i, j = window.coarse_edge_index[:, window.coarse_edge_index[0] < window.coarse_edge_index[1]]
-    lengths = np.stack([(target[i] - target[j]).norm(dim=-1).numpy(), (sample[i] - sample[j]).norm(dim=-1).numpy()])
-    return float(nll), inside.numpy(), np.array(z2), lengths
+    noise = torch.randn(module.noise_draws(True), n, 3, generator=torch.Generator().manual_seed(n + 1))
+    refined = module.step(history, features, window.coarse_edge_index, window.batch, box, noise, True)
+    bonds = window.coarse_edge_index[:, window.coarse_edge_index[0] < window.coarse_edge_index[1]].T.numpy()
+    frames = {"current": history[-1], "target": target, "sample": sample, "refined": refined}
+    return float(nll), inside.numpy(), np.array(z2), _geometry(frames, bonds)
 
 
-def evaluate(model_path: str, data: str, split: str, batch_size: int, block: int, n_boot: int, seed: int) -> dict:
+def _geometry(frames: dict, bonds: np.ndarray) -> dict:
+    """Bond lengths (nm), bond angles and torsions (degrees) of each named (N, 3) frame, pooled."""
+    from openmm_cgml.evaluation.analysis import angle_triplets, bond_angles, dihedral_angles, dihedral_quadruplets
+
+    triplets, quadruplets = angle_triplets(bonds), dihedral_quadruplets(bonds)
+    out = {}
+    for name, x in frames.items():
+        xyz = x.detach().double().numpy()[None]
+        out[name] = {"bond": np.linalg.norm(xyz[0, bonds[:, 0]] - xyz[0, bonds[:, 1]], axis=-1),
+                     "angle": np.degrees(bond_angles(xyz, triplets)[0]) if len(triplets) else np.zeros(0),
+                     "torsion": np.degrees(dihedral_angles(xyz, quadruplets)[0]) if len(quadruplets) else np.zeros(0)}
+    return out
+
+
+def _geometry_ratios(geometry: list) -> dict:
+    """The one-step geometry scores of a list of ``_geometry`` results (see the module docstring)."""
+    def pooled(frame, kind):
+        return np.concatenate([g[frame][kind] for g in geometry])
+
+    def torsion_change(frame):
+        change = (pooled(frame, "torsion") - pooled("current", "torsion") + 180.0) % 360.0 - 180.0
+        return float(np.sqrt(np.mean(change ** 2))) if change.size else float("nan")
+
+    def std_ratio(frame, kind):
+        values = pooled(frame, kind)
+        return float(values.std() / pooled("target", kind).std()) if values.size else float("nan")
+
+    target_change = torsion_change("target")
+    return {"one_step_bond_std_ratio": std_ratio("sample", "bond"),
+            "one_step_bond_mean_shift_nm": float(pooled("sample", "bond").mean() - pooled("target", "bond").mean()),
+            "one_step_angle_std_ratio": std_ratio("sample", "angle"),
+            "one_step_torsion_change_ratio": torsion_change("sample") / target_change,
+            "refined_bond_std_ratio": std_ratio("refined", "bond"),
+            "refined_angle_std_ratio": std_ratio("refined", "angle"),
+            "refined_torsion_change_ratio": torsion_change("refined") / target_change,
+            "data_torsion_change_deg": target_change}
+
+
+def evaluate(model_path: str, data: str, split: str, batch_size: int, block: int, n_boot: int, seed: int,
+             refine_sigmas=None) -> dict:
     """The scores of one model on every window of ``split``, with bootstrap CIs over blocks of ``block``
     consecutive windows of one trajectory."""
     from torch.utils.data import Subset
@@ -117,6 +164,9 @@ def evaluate(model_path: str, data: str, split: str, batch_size: int, block: int
     from openmm_cgml.model_file import rebuild
 
     module = rebuild(openmm_cgml.load(model_path)).eval()   # networks in float32; densities in float64
+    module.hard_core, module.validate_inputs = False, False
+    if refine_sigmas:
+        module.refine_sigmas = [float(sigma) for sigma in refine_sigmas]
     dataset = CoarseDataset(data, split=split, k=module.k)
     trajectory = np.array([dataset.locate(i)[0] for i in range(len(dataset))])
     per_block: dict[tuple, list] = {}
@@ -126,20 +176,18 @@ def evaluate(model_path: str, data: str, split: str, batch_size: int, block: int
             for start in range(0, len(indices), block):
                 windows = Subset(dataset, indices[start:start + block].tolist())
                 for window in DataLoader(windows, batch_size=batch_size, shuffle=False):
-                    nll, inside, z2, lengths = _window_scores(module, window)
+                    nll, inside, z2, geometry = _window_scores(module, window)
                     per_block.setdefault((int(traj), start), []).append(
-                        (nll, inside, z2, window.pos_history.size(0), lengths))
+                        (nll, inside, z2, window.pos_history.size(0), geometry))
     const = 1.5 * math.log(2 * math.pi) + 3.0 * math.log(module.accel_std_nm)
 
     def summary(groups):
         nll = sum(g[0] for g in groups) / sum(g[3] for g in groups) + const
         inside = np.concatenate([g[1] for g in groups])
         z2 = np.concatenate([g[2] for g in groups])
-        lengths = np.concatenate([g[4] for g in groups], axis=1)
         return {"nll_per_bead": nll, "bead_coverage_95": float(inside.mean()),
                 "bond_coverage_95": float((z2 < 1.959963984540054 ** 2).mean()), "bond_z2": float(z2.mean()),
-                "one_step_bond_std_ratio": float(lengths[1].std() / lengths[0].std()),
-                "one_step_bond_mean_shift_nm": float(lengths[1].mean() - lengths[0].mean())}
+                **_geometry_ratios([g[4] for g in groups])}
 
     everything = [g for groups in per_block.values() for g in groups]
     result = {key: {"value": value} for key, value in summary(everything).items()}
@@ -151,6 +199,7 @@ def evaluate(model_path: str, data: str, split: str, batch_size: int, block: int
         result[key]["ci95"] = [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
     init = json.loads(module.init_json)
     return {"model": model_path, "noise": init["config"].get("noise", "independent"),
+            "refine_sigmas": list(module.refine_sigmas),
             "windows": len(dataset), "trajectories": len(np.unique(trajectory)),
             "blocks": len(blocks), **result}
 
@@ -164,11 +213,13 @@ def main(argv=None) -> int:
     parser.add_argument("--block", type=int, default=200, help="windows per bootstrap block")
     parser.add_argument("--bootstrap", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--refine-sigmas", type=float, nargs="+", default=None,
+                        help="Score refinement levels of the refined scores (default: each file's own)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     try:
-        rows = [evaluate(path, args.data, args.split, args.batch_size, args.block, args.bootstrap, args.seed)
-                for path in args.model]
+        rows = [evaluate(path, args.data, args.split, args.batch_size, args.block, args.bootstrap, args.seed,
+                         args.refine_sigmas) for path in args.model]
     except (OSError, ValueError) as error:   # a missing or unreadable dataset or model file: one line
         parser.exit(2, f"bench/noise_calibration.py: {error}\n")
     print(json.dumps({"bench": "noise_calibration", "data": args.data, "split": args.split, "rows": rows,
