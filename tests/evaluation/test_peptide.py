@@ -71,6 +71,10 @@ def test_a_tiny_peptide_benchmark_runs_end_to_end(tmp_path, capsys):
         metric = document["metrics"][name]
         assert set(metric) >= {"model", "ceiling", "ci95"} and len(metric["ci95"]) == 2
     assert 0.0 <= document["metrics"]["rama_js"]["model"] <= 1.0
+    # the trivial baseline: the library run (short independent MD) scored like the model
+    baseline = document["baseline"]["metrics"]
+    assert set(baseline) == {"phi_js", "psi_js", "rama_js", "population_max_diff", "chirality_kept_fraction"}
+    assert 0.0 <= baseline["rama_js"] <= 1.0 and "baseline: short MD" in (out / "report.md").read_text()
     assert document["backmap"]["rmsd_nm"]["mean"] < 0.05 and document["backmap"]["chirality_fraction"] == 1.0
     assert document["speedup"]["interleaved"] is True and document["speedup"]["median"] > 0
     assert abs(sum(document["populations"]["reference"].values()) - 1.0) < 1e-9
