@@ -377,7 +377,8 @@ def _short_md_baseline(definition: dict, a: _Ensemble, library: np.ndarray, mapp
     values = {**_histogram_js(a, short, bins), "population_max_diff": _population_gap(a, short),
               "chirality_kept_fraction": _kept_fraction(short.signs, *_chiral_reference(a))}
     return {"what": f"the library run: one independent MD run of {len(library) * interval / 1000.0:.3g} ns "
-                    f"(seed {definition['library']['seed']}) against A", "metrics": values}
+                    f"(seed {definition['library']['seed']}) against A", "metrics": values,
+            "populations": basin_populations(short.pooled("phi"), short.pooled("psi"))}
 
 
 def _provenance(definition, cg_model, model_name, mapping, a, b, library, md_seconds, seconds) -> dict:
