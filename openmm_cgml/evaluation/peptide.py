@@ -93,6 +93,20 @@ class _Ensemble:
                 for f in (np.concatenate([a, b], axis=1) for a, b in zip(self.phi, self.psi))]
 
 
+def _finite_pieces(trajectories: list[np.ndarray]) -> list[np.ndarray]:
+    """Each (T, F) trajectory cut at its frames with a non-finite feature into the runs of finite frames.
+
+    A rollout frame whose beads sit on a line has no torsion (NaN); the
+    kinetics must not join the frames on either side of it into one transition.
+    """
+    pieces = []
+    for features in trajectories:
+        finite = np.isfinite(features).all(axis=1)
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], finite.astype(np.int8), [0]])))
+        pieces += [features[start:stop] for start, stop in zip(edges[0::2], edges[1::2])]
+    return pieces
+
+
 def _histogram_js(a: _Ensemble, b: _Ensemble, bins: int) -> dict:
     edges = np.linspace(-180.0, 180.0, bins + 1)
 
@@ -134,7 +148,8 @@ class _Kinetics:
         from deeptime.markov.msm import MaximumLikelihoodMSM
 
         lag = self.lag_frames(ensemble)
-        dtrajs = [self.clustering.transform(f).astype(np.int32) for f in ensemble.features() if len(f) > lag]
+        dtrajs = [self.clustering.transform(f).astype(np.int32) for f in _finite_pieces(ensemble.features())
+                  if len(f) > lag]
         if not dtrajs:
             return float("nan")
         counts = TransitionCountEstimator(lag, "sliding").fit(dtrajs).fetch_model().submodel_largest()
@@ -148,7 +163,7 @@ class _Kinetics:
         from deeptime.decomposition import VAMP
 
         lag = self.lag_frames(ensemble)
-        trajectories = [f for f in ensemble.features() if len(f) > lag]
+        trajectories = [f for f in _finite_pieces(ensemble.features()) if len(f) > lag]
         return float(VAMP(lagtime=lag).fit(trajectories).fetch_model().score(r=2))
 
 
@@ -304,6 +319,9 @@ def run_peptide_benchmark(definition: dict, out: Path, cg_model, model_name: str
                             "too_close_after_redraws_per_molecule_step": rolled["exclusion_events"][1]
                             / max(rolled["molecule_steps"], 1),
                             "refine_sigmas": cg_model.refine_sigmas if refine else [],
+                            # beads on a line have no torsion: such frames cut the kinetics' trajectories
+                            "frames_without_torsions": int(sum(len(f) for f in m.features())
+                                                           - sum(len(f) for f in _finite_pieces(m.features()))),
                             "torsions_from": "atoms placed on the beads by the backmapping fragments (no minimisation)"}
 
     log("[4/5] backmapping held-out B frames")

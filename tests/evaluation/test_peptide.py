@@ -43,6 +43,14 @@ def test_msm_recovers_the_implied_timescale_of_a_two_state_chain():
         kinetics.slowest_its_ps(two_state_ensemble(p, 100, 2, seed=3, dt_ps=3.0))
 
 
+def test_finite_pieces_cut_trajectories_at_frames_without_torsions():
+    x = np.arange(12.0).reshape(6, 2)
+    x[2, 1] = np.nan
+    x[5, 0] = np.inf
+    pieces = peptide._finite_pieces([x, np.full((2, 2), np.nan), np.ones((3, 2))])
+    assert [p.tolist() for p in pieces] == [[[0, 1], [2, 3]], [[6, 7], [8, 9]], [[1, 1], [1, 1], [1, 1]]]
+
+
 def test_peptide_definition_is_checked_like_the_polymer_one(tmp_path):
     definition = load_definition("peptide", "small")
     assert definition["kind"] == "peptide" and definition["test"]["replicas"] % 2 == 0
