@@ -308,21 +308,7 @@ def run_peptide_benchmark(definition: dict, out: Path, cg_model, model_name: str
     document = _metrics(definition, a, b, m, mapping)
     document["baseline"] = _short_md_baseline(definition, a, library, mapping, interval, reference.topology)
     document["choices"] = choices
-    document["rollouts"] = {"replicas": len(model_beads), "model_steps": int(n_steps),
-                            "unstable": {str(k): v for k, v in rolled["unstable"].items()},
-                            # the hard-core projection is off in the scored rollouts (it would hold distances by
-                            # construction); the truncated step is the model's own: how often it fired
-                            "hard_core": False,
-                            "exclusion_retries": int(cg_model.exclusion_retries),
-                            "redrawn_per_molecule_step": rolled["exclusion_events"][0]
-                            / max(rolled["molecule_steps"], 1),
-                            "too_close_after_redraws_per_molecule_step": rolled["exclusion_events"][1]
-                            / max(rolled["molecule_steps"], 1),
-                            "refine_sigmas": cg_model.refine_sigmas if refine else [],
-                            # beads on a line have no torsion: such frames cut the kinetics' trajectories
-                            "frames_without_torsions": int(sum(len(f) for f in m.features())
-                                                           - sum(len(f) for f in _finite_pieces(m.features()))),
-                            "torsions_from": "atoms placed on the beads by the backmapping fragments (no minimisation)"}
+    document["rollouts"] = _rollout_record(rolled, cg_model, refine, m, int(n_steps))
 
     log("[4/5] backmapping held-out B frames")
     frames = np.concatenate(b_atoms)
@@ -341,6 +327,24 @@ def run_peptide_benchmark(definition: dict, out: Path, cg_model, model_name: str
     _write_report(document, a, b, m, out)
     log(f"      wrote {out / 'fidelity.json'} and {out / 'report.md'}")
     return document
+
+
+def _rollout_record(rolled: dict, cg_model, refine: bool, m: _Ensemble, n_steps: int) -> dict:
+    """What the scored rollouts were: their count and length, instabilities, and how often corrections fired."""
+    per_step = max(rolled["molecule_steps"], 1)
+    return {"replicas": len(rolled["frames"]), "model_steps": n_steps,
+            "unstable": {str(k): v for k, v in rolled["unstable"].items()},
+            # the hard-core projection is off in the scored rollouts (it would hold distances by
+            # construction); the truncated step is the model's own: how often it fired
+            "hard_core": False,
+            "exclusion_retries": int(cg_model.exclusion_retries),
+            "redrawn_per_molecule_step": rolled["exclusion_events"][0] / per_step,
+            "too_close_after_redraws_per_molecule_step": rolled["exclusion_events"][1] / per_step,
+            "refine_sigmas": cg_model.refine_sigmas if refine else [],
+            # beads on a line have no torsion: such frames cut the kinetics' trajectories
+            "frames_without_torsions": int(sum(len(f) for f in m.features())
+                                           - sum(len(f) for f in _finite_pieces(m.features()))),
+            "torsions_from": "atoms placed on the beads by the backmapping fragments (no minimisation)"}
 
 
 def _metrics(definition: dict, a: _Ensemble, b: _Ensemble, m: _Ensemble, mapping) -> dict:
