@@ -23,7 +23,9 @@ Metrics: per-torsion JS of phi and psi and the 2-D Ramachandran JS on fixed
 10 degree bins; the largest population difference of the C7eq/C5, alpha-R
 and alpha-L basins (:data:`BASINS`); TICA 2-D JS; the slowest implied
 timescale of a Markov state model (deeptime, k-means states on the torsions)
-as a ratio to the reference's, and VAMP-2 scores; the fraction of rollout
+as a ratio to the reference's, and VAMP-2 scores; over one model step, the
+RMS torsion change as a ratio to the reference's and the correlation of
+successive changes as a difference to it (MD librates: its is negative); the fraction of rollout
 frames whose reflection-odd bead features (the star volumes and torsions of
 :mod:`openmm_cgml.model.chirality`) have the sign they keep in the reference
 (those with one sign in >= 95% of reference frames). The distribution
@@ -105,6 +107,33 @@ def _finite_pieces(trajectories: list[np.ndarray]) -> list[np.ndarray]:
         edges = np.flatnonzero(np.diff(np.concatenate([[0], finite.astype(np.int8), [0]])))
         pieces += [features[start:stop] for start, stop in zip(edges[0::2], edges[1::2])]
     return pieces
+
+
+def _torsion_steps(ensemble: _Ensemble, step_ps: float) -> tuple[np.ndarray, np.ndarray]:
+    """Changes of every torsion (degrees, wrapped to [-180, 180)) over one step of ``step_ps``, and the change
+    over the next step, pooled over replicas, torsions and frames."""
+    lag = max(1, int(round(step_ps / ensemble.dt_ps)))
+    now, after = [], []
+    for phi, psi in zip(ensemble.phi, ensemble.psi):
+        angles = np.concatenate([phi, psi], axis=1)[::lag]
+        change = (np.diff(angles, axis=0) + 180.0) % 360.0 - 180.0
+        now.append(change[:-1].ravel())
+        after.append(change[1:].ravel())
+    now, after = np.concatenate(now), np.concatenate(after)
+    finite = np.isfinite(now) & np.isfinite(after)
+    return now[finite], after[finite]
+
+
+def _step_rms(ensemble: _Ensemble, step_ps: float) -> float:
+    """RMS torsion change (degrees) over one step."""
+    now, _ = _torsion_steps(ensemble, step_ps)
+    return float(np.sqrt(np.mean(now ** 2)))
+
+
+def _step_lag1(ensemble: _Ensemble, step_ps: float) -> float:
+    """Correlation of a torsion's change over one step with its change over the next (libration: negative)."""
+    now, after = _torsion_steps(ensemble, step_ps)
+    return float(np.corrcoef(now, after)[0, 1])
 
 
 def _histogram_js(a: _Ensemble, b: _Ensemble, bins: int) -> dict:
@@ -372,6 +401,9 @@ def _metrics(definition: dict, a: _Ensemble, b: _Ensemble, m: _Ensemble, mapping
         "slowest_its_ratio": lambda x, y: kinetics.slowest_its_ps(y) / kinetics.slowest_its_ps(x),
         "vamp2_ratio": lambda x, y: kinetics.vamp2(y) / kinetics.vamp2(x),
         "chirality_kept_fraction": chirality,
+        # torsion dynamics over one model step: how far a torsion moves, and whether it comes back
+        "torsion_step_rms_ratio": lambda x, y: _step_rms(y, m.dt_ps) / _step_rms(x, m.dt_ps),
+        "torsion_step_lag1_corr_diff": lambda x, y: _step_lag1(y, m.dt_ps) - _step_lag1(x, m.dt_ps),
     }
     metrics = {name: _metric(statistic, a, b, m, n_boot) for name, statistic in statistics.items()}
     populations = {name: basin_populations(e.pooled("phi"), e.pooled("psi"))
@@ -379,6 +411,8 @@ def _metrics(definition: dict, a: _Ensemble, b: _Ensemble, m: _Ensemble, mapping
     return {"metrics": metrics, "populations": populations, "basins_deg": BASINS,
             "slowest_its_ps": {name: kinetics.slowest_its_ps(e) for name, e in (("reference", a), ("replica", b),
                                                                                 ("model", m))},
+            "torsion_step": {name: {"rms_deg": _step_rms(e, m.dt_ps), "lag1_corr": _step_lag1(e, m.dt_ps)}
+                             for name, e in (("reference", a), ("replica", b), ("model", m))} | {"step_ps": m.dt_ps},
             "msm": {"lag_ps": kinetics.lag_ps, "clusters": int(definition["msm_clusters"]),
                     "states": "k-means on (cos, sin) of the torsions of the reference A"},
             "chiral_bead_features": int(_chiral_reference(a)[1].sum())}

@@ -51,6 +51,21 @@ def test_finite_pieces_cut_trajectories_at_frames_without_torsions():
     assert [p.tolist() for p in pieces] == [[[0, 1], [2, 3]], [[6, 7], [8, 9]], [[1, 1], [1, 1], [1, 1]]]
 
 
+def test_torsion_steps_of_a_libration_and_across_the_wrap():
+    # phi alternates 170, -170 (a 20 degree move across +-180 each frame); psi walks 0, 5, 10, ...
+    frames = 9
+    phi = np.where(np.arange(frames) % 2 == 0, 170.0, -170.0)[:, None]
+    psi = (5.0 * np.arange(frames))[:, None]
+    ensemble = peptide._Ensemble(1.0, phi=[phi], psi=[psi])
+    now, after = peptide._torsion_steps(ensemble, 1.0)
+    assert np.allclose(np.abs(now[now != 5.0]), 20.0)          # wrapped, not 340
+    assert peptide._step_rms(ensemble, 1.0) == pytest.approx(np.sqrt((20.0 ** 2 + 5.0 ** 2) / 2))
+    libration = peptide._Ensemble(1.0, phi=[phi], psi=[phi])
+    assert peptide._step_lag1(libration, 1.0) == pytest.approx(-1.0)
+    # over a 2 ps step the same libration returns to its start: no change at all
+    assert peptide._step_rms(libration, 2.0) == 0.0
+
+
 def test_peptide_definition_is_checked_like_the_polymer_one(tmp_path):
     definition = load_definition("peptide", "small")
     assert definition["kind"] == "peptide" and definition["test"]["replicas"] % 2 == 0
@@ -75,7 +90,7 @@ def test_a_tiny_peptide_benchmark_runs_end_to_end(tmp_path, capsys):
                  "--workers", "1"]) == 0
     document = json.loads((out / "fidelity.json").read_text())
     for name in ("phi_js", "psi_js", "rama_js", "population_max_diff", "slowest_its_ratio",
-                 "chirality_kept_fraction"):
+                 "chirality_kept_fraction", "torsion_step_rms_ratio", "torsion_step_lag1_corr_diff"):
         metric = document["metrics"][name]
         assert set(metric) >= {"model", "ceiling", "ci95"} and len(metric["ci95"]) == 2
     assert 0.0 <= document["metrics"]["rama_js"]["model"] <= 1.0
