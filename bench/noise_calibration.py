@@ -18,7 +18,11 @@ For each model, over every window of one split of a coarse dataset (no history n
   paths from the current frame over the data's (wrapped to [-180, 180) degrees);
 - ``refined_bond_std_ratio``, ``refined_angle_std_ratio`` and ``refined_torsion_change_ratio``:
   the same three for the model's whole step, with its Score refinement (the file's levels, or
-  ``--refine-sigmas``) and its truncation, hard core off: what a rollout takes each step.
+  ``--refine-sigmas``) and its truncation, hard core off: what a rollout takes each step;
+- ``torsion_drift_by_bin_deg``: the mean change of the torsions over one step in 20-degree bins of
+  their current value, for the data, the model's mean step (no noise), one draw and the refined step;
+  ``mean_step_drift_retention``, ``one_step_drift_retention`` and ``refined_drift_retention``: the
+  share of the data's binned drift each keeps (1 = all of it; the slope through 0, weighted by windows).
 
 Both noise models are linear in their standard normal draws, ``r = M eps``: the script builds
 each molecule's ``M`` from the model's own draw of unit vectors and evaluates the Gaussian of
@@ -110,7 +114,8 @@ def _window_scores(module, window):
     noise = torch.randn(module.noise_draws(True), n, 3, generator=torch.Generator().manual_seed(n + 1))
     refined = module.step(history, features, window.coarse_edge_index, window.batch, box, noise, True)
     bonds = window.coarse_edge_index[:, window.coarse_edge_index[0] < window.coarse_edge_index[1]].T.numpy()
-    frames = {"current": history[-1], "target": target, "sample": sample, "refined": refined}
+    step_mean = 2.0 * history[-1] - history[-2] + mean * module.accel_std_nm
+    frames = {"current": history[-1], "target": target, "mean": step_mean, "sample": sample, "refined": refined}
     return float(nll), inside.numpy(), np.array(z2), _geometry(frames, bonds)
 
 
@@ -128,6 +133,27 @@ def _geometry(frames: dict, bonds: np.ndarray) -> dict:
     return out
 
 
+DRIFT_BINS_DEG = np.arange(-180.0, 181.0, 20.0)
+
+
+def _torsion_drift(geometry: list) -> dict:
+    """Mean torsion change (degrees) over one step in 20-degree bins of the current torsion: the data's, and that
+    of the model's mean step, one draw and the refined step; and the share of the data's drift each keeps (the
+    count-weighted least-squares slope of its binned drift on the data's, through 0)."""
+    current = np.concatenate([g["current"]["torsion"] for g in geometry])
+    which = np.digitize(current, DRIFT_BINS_DEG[1:-1])
+    counts = np.bincount(which, minlength=len(DRIFT_BINS_DEG) - 1)
+    table = {"bin_start_deg": DRIFT_BINS_DEG[:-1].tolist(), "windows": counts.tolist()}
+    for frame, name in (("target", "data"), ("mean", "mean"), ("sample", "draw"), ("refined", "refined")):
+        change = (np.concatenate([g[frame]["torsion"] for g in geometry]) - current + 180.0) % 360.0 - 180.0
+        sums = np.bincount(which, weights=change, minlength=len(counts))
+        table[name] = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan).tolist()
+    data = np.nan_to_num(np.array(table["data"]))
+    retention = {name: float((counts * data * np.nan_to_num(np.array(table[name]))).sum() / (counts * data ** 2).sum())
+                 for name in ("mean", "draw", "refined")}
+    return {"table": table, "retention": retention}
+
+
 def _geometry_ratios(geometry: list) -> dict:
     """The one-step geometry scores of a list of ``_geometry`` results (see the module docstring)."""
     def pooled(frame, kind):
@@ -142,7 +168,11 @@ def _geometry_ratios(geometry: list) -> dict:
         return float(values.std() / pooled("target", kind).std()) if values.size else float("nan")
 
     target_change = torsion_change("target")
-    return {"one_step_bond_std_ratio": std_ratio("sample", "bond"),
+    drift = _torsion_drift(geometry)["retention"] if pooled("current", "torsion").size else {}
+    return {"mean_step_drift_retention": drift.get("mean", float("nan")),
+            "one_step_drift_retention": drift.get("draw", float("nan")),
+            "refined_drift_retention": drift.get("refined", float("nan")),
+            "one_step_bond_std_ratio": std_ratio("sample", "bond"),
             "one_step_bond_mean_shift_nm": float(pooled("sample", "bond").mean() - pooled("target", "bond").mean()),
             "one_step_angle_std_ratio": std_ratio("sample", "angle"),
             "one_step_torsion_change_ratio": torsion_change("sample") / target_change,
@@ -191,10 +221,12 @@ def evaluate(model_path: str, data: str, split: str, batch_size: int, block: int
 
     everything = [g for groups in per_block.values() for g in groups]
     result = {key: {"value": value} for key, value in summary(everything).items()}
+    if any(g[4]["current"]["torsion"].size for g in everything):
+        result["torsion_drift_by_bin_deg"] = _torsion_drift([g[4] for g in everything])["table"]
     rng = np.random.default_rng(seed)
     blocks = list(per_block.values())
     boots = [summary([g for i in rng.integers(0, len(blocks), len(blocks)) for g in blocks[i]]) for _ in range(n_boot)]
-    for key in result:
+    for key in [key for key in result if key != "torsion_drift_by_bin_deg"]:
         values = [b[key] for b in boots]
         result[key]["ci95"] = [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
     init = json.loads(module.init_json)
