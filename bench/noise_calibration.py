@@ -136,6 +136,14 @@ def _geometry(frames: dict, bonds: np.ndarray) -> dict:
 DRIFT_BINS_DEG = np.arange(-180.0, 181.0, 20.0)
 
 
+def _torsion_changes(geometry: list, frame: str) -> np.ndarray:
+    """Every torsion's change (degrees, wrapped to [-180, 180)) from the current frame to ``frame``, pooled."""
+    def pooled(name):
+        return np.concatenate([g[name]["torsion"] for g in geometry])
+
+    return (pooled(frame) - pooled("current") + 180.0) % 360.0 - 180.0
+
+
 def _torsion_drift(geometry: list) -> dict:
     """Mean torsion change (degrees) over one step in 20-degree bins of the current torsion: the data's, and that
     of the model's mean step, one draw and the refined step; and the share of the data's drift each keeps (the
@@ -145,8 +153,7 @@ def _torsion_drift(geometry: list) -> dict:
     counts = np.bincount(which, minlength=len(DRIFT_BINS_DEG) - 1)
     table = {"bin_start_deg": DRIFT_BINS_DEG[:-1].tolist(), "windows": counts.tolist()}
     for frame, name in (("target", "data"), ("mean", "mean"), ("sample", "draw"), ("refined", "refined")):
-        change = (np.concatenate([g[frame]["torsion"] for g in geometry]) - current + 180.0) % 360.0 - 180.0
-        sums = np.bincount(which, weights=change, minlength=len(counts))
+        sums = np.bincount(which, weights=_torsion_changes(geometry, frame), minlength=len(counts))
         table[name] = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan).tolist()
     data = np.nan_to_num(np.array(table["data"]))
     retention = {name: float((counts * data * np.nan_to_num(np.array(table[name]))).sum() / (counts * data ** 2).sum())
@@ -160,7 +167,7 @@ def _geometry_ratios(geometry: list) -> dict:
         return np.concatenate([g[frame][kind] for g in geometry])
 
     def torsion_change(frame):
-        change = (pooled(frame, "torsion") - pooled("current", "torsion") + 180.0) % 360.0 - 180.0
+        change = _torsion_changes(geometry, frame)
         return float(np.sqrt(np.mean(change ** 2))) if change.size else float("nan")
 
     def std_ratio(frame, kind):
@@ -221,14 +228,14 @@ def evaluate(model_path: str, data: str, split: str, batch_size: int, block: int
 
     everything = [g for groups in per_block.values() for g in groups]
     result = {key: {"value": value} for key, value in summary(everything).items()}
-    if any(g[4]["current"]["torsion"].size for g in everything):
-        result["torsion_drift_by_bin_deg"] = _torsion_drift([g[4] for g in everything])["table"]
     rng = np.random.default_rng(seed)
     blocks = list(per_block.values())
     boots = [summary([g for i in rng.integers(0, len(blocks), len(blocks)) for g in blocks[i]]) for _ in range(n_boot)]
-    for key in [key for key in result if key != "torsion_drift_by_bin_deg"]:
+    for key in result:
         values = [b[key] for b in boots]
         result[key]["ci95"] = [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
+    if any(g[4]["current"]["torsion"].size for g in everything):
+        result["torsion_drift_by_bin_deg"] = _torsion_drift([g[4] for g in everything])["table"]
     init = json.loads(module.init_json)
     return {"model": model_path, "noise": init["config"].get("noise", "independent"),
             "refine_sigmas": list(module.refine_sigmas),

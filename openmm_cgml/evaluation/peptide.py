@@ -371,8 +371,7 @@ def _rollout_record(rolled: dict, cg_model, refine: bool, m: _Ensemble, n_steps:
             "too_close_after_redraws_per_molecule_step": rolled["exclusion_events"][1] / per_step,
             "refine_sigmas": cg_model.refine_sigmas if refine else [],
             # beads on a line have no torsion: such frames cut the kinetics' trajectories
-            "frames_without_torsions": int(sum(len(f) for f in m.features())
-                                           - sum(len(f) for f in _finite_pieces(m.features()))),
+            "frames_without_torsions": int(sum((~np.isfinite(f).all(axis=1)).sum() for f in m.features())),
             "torsions_from": "atoms placed on the beads by the backmapping fragments (no minimisation)"}
 
 
