@@ -229,6 +229,8 @@ def main():
     args = parser.parse_args()
     if args.repeats < 3:
         parser.error("--repeats must be at least 3")
+    if any(t < 1 for t in (args.throughput_threads or [])):
+        parser.error("--throughput-threads must be whole numbers >= 1")
 
     # the CPU platform's worker hand-offs wait on idle CPUs unless pinned (pinned_cpus); a GPU run is left alone
     with pinned_cpus(args.threads) if args.platform == "CPU" else contextlib.nullcontext():

@@ -255,6 +255,8 @@ def main(argv=None) -> int:
     parser.add_argument("--refine-sigmas", type=float, nargs="+", default=None,
                         help="Score refinement levels of the refined scores (default: each file's own)")
     args = parser.parse_args(argv)
+    if args.refine_sigmas and not all(sigma > 0 for sigma in args.refine_sigmas):
+        parser.error("--refine-sigmas must all be > 0")
     torch.set_num_threads(1)
     try:
         rows = [evaluate(path, args.data, args.split, args.batch_size, args.block, args.bootstrap, args.seed,
