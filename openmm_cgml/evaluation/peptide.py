@@ -25,7 +25,7 @@ and alpha-L basins (:data:`BASINS`); TICA 2-D JS; the slowest implied
 timescale of a Markov state model (deeptime, k-means states on the torsions)
 as a ratio to the reference's, and VAMP-2 scores; over one model step, the
 RMS torsion change as a ratio to the reference's and the correlation of
-successive changes as a difference to it (MD librates: its is negative); the fraction of rollout
+successive changes as a difference to it (MD librates, so the reference's is negative); the fraction of rollout
 frames whose reflection-odd bead features (the star volumes and torsions of
 :mod:`openmm_cgml.model.chirality`) have the sign they keep in the reference
 (those with one sign in >= 95% of reference frames). The distribution
