@@ -8,8 +8,8 @@ __all__ = ["PropagatorConfig", "SCORE_NETS", "NOISE_MODELS"]
 
 # Names of the Score networks (``score_net``); openmm_cgml.model.scores maps each to its class.
 SCORE_NETS = ("pair", "paxnet")
-# Acceleration noise models (``noise``): per-bead independent, or correlated along the coarse bonds.
-NOISE_MODELS = ("independent", "bonded")
+# Step noise models (``noise``): per-bead independent, correlated along the coarse bonds, or in internal coordinates.
+NOISE_MODELS = ("independent", "bonded", "internal")
 
 
 @dataclass
@@ -37,8 +37,10 @@ class PropagatorConfig:
     noise : str
         The acceleration noise: ``"independent"`` (per bead, plus one centre-of-mass kick per
         molecule) or ``"bonded"`` (a Gaussian Markov chain along the coarse bonds, anisotropic
-        about each bond: :class:`~openmm_cgml.model.bonded_noise.BondedNoise`). Files without
-        the option load as ``"independent"``.
+        about each bond: :class:`~openmm_cgml.model.bonded_noise.BondedNoise`) or ``"internal"``
+        (Gaussians on the mean step's bond lengths, angles and torsions, orientation and centre:
+        :class:`~openmm_cgml.model.internal_coordinates.InternalCoordinateNoise`; molecules whose
+        coarse bonds start with three beads in a row). Files without the option load as ``"independent"``.
     score_net : str
         ``"pair"`` (one equivariant pair-message round, fast) or ``"paxnet"``.
     score_hidden, score_layers : int
@@ -115,7 +117,7 @@ class PropagatorConfig:
         if not self.min_std > 0:
             raise ValueError(f"model.min_std must be > 0, got {self.min_std}")
         if self.noise not in NOISE_MODELS:
-            raise ValueError(f"model.noise must be 'independent' or 'bonded', got {self.noise!r}")
+            raise ValueError(f"model.noise must be one of {list(NOISE_MODELS)}, got {self.noise!r}")
         if self.score_net not in SCORE_NETS:
             raise ValueError(f"model.score_net must be 'pair' or 'paxnet', got {self.score_net!r}")
         if any(not s > 0 for s in self.refine_sigmas):

@@ -19,7 +19,9 @@ system and the lag.
   acceleration and an invariant, strictly positive internal std
   (``std = min_std + softplus(.)``), and per graph the std of the
   centre-of-mass acceleration (with ``noise: bonded``, the scales of
-  :class:`~openmm_cgml.model.bonded_noise.BondedNoise` instead).
+  :class:`~openmm_cgml.model.bonded_noise.BondedNoise` instead; with
+  ``noise: internal``, the stds of
+  :class:`~openmm_cgml.model.internal_coordinates.InternalCoordinateNoise`).
 - Score network (:mod:`openmm_cgml.model.scores`, injected; by default the
   light :class:`~openmm_cgml.model.scores.PairScore`) - at the candidate
   positions, conditioned on the noise level and the dynamics latents, no
@@ -38,6 +40,10 @@ system and the lag.
 the draw of :class:`~openmm_cgml.model.bonded_noise.BondedNoise` from
 ``noise[0:2]``), integrates semi-implicit Euler in model-step units
 (``v = x[t] - x[t-1]; v += a; x += v``) and refines with the remaining draws.
+With ``noise: internal`` the mean acceleration, integrated, gives the mean
+positions, and the draw (``noise[0:3]``) perturbs their bond lengths, angles,
+torsions, orientation and centre instead
+(:class:`~openmm_cgml.model.internal_coordinates.InternalCoordinateNoise`).
 The whole module is TorchScript-able; see ``openmm_cgml.model_file``.
 """
 
@@ -53,6 +59,7 @@ from openmm_cgml.model.bonded_noise import BondedNoise
 from openmm_cgml.model.chirality import N_PSEUDO, dynamics_scalars
 from openmm_cgml.model.config import PropagatorConfig
 from openmm_cgml.model.embedding import EmbeddingGNN, check_embed_inputs, pool_beads, type_mass_table
+from openmm_cgml.model.internal_coordinates import InternalCoordinateNoise, check_trees
 from openmm_cgml.model.hard_core import contact_graph, project_hard_core, violating_beads
 from openmm_cgml.model.layers import VectorHead
 from openmm_cgml.model.losses import gaussian_nll, training_losses
@@ -187,10 +194,13 @@ class CGPropagator(Block):
                                n_rbf=config.n_rbf, n_sbf=config.n_sbf, vector_in=n_vel,
                                scalar_in=n_vel + self.n_features + (N_PSEUDO if self.chirality else 0))
         self.accel_head = VectorHead(config.hidden)
-        # standard normal (N, 3) draws the dynamics takes per step: the bonded noise's rotation takes a second
-        self.dynamics_draws = 2 if config.noise == "bonded" else 1
+        # standard normal (N, 3) draws the dynamics takes per step: the bonded noise's rotation takes a second,
+        # the internal-coordinate noise's centre shift and rotation a second and a third
+        self.dynamics_draws = {"independent": 1, "bonded": 2, "internal": 3}[config.noise]
         if config.noise == "bonded":
             self.bonded_noise = BondedNoise(config.hidden, config.min_std)
+        elif config.noise == "internal":
+            self.coordinate_noise = InternalCoordinateNoise(config.hidden, self.accel_std_nm)
         else:
             self.std_head = mlp(config.hidden, config.hidden, 1)
             # std of the collective (centre-of-mass) acceleration of each graph, from pooled latents
@@ -240,7 +250,7 @@ class CGPropagator(Block):
         """Acceleration mean (N, 3) and noise parameters in accel-std units, and the scalar latents (N, hidden).
 
         Noise parameters: ``[std, collective std]`` (N, 2) (internal, and per graph), or with bonded noise
-        ``BondedNoise``'s (N, 7)."""
+        ``BondedNoise``'s (N, 7), or with internal-coordinate noise ``InternalCoordinateNoise``'s (N, 5)."""
         velocities = (pos_history[1:] - pos_history[:-1]) / self.velocity_std_nm     # (k-1, N, 3)
         v_in = velocities.permute(1, 2, 0)                                            # (N, 3, k-1)
         s_in = dynamics_scalars(v_in, bead_features, pos_history[-1], coarse_edge_index, self.chirality)
@@ -248,6 +258,8 @@ class CGPropagator(Block):
         mean = self.accel_head(s, v)
         if hasattr(self, "bonded_noise"):
             return mean, self.bonded_noise(s, batch), s
+        if hasattr(self, "coordinate_noise"):
+            return mean, self.coordinate_noise(s, batch), s
         std = self.min_std + nn.functional.softplus(self.std_head(s))
         pooled, _ = graph_mean(s, batch)
         collective = self.min_std + nn.functional.softplus(self.collective_std_head(pooled))
@@ -276,13 +288,19 @@ class CGPropagator(Block):
     @torch.jit.export
     def predict(self, pos_history: Tensor, bead_features: Tensor, coarse_edge_index: Tensor, batch: Tensor,
                 box: Tensor) -> Tuple[Tensor, Tensor]:
-        """Acceleration mean (N, 3) and isotropic std (N, 1) in nm per model step^2."""
+        """Acceleration mean (N, 3) and isotropic std (N, 1) in nm per model step^2.
+
+        With ``noise: internal`` the std is estimated from 64 draws (the global random stream)."""
         self.validate(pos_history, bead_features, coarse_edge_index, batch)
         boxes = graph_box(box, batch)
         pos_history = unwrap(pos_history, pos_history[-1], boxes, batch)
         mean, params, _ = self._dynamics(pos_history, bead_features, coarse_edge_index, batch, boxes)
         if hasattr(self, "bonded_noise"):
             std = self.bonded_noise.marginal_std(params, pos_history[-1], coarse_edge_index, batch)
+        elif hasattr(self, "coordinate_noise"):
+            x_mean = self.mean_positions(pos_history, mean)
+            return mean * self.accel_std_nm, self.coordinate_noise.marginal_std(
+                params, x_mean, bead_features[:, -1], coarse_edge_index, batch)
         else:
             std = marginal_std(params[:, :1], params[:, 1:], batch)
         return mean * self.accel_std_nm, std * self.accel_std_nm
@@ -292,12 +310,14 @@ class CGPropagator(Block):
         """``ValueError`` naming the first input of ``step`` with a wrong shape or value (NaN positions too)."""
         _check_step_inputs(pos_history, bead_features, coarse_edge_index, batch, self.k, self.n_beads,
                            self.n_features)
+        if hasattr(self, "coordinate_noise"):
+            check_trees(coarse_edge_index, pos_history.size(1))
 
     @torch.jit.export
     def noise_draws(self, refine: bool) -> int:
         """Standard normal (N, 3) draws one ``step`` consumes.
 
-        Per attempt ``dynamics_draws`` (1; 2 with bonded noise) plus one per refinement level;
+        Per attempt ``dynamics_draws`` (1; 2 with bonded noise, 3 with internal-coordinate noise) plus one per refinement level;
         ``1 + exclusion_retries`` attempts when the truncation is on (the model has minimum distances).
         """
         per_attempt = self.dynamics_draws + (len(self.refine_sigmas) if refine else 0)
@@ -325,8 +345,9 @@ class CGPropagator(Block):
         mean, params, latents = self._dynamics(pos_history, bead_features, coarse_edge_index, batch, boxes)
         attempts = 1 + self._retries()
         per_attempt = draws // attempts
+        masses = bead_features[:, -1]
         candidate, graph_at, edge, shift = self._sample(pos_history, mean, params, latents, noise[:per_attempt],
-                                                        coarse_edge_index, batch, boxes)
+                                                        masses, coarse_edge_index, batch, boxes)
         limit = max(self.min_bonded_nm, self.min_nonbonded_nm)
         for attempt in range(1, attempts + 1 if attempts > 1 else 1):   # no checks without truncation
             # truncation: a molecule with a pair under its minimum distance redraws its whole step
@@ -339,7 +360,7 @@ class CGPropagator(Block):
             if attempt < attempts:
                 retry, graph_at, edge, shift = self._sample(pos_history, mean, params, latents,
                                                             noise[attempt * per_attempt:(attempt + 1) * per_attempt],
-                                                            coarse_edge_index, batch, boxes)
+                                                            masses, coarse_edge_index, batch, boxes)
                 candidate = torch.where(bad.unsqueeze(-1), retry, candidate)
         if self.hard_core and limit > 0:
             edge, shift = contact_graph(candidate, batch, boxes, limit, edge, shift, graph_at, self.score.cutoff)
@@ -347,16 +368,25 @@ class CGPropagator(Block):
                                           self.min_distance_nm, limit, self.hard_core_sweeps, self.hard_core_events)
         return candidate
 
+    def mean_positions(self, pos_history: Tensor, mean: Tensor) -> Tensor:
+        """The step's mean positions (N, 3) nm: the mean acceleration ``mean`` (N, 3) (accel-std units)
+        integrated by semi-implicit Euler with dt = 1 model step (``v += a; x += v``)."""
+        x_t = pos_history[-1]
+        return x_t + (x_t - pos_history[-2]) + mean * self.accel_std_nm
+
     def _sample(self, pos_history: Tensor, mean: Tensor, params: Tensor, latents: Tensor,
-                noise: Tensor, coarse_edge_index: Tensor, batch: Tensor,
+                noise: Tensor, masses: Tensor, coarse_edge_index: Tensor, batch: Tensor,
                 boxes: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         """One draw of the next positions (acceleration, then refinement if ``noise`` has levels), where the
         Score graph was built (the positions themselves without refinement) and that graph (empty without)."""
-        x_t = pos_history[-1]
-        velocity = x_t - pos_history[-2]
-        # semi-implicit Euler with dt = 1 model step: v += a; x += v
-        accel = self._draw(mean, params, noise[:self.dynamics_draws], x_t, coarse_edge_index, batch)
-        candidate = x_t + velocity + accel * self.accel_std_nm
+        if hasattr(self, "coordinate_noise"):
+            candidate = self.coordinate_noise.sample(params, noise[0], noise[1:3], self.mean_positions(pos_history, mean),
+                                                     masses, coarse_edge_index, batch)
+        else:
+            x_t = pos_history[-1]
+            # semi-implicit Euler with dt = 1 model step: v += a; x += v
+            accel = self._draw(mean, params, noise[:self.dynamics_draws], x_t, coarse_edge_index, batch)
+            candidate = x_t + (x_t - pos_history[-2]) + accel * self.accel_std_nm
         if noise.size(0) > self.dynamics_draws:
             return self._refine(candidate, latents, noise[self.dynamics_draws:], coarse_edge_index, batch, boxes)
         edge = torch.zeros(2, 0, dtype=torch.long, device=candidate.device)

@@ -45,7 +45,8 @@ def exported_torchscript(tmp_path, export_chain_model):
 
 
 @pytest.mark.parametrize("suffix, noise_model", [(".safetensors", "independent"), (".pt", "independent"),
-                                                 (".safetensors", "bonded"), (".pt", "bonded")])
+                                                 (".safetensors", "bonded"), (".pt", "bonded"),
+                                                 (".safetensors", "internal")])
 def test_load_reproduces_predictions_exactly(tmp_path, suffix, noise_model, chain_history, chain_molecule,
                                              export_chain_model, n_beads):
     model, path = export_chain_model(tmp_path / f"model{suffix}", noise=noise_model)

@@ -121,7 +121,7 @@ def test_step_is_semi_implicit_euler_of_predict(noise_model, inputs, make_model,
     torch.testing.assert_close(empirical, std.squeeze(1), rtol=0.06, atol=0)
 
 
-@pytest.mark.parametrize("noise_model", ["independent", "bonded"])
+@pytest.mark.parametrize("noise_model", ["independent", "bonded", "internal"])
 def test_copies_in_one_batch_match_single_molecules(noise_model, inputs, make_model, n_beads):
     model = make_model(noise=noise_model)
     history, features, coarse, batch, box = inputs(model)

@@ -1,0 +1,285 @@
+"""The step's noise in internal coordinates: :class:`InternalCoordinateNoise` (``model.noise: internal``).
+
+Over a model step of picoseconds a torsion turns by tens of degrees while its
+bonds and angles stay at their equilibria. A Gaussian in Cartesian space
+(``noise: independent`` or ``bonded``) can only approximate a turn by a
+straight displacement along its tangent, and that stretches the bond by
+second order: a 40 degree turn of a 0.15 nm bond lengthens it by 20%, and the
+torsion a Cartesian draw gives is not centred on the mean's torsion. Here
+the step is drawn in the coordinates the molecule moves in:
+
+- the coarse bonds are read as a spanning forest (each bead's *parent* is
+  its highest-index bonded neighbour of lower index,
+  :func:`~openmm_cgml.model.bonded_noise.bond_parents`); each tree is
+  anchored by its root ``r``, the root's first child ``c1`` and that bead's
+  first child ``c2``;
+- every bead of a tree carries a frame (:func:`frames`): ``e_x`` along the
+  bond from its parent, ``e_z`` normal to that bond and the parent's bond;
+  the root and ``c1`` take the frame of the plane ``r, c1, c2``;
+- a bead's internal coordinates (:func:`internal_coordinates`) are its bond
+  length ``b`` to the parent, the bond angle ``theta`` at the parent and the
+  torsion ``phi`` about the parent's bond, read in the parent's frame
+  (``c1`` has only ``b``, ``c2`` only ``b`` and ``theta``): 3n - 6 numbers
+  per tree, plus its orientation (the root's frame) and centre of mass;
+- given the mean positions ``x_mean`` of the step (the Dynamics network's
+  mean acceleration, integrated), a draw perturbs the mean's internal
+  coordinates by Gaussians of per-bead stds ``s_b, s_theta, s_phi``, rebuilds
+  the tree from the mean's anchor (:func:`rebuild`: frame products by pointer
+  doubling, O(N) work in ``ceil(log2 N)`` rounds, any depth), turns it
+  about its centre of mass by a rotation vector of std ``s_rot`` and moves
+  that centre by the mean's plus a Gaussian of std ``s_com`` (per molecule).
+
+The map from positions to (centre, orientation, internal coordinates) is one
+to one, so the log-density of a target is the sum of the Gaussians'
+(:meth:`InternalCoordinateNoise.nll`) plus the log-Jacobian of the map, which
+depends on the target only and is dropped (the NLL is therefore not
+comparable with the Cartesian noise models'). Bond lengths and angles are
+kept by construction up to their own learned stds; torsions are signed, so
+the draw has the handedness of the mean (SE(3), not E(3)). Torsion
+differences are wrapped to (-pi, pi]; the stds are meant to be well below
+pi. Every tree needs three beads in a row from its root (checked by
+:func:`check_trees`). Everything here is TorchScript-compatible.
+"""
+import math
+from typing import Tuple
+
+import torch
+from torch import Tensor, nn
+
+from openmm_cgml.model.batch import graph_mean
+from openmm_cgml.model.bonded_noise import _rounds, bond_parents
+from openmm_cgml.nn.layers import Block, mlp
+
+__all__ = ["InternalCoordinateNoise", "tree_layout", "check_trees", "frames", "internal_coordinates", "rebuild",
+           "rotation_vector", "rotation_matrix"]
+
+def _unit(v: Tensor) -> Tensor:
+    """``v`` normalised along its last axis; smooth (finite gradient) at zero."""
+    return v * torch.rsqrt(v.pow(2).sum(-1, keepdim=True) + 1e-12)
+
+
+def tree_layout(coarse_edge_index: Tensor, n: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The forest the internal coordinates are read on.
+
+    Returns
+    -------
+    parent : Tensor
+        (N,) each bead's parent (a root is its own).
+    root : Tensor
+        (N,) the root of each bead's tree.
+    anchor : Tensor
+        (N, 2) ``[c1, c2]`` of each bead's tree (-1 where missing).
+    dof : Tensor
+        (N, 3) which of ``[b, theta, phi]`` each bead has (float 0/1).
+    """
+    parent = bond_parents(coarse_edge_index, n)
+    index = torch.arange(n, device=parent.device)
+    child = parent != index
+    first = torch.full((n,), n, dtype=torch.long, device=parent.device)
+    first = first.scatter_reduce(0, parent[child], index[child], reduce="amin", include_self=True)
+    first = torch.cat([torch.where(first == n, -1, first), torch.full((1,), -1, dtype=torch.long,
+                                                                      device=parent.device)])
+    root = parent
+    for _ in range(_rounds(n)):
+        root = root[root]
+    c1 = first[root]
+    c2 = first[c1]                      # first[-1] is the appended -1
+    is_c1, is_c2 = index == c1, index == c2
+    dof = torch.stack([child, child & ~is_c1, child & ~is_c1 & ~is_c2], 1).to(torch.float32)
+    return parent, root, torch.stack([c1, c2], 1), dof
+
+
+def check_trees(coarse_edge_index: Tensor, n: int) -> None:
+    """``ValueError`` unless every tree of the coarse bond forest has a root, a child and a grandchild in a row."""
+    _, _, anchor, _ = tree_layout(coarse_edge_index, n)
+    if bool((anchor < 0).any()):
+        raise ValueError("noise: internal needs every molecule's coarse bonds to start with three bonded beads "
+                         "in a row from its lowest-index bead (a chain or tree of >= 3 beads)")
+
+
+def frames(x: Tensor, parent: Tensor, root: Tensor, anchor: Tensor) -> Tensor:
+    """Each bead's frame (N, 3, 3), columns ``[e_x, e_y, e_z]`` (module docstring)."""
+    index = torch.arange(x.size(0), device=x.device)
+    is_root = parent == index
+    c1, c2 = anchor[:, 0].clamp_min(0), anchor[:, 1].clamp_min(0)
+    ex = _unit(x - x[parent])
+    ex = torch.where(is_root.unsqueeze(-1), ex[c1], ex)
+    ez = _unit(torch.linalg.cross(ex[parent], ex))
+    is_c1 = index == anchor[:, 0]
+    ez = torch.where((is_root | is_c1).unsqueeze(-1), ez[c2], ez)
+    ey = torch.linalg.cross(ez, ex)
+    return torch.stack([ex, ey, ez], -1)
+
+
+def internal_coordinates(x: Tensor, frame: Tensor, parent: Tensor, dof: Tensor) -> Tensor:
+    """``[b, theta, phi]`` (N, 3) per bead in nm and radians, read from the bond vector in the parent's frame.
+
+    ``theta`` is the bond angle at the parent (pi for a straight continuation), ``phi`` the torsion
+    about the parent's bond (the IUPAC dihedral of the bead, its parent, grandparent and great-grandparent).
+    Where ``dof`` has no angle or torsion they read pi and 0 (``c1`` and ``c2``, as :func:`rebuild` needs);
+    roots read nonsense.
+    """
+    d = torch.bmm(frame[parent].transpose(1, 2), (x - x[parent]).unsqueeze(-1)).squeeze(-1)
+    b = torch.sqrt(d.pow(2).sum(-1) + 1e-12)
+    theta = torch.atan2(torch.sqrt(d[:, 1].pow(2) + d[:, 2].pow(2) + 1e-12), -d[:, 0])
+    theta = torch.where(dof[:, 1] > 0, theta, torch.full_like(theta, math.pi))
+    # where there is no torsion the inputs are replaced, so atan2 has a finite gradient
+    has_phi = dof[:, 2] > 0
+    phi = torch.atan2(torch.where(has_phi, d[:, 2], torch.zeros_like(b)),
+                      torch.where(has_phi, d[:, 1], torch.ones_like(b)))
+    return torch.stack([b, theta, phi], 1)
+
+
+def _local(internal: Tensor) -> Tuple[Tensor, Tensor]:
+    """Each bead's placement in its parent's frame: the rotation ``Rx(phi) Rz(pi - theta)`` and ``b`` times its first column."""
+    b, theta, phi = internal[:, 0], internal[:, 1], internal[:, 2]
+    ca, sa = torch.cos(math.pi - theta), torch.sin(math.pi - theta)
+    cp, sp = torch.cos(phi), torch.sin(phi)
+    zero, one = torch.zeros_like(b), torch.ones_like(b)
+    rotation = torch.stack([torch.stack([ca, -sa, zero], -1),
+                            torch.stack([cp * sa, cp * ca, -sp], -1),
+                            torch.stack([sp * sa, sp * ca, cp], -1)], 1)
+    return rotation, b.unsqueeze(-1) * rotation[:, :, 0]
+
+
+def rebuild(internal: Tensor, root_frame: Tensor, root_position: Tensor, parent: Tensor, root: Tensor) -> Tensor:
+    """Positions (N, 3) with the given internal coordinates, each root at ``root_position`` with ``root_frame``.
+
+    Bead ``i``'s frame and position are its parent's composed with its local placement; the products
+    along every path are taken by pointer doubling.
+
+    Shapes:
+        internal (N, 3), root_frame (N, 3, 3), root_position (N, 3) (read at roots), parent, root (N,) -> (N, 3)
+    """
+    rotation, shift = _local(internal)
+    is_root = (parent == torch.arange(parent.numel(), device=parent.device)).view(-1, 1)
+    rotation = torch.where(is_root.unsqueeze(-1), root_frame, rotation)
+    shift = torch.where(is_root, root_position, shift)
+    done, p = is_root, parent
+    for _ in range(_rounds(parent.numel())):
+        # invariant: T_i = T_p(i) . (rotation_i, shift_i) until done, then T_i = (rotation_i, shift_i)
+        new_rotation = torch.bmm(rotation[p], rotation)
+        new_shift = torch.bmm(rotation[p], shift.unsqueeze(-1)).squeeze(-1) + shift[p]
+        rotation = torch.where(done.unsqueeze(-1), rotation, new_rotation)
+        shift = torch.where(done, shift, new_shift)
+        done = done | done[p]
+        p = p[p]
+    return shift
+
+
+def rotation_matrix(omega: Tensor) -> Tensor:
+    """Rodrigues' rotation (N, 3, 3) by the rotation vectors ``omega`` (N, 3) (radians)."""
+    angle2 = omega.pow(2).sum(-1).view(-1, 1, 1)
+    angle = torch.sqrt(angle2 + 1e-12)
+    zero = torch.zeros_like(omega[:, 0])
+    k = torch.stack([torch.stack([zero, -omega[:, 2], omega[:, 1]], -1),
+                     torch.stack([omega[:, 2], zero, -omega[:, 0]], -1),
+                     torch.stack([-omega[:, 1], omega[:, 0], zero], -1)], 1)
+    eye = torch.eye(3, dtype=omega.dtype, device=omega.device).expand_as(k)
+    return eye + torch.sin(angle) / angle * k + (1.0 - torch.cos(angle)) / (angle2 + 1e-12) * torch.bmm(k, k)
+
+
+def rotation_vector(r: Tensor) -> Tensor:
+    """The rotation vectors (N, 3) of rotation matrices ``r`` (N, 3, 3): the inverse of :func:`rotation_matrix`
+    for angles below pi."""
+    v = 0.5 * torch.stack([r[:, 2, 1] - r[:, 1, 2], r[:, 0, 2] - r[:, 2, 0], r[:, 1, 0] - r[:, 0, 1]], -1)
+    sine = torch.sqrt(v.pow(2).sum(-1) + 1e-12)
+    cosine = 0.5 * (r[:, 0, 0] + r[:, 1, 1] + r[:, 2, 2] - 1.0)
+    return (torch.atan2(sine, cosine) / sine).unsqueeze(-1) * v
+
+
+def _tree_mean(x: Tensor, weight: Tensor, root: Tensor) -> Tensor:
+    """The ``weight``-weighted mean of ``x`` (N, D) over each bead's tree, on every bead."""
+    total = torch.zeros_like(weight).index_add(0, root, weight)
+    sums = torch.zeros_like(x).index_add(0, root, weight * x)
+    return (sums / total.clamp_min(1e-12))[root]
+
+
+class InternalCoordinateNoise(Block):
+    """Per-bead stds of the internal-coordinate step, and its draw and log-density (module docstring).
+
+    Parameters
+    ----------
+    hidden : int
+        Width of the Dynamics latents the stds are read from.
+    length_scale_nm : float
+        The dataset's acceleration std in nm; bond-length and centre stds are read in its units.
+    """
+
+    def __init__(self, hidden: int, length_scale_nm: float):
+        super().__init__()
+        self.hidden, self.length_scale_nm = int(hidden), float(length_scale_nm)
+        self.head = mlp(hidden, hidden, 3)
+        self.rigid_head = mlp(hidden, hidden, 2)
+
+    def extra_repr(self) -> str:
+        return f"{self.hidden}, length_scale_nm={self.length_scale_nm:.4g}"
+
+    def forward(self, latents: Tensor, batch: Tensor) -> Tensor:
+        """``[s_b (nm), s_theta, s_phi, s_com (nm), s_rot]`` per bead (the last two per molecule; angles in radians).
+
+        Shapes:
+            latents (N, hidden) invariant, batch (N,) -> (N, 5)
+        """
+        pooled, _ = graph_mean(latents, batch)
+        raw = nn.functional.softplus(torch.cat([self.head(latents), self.rigid_head(pooled)], 1)) + 1e-4
+        scale = torch.tensor([self.length_scale_nm, 1.0, 1.0, self.length_scale_nm, 1.0], dtype=raw.dtype,
+                             device=raw.device)
+        return raw * scale
+
+    def sample(self, params: Tensor, noise: Tensor, rigid_noise: Tensor, x_mean: Tensor, masses: Tensor,
+               coarse_edge_index: Tensor, batch: Tensor) -> Tensor:
+        """A draw of the next positions (N, 3) nm around the mean positions ``x_mean`` (N, 3) nm.
+
+        ``noise`` (N, 3) standard normal perturbs ``[b, theta, phi]``; ``rigid_noise`` (2, N, 3) standard normal
+        gives each tree's centre shift and rotation vector (``sqrt(n)`` times the tree mean, itself standard
+        normal). ``masses`` (N,) weight the centres (any units).
+        """
+        parent, root, anchor, dof = tree_layout(coarse_edge_index, x_mean.size(0))
+        frame = frames(x_mean, parent, root, anchor)
+        internal = internal_coordinates(x_mean, frame, parent, dof)
+        internal = internal + params[:, :3] * noise * dof.to(x_mean.dtype)
+        z = rebuild(internal, frame, x_mean, parent, root)
+        weight = masses.view(-1, 1).to(x_mean.dtype)
+        ones = torch.ones_like(weight)
+        count = torch.zeros_like(ones).index_add(0, root, ones)[root]
+        com_kick = _tree_mean(rigid_noise[0], ones, root) * torch.sqrt(count)
+        omega = _tree_mean(rigid_noise[1], ones, root) * torch.sqrt(count) * params[:, 4:5]
+        centre_z = _tree_mean(z, weight, root)
+        turned = torch.bmm(rotation_matrix(omega), (z - centre_z).unsqueeze(-1)).squeeze(-1)
+        return _tree_mean(x_mean, weight, root) + params[:, 3:4] * com_kick + turned
+
+    def nll(self, target: Tensor, x_mean: Tensor, params: Tensor, masses: Tensor, coarse_edge_index: Tensor,
+            batch: Tensor) -> Tensor:
+        """Negative log-density of the positions ``target`` (N, 3) nm, per bead, averaged (Jacobian and
+        constants dropped)."""
+        parent, root, anchor, dof = tree_layout(coarse_edge_index, x_mean.size(0))
+        dof = dof.to(x_mean.dtype)
+        frame_mean = frames(x_mean, parent, root, anchor)
+        frame_target = frames(target, parent, root, anchor)
+        delta = (internal_coordinates(target, frame_target, parent, dof)
+                 - internal_coordinates(x_mean, frame_mean, parent, dof))
+        delta = torch.cat([delta[:, :2], torch.atan2(torch.sin(delta[:, 2:]), torch.cos(delta[:, 2:]))], 1)
+        stds = params[:, :3]
+        per_bead = ((0.5 * (delta / stds).pow(2) + torch.log(stds)) * dof).sum(-1)
+        # rigid part, once per tree (read at its root)
+        weight = masses.view(-1, 1).to(x_mean.dtype)
+        shift = _tree_mean(target, weight, root) - _tree_mean(x_mean, weight, root)
+        omega = rotation_vector(torch.bmm(frame_target, frame_mean.transpose(1, 2)))
+        s_com, s_rot = params[:, 3], params[:, 4]
+        rigid = (0.5 * shift.pow(2).sum(-1) / s_com.pow(2) + 3.0 * torch.log(s_com)
+                 + 0.5 * omega.pow(2).sum(-1) / s_rot.pow(2) + 3.0 * torch.log(s_rot))
+        is_root = (parent == torch.arange(parent.numel(), device=parent.device)).to(x_mean.dtype)
+        return (per_bead + rigid * is_root).mean()
+
+    def marginal_std(self, params: Tensor, x_mean: Tensor, masses: Tensor, coarse_edge_index: Tensor,
+                     batch: Tensor, draws: int = 64) -> Tensor:
+        """Isotropic summary (N, 1) nm of each bead's spread about ``x_mean``: ``sqrt(E|x - x_mean|^2 / 3)``,
+        estimated from ``draws`` draws (the global random stream)."""
+        total = torch.zeros_like(x_mean[:, :1])
+        for _ in range(draws):
+            y = self.sample(params, torch.randn_like(x_mean), torch.randn(2, x_mean.size(0), 3, dtype=x_mean.dtype,
+                                                                          device=x_mean.device),
+                            x_mean, masses, coarse_edge_index, batch)
+            total = total + (y - x_mean).pow(2).sum(-1, keepdim=True)
+        return torch.sqrt(total / (3.0 * draws))

@@ -1,0 +1,192 @@
+"""The internal-coordinate step noise: the coordinates, the rebuild, the draw against its density, the propagator."""
+import math
+
+import pytest
+import torch
+
+from openmm_cgml.model.internal_coordinates import (
+    InternalCoordinateNoise,
+    check_trees,
+    frames,
+    internal_coordinates,
+    rebuild,
+    rotation_matrix,
+    rotation_vector,
+    tree_layout,
+)
+from tests.model.test_propagator import random_orthogonal
+
+# a 6-bead chain (0-5) and a branched 6-bead tree (6-11: 7 and 8 carry side beads 10 and 11)
+EDGES = torch.tensor([[0, 1], [1, 2], [2, 3], [3, 4], [4, 5], [6, 7], [7, 8], [8, 9], [7, 10], [8, 11]]).T
+N = 12
+BATCH = torch.tensor([0] * 6 + [1] * 6)
+
+
+def _positions(seed=0):
+    """Random chains (nm) with bond angles of 90-130 degrees, so that every torsion is well defined."""
+    g = torch.Generator().manual_seed(seed)
+    parent, root, _, _ = tree_layout(EDGES, N)
+    internal = torch.stack([0.1 + 0.1 * torch.rand(N, generator=g, dtype=torch.float64),
+                            math.radians(90) + math.radians(40) * torch.rand(N, generator=g, dtype=torch.float64),
+                            math.pi * (2 * torch.rand(N, generator=g, dtype=torch.float64) - 1)], 1)
+    internal[[1, 7], 1], internal[[1, 2, 7, 8], 2] = math.pi, 0.0     # c1 and c2: the anchor's own values
+    start = 2.0 * torch.randn(N, 3, generator=g, dtype=torch.float64)
+    return rebuild(internal, random_orthogonal(seed, reflect=False).expand(N, 3, 3), start, parent, root)
+
+
+def _dihedral(a, b, c, d):
+    b0, b1, b2 = a - b, c - b, d - c
+    b1 = b1 / b1.norm()
+    v, w = b0 - (b0 @ b1) * b1, b2 - (b2 @ b1) * b1
+    return torch.atan2(torch.linalg.cross(b1, v) @ w, v @ w)
+
+
+def _layout_and_internals(x):
+    parent, root, anchor, dof = tree_layout(EDGES, N)
+    frame = frames(x, parent, root, anchor)
+    return parent, root, anchor, dof, frame, internal_coordinates(x, frame, parent, dof)
+
+
+def test_layout_roots_anchors_and_degrees_of_freedom():
+    parent, root, anchor, dof = tree_layout(EDGES, N)
+    assert parent.tolist() == [0, 0, 1, 2, 3, 4, 6, 6, 7, 8, 7, 8]
+    assert root.tolist() == [0] * 6 + [6] * 6
+    assert anchor[0].tolist() == [1, 2] and anchor[6].tolist() == [7, 8]
+    # 3n - 6 internal coordinates per tree
+    assert dof[:6].sum() == 12 and dof[6:].sum() == 12
+    assert dof[1].tolist() == [1, 0, 0] and dof[2].tolist() == [1, 1, 0] and dof[10].tolist() == [1, 1, 1]
+
+
+def test_frames_are_proper_rotations_and_rebuild_inverts_the_coordinates():
+    x = _positions()
+    parent, root, _, _, frame, internal = _layout_and_internals(x)
+    eye = torch.eye(3, dtype=x.dtype).expand(N, 3, 3)
+    torch.testing.assert_close(torch.bmm(frame.transpose(1, 2), frame), eye)
+    torch.testing.assert_close(torch.linalg.det(frame), torch.ones(N, dtype=x.dtype))
+    torch.testing.assert_close(rebuild(internal, frame, x, parent, root), x, atol=1e-9, rtol=0)
+
+
+def test_coordinates_are_bond_lengths_angles_and_iupac_torsions():
+    x = _positions(1)
+    *_, internal = _layout_and_internals(x)
+    torch.testing.assert_close(internal[3, 0], (x[3] - x[2]).norm())
+    cosine = torch.dot(x[1] - x[2], x[3] - x[2]) / ((x[1] - x[2]).norm() * (x[3] - x[2]).norm())
+    torch.testing.assert_close(internal[3, 1], torch.acos(cosine))
+    torch.testing.assert_close(internal[4, 2], _dihedral(x[1], x[2], x[3], x[4]))
+    torch.testing.assert_close(internal[11, 2], _dihedral(x[6], x[7], x[8], x[11]))
+
+
+def test_coordinates_are_invariant_under_rotation_and_torsions_flip_under_reflection():
+    x = _positions(2)
+    *_, internal = _layout_and_internals(x)
+    *_, turned = _layout_and_internals(x @ random_orthogonal(3, reflect=False).T + 1.0)
+    *_, mirrored = _layout_and_internals(x @ random_orthogonal(3, reflect=True).T)
+    torch.testing.assert_close(turned, internal)
+    torch.testing.assert_close(mirrored[:, :2], internal[:, :2])
+    torch.testing.assert_close(mirrored[:, 2], -internal[:, 2])
+
+
+def test_rotation_vector_inverts_rotation_matrix():
+    omega = 0.8 * torch.randn(50, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(rotation_vector(rotation_matrix(omega)), omega)
+
+
+def _noise_module(scale=0.1):
+    torch.manual_seed(0)
+    module = InternalCoordinateNoise(8, length_scale_nm=0.1).double()
+    with torch.no_grad():
+        params = module(torch.randn(N, 8, dtype=torch.float64), BATCH) * scale
+    return module, params
+
+
+def _draws(module, params, x, masses, count, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.stack([module.sample(params, torch.randn(N, 3, generator=g, dtype=x.dtype),
+                                      torch.randn(2, N, 3, generator=g, dtype=x.dtype), x, masses, EDGES, BATCH)
+                        for _ in range(count)])
+
+
+def test_draw_has_the_mean_and_stds_it_claims():
+    """Known answer: the internal coordinates, centre and orientation of many draws scatter about the mean's by the
+    module's own stds (small stds, so wrapping and angle limits do not matter)."""
+    module, params = _noise_module()
+    x, masses = _positions(5), torch.linspace(1.0, 3.0, N, dtype=torch.float64)
+    parent, root, anchor, dof, frame, internal = _layout_and_internals(x)
+    with torch.no_grad():
+        zero = module.sample(params, torch.zeros(N, 3, dtype=x.dtype), torch.zeros(2, N, 3, dtype=x.dtype), x,
+                             masses, EDGES, BATCH)
+        ys = _draws(module, params, x, masses, 3000, seed=6)
+    torch.testing.assert_close(zero, x, atol=1e-9, rtol=0)
+    delta = torch.stack([internal_coordinates(y, frames(y, parent, root, anchor), parent, dof) for y in ys]) - internal
+    delta[..., 2] = torch.atan2(torch.sin(delta[..., 2]), torch.cos(delta[..., 2]))
+    used = dof > 0
+    ratio = (delta.std(0) / params[:, :3])[used]
+    assert ratio.min() > 0.93 and ratio.max() < 1.07, ratio
+    assert (delta.mean(0) / params[:, :3])[used].abs().max() < 0.1
+    # centre of mass of the first tree, and the rotation of its anchor frame
+    w = masses[:6, None] / masses[:6].sum()
+    shift = (ys[:, :6] * w).sum(1) - (x[:6] * w).sum(0)
+    torch.testing.assert_close(shift.std(0), params[0, 3].expand(3), rtol=0.07, atol=0)
+    omega = rotation_vector(torch.stack([frames(y, parent, root, anchor)[0] @ frame[0].T for y in ys]))
+    torch.testing.assert_close(omega.std(0), params[0, 4].expand(3), rtol=0.07, atol=0)
+
+
+def test_density_is_lowest_at_the_stds_that_drew_the_samples():
+    """The NLL of draws from known stds, per bead: scaling every std by 0.8 or 1.25 raises it."""
+    module, params = _noise_module()
+    x, masses = _positions(7), torch.ones(N, dtype=torch.float64)
+    with torch.no_grad():
+        ys = _draws(module, params, x, masses, 400, seed=8)
+        scores = [sum(float(module.nll(y, x, params * factor, masses, EDGES, BATCH)) for y in ys)
+                  for factor in (0.8, 1.0, 1.25)]
+    assert scores[1] < scores[0] and scores[1] < scores[2], scores
+
+
+def test_tree_without_three_beads_in_a_row_is_refused():
+    star = torch.tensor([[0, 1], [0, 2], [0, 3]]).T
+    with pytest.raises(ValueError, match="three bonded beads in a row"):
+        check_trees(star, 4)
+    check_trees(EDGES, N)
+
+
+def _step_inputs(make_model, chain_molecule, chain_history, n_beads, **config):
+    model = make_model(noise="internal", **config).double()
+    atom_types, fine_edges, bead_of_atom, coarse = chain_molecule()
+    features = model.embed(atom_types, fine_edges, bead_of_atom, n_beads).double()
+    history = chain_history(model.k, dtype=torch.float64)
+    return model, history, features, coarse, torch.zeros(n_beads, dtype=torch.long), torch.zeros(3, 3)
+
+
+def test_step_is_rotation_equivariant_and_not_mirror_symmetric(make_model, chain_molecule,
+                                                                              chain_history, n_beads):
+    model, history, features, coarse, batch, box = _step_inputs(make_model, chain_molecule, chain_history, n_beads,
+                                                                chirality=True)
+    noise = torch.randn(model.noise_draws(True), n_beads, 3, dtype=torch.float64,
+                        generator=torch.Generator().manual_seed(9))
+    q, shift = random_orthogonal(10, reflect=False), torch.tensor([0.3, -1.0, 2.0], dtype=torch.float64)
+    rotated = noise.clone()
+    rotated[1:] = noise[1:] @ q.T      # the centre shift, the rotation vector and the refinement noise are vectors
+    with torch.no_grad():
+        x = model.step(history, features, coarse, batch, box, noise, True)
+        x2 = model.step(history @ q.T + shift, features, coarse, batch, box, rotated, True)
+        plain = model.step(history, features, coarse, batch, box, noise[:model.noise_draws(False)], False)
+        mirror = torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64))
+        x3 = model.step(history @ mirror, features, coarse, batch, box, noise[:3] @ mirror, False)
+    torch.testing.assert_close(x2, x @ q.T + shift, atol=1e-9, rtol=1e-7)
+    assert (x3 - plain @ mirror).abs().max() > 1e-4    # SE(3): the mirror image is another molecule
+
+
+def test_propagator_with_internal_noise_scripts_and_trains(make_model, chain_molecule, chain_history, n_beads):
+    model, history, features, coarse, batch, box = _step_inputs(make_model, chain_molecule, chain_history, n_beads)
+    noise = torch.randn(model.noise_draws(True), n_beads, 3, dtype=torch.float64)
+    scripted = torch.jit.script(model)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted.step(history, features, coarse, batch, box, noise, True),
+                                   model.step(history, features, coarse, batch, box, noise, True))
+    target = history[-1] + (history[-1] - history[-2])
+    sigma = torch.full((n_beads, 1), 0.05, dtype=torch.float64)
+    terms = model.train().losses(history, target, features, coarse, batch, box.unsqueeze(0).double(), sigma, sigma)
+    terms["nll"].backward()
+    assert math.isfinite(float(terms["nll"].detach()))
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.coordinate_noise.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.accel_head.parameters())
