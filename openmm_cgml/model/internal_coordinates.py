@@ -131,11 +131,12 @@ def internal_coordinates(x: Tensor, frame: Tensor, parent: Tensor, dof: Tensor) 
 
 
 def _local(internal: Tensor) -> Tuple[Tensor, Tensor]:
-    """Each bead's placement in its parent's frame: the rotation ``Rx(phi) Rz(pi - theta)`` and ``b`` times its first column."""
+    """Each bead's placement in its parent's frame: the rotation ``Rx(phi) Rz(pi - theta)`` (N, 3, 3), and ``b``
+    times its first column (N, 3)."""
     b, theta, phi = internal[:, 0], internal[:, 1], internal[:, 2]
     ca, sa = torch.cos(math.pi - theta), torch.sin(math.pi - theta)
     cp, sp = torch.cos(phi), torch.sin(phi)
-    zero, one = torch.zeros_like(b), torch.ones_like(b)
+    zero = torch.zeros_like(b)
     rotation = torch.stack([torch.stack([ca, -sa, zero], -1),
                             torch.stack([cp * sa, cp * ca, -sp], -1),
                             torch.stack([sp * sa, sp * ca, cp], -1)], 1)

@@ -59,8 +59,8 @@ from openmm_cgml.model.bonded_noise import BondedNoise
 from openmm_cgml.model.chirality import N_PSEUDO, dynamics_scalars
 from openmm_cgml.model.config import PropagatorConfig
 from openmm_cgml.model.embedding import EmbeddingGNN, check_embed_inputs, pool_beads, type_mass_table
-from openmm_cgml.model.internal_coordinates import InternalCoordinateNoise, check_trees
 from openmm_cgml.model.hard_core import contact_graph, project_hard_core, violating_beads
+from openmm_cgml.model.internal_coordinates import InternalCoordinateNoise, check_trees
 from openmm_cgml.model.layers import VectorHead
 from openmm_cgml.model.losses import gaussian_nll, training_losses
 from openmm_cgml.model.sampler import anneal_step, internal_noise, log_spaced_sigmas, marginal_std, sample_acceleration
@@ -317,8 +317,9 @@ class CGPropagator(Block):
     def noise_draws(self, refine: bool) -> int:
         """Standard normal (N, 3) draws one ``step`` consumes.
 
-        Per attempt ``dynamics_draws`` (1; 2 with bonded noise, 3 with internal-coordinate noise) plus one per refinement level;
-        ``1 + exclusion_retries`` attempts when the truncation is on (the model has minimum distances).
+        Per attempt ``dynamics_draws`` (1; 2 with bonded noise, 3 with internal-coordinate noise) plus one per
+        refinement level; ``1 + exclusion_retries`` attempts when the truncation is on (the model has minimum
+        distances).
         """
         per_attempt = self.dynamics_draws + (len(self.refine_sigmas) if refine else 0)
         return per_attempt * (1 + self._retries())
@@ -380,8 +381,9 @@ class CGPropagator(Block):
         """One draw of the next positions (acceleration, then refinement if ``noise`` has levels), where the
         Score graph was built (the positions themselves without refinement) and that graph (empty without)."""
         if hasattr(self, "coordinate_noise"):
-            candidate = self.coordinate_noise.sample(params, noise[0], noise[1:3], self.mean_positions(pos_history, mean),
-                                                     masses, coarse_edge_index, batch)
+            x_mean = self.mean_positions(pos_history, mean)
+            candidate = self.coordinate_noise.sample(params, noise[0], noise[1:3], x_mean, masses, coarse_edge_index,
+                                                     batch)
         else:
             x_t = pos_history[-1]
             # semi-implicit Euler with dt = 1 model step: v += a; x += v
