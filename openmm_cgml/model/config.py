@@ -41,6 +41,8 @@ class PropagatorConfig:
         (Gaussians on the mean step's bond lengths, angles and torsions, orientation and centre:
         :class:`~openmm_cgml.model.internal_coordinates.InternalCoordinateNoise`; molecules whose
         coarse bonds start with three beads in a row). Files without the option load as ``"independent"``.
+    torsion_components : int
+        With ``noise: internal``, the Gaussians in each torsion's mixture (1: a single Gaussian).
     score_net : str
         ``"pair"`` (one equivariant pair-message round, fast) or ``"paxnet"``.
     score_hidden, score_layers : int
@@ -73,6 +75,7 @@ class PropagatorConfig:
     n_sbf: int = 6
     min_std: float = 0.05
     noise: str = "independent"
+    torsion_components: int = 1
     score_net: str = "pair"
     score_hidden: int = 32
     score_layers: int = 2
@@ -118,6 +121,8 @@ class PropagatorConfig:
             raise ValueError(f"model.min_std must be > 0, got {self.min_std}")
         if self.noise not in NOISE_MODELS:
             raise ValueError(f"model.noise must be one of {list(NOISE_MODELS)}, got {self.noise!r}")
+        if int(self.torsion_components) < 1:
+            raise ValueError(f"model.torsion_components must be >= 1, got {self.torsion_components}")
         if self.score_net not in SCORE_NETS:
             raise ValueError(f"model.score_net must be 'pair' or 'paxnet', got {self.score_net!r}")
         if any(not s > 0 for s in self.refine_sigmas):

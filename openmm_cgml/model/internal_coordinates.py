@@ -199,56 +199,92 @@ def _tree_mean(x: Tensor, weight: Tensor, root: Tensor) -> Tensor:
 class InternalCoordinateNoise(Block):
     """Per-bead stds of the internal-coordinate step, and its draw and log-density (module docstring).
 
+    The torsion's change may be a mixture of ``torsion_components`` Gaussians (offsets from the mean's
+    torsion, stds and weights per bead, from the latents): over a picosecond step a torsion at the edge of
+    its basin moves back far more often than on, which one Gaussian of the right mean and variance cannot
+    say, and its tail then carries rollouts over barriers the MD never crosses.
+
     Parameters
     ----------
     hidden : int
         Width of the Dynamics latents the stds are read from.
     length_scale_nm : float
         The dataset's acceleration std in nm; bond-length and centre stds are read in its units.
+    torsion_components : int
+        Gaussians in the torsion's mixture (1: one Gaussian centred on the mean's torsion).
     """
 
-    def __init__(self, hidden: int, length_scale_nm: float):
+    def __init__(self, hidden: int, length_scale_nm: float, torsion_components: int = 1):
         super().__init__()
         self.hidden, self.length_scale_nm = int(hidden), float(length_scale_nm)
-        self.head = mlp(hidden, hidden, 3)
+        self.components = int(torsion_components)
+        if self.components < 1:
+            raise ValueError(f"torsion_components must be >= 1, got {torsion_components}")
+        # [s_b, s_theta, s_phi] with one component; [s_b, s_theta, logits, offsets, stds] with more
+        self.head = mlp(hidden, hidden, 3 if self.components == 1 else 2 + 3 * self.components)
         self.rigid_head = mlp(hidden, hidden, 2)
 
     def extra_repr(self) -> str:
-        return f"{self.hidden}, length_scale_nm={self.length_scale_nm:.4g}"
+        return f"{self.hidden}, length_scale_nm={self.length_scale_nm:.4g}, torsion_components={self.components}"
+
+    @torch.jit.export
+    def draws(self) -> int:
+        """Standard-normal (N, 3) draws a sample takes: internal, centre and rotation (and the component)."""
+        return 3 if self.components == 1 else 4
 
     def forward(self, latents: Tensor, batch: Tensor) -> Tensor:
-        """``[s_b (nm), s_theta, s_phi, s_com (nm), s_rot]`` per bead (the last two per molecule; angles in radians).
+        """``[s_b (nm), s_theta, s_com (nm), s_rot, log w (K), offsets (K), s_phi (K)]`` per bead, K the torsion
+        components (``s_com``, ``s_rot`` per molecule; angles in radians; ``log w`` normalised).
 
         Shapes:
-            latents (N, hidden) invariant, batch (N,) -> (N, 5)
+            latents (N, hidden) invariant, batch (N,) -> (N, 4 + 3K)
         """
         pooled, _ = graph_mean(latents, batch)
-        raw = nn.functional.softplus(torch.cat([self.head(latents), self.rigid_head(pooled)], 1)) + 1e-4
-        scale = torch.tensor([self.length_scale_nm, 1.0, 1.0, self.length_scale_nm, 1.0], dtype=raw.dtype,
-                             device=raw.device)
-        return raw * scale
+        out = self.head(latents)
+        rigid = nn.functional.softplus(self.rigid_head(pooled)) + 1e-4
+        k = self.components
+        s_b = (nn.functional.softplus(out[:, :1]) + 1e-4) * self.length_scale_nm
+        s_theta = nn.functional.softplus(out[:, 1:2]) + 1e-4
+        if k == 1:
+            log_w, offsets, s_phi = torch.zeros_like(s_b), torch.zeros_like(s_b), nn.functional.softplus(out[:, 2:3])
+        else:
+            log_w = torch.log_softmax(out[:, 2:2 + k], dim=1)
+            offsets, s_phi = out[:, 2 + k:2 + 2 * k], nn.functional.softplus(out[:, 2 + 2 * k:])
+        return torch.cat([s_b, s_theta, rigid[:, :1] * self.length_scale_nm, rigid[:, 1:], log_w, offsets,
+                          s_phi + 1e-4], 1)
 
-    def sample(self, params: Tensor, noise: Tensor, rigid_noise: Tensor, x_mean: Tensor, masses: Tensor,
-               coarse_edge_index: Tensor, batch: Tensor) -> Tensor:
+    def _torsion(self, params: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        k = self.components
+        return params[:, 4:4 + k], params[:, 4 + k:4 + 2 * k], params[:, 4 + 2 * k:4 + 3 * k]
+
+    def sample(self, params: Tensor, noise: Tensor, x_mean: Tensor, masses: Tensor, coarse_edge_index: Tensor,
+               batch: Tensor) -> Tensor:
         """A draw of the next positions (N, 3) nm around the mean positions ``x_mean`` (N, 3) nm.
 
-        ``noise`` (N, 3) standard normal perturbs ``[b, theta, phi]``; ``rigid_noise`` (2, N, 3) standard normal
-        gives each tree's centre shift and rotation vector (``sqrt(n)`` times the tree mean, itself standard
-        normal). ``masses`` (N,) weight the centres (any units).
+        ``noise`` (draws(), N, 3) standard normal: the first perturbs ``[b, theta, phi]``, the next two give each
+        tree's centre shift and rotation vector (``sqrt(n)`` times the tree mean, itself standard normal), the
+        fourth (with a mixture) picks the torsion's component (``Phi(noise[3][:, 0])`` uniform). ``masses`` (N,)
+        weight the centres (any units).
         """
         parent, root, anchor, dof = tree_layout(coarse_edge_index, x_mean.size(0))
         frame = frames(x_mean, parent, root, anchor)
         internal = internal_coordinates(x_mean, frame, parent, dof)
-        internal = internal + params[:, :3] * noise * dof.to(x_mean.dtype)
-        z = rebuild(internal, frame, x_mean, parent, root)
+        log_w, offsets, s_phi = self._torsion(params)
+        if self.components > 1:
+            uniform = torch.special.ndtr(noise[3][:, :1])
+            cumulative = torch.cumsum(torch.exp(log_w), dim=1)[:, :-1]
+            pick = (uniform > cumulative).sum(1, keepdim=True)
+            offsets, s_phi = offsets.gather(1, pick), s_phi.gather(1, pick)
+        step = torch.cat([params[:, :2] * noise[0][:, :2], offsets + s_phi * noise[0][:, 2:]], 1)
+        z = rebuild(internal + step * dof.to(x_mean.dtype), frame, x_mean, parent, root)
         weight = masses.view(-1, 1).to(x_mean.dtype)
         ones = torch.ones_like(weight)
         count = torch.zeros_like(ones).index_add(0, root, ones)[root]
-        com_kick = _tree_mean(rigid_noise[0], ones, root) * torch.sqrt(count)
-        omega = _tree_mean(rigid_noise[1], ones, root) * torch.sqrt(count) * params[:, 4:5]
+        com_kick = _tree_mean(noise[1], ones, root) * torch.sqrt(count)
+        omega = _tree_mean(noise[2], ones, root) * torch.sqrt(count) * params[:, 3:4]
         centre_z = _tree_mean(z, weight, root)
         turned = torch.bmm(rotation_matrix(omega), (z - centre_z).unsqueeze(-1)).squeeze(-1)
-        return _tree_mean(x_mean, weight, root) + params[:, 3:4] * com_kick + turned
+        return _tree_mean(x_mean, weight, root) + params[:, 2:3] * com_kick + turned
 
     def nll(self, target: Tensor, x_mean: Tensor, params: Tensor, masses: Tensor, coarse_edge_index: Tensor,
             batch: Tensor) -> Tensor:
@@ -260,18 +296,21 @@ class InternalCoordinateNoise(Block):
         frame_target = frames(target, parent, root, anchor)
         delta = (internal_coordinates(target, frame_target, parent, dof)
                  - internal_coordinates(x_mean, frame_mean, parent, dof))
-        delta = torch.cat([delta[:, :2], torch.atan2(torch.sin(delta[:, 2:]), torch.cos(delta[:, 2:]))], 1)
-        stds = params[:, :3]
-        per_bead = ((0.5 * (delta / stds).pow(2) + torch.log(stds)) * dof).sum(-1)
+        stds = params[:, :2]
+        bonded = ((0.5 * (delta[:, :2] / stds).pow(2) + torch.log(stds)) * dof[:, :2]).sum(-1)
+        log_w, offsets, s_phi = self._torsion(params)
+        turn = delta[:, 2:] - offsets
+        turn = torch.atan2(torch.sin(turn), torch.cos(turn))
+        torsion = -torch.logsumexp(log_w - torch.log(s_phi) - 0.5 * (turn / s_phi).pow(2), dim=1) * dof[:, 2]
         # rigid part, once per tree (read at its root)
         weight = masses.view(-1, 1).to(x_mean.dtype)
         shift = _tree_mean(target, weight, root) - _tree_mean(x_mean, weight, root)
         omega = rotation_vector(torch.bmm(frame_target, frame_mean.transpose(1, 2)))
-        s_com, s_rot = params[:, 3], params[:, 4]
+        s_com, s_rot = params[:, 2], params[:, 3]
         rigid = (0.5 * shift.pow(2).sum(-1) / s_com.pow(2) + 3.0 * torch.log(s_com)
                  + 0.5 * omega.pow(2).sum(-1) / s_rot.pow(2) + 3.0 * torch.log(s_rot))
         is_root = (parent == torch.arange(parent.numel(), device=parent.device)).to(x_mean.dtype)
-        return (per_bead + rigid * is_root).mean()
+        return (bonded + torsion + rigid * is_root).mean()
 
     def marginal_std(self, params: Tensor, x_mean: Tensor, masses: Tensor, coarse_edge_index: Tensor,
                      batch: Tensor, draws: int = 64) -> Tensor:
@@ -279,8 +318,7 @@ class InternalCoordinateNoise(Block):
         estimated from ``draws`` draws (the global random stream)."""
         total = torch.zeros_like(x_mean[:, :1])
         for _ in range(draws):
-            y = self.sample(params, torch.randn_like(x_mean), torch.randn(2, x_mean.size(0), 3, dtype=x_mean.dtype,
-                                                                          device=x_mean.device),
-                            x_mean, masses, coarse_edge_index, batch)
+            noise = torch.randn(self.draws(), x_mean.size(0), 3, dtype=x_mean.dtype, device=x_mean.device)
+            y = self.sample(params, noise, x_mean, masses, coarse_edge_index, batch)
             total = total + (y - x_mean).pow(2).sum(-1, keepdim=True)
         return torch.sqrt(total / (3.0 * draws))

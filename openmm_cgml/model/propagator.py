@@ -196,11 +196,13 @@ class CGPropagator(Block):
         self.accel_head = VectorHead(config.hidden)
         # standard normal (N, 3) draws the dynamics takes per step: the bonded noise's rotation takes a second,
         # the internal-coordinate noise's centre shift and rotation a second and a third
-        self.dynamics_draws = {"independent": 1, "bonded": 2, "internal": 3}[config.noise]
+        self.dynamics_draws = 2 if config.noise == "bonded" else 1
         if config.noise == "bonded":
             self.bonded_noise = BondedNoise(config.hidden, config.min_std)
         elif config.noise == "internal":
-            self.coordinate_noise = InternalCoordinateNoise(config.hidden, self.accel_std_nm)
+            self.coordinate_noise = InternalCoordinateNoise(config.hidden, self.accel_std_nm,
+                                                            config.torsion_components)
+            self.dynamics_draws = self.coordinate_noise.draws()
         else:
             self.std_head = mlp(config.hidden, config.hidden, 1)
             # std of the collective (centre-of-mass) acceleration of each graph, from pooled latents
@@ -250,7 +252,7 @@ class CGPropagator(Block):
         """Acceleration mean (N, 3) and noise parameters in accel-std units, and the scalar latents (N, hidden).
 
         Noise parameters: ``[std, collective std]`` (N, 2) (internal, and per graph), or with bonded noise
-        ``BondedNoise``'s (N, 7), or with internal-coordinate noise ``InternalCoordinateNoise``'s (N, 5)."""
+        ``BondedNoise``'s (N, 7), or with internal-coordinate noise ``InternalCoordinateNoise``'s (N, 4 + 3K)."""
         velocities = (pos_history[1:] - pos_history[:-1]) / self.velocity_std_nm     # (k-1, N, 3)
         v_in = velocities.permute(1, 2, 0)                                            # (N, 3, k-1)
         s_in = dynamics_scalars(v_in, bead_features, pos_history[-1], coarse_edge_index, self.chirality)
@@ -317,7 +319,7 @@ class CGPropagator(Block):
     def noise_draws(self, refine: bool) -> int:
         """Standard normal (N, 3) draws one ``step`` consumes.
 
-        Per attempt ``dynamics_draws`` (1; 2 with bonded noise, 3 with internal-coordinate noise) plus one per
+        Per attempt ``dynamics_draws`` (1; 2 with bonded noise, 3 or 4 with internal-coordinate noise) plus one per
         refinement level; ``1 + exclusion_retries`` attempts when the truncation is on (the model has minimum
         distances).
         """
@@ -382,8 +384,8 @@ class CGPropagator(Block):
         Score graph was built (the positions themselves without refinement) and that graph (empty without)."""
         if hasattr(self, "coordinate_noise"):
             x_mean = self.mean_positions(pos_history, mean)
-            candidate = self.coordinate_noise.sample(params, noise[0], noise[1:3], x_mean, masses, coarse_edge_index,
-                                                     batch)
+            candidate = self.coordinate_noise.sample(params, noise[:self.dynamics_draws], x_mean, masses,
+                                                     coarse_edge_index, batch)
         else:
             x_t = pos_history[-1]
             # semi-implicit Euler with dt = 1 model step: v += a; x += v

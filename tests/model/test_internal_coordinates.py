@@ -91,19 +91,39 @@ def test_rotation_vector_inverts_rotation_matrix():
     torch.testing.assert_close(rotation_vector(rotation_matrix(omega)), omega)
 
 
-def _noise_module(scale=0.1):
+def _noise_module(scale=0.1, components=1):
+    """A module and its parameters for random latents, every std scaled by ``scale``."""
     torch.manual_seed(0)
-    module = InternalCoordinateNoise(8, length_scale_nm=0.1).double()
+    module = InternalCoordinateNoise(8, length_scale_nm=0.1, torsion_components=components).double()
     with torch.no_grad():
-        params = module(torch.randn(N, 8, dtype=torch.float64), BATCH) * scale
-    return module, params
+        params = module(torch.randn(N, 8, dtype=torch.float64), BATCH)
+    return module, _scaled(module, params, scale)
+
+
+def _scaled(module, params, factor):
+    """``params`` with every std (not the weights or offsets) times ``factor``."""
+    k = module.components
+    return torch.cat([params[:, :4] * factor, params[:, 4:4 + 2 * k], params[:, 4 + 2 * k:] * factor], 1)
+
+
+def _stds(params):
+    """``[s_b, s_theta, s_phi]`` (N, 3) of a one-component module."""
+    return params[:, [0, 1, 6]]
 
 
 def _draws(module, params, x, masses, count, seed):
     g = torch.Generator().manual_seed(seed)
-    return torch.stack([module.sample(params, torch.randn(N, 3, generator=g, dtype=x.dtype),
-                                      torch.randn(2, N, 3, generator=g, dtype=x.dtype), x, masses, EDGES, BATCH)
+    return torch.stack([module.sample(params, torch.randn(module.draws(), N, 3, generator=g, dtype=x.dtype), x,
+                                      masses, EDGES, BATCH)
                         for _ in range(count)])
+
+
+def _torsion_changes(ys, x):
+    parent, root, anchor, dof = tree_layout(EDGES, N)
+    internal = internal_coordinates(x, frames(x, parent, root, anchor), parent, dof)
+    delta = torch.stack([internal_coordinates(y, frames(y, parent, root, anchor), parent, dof) for y in ys]) - internal
+    delta[..., 2] = torch.atan2(torch.sin(delta[..., 2]), torch.cos(delta[..., 2]))
+    return delta, dof > 0
 
 
 def test_draw_has_the_mean_and_stds_it_claims():
@@ -113,33 +133,50 @@ def test_draw_has_the_mean_and_stds_it_claims():
     x, masses = _positions(5), torch.linspace(1.0, 3.0, N, dtype=torch.float64)
     parent, root, anchor, dof, frame, internal = _layout_and_internals(x)
     with torch.no_grad():
-        zero = module.sample(params, torch.zeros(N, 3, dtype=x.dtype), torch.zeros(2, N, 3, dtype=x.dtype), x,
-                             masses, EDGES, BATCH)
+        zero = module.sample(params, torch.zeros(3, N, 3, dtype=x.dtype), x, masses, EDGES, BATCH)
         ys = _draws(module, params, x, masses, 3000, seed=6)
     torch.testing.assert_close(zero, x, atol=1e-9, rtol=0)
-    delta = torch.stack([internal_coordinates(y, frames(y, parent, root, anchor), parent, dof) for y in ys]) - internal
-    delta[..., 2] = torch.atan2(torch.sin(delta[..., 2]), torch.cos(delta[..., 2]))
-    used = dof > 0
-    ratio = (delta.std(0) / params[:, :3])[used]
+    delta, used = _torsion_changes(ys, x)
+    ratio = (delta.std(0) / _stds(params))[used]
     assert ratio.min() > 0.93 and ratio.max() < 1.07, ratio
-    assert (delta.mean(0) / params[:, :3])[used].abs().max() < 0.1
+    assert (delta.mean(0) / _stds(params))[used].abs().max() < 0.1
     # centre of mass of the first tree, and the rotation of its anchor frame
     w = masses[:6, None] / masses[:6].sum()
     shift = (ys[:, :6] * w).sum(1) - (x[:6] * w).sum(0)
-    torch.testing.assert_close(shift.std(0), params[0, 3].expand(3), rtol=0.07, atol=0)
+    torch.testing.assert_close(shift.std(0), params[0, 2].expand(3), rtol=0.07, atol=0)
     omega = rotation_vector(torch.stack([frames(y, parent, root, anchor)[0] @ frame[0].T for y in ys]))
-    torch.testing.assert_close(omega.std(0), params[0, 4].expand(3), rtol=0.07, atol=0)
+    torch.testing.assert_close(omega.std(0), params[0, 3].expand(3), rtol=0.07, atol=0)
 
 
-def test_density_is_lowest_at_the_stds_that_drew_the_samples():
+@pytest.mark.parametrize("components", [1, 3])
+def test_density_is_lowest_at_the_stds_that_drew_the_samples(components):
     """The NLL of draws from known stds, per bead: scaling every std by 0.8 or 1.25 raises it."""
-    module, params = _noise_module()
+    module, params = _noise_module(components=components)
     x, masses = _positions(7), torch.ones(N, dtype=torch.float64)
     with torch.no_grad():
         ys = _draws(module, params, x, masses, 400, seed=8)
-        scores = [sum(float(module.nll(y, x, params * factor, masses, EDGES, BATCH)) for y in ys)
+        scores = [sum(float(module.nll(y, x, _scaled(module, params, factor), masses, EDGES, BATCH)) for y in ys)
                   for factor in (0.8, 1.0, 1.25)]
     assert scores[1] < scores[0] and scores[1] < scores[2], scores
+
+
+def test_torsion_mixture_draws_each_component_by_its_weight():
+    """Known answer: with two well-separated components (offsets -0.6 and +0.6 rad, weights 0.25 and 0.75,
+    std 0.05 rad) the torsion changes fall near each offset in those proportions."""
+    module, params = _noise_module(components=2)
+    params = params.clone()
+    params[:, 4:6] = torch.log(torch.tensor([0.25, 0.75], dtype=torch.float64))
+    params[:, 6:8] = torch.tensor([-0.6, 0.6], dtype=torch.float64)
+    params[:, 8:10] = 0.05
+    x, masses = _positions(9), torch.ones(N, dtype=torch.float64)
+    with torch.no_grad():
+        ys = _draws(module, params, x, masses, 2000, seed=10)
+    delta, used = _torsion_changes(ys, x)
+    turns = delta[..., 2][:, used[:, 2]]
+    assert turns.abs().sub(0.6).abs().max() < 0.4                  # every draw near one of the two offsets
+    torch.testing.assert_close((turns > 0).double().mean(0), torch.full((turns.size(1),), 0.75, dtype=torch.float64),
+                               atol=0.04, rtol=0)
+    torch.testing.assert_close(turns[turns > 0].std(), torch.tensor(0.05, dtype=torch.float64), rtol=0.1, atol=0)
 
 
 def test_tree_without_three_beads_in_a_row_is_refused():
@@ -166,18 +203,23 @@ def test_step_is_rotation_equivariant_and_not_mirror_symmetric(make_model, chain
     q, shift = random_orthogonal(10, reflect=False), torch.tensor([0.3, -1.0, 2.0], dtype=torch.float64)
     rotated = noise.clone()
     rotated[1:] = noise[1:] @ q.T      # the centre shift, the rotation vector and the refinement noise are vectors
+    draws = model.noise_draws(False)
     with torch.no_grad():
         x = model.step(history, features, coarse, batch, box, noise, True)
         x2 = model.step(history @ q.T + shift, features, coarse, batch, box, rotated, True)
-        plain = model.step(history, features, coarse, batch, box, noise[:model.noise_draws(False)], False)
+        plain = model.step(history, features, coarse, batch, box, noise[:draws], False)
         mirror = torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64))
-        x3 = model.step(history @ mirror, features, coarse, batch, box, noise[:3] @ mirror, False)
+        x3 = model.step(history @ mirror, features, coarse, batch, box, noise[:draws] @ mirror, False)
     torch.testing.assert_close(x2, x @ q.T + shift, atol=1e-9, rtol=1e-7)
     assert (x3 - plain @ mirror).abs().max() > 1e-4    # SE(3): the mirror image is another molecule
 
 
-def test_propagator_with_internal_noise_scripts_and_trains(make_model, chain_molecule, chain_history, n_beads):
-    model, history, features, coarse, batch, box = _step_inputs(make_model, chain_molecule, chain_history, n_beads)
+@pytest.mark.parametrize("components", [1, 2])
+def test_propagator_with_internal_noise_scripts_and_trains(components, make_model, chain_molecule, chain_history,
+                                                           n_beads):
+    model, history, features, coarse, batch, box = _step_inputs(make_model, chain_molecule, chain_history, n_beads,
+                                                                torsion_components=components)
+    assert model.noise_draws(False) == 2 + components
     noise = torch.randn(model.noise_draws(True), n_beads, 3, dtype=torch.float64)
     scripted = torch.jit.script(model)
     with torch.no_grad():
