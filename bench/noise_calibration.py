@@ -201,6 +201,9 @@ def evaluate(model_path: str, data: str, split: str, batch_size: int, block: int
     from openmm_cgml.model_file import rebuild
 
     module = rebuild(openmm_cgml.load(model_path)).eval()   # networks in float32; densities in float64
+    if hasattr(module, "coordinate_noise"):
+        raise ValueError(f"{model_path}: internal-coordinate noise is not a Gaussian of the Cartesian step, which "
+                         "this script scores; its one-step torsions are in the peptide benchmark")
     module.hard_core, module.validate_inputs = False, False
     if refine_sigmas:
         module.refine_sigmas = [float(sigma) for sigma in refine_sigmas]
