@@ -18,7 +18,10 @@ between the two splits of the data: the floor.
 
 Usage::
 
-    python bench/torsion_kernels.py runs/ala2-long/coarse.h5 --out bench/results/torsion-kernels-alanine-dipeptide.json
+    python bench/torsion_kernels.py runs/ala2-long/coarse.h5 runs/ala2-2ps/coarse.h5 runs/ala2-5ps/coarse.h5 \
+        runs/ala2-10ps/coarse.h5 --out bench/results/torsion-kernels-alanine-dipeptide.json
+
+Over one model step: the dataset's ``lag`` saved frames.
 """
 import argparse
 import json
@@ -39,10 +42,12 @@ def _wrap(a):
     return (a + np.pi) % (2 * np.pi) - np.pi
 
 
-def read_torsions(path) -> dict:
-    """``{"train": [...], "val": [...]}``: (frames, 2) bead torsions (radians) per trajectory."""
+def read_torsions(path) -> tuple[dict, int]:
+    """``{"train": [...], "val": [...]}``: (frames, 2) bead torsions (radians) per trajectory, and the saved
+    frames per model step (the dataset's ``lag``)."""
     out = {"train": [], "val": []}
     with h5py.File(path, "r") as handle:
+        lag = int(handle.attrs.get("lag", 1))
         for name in sorted(handle["traj"]):
             group = handle["traj"][name]
             split = group.attrs["split"]
@@ -54,16 +59,16 @@ def read_torsions(path) -> dict:
                 out[split].append(dihedral_angles(group["positions"][()], quads))
     if not out["train"] or not out["val"]:
         raise SystemExit(f"torsion_kernels: {path} needs train and val trajectories")
-    return out
+    return out, lag
 
 
 class BinnedKernel:
     """One-step kernel over (phi, psi) from the train split's changes, per state bin (module docstring)."""
 
-    def __init__(self, trajectories, state_bins: int, kind: str, rng):
+    def __init__(self, trajectories, lag: int, state_bins: int, kind: str, rng):
         self.bins, self.kind, self.rng = state_bins, kind, rng
-        now = np.concatenate([t[:-1] for t in trajectories])
-        change = np.concatenate([_wrap(t[1:] - t[:-1]) for t in trajectories])
+        now = np.concatenate([t[:-lag] for t in trajectories])
+        change = np.concatenate([_wrap(t[lag:] - t[:-lag]) for t in trajectories])
         keys = self.key(now)
         self.changes = {k: change[keys == k] for k in np.unique(keys) if (keys == k).sum() >= 30}
         self.populated = np.array(sorted(self.changes))
@@ -115,9 +120,35 @@ def rama_js(a, b) -> float:
                          np.histogram2d(b[:, 0], b[:, 1], [EDGES, EDGES])[0])
 
 
+def score_dataset(path, args) -> dict:
+    """Every kernel's rollouts against the val split of one dataset."""
+    started = time.perf_counter()
+    data, lag = read_torsions(path)
+    val = np.concatenate(data["val"])
+    train = np.concatenate(data["train"])
+    rng = np.random.default_rng(args.seed)
+    starts = train[rng.integers(len(train), size=args.rollouts)]
+    rows = {}
+    for kind in ["gaussian", *[f"mixture_{k}" for k in args.components], "empirical"]:
+        kernel = BinnedKernel(data["train"], lag, args.state_bins, kind, np.random.default_rng(args.seed + 1))
+        runs = [rollout(kernel, s, args.steps) for s in starts]
+        pooled = np.concatenate(runs)
+        rows[kind] = {"rama_js": rama_js(pooled, val),
+                      "ci95": bootstrap_ci(runs, lambda idx: rama_js(np.concatenate([runs[i] for i in idx]), val),
+                                           n_boot=300)[1],
+                      "phi_positive_fraction": float((pooled[:, 0] > 0).mean())}
+        print(f"{path} ({lag} frames per step) {kind}: Ramachandran JS {rows[kind]['rama_js']:.3f}", file=sys.stderr)
+    with h5py.File(path, "r") as handle:
+        step_ps = float(handle.attrs.get("model_dt_ps", float("nan")))
+    return {"data": str(path), "model_step_ps": step_ps, "frames_per_step": lag,
+            "train_vs_val": rama_js(train, val), "val_phi_positive_fraction": float((val[:, 0] > 0).mean()),
+            "kernels": rows, "seconds": time.perf_counter() - started}
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("data", help="coarse dataset (.h5) with train and val trajectories of a 2-torsion chain")
+    parser.add_argument("data", nargs="+", help="coarse datasets (.h5), each with train and val trajectories of a "
+                        "2-torsion chain (say, one molecule at several model steps)")
     parser.add_argument("--state-bins", type=int, default=18, help="bins per torsion of the kernels' state")
     parser.add_argument("--components", type=int, nargs="+", default=[2, 3, 4], help="mixture sizes to try")
     parser.add_argument("--rollouts", type=int, default=24)
@@ -127,27 +158,10 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     if args.state_bins < 2 or args.rollouts < 2 or args.steps < 1 or min(args.components) < 1:
         raise SystemExit("torsion_kernels: --state-bins and --rollouts must be >= 2, --steps and --components >= 1")
-    started = time.perf_counter()
-    data = read_torsions(args.data)
-    val = np.concatenate(data["val"])
-    train = np.concatenate(data["train"])
-    rng = np.random.default_rng(args.seed)
-    starts = train[rng.integers(len(train), size=args.rollouts)]
-    rows = {}
-    for kind in ["gaussian", *[f"mixture_{k}" for k in args.components], "empirical"]:
-        kernel = BinnedKernel(data["train"], args.state_bins, kind, np.random.default_rng(args.seed + 1))
-        runs = [rollout(kernel, s, args.steps) for s in starts]
-        pooled = np.concatenate(runs)
-        rows[kind] = {"rama_js": rama_js(pooled, val),
-                      "ci95": bootstrap_ci(runs, lambda idx: rama_js(np.concatenate([runs[i] for i in idx]), val),
-                                           n_boot=300)[1],
-                      "phi_positive_fraction": float((pooled[:, 0] > 0).mean())}
-        print(f"{kind}: Ramachandran JS {rows[kind]['rama_js']:.3f}", file=sys.stderr)
-    result = {"data": str(args.data), "torsions": "bead torsions of the coarse bonds (phi, psi)",
-              "state_bins": args.state_bins, "rollouts": args.rollouts, "steps": args.steps,
+    result = {"torsions": "bead torsions of the coarse bonds (phi, psi)", "state_bins": args.state_bins,
+              "rollouts": args.rollouts, "steps": args.steps,
               "split": "kernels from the train split, scored against the val split",
-              "train_vs_val": rama_js(train, val), "val_phi_positive_fraction": float((val[:, 0] > 0).mean()),
-              "kernels": rows, "seconds": time.perf_counter() - started}
+              "datasets": [score_dataset(path, args) for path in args.data]}
     text = json.dumps(result, indent=1)
     print(text)
     if args.out:
