@@ -9,7 +9,7 @@ A run (definition: ``openmm_cgml/benchmarks/peptide.yaml``):
    replicas, the even ones A (the reference) and the odd ones B (the ceiling);
 2. chooses the model's Score refinement levels (``refine_candidates``) on the
    validation replicas only: the lowest Ramachandran JS of their rollouts;
-   then rolls out the model from the start of every A replica, as long as it;
+   then rolls out the model from the start of every A replica, with as many frames as it has;
 3. reads the backbone torsions of every frame: from the atoms for MD, and
    from atoms placed on the rollout's beads by the backmapping fragments
    (exact for the backbone mapping, whose beads sit on N, CA and C);
@@ -259,9 +259,15 @@ def _ensemble(atoms: list, beads: list, dt_ps: float, topology) -> _Ensemble:
 
 
 def _starts(atoms: list, mapping, k: int, lag: int) -> tuple[list[np.ndarray], int]:
-    """The first k bead frames, one model step apart, of each trajectory, and the model steps all of them last."""
+    """The first k bead frames, one model step apart, of each trajectory, and the rollout length in model steps.
+
+    A rollout has as many frames as its replica has after the history, whatever the model step: a 10 ps model
+    then covers ten times the time of a 1 ps one, but every histogram compares the same number of frames
+    (a Ramachandran JS of 36 x 36 bins is biased upward by a few hundred frames, which would otherwise
+    penalise long steps).
+    """
     histories = [mapping.bead_positions(x[: (k - 1) * lag + 1: lag]) for x in atoms]
-    return histories, min((len(x) - 1 - (k - 1) * lag) // lag for x in atoms)
+    return histories, min(len(x) - 1 - (k - 1) * lag for x in atoms)
 
 
 def _tune(cg_model, mapping, backmapper, atoms: list, interval: float, topology, definition: dict, log) -> dict:

@@ -22,8 +22,10 @@ the step is drawn in the coordinates the molecule moves in:
   (``c1`` has only ``b``, ``c2`` only ``b`` and ``theta``): 3n - 6 numbers
   per tree, plus its orientation (the root's frame) and centre of mass;
 - given the mean positions ``x_mean`` of the step (the Dynamics network's
-  mean acceleration, integrated), a draw perturbs the mean's internal
-  coordinates by Gaussians of per-bead stds ``s_b, s_theta, s_phi``, rebuilds
+  mean acceleration, integrated), a draw takes the mean's torsions, the
+  current bond lengths and angles plus predicted changes
+  (:meth:`InternalCoordinateNoise._centre`), perturbs them by Gaussians of
+  per-bead stds ``s_b, s_theta, s_phi`` (or torsion mixtures), rebuilds
   the tree from the mean's anchor (:func:`rebuild`: frame products by pointer
   doubling, O(N) work in ``ceil(log2 N)`` rounds, any depth), turns it
   about its centre of mass by a rotation vector of std ``s_rot`` and moves
@@ -220,8 +222,8 @@ class InternalCoordinateNoise(Block):
         self.components = int(torsion_components)
         if self.components < 1:
             raise ValueError(f"torsion_components must be >= 1, got {torsion_components}")
-        # [s_b, s_theta, s_phi] with one component; [s_b, s_theta, logits, offsets, stds] with more
-        self.head = mlp(hidden, hidden, 3 if self.components == 1 else 2 + 3 * self.components)
+        # [s_b, s_theta, bond change, angle change] and [s_phi] with one component, [logits, offsets, stds] with more
+        self.head = mlp(hidden, hidden, 4 + (1 if self.components == 1 else 3 * self.components))
         self.rigid_head = mlp(hidden, hidden, 2)
 
     def extra_repr(self) -> str:
@@ -233,11 +235,12 @@ class InternalCoordinateNoise(Block):
         return 3 if self.components == 1 else 4
 
     def forward(self, latents: Tensor, batch: Tensor) -> Tensor:
-        """``[s_b (nm), s_theta, s_com (nm), s_rot, log w (K), offsets (K), s_phi (K)]`` per bead, K the torsion
-        components (``s_com``, ``s_rot`` per molecule; angles in radians; ``log w`` normalised).
+        """``[s_b (nm), s_theta, s_com (nm), s_rot, db (nm), dtheta, log w (K), offsets (K), s_phi (K)]`` per bead,
+        K the torsion components (``s_com``, ``s_rot`` per molecule; angles in radians; ``log w`` normalised;
+        ``db``, ``dtheta`` the changes of the bond length and angle from the current ones).
 
         Shapes:
-            latents (N, hidden) invariant, batch (N,) -> (N, 4 + 3K)
+            latents (N, hidden) invariant, batch (N,) -> (N, 6 + 3K)
         """
         pooled, _ = graph_mean(latents, batch)
         out = self.head(latents)
@@ -246,20 +249,35 @@ class InternalCoordinateNoise(Block):
         s_b = (nn.functional.softplus(out[:, :1]) + 1e-4) * self.length_scale_nm
         s_theta = nn.functional.softplus(out[:, 1:2]) + 1e-4
         if k == 1:
-            log_w, offsets, s_phi = torch.zeros_like(s_b), torch.zeros_like(s_b), nn.functional.softplus(out[:, 2:3])
+            log_w, offsets, s_phi = torch.zeros_like(s_b), torch.zeros_like(s_b), nn.functional.softplus(out[:, 4:5])
         else:
-            log_w = torch.log_softmax(out[:, 2:2 + k], dim=1)
-            offsets, s_phi = out[:, 2 + k:2 + 2 * k], nn.functional.softplus(out[:, 2 + 2 * k:])
-        return torch.cat([s_b, s_theta, rigid[:, :1] * self.length_scale_nm, rigid[:, 1:], log_w, offsets,
-                          s_phi + 1e-4], 1)
+            log_w = torch.log_softmax(out[:, 4:4 + k], dim=1)
+            offsets, s_phi = out[:, 4 + k:4 + 2 * k], nn.functional.softplus(out[:, 4 + 2 * k:])
+        return torch.cat([s_b, s_theta, rigid[:, :1] * self.length_scale_nm, rigid[:, 1:],
+                          out[:, 2:3] * self.length_scale_nm, out[:, 3:4], log_w, offsets, s_phi + 1e-4], 1)
 
     def _torsion(self, params: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         k = self.components
-        return params[:, 4:4 + k], params[:, 4 + k:4 + 2 * k], params[:, 4 + 2 * k:4 + 3 * k]
+        return params[:, 6:6 + k], params[:, 6 + k:6 + 2 * k], params[:, 6 + 2 * k:6 + 3 * k]
 
-    def sample(self, params: Tensor, noise: Tensor, x_mean: Tensor, masses: Tensor, coarse_edge_index: Tensor,
-               batch: Tensor) -> Tensor:
-        """A draw of the next positions (N, 3) nm around the mean positions ``x_mean`` (N, 3) nm.
+    def _centre(self, params: Tensor, x_now: Tensor, x_mean: Tensor, parent: Tensor, root: Tensor, anchor: Tensor,
+                dof: Tensor) -> Tuple[Tensor, Tensor]:
+        """The draw's centre ``[b, theta, phi]`` (N, 3) and the mean's frames (N, 3, 3).
+
+        Bond lengths and angles are the current ones (at ``x_now``) plus the predicted changes: read off the
+        current geometry, not off ``x_mean``, whose velocity term would carry a stretch from step to step.
+        Torsions (where the drift lives) and everything the anchor fixes are the mean's.
+        """
+        frame = frames(x_mean, parent, root, anchor)
+        mean = internal_coordinates(x_mean, frame, parent, dof)
+        now = internal_coordinates(x_now, frames(x_now, parent, root, anchor), parent, dof)
+        theta = torch.where(dof[:, 1] > 0, now[:, 1] + params[:, 5], mean[:, 1])
+        return torch.stack([now[:, 0] + params[:, 4], theta, mean[:, 2]], 1), frame
+
+    def sample(self, params: Tensor, noise: Tensor, x_now: Tensor, x_mean: Tensor, masses: Tensor,
+               coarse_edge_index: Tensor, batch: Tensor) -> Tensor:
+        """A draw of the next positions (N, 3) nm from the current ``x_now`` and the mean positions ``x_mean``
+        (N, 3) nm (:meth:`_centre`).
 
         ``noise`` (draws(), N, 3) standard normal: the first perturbs ``[b, theta, phi]``, the next two give each
         tree's centre shift and rotation vector (``sqrt(n)`` times the tree mean, itself standard normal), the
@@ -267,8 +285,7 @@ class InternalCoordinateNoise(Block):
         weight the centres (any units).
         """
         parent, root, anchor, dof = tree_layout(coarse_edge_index, x_mean.size(0))
-        frame = frames(x_mean, parent, root, anchor)
-        internal = internal_coordinates(x_mean, frame, parent, dof)
+        internal, frame = self._centre(params, x_now, x_mean, parent, root, anchor, dof)
         log_w, offsets, s_phi = self._torsion(params)
         if self.components > 1:
             uniform = torch.special.ndtr(noise[3][:, :1])
@@ -286,16 +303,15 @@ class InternalCoordinateNoise(Block):
         turned = torch.bmm(rotation_matrix(omega), (z - centre_z).unsqueeze(-1)).squeeze(-1)
         return _tree_mean(x_mean, weight, root) + params[:, 2:3] * com_kick + turned
 
-    def nll(self, target: Tensor, x_mean: Tensor, params: Tensor, masses: Tensor, coarse_edge_index: Tensor,
-            batch: Tensor) -> Tensor:
+    def nll(self, target: Tensor, x_now: Tensor, x_mean: Tensor, params: Tensor, masses: Tensor,
+            coarse_edge_index: Tensor, batch: Tensor) -> Tensor:
         """Negative log-density of the positions ``target`` (N, 3) nm, per bead, averaged (Jacobian and
         constants dropped)."""
         parent, root, anchor, dof = tree_layout(coarse_edge_index, x_mean.size(0))
         dof = dof.to(x_mean.dtype)
-        frame_mean = frames(x_mean, parent, root, anchor)
+        centre, frame_mean = self._centre(params, x_now, x_mean, parent, root, anchor, dof)
         frame_target = frames(target, parent, root, anchor)
-        delta = (internal_coordinates(target, frame_target, parent, dof)
-                 - internal_coordinates(x_mean, frame_mean, parent, dof))
+        delta = internal_coordinates(target, frame_target, parent, dof) - centre
         stds = params[:, :2]
         bonded = ((0.5 * (delta[:, :2] / stds).pow(2) + torch.log(stds)) * dof[:, :2]).sum(-1)
         log_w, offsets, s_phi = self._torsion(params)
@@ -312,13 +328,13 @@ class InternalCoordinateNoise(Block):
         is_root = (parent == torch.arange(parent.numel(), device=parent.device)).to(x_mean.dtype)
         return (bonded + torsion + rigid * is_root).mean()
 
-    def marginal_std(self, params: Tensor, x_mean: Tensor, masses: Tensor, coarse_edge_index: Tensor,
-                     batch: Tensor, draws: int = 64) -> Tensor:
+    def marginal_std(self, params: Tensor, x_now: Tensor, x_mean: Tensor, masses: Tensor,
+                     coarse_edge_index: Tensor, batch: Tensor, draws: int = 64) -> Tensor:
         """Isotropic summary (N, 1) nm of each bead's spread about ``x_mean``: ``sqrt(E|x - x_mean|^2 / 3)``,
         estimated from ``draws`` draws (the global random stream)."""
         total = torch.zeros_like(x_mean[:, :1])
         for _ in range(draws):
             noise = torch.randn(self.draws(), x_mean.size(0), 3, dtype=x_mean.dtype, device=x_mean.device)
-            y = self.sample(params, noise, x_mean, masses, coarse_edge_index, batch)
+            y = self.sample(params, noise, x_now, x_mean, masses, coarse_edge_index, batch)
             total = total + (y - x_mean).pow(2).sum(-1, keepdim=True)
         return torch.sqrt(total / (3.0 * draws))

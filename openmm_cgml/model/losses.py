@@ -60,8 +60,8 @@ def training_losses(model, pos_history: Tensor, pos_target: Tensor, bead_feature
     if hasattr(model, "bonded_noise"):
         nll = model.bonded_noise.nll(accel - mean, params, x_t, coarse_edge_index, batch)
     elif hasattr(model, "coordinate_noise"):
-        nll = model.coordinate_noise.nll(pos_target, model.mean_positions(noisy, mean), params, bead_features[:, -1],
-                                         coarse_edge_index, batch)
+        nll = model.coordinate_noise.nll(pos_target, x_t, model.mean_positions(noisy, mean), params,
+                                         bead_features[:, -1], coarse_edge_index, batch)
     else:
         nll = dynamics_nll(accel, mean, params[:, :1], params[:, 1:], batch)
     eps = torch.randn_like(pos_target)

@@ -252,7 +252,7 @@ class CGPropagator(Block):
         """Acceleration mean (N, 3) and noise parameters in accel-std units, and the scalar latents (N, hidden).
 
         Noise parameters: ``[std, collective std]`` (N, 2) (internal, and per graph), or with bonded noise
-        ``BondedNoise``'s (N, 7), or with internal-coordinate noise ``InternalCoordinateNoise``'s (N, 4 + 3K)."""
+        ``BondedNoise``'s (N, 7), or with internal-coordinate noise ``InternalCoordinateNoise``'s (N, 6 + 3K)."""
         velocities = (pos_history[1:] - pos_history[:-1]) / self.velocity_std_nm     # (k-1, N, 3)
         v_in = velocities.permute(1, 2, 0)                                            # (N, 3, k-1)
         s_in = dynamics_scalars(v_in, bead_features, pos_history[-1], coarse_edge_index, self.chirality)
@@ -302,7 +302,7 @@ class CGPropagator(Block):
         elif hasattr(self, "coordinate_noise"):
             x_mean = self.mean_positions(pos_history, mean)
             return mean * self.accel_std_nm, self.coordinate_noise.marginal_std(
-                params, x_mean, bead_features[:, -1], coarse_edge_index, batch)
+                params, pos_history[-1], x_mean, bead_features[:, -1], coarse_edge_index, batch)
         else:
             std = marginal_std(params[:, :1], params[:, 1:], batch)
         return mean * self.accel_std_nm, std * self.accel_std_nm
@@ -384,8 +384,8 @@ class CGPropagator(Block):
         Score graph was built (the positions themselves without refinement) and that graph (empty without)."""
         if hasattr(self, "coordinate_noise"):
             x_mean = self.mean_positions(pos_history, mean)
-            candidate = self.coordinate_noise.sample(params, noise[:self.dynamics_draws], x_mean, masses,
-                                                     coarse_edge_index, batch)
+            candidate = self.coordinate_noise.sample(params, noise[:self.dynamics_draws], pos_history[-1], x_mean,
+                                                     masses, coarse_edge_index, batch)
         else:
             x_t = pos_history[-1]
             # semi-implicit Euler with dt = 1 model step: v += a; x += v

@@ -97,24 +97,25 @@ def _noise_module(scale=0.1, components=1):
     module = InternalCoordinateNoise(8, length_scale_nm=0.1, torsion_components=components).double()
     with torch.no_grad():
         params = module(torch.randn(N, 8, dtype=torch.float64), BATCH)
+    params[:, 4:6] = 0.0        # bond lengths and angles centred on the current ones
     return module, _scaled(module, params, scale)
 
 
 def _scaled(module, params, factor):
     """``params`` with every std (not the weights or offsets) times ``factor``."""
     k = module.components
-    return torch.cat([params[:, :4] * factor, params[:, 4:4 + 2 * k], params[:, 4 + 2 * k:] * factor], 1)
+    return torch.cat([params[:, :4] * factor, params[:, 4:6 + 2 * k], params[:, 6 + 2 * k:] * factor], 1)
 
 
 def _stds(params):
     """``[s_b, s_theta, s_phi]`` (N, 3) of a one-component module."""
-    return params[:, [0, 1, 6]]
+    return params[:, [0, 1, 8]]
 
 
 def _draws(module, params, x, masses, count, seed):
     g = torch.Generator().manual_seed(seed)
     return torch.stack([module.sample(params, torch.randn(module.draws(), N, 3, generator=g, dtype=x.dtype), x,
-                                      masses, EDGES, BATCH)
+                                      x, masses, EDGES, BATCH)
                         for _ in range(count)])
 
 
@@ -133,7 +134,7 @@ def test_draw_has_the_mean_and_stds_it_claims():
     x, masses = _positions(5), torch.linspace(1.0, 3.0, N, dtype=torch.float64)
     parent, root, anchor, dof, frame, internal = _layout_and_internals(x)
     with torch.no_grad():
-        zero = module.sample(params, torch.zeros(3, N, 3, dtype=x.dtype), x, masses, EDGES, BATCH)
+        zero = module.sample(params, torch.zeros(3, N, 3, dtype=x.dtype), x, x, masses, EDGES, BATCH)
         ys = _draws(module, params, x, masses, 3000, seed=6)
     torch.testing.assert_close(zero, x, atol=1e-9, rtol=0)
     delta, used = _torsion_changes(ys, x)
@@ -155,7 +156,7 @@ def test_density_is_lowest_at_the_stds_that_drew_the_samples(components):
     x, masses = _positions(7), torch.ones(N, dtype=torch.float64)
     with torch.no_grad():
         ys = _draws(module, params, x, masses, 400, seed=8)
-        scores = [sum(float(module.nll(y, x, _scaled(module, params, factor), masses, EDGES, BATCH)) for y in ys)
+        scores = [sum(float(module.nll(y, x, x, _scaled(module, params, factor), masses, EDGES, BATCH)) for y in ys)
                   for factor in (0.8, 1.0, 1.25)]
     assert scores[1] < scores[0] and scores[1] < scores[2], scores
 
@@ -165,9 +166,9 @@ def test_torsion_mixture_draws_each_component_by_its_weight():
     std 0.05 rad) the torsion changes fall near each offset in those proportions."""
     module, params = _noise_module(components=2)
     params = params.clone()
-    params[:, 4:6] = torch.log(torch.tensor([0.25, 0.75], dtype=torch.float64))
-    params[:, 6:8] = torch.tensor([-0.6, 0.6], dtype=torch.float64)
-    params[:, 8:10] = 0.05
+    params[:, 6:8] = torch.log(torch.tensor([0.25, 0.75], dtype=torch.float64))
+    params[:, 8:10] = torch.tensor([-0.6, 0.6], dtype=torch.float64)
+    params[:, 10:12] = 0.05
     x, masses = _positions(9), torch.ones(N, dtype=torch.float64)
     with torch.no_grad():
         ys = _draws(module, params, x, masses, 2000, seed=10)
@@ -177,6 +178,24 @@ def test_torsion_mixture_draws_each_component_by_its_weight():
     torch.testing.assert_close((turns > 0).double().mean(0), torch.full((turns.size(1),), 0.75, dtype=torch.float64),
                                atol=0.04, rtol=0)
     torch.testing.assert_close(turns[turns > 0].std(), torch.tensor(0.05, dtype=torch.float64), rtol=0.1, atol=0)
+
+
+def test_bonds_and_angles_are_centred_on_the_current_ones_plus_the_predicted_change():
+    """Known answer: with zero noise, a draw from mean positions ``x_mean`` keeps their torsions and orientation but
+    takes its bond lengths and angles from the current positions ``x_now`` plus the predicted changes."""
+    module, params = _noise_module()
+    params[:, 4], params[:, 5] = 0.01, -0.05
+    x_now, x_mean, masses = _positions(11), _positions(12), torch.ones(N, dtype=torch.float64)
+    with torch.no_grad():
+        y = module.sample(params, torch.zeros(3, N, 3, dtype=x_now.dtype), x_now, x_mean, masses, EDGES, BATCH)
+    *_, now = _layout_and_internals(x_now)
+    *_, mean = _layout_and_internals(x_mean)
+    *_, drawn = _layout_and_internals(y)
+    _, _, _, dof = tree_layout(EDGES, N)
+    used = dof > 0
+    torch.testing.assert_close(drawn[:, 0][used[:, 0]], now[:, 0][used[:, 0]] + 0.01)
+    torch.testing.assert_close(drawn[:, 1][used[:, 1]], now[:, 1][used[:, 1]] - 0.05)
+    torch.testing.assert_close(drawn[:, 2][used[:, 2]], mean[:, 2][used[:, 2]])
 
 
 def test_tree_without_three_beads_in_a_row_is_refused():
