@@ -63,7 +63,14 @@ from openmm_cgml.model.hard_core import contact_graph, project_hard_core, violat
 from openmm_cgml.model.internal_coordinates import InternalCoordinateNoise, check_trees
 from openmm_cgml.model.layers import VectorHead
 from openmm_cgml.model.losses import gaussian_nll, training_losses
-from openmm_cgml.model.sampler import anneal_step, internal_noise, log_spaced_sigmas, marginal_std, sample_acceleration
+from openmm_cgml.model.sampler import (
+    anneal_step,
+    internal_noise,
+    log_spaced_sigmas,
+    marginal_std,
+    mean_positions,
+    sample_acceleration,
+)
 from openmm_cgml.model.scores import build_score
 from openmm_cgml.nn import PaxNet
 from openmm_cgml.nn.layers import Block, mlp
@@ -79,6 +86,19 @@ def _check_positive_scales(scales: dict, strict: bool) -> None:
         if not (math.isfinite(value) and (value > 0 if strict else value >= 0)):
             raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} 0"
                              f"{'' if strict else ' nm'}, got {value}")
+
+
+def _checked_init(config: PropagatorConfig, type_masses, scales: dict, distances: dict) -> Tensor:
+    """``ValueError`` naming the first bad constructor argument; the type masses as a float32 vector."""
+    config.validate()
+    if not isinstance(config.chirality, bool):   # cgml train resolves 'auto' from the data
+        raise ValueError("model.chirality must be resolved to true or false before building a propagator")
+    type_masses = torch.as_tensor(type_masses, dtype=torch.float32).flatten()
+    if type_masses.numel() == 0 or not bool((type_masses >= 0).all()):
+        raise ValueError("type_masses must be a non-empty array of masses >= 0 (amu)")
+    _check_positive_scales(scales, strict=True)
+    _check_positive_scales(distances, strict=False)
+    return type_masses
 
 
 def _check_step_inputs(pos_history: Tensor, bead_features: Tensor, coarse_edge_index: Tensor, batch: Tensor,
@@ -102,6 +122,29 @@ def _check_step_inputs(pos_history: Tensor, bead_features: Tensor, coarse_edge_i
         raise ValueError("coarse_edge_index refers to beads outside 0.." + str(n - 1))
     if not bool(torch.isfinite(pos_history).all()):
         raise ValueError("pos_history contains NaN or infinite positions")
+
+
+def _noise_heads(config: PropagatorConfig, accel_std_nm: float) -> dict:
+    """The modules of the step's noise model (``config.noise``), by the attribute names the state dict uses."""
+    if config.noise == "bonded":
+        return {"bonded_noise": BondedNoise(config.hidden, config.min_std)}
+    if config.noise == "internal":
+        return {"coordinate_noise": InternalCoordinateNoise(config.hidden, accel_std_nm, config.torsion_components)}
+    # per-bead std, and the std of the collective (centre-of-mass) acceleration of each graph from pooled latents
+    return {"std_head": mlp(config.hidden, config.hidden, 1),
+            "collective_std_head": mlp(config.hidden, config.hidden, 1)}
+
+
+def _mapping_init(mapping, transferable: bool, scales: dict) -> Tuple[Tensor, dict]:
+    """The type masses and constructor keywords of a propagator for ``mapping`` (``CGPropagator.from_mapping``)."""
+    types = torch.as_tensor(mapping.atom_types, dtype=torch.long)
+    type_masses = type_mass_table(types, torch.as_tensor(mapping.atom_masses, dtype=torch.float32))
+    scales = dict(scales)
+    scales.setdefault("mass_scale_amu", float(torch.as_tensor(mapping.bead_masses).double().mean()))
+    if not transferable:
+        scales.setdefault("n_beads", int(mapping.n_beads))
+        scales.setdefault("n_atoms", int(mapping.n_atoms))
+    return type_masses, scales
 
 
 def _init_json(model, config: PropagatorConfig, type_masses: Tensor) -> str:
@@ -151,15 +194,10 @@ class CGPropagator(Block):
                  n_beads: int = 0, n_atoms: int = 0, min_bonded_nm: float = 0.0, min_nonbonded_nm: float = 0.0,
                  score: Optional[nn.Module] = None):
         super().__init__()
-        config.validate()
-        if not isinstance(config.chirality, bool):   # cgml train resolves 'auto' from the data
-            raise ValueError("model.chirality must be resolved to true or false before building a propagator")
-        type_masses = torch.as_tensor(type_masses, dtype=torch.float32).flatten()
-        if type_masses.numel() == 0 or not bool((type_masses >= 0).all()):
-            raise ValueError("type_masses must be a non-empty array of masses >= 0 (amu)")
-        _check_positive_scales({"accel_std_nm": accel_std_nm, "velocity_std_nm": velocity_std_nm,
-                                "mass_scale_amu": mass_scale_amu, "model_dt_ps": model_dt_ps}, strict=True)
-        _check_positive_scales({"min_bonded_nm": min_bonded_nm, "min_nonbonded_nm": min_nonbonded_nm}, strict=False)
+        type_masses = _checked_init(config, type_masses, {"accel_std_nm": accel_std_nm,
+                                                          "velocity_std_nm": velocity_std_nm,
+                                                          "mass_scale_amu": mass_scale_amu, "model_dt_ps": model_dt_ps},
+                                    {"min_bonded_nm": min_bonded_nm, "min_nonbonded_nm": min_nonbonded_nm})
         self.k = int(config.k)
         self.accel_std_nm, self.velocity_std_nm = float(accel_std_nm), float(velocity_std_nm)
         self.mass_scale_amu, self.model_dt_ps = float(mass_scale_amu), float(model_dt_ps)
@@ -194,19 +232,12 @@ class CGPropagator(Block):
                                n_rbf=config.n_rbf, n_sbf=config.n_sbf, vector_in=n_vel,
                                scalar_in=n_vel + self.n_features + (N_PSEUDO if self.chirality else 0))
         self.accel_head = VectorHead(config.hidden)
-        # standard normal (N, 3) draws the dynamics takes per step: the bonded noise's rotation takes a second,
-        # the internal-coordinate noise's centre shift and rotation a second and a third
-        self.dynamics_draws = 2 if config.noise == "bonded" else 1
-        if config.noise == "bonded":
-            self.bonded_noise = BondedNoise(config.hidden, config.min_std)
-        elif config.noise == "internal":
-            self.coordinate_noise = InternalCoordinateNoise(config.hidden, self.accel_std_nm,
-                                                            config.torsion_components)
-            self.dynamics_draws = self.coordinate_noise.draws()
-        else:
-            self.std_head = mlp(config.hidden, config.hidden, 1)
-            # std of the collective (centre-of-mass) acceleration of each graph, from pooled latents
-            self.collective_std_head = mlp(config.hidden, config.hidden, 1)
+        for name, head in _noise_heads(config, self.accel_std_nm).items():
+            self.add_module(name, head)
+        # standard normal (N, 3) draws the dynamics takes per step: with bonded noise a second (the rotation), with
+        # internal-coordinate noise a second and a third (centre shift and rotation) and a fourth with mixtures
+        self.dynamics_draws = (self.coordinate_noise.draws() if config.noise == "internal"
+                               else 2 if config.noise == "bonded" else 1)
         # built last, so a default model's initial weights do not depend on where the Score network is made
         self.score = build_score(config) if score is None else score
 
@@ -238,13 +269,7 @@ class CGPropagator(Block):
         **scales
             Further keyword arguments of the constructor (``accel_std_nm``, ``model_dt_ps``, ...).
         """
-        types = torch.as_tensor(mapping.atom_types, dtype=torch.long)
-        masses = torch.as_tensor(mapping.atom_masses, dtype=torch.float32)
-        type_masses = type_mass_table(types, masses)
-        scales.setdefault("mass_scale_amu", float(torch.as_tensor(mapping.bead_masses).double().mean()))
-        if not transferable:
-            scales.setdefault("n_beads", int(mapping.n_beads))
-            scales.setdefault("n_atoms", int(mapping.n_atoms))
+        type_masses, scales = _mapping_init(mapping, transferable, scales)
         return cls(config or PropagatorConfig(), type_masses, **scales)
 
     def _dynamics(self, pos_history: Tensor, bead_features: Tensor, coarse_edge_index: Tensor, batch: Tensor,
@@ -300,9 +325,9 @@ class CGPropagator(Block):
         if hasattr(self, "bonded_noise"):
             std = self.bonded_noise.marginal_std(params, pos_history[-1], coarse_edge_index, batch)
         elif hasattr(self, "coordinate_noise"):
-            x_mean = self.mean_positions(pos_history, mean)
-            return mean * self.accel_std_nm, self.coordinate_noise.marginal_std(
-                params, pos_history[-1], x_mean, bead_features[:, -1], coarse_edge_index, batch)
+            x_mean = mean_positions(pos_history, mean, self.accel_std_nm)
+            std = self.coordinate_noise.marginal_std(params, pos_history[-1], x_mean, bead_features[:, -1],
+                                                     coarse_edge_index, batch) / self.accel_std_nm
         else:
             std = marginal_std(params[:, :1], params[:, 1:], batch)
         return mean * self.accel_std_nm, std * self.accel_std_nm
@@ -371,19 +396,13 @@ class CGPropagator(Block):
                                           self.min_distance_nm, limit, self.hard_core_sweeps, self.hard_core_events)
         return candidate
 
-    def mean_positions(self, pos_history: Tensor, mean: Tensor) -> Tensor:
-        """The step's mean positions (N, 3) nm: the mean acceleration ``mean`` (N, 3) (accel-std units)
-        integrated by semi-implicit Euler with dt = 1 model step (``v += a; x += v``)."""
-        x_t = pos_history[-1]
-        return x_t + (x_t - pos_history[-2]) + mean * self.accel_std_nm
-
     def _sample(self, pos_history: Tensor, mean: Tensor, params: Tensor, latents: Tensor,
                 noise: Tensor, masses: Tensor, coarse_edge_index: Tensor, batch: Tensor,
                 boxes: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         """One draw of the next positions (acceleration, then refinement if ``noise`` has levels), where the
         Score graph was built (the positions themselves without refinement) and that graph (empty without)."""
         if hasattr(self, "coordinate_noise"):
-            x_mean = self.mean_positions(pos_history, mean)
+            x_mean = mean_positions(pos_history, mean, self.accel_std_nm)
             candidate = self.coordinate_noise.sample(params, noise[:self.dynamics_draws], pos_history[-1], x_mean,
                                                      masses, coarse_edge_index, batch)
         else:

@@ -10,7 +10,8 @@ function cannot take a module); this module holds everything around them.
 - :func:`marginal_std`: the per-bead std of that draw (``predict``);
 - :func:`internal_noise`: refinement noise with zero mean per molecule;
 - :func:`anneal_step`: one reverse-diffusion step between noise levels;
-- :func:`log_spaced_sigmas`: training noise levels.
+- :func:`log_spaced_sigmas`: training noise levels;
+- :func:`mean_positions`: the mean acceleration integrated over one step (nm).
 """
 import math
 
@@ -19,7 +20,8 @@ from torch import Tensor
 
 from openmm_cgml.model.batch import graph_mean
 
-__all__ = ["log_spaced_sigmas", "anneal_step", "sample_acceleration", "marginal_std", "internal_noise"]
+__all__ = ["log_spaced_sigmas", "anneal_step", "sample_acceleration", "marginal_std", "internal_noise",
+           "mean_positions"]
 
 
 def log_spaced_sigmas(high: float, low: float, n: int) -> Tensor:
@@ -96,3 +98,10 @@ def internal_noise(noise: Tensor, batch: Tensor) -> Tensor:
     per_bead = noise.transpose(0, 1).reshape(n, draws * 3)
     return noise - graph_mean(per_bead, batch)[0].reshape(n, draws, 3).transpose(0, 1)
 
+
+
+def mean_positions(pos_history: Tensor, mean: Tensor, accel_std_nm: float) -> Tensor:
+    """The step's mean positions (N, 3) nm from the last positions (k, N, 3) nm and the mean acceleration ``mean``
+    (N, 3) in units of ``accel_std_nm``: semi-implicit Euler with dt = 1 model step (``v += a; x += v``)."""
+    x_t = pos_history[-1]
+    return x_t + (x_t - pos_history[-2]) + mean * accel_std_nm
