@@ -310,6 +310,10 @@ def run_peptide_benchmark(definition: dict, out: Path, cg_model, model_name: str
     from openmm_cgml.openmm.bead_system import molecule_mapping
 
     started = time.perf_counter()
+    steps_per_lag = float(definition["msm_lag_ps"]) / float(cg_model.model_timestep._value)
+    if abs(steps_per_lag - round(steps_per_lag)) > 1e-6 or round(steps_per_lag) < 1:   # before hours of MD
+        raise ValueError(f"the benchmark's MSM lag ({definition['msm_lag_ps']} ps) is not a whole number of this "
+                         f"model's steps ({cg_model.model_timestep._value} ps)")
     reference = systems.load(definition["system"], **definition["system_params"])
     mapping = molecule_mapping(cg_model, reference.topology, reference.atom_types)
     log(f"[1/5] reference MD ({definition['name']} v{definition['version']}, scale {definition['scale']})")
