@@ -251,3 +251,27 @@ def test_propagator_with_internal_noise_scripts_and_trains(components, make_mode
     assert math.isfinite(float(terms["nll"].detach()))
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.coordinate_noise.parameters())
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.accel_head.parameters())
+
+
+@pytest.mark.parametrize("extra", [(), ("CB", "O")])
+def test_chignolin_backbone_beads_are_a_tree_the_coordinates_rebuild(extra):
+    """The backbone mapping of a real peptide (chignolin, with side branches for CB and O): one tree, 3n - 6
+    internal coordinates, and the rebuild returns the folded structure's beads."""
+    import openmm.unit as unit
+
+    from openmm_cgml import systems
+    from openmm_cgml.mapping import Mapping
+
+    chignolin = systems.load("chignolin")
+    mapping = Mapping.build("backbone", chignolin.topology, chignolin.system, extra=list(extra))
+    x = torch.as_tensor(mapping.bead_positions(chignolin.positions.value_in_unit(unit.nanometer)),
+                        dtype=torch.float64)
+    bonds = torch.as_tensor(mapping.coarse_bonds, dtype=torch.long).T
+    edges = torch.cat([bonds, bonds.flip(0)], 1)
+    n = mapping.n_beads
+    check_trees(edges, n)
+    parent, root, anchor, dof = tree_layout(edges, n)
+    assert root.unique().numel() == 1 and dof.sum() == 3 * n - 6
+    frame = frames(x, parent, root, anchor)
+    torch.testing.assert_close(rebuild(internal_coordinates(x, frame, parent, dof), frame, x, parent, root), x,
+                               atol=1e-9, rtol=0)
