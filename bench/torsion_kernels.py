@@ -19,7 +19,7 @@ between the two splits of the data: the floor.
 Usage::
 
     python bench/torsion_kernels.py runs/ala2-long/coarse.h5 runs/ala2-2ps/coarse.h5 runs/ala2-5ps/coarse.h5 \
-        runs/ala2-10ps/coarse.h5 --out bench/results/torsion-kernels-alanine-dipeptide.json
+        runs/ala2-10ps/coarse.h5 runs/ala2-20ps/coarse.h5 --out bench/results/torsion-kernels-alanine-dipeptide.json
 
 Over one model step: the dataset's ``lag`` saved frames.
 """
