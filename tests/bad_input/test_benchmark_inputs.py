@@ -119,12 +119,3 @@ def test_out_is_a_file(tmp_path, fails):
 def test_unwritable_out_folder(fails, locked_folder):
     fails(benchmark("polymer", locked_folder / "out"), names=[str(locked_folder)])
 
-
-def test_msm_lag_not_a_whole_number_of_model_steps(tmp_path, fails):
-    """The shipped alanine-dipeptide model steps 10 ps: a 4 ps MSM lag is refused before any reference MD runs."""
-    values = yaml.safe_load((BENCHMARKS_DIR / "peptide.yaml").read_text())
-    values["scales"]["small"]["msm_lag_ps"] = 4.0
-    path = tmp_path / "bench.yaml"
-    path.write_text(yaml.safe_dump(values))
-    fails(benchmark(path, tmp_path / "out"), names=["MSM lag", "4.0 ps", "10.0 ps"])
-    assert not (tmp_path / "out" / "references").exists()

@@ -110,3 +110,9 @@ def test_a_tiny_peptide_benchmark_runs_end_to_end(tmp_path, capsys):
     # the brief on stdout carries the peptide blocks
     brief = json.loads(capsys.readouterr().out)
     assert "backmap" in brief and "speedup" in brief
+
+
+@pytest.mark.parametrize("lag, step, expected", [(10.0, 1.0, 10.0), (10.0, 10.0, 10.0), (10.0, 20.0, 20.0),
+                                                 (4.0, 10.0, 10.0), (15.0, 10.0, 20.0), (10.0, 0.5, 10.0)])
+def test_msm_lag_is_rounded_up_to_whole_model_steps(lag, step, expected):
+    assert peptide.msm_lag_ps(lag, step) == pytest.approx(expected)
