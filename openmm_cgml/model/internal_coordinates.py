@@ -49,11 +49,12 @@ import torch
 from torch import Tensor, nn
 
 from openmm_cgml.model.batch import graph_mean
-from openmm_cgml.model.bonded_noise import _rounds, bond_parents
+from openmm_cgml.model.bonded_noise import _rounds, _skew, bond_parents
 from openmm_cgml.nn.layers import Block, mlp
 
 __all__ = ["InternalCoordinateNoise", "tree_layout", "check_trees", "frames", "internal_coordinates", "rebuild",
            "rotation_vector", "rotation_matrix"]
+
 
 def _unit(v: Tensor) -> Tensor:
     """``v`` normalised along its last axis; smooth (finite gradient) at zero."""
@@ -174,10 +175,7 @@ def rotation_matrix(omega: Tensor) -> Tensor:
     """Rodrigues' rotation (N, 3, 3) by the rotation vectors ``omega`` (N, 3) (radians)."""
     angle2 = omega.pow(2).sum(-1).view(-1, 1, 1)
     angle = torch.sqrt(angle2 + 1e-12)
-    zero = torch.zeros_like(omega[:, 0])
-    k = torch.stack([torch.stack([zero, -omega[:, 2], omega[:, 1]], -1),
-                     torch.stack([omega[:, 2], zero, -omega[:, 0]], -1),
-                     torch.stack([-omega[:, 1], omega[:, 0], zero], -1)], 1)
+    k = _skew(omega)
     eye = torch.eye(3, dtype=omega.dtype, device=omega.device).expand_as(k)
     return eye + torch.sin(angle) / angle * k + (1.0 - torch.cos(angle)) / (angle2 + 1e-12) * torch.bmm(k, k)
 
