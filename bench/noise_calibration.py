@@ -78,6 +78,7 @@ def _window_scores(module, window):
     bond z^2 (bonds,)) for one batch of windows."""
     from openmm_cgml.model.batch import graph_box, unwrap
     from openmm_cgml.model.bonded_noise import bond_parents
+    from openmm_cgml.model.sampler import euler_step
 
     n = window.pos_history.size(0)
     features = module._embed(window.atom_types, window.fine_edge_index, window.bead_of_atom, n)
@@ -109,12 +110,12 @@ def _window_scores(module, window):
                 z2.append(float((a @ r[beads].reshape(-1)) ** 2 / (a @ cov @ a)))
     # one draw of the step per window (no refinement or corrections): its bond lengths against the data's
     eps = torch.randn(module.dynamics_draws, n, 3, generator=torch.Generator().manual_seed(n))
-    sample = 2.0 * history[-1] - history[-2] + module._draw(mean, params, eps, history[-1], window.coarse_edge_index,
-                                                            window.batch) * module.accel_std_nm
+    sample = euler_step(history, module._draw(mean, params, eps, history[-1], window.coarse_edge_index,
+                                              window.batch), module.accel_std_nm)
     noise = torch.randn(module.noise_draws(True), n, 3, generator=torch.Generator().manual_seed(n + 1))
     refined = module.step(history, features, window.coarse_edge_index, window.batch, box, noise, True)
     bonds = window.coarse_edge_index[:, window.coarse_edge_index[0] < window.coarse_edge_index[1]].T.numpy()
-    step_mean = 2.0 * history[-1] - history[-2] + mean * module.accel_std_nm
+    step_mean = euler_step(history, mean, module.accel_std_nm)
     frames = {"current": history[-1], "target": target, "mean": step_mean, "sample": sample, "refined": refined}
     return float(nll), inside.numpy(), np.array(z2), _geometry(frames, bonds)
 

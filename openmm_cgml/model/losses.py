@@ -3,7 +3,7 @@ import torch
 from torch import Tensor
 
 from openmm_cgml.model.batch import graph_box, graph_mean, unwrap
-from openmm_cgml.model.sampler import mean_positions
+from openmm_cgml.model.sampler import euler_step
 
 __all__ = ["gaussian_nll", "dynamics_nll", "training_losses"]
 
@@ -61,7 +61,7 @@ def training_losses(model, pos_history: Tensor, pos_target: Tensor, bead_feature
     if hasattr(model, "bonded_noise"):
         nll = model.bonded_noise.nll(accel - mean, params, x_t, coarse_edge_index, batch)
     elif hasattr(model, "coordinate_noise"):
-        nll = model.coordinate_noise.nll(pos_target, x_t, mean_positions(noisy, mean, model.accel_std_nm), params,
+        nll = model.coordinate_noise.nll(pos_target, x_t, euler_step(noisy, mean, model.accel_std_nm), params,
                                          bead_features[:, -1], coarse_edge_index, batch)
     else:
         nll = dynamics_nll(accel, mean, params[:, :1], params[:, 1:], batch)

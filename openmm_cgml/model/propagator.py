@@ -41,8 +41,8 @@ the draw of :class:`~openmm_cgml.model.bonded_noise.BondedNoise` from
 ``noise[0:2]``), integrates semi-implicit Euler in model-step units
 (``v = x[t] - x[t-1]; v += a; x += v``) and refines with the remaining draws.
 With ``noise: internal`` the mean acceleration, integrated, gives the mean
-positions, and the draw (``noise[0:3]``) perturbs their bond lengths, angles,
-torsions, orientation and centre instead
+positions, and the draw (``noise[0:3]``, ``noise[0:4]`` with torsion mixtures)
+perturbs bond lengths, angles, torsions, orientation and centre instead
 (:class:`~openmm_cgml.model.internal_coordinates.InternalCoordinateNoise`).
 The whole module is TorchScript-able; see ``openmm_cgml.model_file``.
 """
@@ -65,10 +65,10 @@ from openmm_cgml.model.layers import VectorHead
 from openmm_cgml.model.losses import gaussian_nll, training_losses
 from openmm_cgml.model.sampler import (
     anneal_step,
+    euler_step,
     internal_noise,
     log_spaced_sigmas,
     marginal_std,
-    mean_positions,
     sample_acceleration,
 )
 from openmm_cgml.model.scores import build_score
@@ -325,7 +325,7 @@ class CGPropagator(Block):
         if hasattr(self, "bonded_noise"):
             std = self.bonded_noise.marginal_std(params, pos_history[-1], coarse_edge_index, batch)
         elif hasattr(self, "coordinate_noise"):
-            x_mean = mean_positions(pos_history, mean, self.accel_std_nm)
+            x_mean = euler_step(pos_history, mean, self.accel_std_nm)
             std = self.coordinate_noise.marginal_std(params, pos_history[-1], x_mean, bead_features[:, -1],
                                                      coarse_edge_index, batch) / self.accel_std_nm
         else:
@@ -402,14 +402,12 @@ class CGPropagator(Block):
         """One draw of the next positions (acceleration, then refinement if ``noise`` has levels), where the
         Score graph was built (the positions themselves without refinement) and that graph (empty without)."""
         if hasattr(self, "coordinate_noise"):
-            x_mean = mean_positions(pos_history, mean, self.accel_std_nm)
+            x_mean = euler_step(pos_history, mean, self.accel_std_nm)
             candidate = self.coordinate_noise.sample(params, noise[:self.dynamics_draws], pos_history[-1], x_mean,
                                                      masses, coarse_edge_index, batch)
         else:
-            x_t = pos_history[-1]
-            # semi-implicit Euler with dt = 1 model step: v += a; x += v
-            accel = self._draw(mean, params, noise[:self.dynamics_draws], x_t, coarse_edge_index, batch)
-            candidate = x_t + (x_t - pos_history[-2]) + accel * self.accel_std_nm
+            accel = self._draw(mean, params, noise[:self.dynamics_draws], pos_history[-1], coarse_edge_index, batch)
+            candidate = euler_step(pos_history, accel, self.accel_std_nm)
         if noise.size(0) > self.dynamics_draws:
             return self._refine(candidate, latents, noise[self.dynamics_draws:], coarse_edge_index, batch, boxes)
         edge = torch.zeros(2, 0, dtype=torch.long, device=candidate.device)

@@ -11,7 +11,7 @@ function cannot take a module); this module holds everything around them.
 - :func:`internal_noise`: refinement noise with zero mean per molecule;
 - :func:`anneal_step`: one reverse-diffusion step between noise levels;
 - :func:`log_spaced_sigmas`: training noise levels;
-- :func:`mean_positions`: the mean acceleration integrated over one step (nm).
+- :func:`euler_step`: positions after one model step of an acceleration (nm).
 """
 import math
 
@@ -21,7 +21,7 @@ from torch import Tensor
 from openmm_cgml.model.batch import graph_mean
 
 __all__ = ["log_spaced_sigmas", "anneal_step", "sample_acceleration", "marginal_std", "internal_noise",
-           "mean_positions"]
+           "euler_step"]
 
 
 def log_spaced_sigmas(high: float, low: float, n: int) -> Tensor:
@@ -100,8 +100,10 @@ def internal_noise(noise: Tensor, batch: Tensor) -> Tensor:
 
 
 
-def mean_positions(pos_history: Tensor, mean: Tensor, accel_std_nm: float) -> Tensor:
-    """The step's mean positions (N, 3) nm from the last positions (k, N, 3) nm and the mean acceleration ``mean``
-    (N, 3) in units of ``accel_std_nm``: semi-implicit Euler with dt = 1 model step (``v += a; x += v``)."""
+def euler_step(pos_history: Tensor, accel: Tensor, accel_std_nm: float) -> Tensor:
+    """Positions (N, 3) nm one model step after the last positions (k, N, 3) nm under the acceleration ``accel``
+    (N, 3) in units of ``accel_std_nm``: semi-implicit Euler with dt = 1 model step (``v += a; x += v``).
+
+    With the mean acceleration it gives the step's mean positions; with a drawn one, a sampled step."""
     x_t = pos_history[-1]
-    return x_t + (x_t - pos_history[-2]) + mean * accel_std_nm
+    return x_t + (x_t - pos_history[-2]) + accel * accel_std_nm
