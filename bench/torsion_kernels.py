@@ -42,12 +42,13 @@ def _wrap(a):
     return (a + np.pi) % (2 * np.pi) - np.pi
 
 
-def read_torsions(path) -> tuple[dict, int]:
-    """``{"train": [...], "val": [...]}``: (frames, 2) bead torsions (radians) per trajectory, and the saved
-    frames per model step (the dataset's ``lag``)."""
+def read_torsions(path) -> tuple[dict, int, float]:
+    """``{"train": [...], "val": [...]}``: (frames, 2) bead torsions (radians) per trajectory, the saved
+    frames per model step (the dataset's ``lag``) and the model step (ps, NaN if unrecorded)."""
     out = {"train": [], "val": []}
     with h5py.File(path, "r") as handle:
         lag = int(handle.attrs.get("lag", 1))
+        step_ps = float(handle.attrs.get("model_dt_ps", float("nan")))
         for name in sorted(handle["traj"]):
             group = handle["traj"][name]
             split = group.attrs["split"]
@@ -59,7 +60,7 @@ def read_torsions(path) -> tuple[dict, int]:
                 out[split].append(dihedral_angles(group["positions"][()], quads))
     if not out["train"] or not out["val"]:
         raise SystemExit(f"torsion_kernels: {path} needs train and val trajectories")
-    return out, lag
+    return out, lag, step_ps
 
 
 class BinnedKernel:
@@ -123,7 +124,7 @@ def rama_js(a, b) -> float:
 def score_dataset(path, args) -> dict:
     """Every kernel's rollouts against the val split of one dataset."""
     started = time.perf_counter()
-    data, lag = read_torsions(path)
+    data, lag, step_ps = read_torsions(path)
     val = np.concatenate(data["val"])
     train = np.concatenate(data["train"])
     rng = np.random.default_rng(args.seed)
@@ -138,8 +139,6 @@ def score_dataset(path, args) -> dict:
                                            n_boot=300)[1],
                       "phi_positive_fraction": float((pooled[:, 0] > 0).mean())}
         print(f"{path} ({lag} frames per step) {kind}: Ramachandran JS {rows[kind]['rama_js']:.3f}", file=sys.stderr)
-    with h5py.File(path, "r") as handle:
-        step_ps = float(handle.attrs.get("model_dt_ps", float("nan")))
     return {"data": str(path), "model_step_ps": step_ps, "frames_per_step": lag,
             "train_vs_val": rama_js(train, val), "val_phi_positive_fraction": float((val[:, 0] > 0).mean()),
             "kernels": rows, "seconds": time.perf_counter() - started}
@@ -158,10 +157,15 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     if args.state_bins < 2 or args.rollouts < 2 or args.steps < 1 or min(args.components) < 1:
         raise SystemExit("torsion_kernels: --state-bins and --rollouts must be >= 2, --steps and --components >= 1")
+    datasets = []
+    for path in args.data:
+        try:
+            datasets.append(score_dataset(path, args))
+        except (OSError, KeyError) as error:   # a missing, unreadable or non-coarse dataset file: one line
+            parser.exit(2, f"bench/torsion_kernels.py: {path}: not a readable coarse dataset ({error})\n")
     result = {"torsions": "bead torsions of the coarse bonds (phi, psi)", "state_bins": args.state_bins,
               "rollouts": args.rollouts, "steps": args.steps,
-              "split": "kernels from the train split, scored against the val split",
-              "datasets": [score_dataset(path, args) for path in args.data]}
+              "split": "kernels from the train split, scored against the val split", "datasets": datasets}
     text = json.dumps(result, indent=1)
     print(text)
     if args.out:
