@@ -11,8 +11,9 @@ the step is drawn in the coordinates the molecule moves in:
 - the coarse bonds are read as a spanning forest (each bead's *parent* is
   its highest-index bonded neighbour of lower index,
   :func:`~openmm_cgml.model.bonded_noise.bond_parents`); each tree is
-  anchored by its root ``r``, the root's first child ``c1`` and that bead's
-  first child ``c2``;
+  anchored by its root ``r``, the root's first child that has children of its
+  own ``c1`` (on a comb, the backbone, not a side bead) and that bead's first
+  child ``c2``;
 - every bead of a tree carries a frame (:func:`frames`): ``e_x`` along the
   bond from its parent, ``e_z`` normal to that bond and the parent's bond;
   the root and ``c1`` take the frame of the plane ``r, c1, c2``;
@@ -61,6 +62,14 @@ def _unit(v: Tensor) -> Tensor:
     return v * torch.rsqrt(v.pow(2).sum(-1, keepdim=True) + 1e-12)
 
 
+def _first_child(parent: Tensor, index: Tensor, eligible: Tensor, n: int) -> Tensor:
+    """(N + 1,) each bead's lowest-index child among ``eligible`` beads (-1: none), and a trailing -1."""
+    first = torch.full((n,), n, dtype=torch.long, device=parent.device)
+    first = first.scatter_reduce(0, parent[eligible], index[eligible], reduce="amin", include_self=True)
+    return torch.cat([torch.where(first == n, -1, first), torch.full((1,), -1, dtype=torch.long,
+                                                                     device=parent.device)])
+
+
 def tree_layout(coarse_edge_index: Tensor, n: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """The forest the internal coordinates are read on.
 
@@ -78,14 +87,13 @@ def tree_layout(coarse_edge_index: Tensor, n: int) -> Tuple[Tensor, Tensor, Tens
     parent = bond_parents(coarse_edge_index, n)
     index = torch.arange(n, device=parent.device)
     child = parent != index
-    first = torch.full((n,), n, dtype=torch.long, device=parent.device)
-    first = first.scatter_reduce(0, parent[child], index[child], reduce="amin", include_self=True)
-    first = torch.cat([torch.where(first == n, -1, first), torch.full((1,), -1, dtype=torch.long,
-                                                                      device=parent.device)])
+    first = _first_child(parent, index, child, n)
+    # the anchor's c1 is a child with children of its own: a side bead cannot anchor a torsion
+    first_parent = _first_child(parent, index, child & (first[:n] >= 0)[index], n)
     root = parent
     for _ in range(_rounds(n)):
         root = root[root]
-    c1 = first[root]
+    c1 = first_parent[root]
     c2 = first[c1]                      # first[-1] is the appended -1
     is_c1, is_c2 = index == c1, index == c2
     dof = torch.stack([child, child & ~is_c1, child & ~is_c1 & ~is_c2], 1).to(torch.float32)
@@ -97,7 +105,7 @@ def check_trees(coarse_edge_index: Tensor, n: int) -> None:
     _, _, anchor, _ = tree_layout(coarse_edge_index, n)
     if bool((anchor < 0).any()):
         raise ValueError("noise: internal needs every molecule's coarse bonds to start with three bonded beads "
-                         "in a row from its lowest-index bead (a chain or tree of >= 3 beads)")
+                         "in a row from its lowest-index bead (a chain or tree with a path of >= 3 beads from it)")
 
 
 def frames(x: Tensor, parent: Tensor, root: Tensor, anchor: Tensor) -> Tensor:

@@ -57,6 +57,20 @@ def test_layout_roots_anchors_and_degrees_of_freedom():
     assert dof[1].tolist() == [1, 0, 0] and dof[2].tolist() == [1, 1, 0] and dof[10].tolist() == [1, 1, 1]
 
 
+def test_a_comb_is_anchored_on_its_backbone_not_a_side_bead():
+    """Known answer: backbone 0-2-4-6 with side beads 1, 3, 5 (the root's first child is a side bead): the anchor
+    is 0 -> 2 -> 3, every bead's coordinates count 3n - 6, and the rebuild returns the positions."""
+    bonds = torch.tensor([[0, 1], [0, 2], [2, 3], [2, 4], [4, 5], [4, 6]]).T
+    edges = torch.cat([bonds, bonds.flip(0)], 1)
+    parent, root, anchor, dof = tree_layout(edges, 7)
+    check_trees(edges, 7)
+    assert anchor[0].tolist() == [2, 3] and dof.sum() == 3 * 7 - 6
+    x = _positions(13)[:7]
+    frame = frames(x, parent, root, anchor)
+    torch.testing.assert_close(rebuild(internal_coordinates(x, frame, parent, dof), frame, x, parent, root), x,
+                               atol=1e-9, rtol=0)
+
+
 def test_frames_are_proper_rotations_and_rebuild_inverts_the_coordinates():
     x = _positions()
     parent, root, _, _, frame, internal = _layout_and_internals(x)
