@@ -65,9 +65,9 @@ def dataset_summary(dataset) -> dict:
     dict
         :meth:`CoarseDataset.summary` (``path``, ``attrs``, ``mass_scale_amu``,
         ``n_molecules``) plus ``type_masses`` (amu per atom type, the embedding's mass
-        table: built here because it is a model input) and ``single_mapping`` (the
-        :class:`~openmm_cgml.mapping.Mapping` when the data holds one molecule, else None) and
-        ``stereocentres`` (how many the data's molecules have, from atom types and fine bonds).
+        table: built here because it is a model input), ``single_mapping`` (the
+        :class:`~openmm_cgml.mapping.Mapping` when the data holds one molecule, else None), ``mappings`` (all of
+        them) and ``stereocentres`` (how many the data's molecules have, from atom types and fine bonds).
     """
     from openmm_cgml.bond_graph import stereocentres
     from openmm_cgml.model.embedding import type_mass_table
@@ -81,7 +81,7 @@ def dataset_summary(dataset) -> dict:
     table = type_mass_table(torch.as_tensor(types), torch.as_tensor(masses))
     return {"path": facts["path"], "attrs": facts["attrs"], "type_masses": table.tolist(),
             "mass_scale_amu": facts["mass_scale_amu"], "n_molecules": facts["n_molecules"],
-            "single_mapping": mappings[0] if len(mappings) == 1 else None,
+            "single_mapping": mappings[0] if len(mappings) == 1 else None, "mappings": mappings,
             "stereocentres": sum(len(stereocentres(m.atom_types.tolist(), m.fine_bonds)) for m in mappings)}
 
 
@@ -93,6 +93,18 @@ def hard_core_distance(observed_nm: float) -> float:
     if observed_nm < COLLISION_DISTANCE_NM:  # the reference itself has such contacts: keep the margin below them
         return HARD_CORE_MARGIN * observed_nm
     return max(HARD_CORE_MARGIN * observed_nm, COLLISION_DISTANCE_NM)
+
+
+def _check_trees(summary: dict) -> None:
+    """``ValueError`` naming the dataset unless every molecule's coarse bonds suit ``noise: internal``."""
+    from openmm_cgml.model.internal_coordinates import check_trees
+
+    for mapping in summary.get("mappings", ()):
+        bonds = torch.as_tensor(mapping.coarse_bonds, dtype=torch.long).reshape(-1, 2).T
+        try:
+            check_trees(torch.cat([bonds, bonds.flip(0)], 1), int(mapping.n_beads))
+        except ValueError as error:
+            raise ValueError(f"{summary.get('path', 'the dataset')}: {error}") from None
 
 
 def build_propagator(config: TrainConfig, summary: dict):
@@ -124,6 +136,8 @@ def build_propagator(config: TrainConfig, summary: dict):
     model_options.setdefault("k", data_k)
     if int(model_options["k"]) > data_k:
         raise ValueError(f"model.k = {model_options['k']} exceeds the dataset's history length k = {data_k}")
+    if model_options.get("noise") == "internal":   # the training loss would read a wrong tree without a word
+        _check_trees(summary)
     mapping = summary["single_mapping"]
     minima = summary.get("min_distances", {})
     return CGPropagator(
@@ -407,6 +421,7 @@ def _train(config: TrainConfig) -> Path:
         raise ValueError(f"{config.where()}: {error} ({config.data})") from None
     train_loader, val_loader = _loaders(config, dataset, model.k)
     mapping = summary.pop("single_mapping")
+    summary.pop("mappings")   # objects, not metadata (the checkpoint loads weights only)
     metadata = {
         "mapping": mapping.to_json() if mapping is not None else None,
         "training": {"data": summary, "config": config.to_dict(), "has_val": val_loader is not None,

@@ -280,3 +280,16 @@ def test_sigkill_during_training_then_resume_completes(dataset, tmp_path, kill_a
     assert steps == sorted(set(steps)) and steps[-1] >= 12 * 6 - 10   # each logged step once, up to the end
     assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "model.safetensors")]) == 0
     assert load(tmp_path / "model.safetensors").metadata["training"]["epochs"] >= 1
+
+
+def test_internal_noise_refuses_a_molecule_without_three_beads_in_a_row(dataset, tmp_path):
+    """A star of four beads (one centre, three leaves) has no bond angle chain to anchor the internal coordinates."""
+    from openmm_cgml.mapping import Mapping
+
+    config = tiny_config(dataset, tmp_path / "run")
+    config.model["noise"] = "internal"
+    summary = dataset_summary(dataset)
+    assert build_propagator(config, summary).dynamics_draws == 3     # the polymer chains are fine
+    star = Mapping(np.arange(4), np.full(4, 12.0), np.full(4, 6), np.array([[0, 1], [0, 2], [0, 3]]))
+    with pytest.raises(ValueError, match="three bonded beads in a row"):
+        build_propagator(config, dict(summary, mappings=[star]))
