@@ -22,12 +22,12 @@ the same features, and no feature depends on the positions' order in space):
 Each is divided by the product of its three vector lengths (scale-free, in
 [-1, 1]).
 """
-from typing import Tuple
+from typing import List, Optional
 
 import torch
 from torch import Tensor
 
-__all__ = ["N_PSEUDO", "pseudo_scalars", "dynamics_scalars"]
+__all__ = ["N_PSEUDO", "bond_tables", "pseudo_scalars", "dynamics_scalars"]
 
 N_PSEUDO = 3
 
@@ -48,7 +48,7 @@ def _signed_volume(a: Tensor, b: Tensor, c: Tensor, valid: Tensor) -> Tensor:
     return torch.where(valid, volume / lengths.clamp_min(1e-30), torch.zeros_like(volume))
 
 
-def _bond_tables(coarse_edge_index: Tensor, n: int) -> Tuple[Tensor, Tensor, Tensor]:
+def bond_tables(coarse_edge_index: Tensor, n: int) -> List[Tensor]:
     """The three lowest-index neighbours, ``next`` and ``prev`` of each bead (-1: none).
 
     Shapes:
@@ -71,7 +71,7 @@ def _bond_tables(coarse_edge_index: Tensor, n: int) -> Tuple[Tensor, Tensor, Ten
         0, src[up], dst[up], reduce="amin")
     prev = torch.full((n,), -1, dtype=torch.long, device=keys.device).scatter_reduce(
         0, src[down], dst[down], reduce="amax")
-    return first3, torch.where(nxt == n, -torch.ones_like(nxt), nxt), prev
+    return [first3, torch.where(nxt == n, -torch.ones_like(nxt), nxt), prev]
 
 
 def _torsion(pos: Tensor, step: Tensor) -> Tensor:
@@ -88,7 +88,7 @@ def _torsion(pos: Tensor, step: Tensor) -> Tensor:
     return _signed_volume(xj - pos, xk - xj, xl - xk, valid)
 
 
-def pseudo_scalars(pos: Tensor, coarse_edge_index: Tensor) -> Tensor:
+def pseudo_scalars(pos: Tensor, coarse_edge_index: Tensor, tables: Optional[List[Tensor]] = None) -> Tensor:
     """The reflection-odd bead features (star volume, forward and backward torsion; module docstring).
 
     Parameters
@@ -98,6 +98,8 @@ def pseudo_scalars(pos: Tensor, coarse_edge_index: Tensor) -> Tensor:
         number of molecules, bead indices global as in ``batch``.
     coarse_edge_index : Tensor
         Coarse bonds (either or both directions).
+    tables : list of Tensor, optional
+        :func:`bond_tables` of these bonds, if already at hand.
 
     Returns
     -------
@@ -109,7 +111,9 @@ def pseudo_scalars(pos: Tensor, coarse_edge_index: Tensor) -> Tensor:
         pos (N, 3), coarse_edge_index (2, E) -> (N, N_PSEUDO)
     """
     n = pos.size(0)
-    first3, nxt, prev = _bond_tables(coarse_edge_index, n)
+    if tables is None:
+        tables = bond_tables(coarse_edge_index, n)
+    first3, nxt, prev = tables[0], tables[1], tables[2]
     star_valid = first3[:, 2] >= 0
     nb = first3.clamp_min(0)
     star = _signed_volume(pos[nb[:, 0]] - pos, pos[nb[:, 1]] - pos, pos[nb[:, 2]] - pos, star_valid)
@@ -117,8 +121,9 @@ def pseudo_scalars(pos: Tensor, coarse_edge_index: Tensor) -> Tensor:
 
 
 def dynamics_scalars(v_in: Tensor, bead_features: Tensor, pos: Tensor, coarse_edge_index: Tensor,
-                     chirality: bool) -> Tensor:
-    """The Dynamics network's scalar inputs: velocity norms, bead features, and the pseudo-scalars if ``chirality``.
+                     chirality: bool, tables: Optional[List[Tensor]] = None) -> Tensor:
+    """The Dynamics network's scalar inputs: velocity norms, bead features, and the pseudo-scalars if ``chirality``
+    (``tables``: :func:`bond_tables`, if at hand).
 
     Shapes:
         v_in (N, 3, k-1), bead_features (N, F), pos (N, 3), coarse_edge_index (2, E)
@@ -126,5 +131,5 @@ def dynamics_scalars(v_in: Tensor, bead_features: Tensor, pos: Tensor, coarse_ed
     """
     parts = [torch.linalg.vector_norm(v_in, dim=1), bead_features]
     if chirality:
-        parts.append(pseudo_scalars(pos, coarse_edge_index))
+        parts.append(pseudo_scalars(pos, coarse_edge_index, tables))
     return torch.cat(parts, dim=-1)

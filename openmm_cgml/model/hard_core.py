@@ -15,7 +15,7 @@ from torch import Tensor
 
 from openmm_cgml.nn import radius_graph
 
-__all__ = ["contact_graph", "project_hard_core", "violating_beads"]
+__all__ = ["contact_graph", "project_hard_core", "violating_beads", "bond_keys"]
 
 
 def contact_graph(x: Tensor, batch: Tensor, box: Optional[Tensor], limit: float, edge: Tensor, shift: Tensor,
@@ -41,12 +41,12 @@ def contact_graph(x: Tensor, batch: Tensor, box: Optional[Tensor], limit: float,
     return edge, shift
 
 
-def project_hard_core(x: Tensor, masses: Tensor, bonds: Tensor, edge: Tensor, shift: Tensor,
+def project_hard_core(x: Tensor, masses: Tensor, keys: Tensor, edge: Tensor, shift: Tensor,
                       min_distance_nm: Tensor, limit: float, sweeps: int, events: Tensor) -> Tensor:
     """Push bead pairs closer than their minimum distance apart (SHAKE-like, for inequalities).
 
     ``edge``/``shift`` a radius graph (both directions) that holds every
-    close pair; ``bonds`` the coarse bonds (either or both directions) select
+    close pair; the coarse bonds (their :func:`bond_keys` ``keys``) select
     the bonded minimum ``min_distance_nm[0]``, all other pairs get the
     non-bonded one ``min_distance_nm[1]``. Each violating pair is moved apart
     along its pair vector by the violation, shared inversely to the masses, so
@@ -58,11 +58,10 @@ def project_hard_core(x: Tensor, masses: Tensor, bonds: Tensor, edge: Tensor, sh
     (a long scalar) counts the close pairs pushed apart, in place.
 
     Shapes:
-        x (N, 3) nm, masses (N,), bonds (2, B), edge (2, E), shift (E, 3), min_distance_nm (2,) -> (N, 3)
+        x (N, 3) nm, masses (N,), keys (2B,), edge (2, E), shift (E, 3), min_distance_nm (2,) -> (N, 3)
     """
     n = x.size(0)
     j_all, i_all = edge[0], edge[1]
-    bond_keys = _bond_keys(bonds, n)
     counted = False
     for _ in range(3):  # re-select the close pairs from the whole graph after a round of corrections
         dist = torch.linalg.vector_norm(x[i_all] - x[j_all] + shift, dim=-1)
@@ -71,7 +70,7 @@ def project_hard_core(x: Tensor, masses: Tensor, bonds: Tensor, edge: Tensor, sh
         if near.numel() == 0:
             return x
         i, j, pair_shift = i_all[near], j_all[near], shift[near]
-        minimum = _pair_minimum(i, j, n, bond_keys, min_distance_nm).to(x.dtype)
+        minimum = _pair_minimum(i, j, n, keys, min_distance_nm).to(x.dtype)
         share = (masses[j] / (masses[i] + masses[j])).unsqueeze(-1)   # i moves by m_j / (m_i + m_j)
         moved = False
         for _sweep in range(sweeps):
@@ -90,44 +89,39 @@ def project_hard_core(x: Tensor, masses: Tensor, bonds: Tensor, edge: Tensor, sh
     return x
 
 
-def violating_beads(x: Tensor, batch: Tensor, bonds: Tensor, edge: Tensor, shift: Tensor,
+def violating_beads(x: Tensor, batch: Tensor, keys: Tensor, edge: Tensor, shift: Tensor,
                     min_distance_nm: Tensor) -> Tensor:
     """Whether each bead's molecule has a pair closer than its minimum distance (no host sync).
 
-    ``edge``/``shift`` a radius graph holding every close pair (:func:`contact_graph`); ``bonds``
-    the coarse bonds, which take ``min_distance_nm[0]``, all other pairs ``min_distance_nm[1]``.
+    ``edge``/``shift`` a radius graph holding every close pair (:func:`contact_graph`); ``keys`` the
+    :func:`bond_keys` of the coarse bonds, which take ``min_distance_nm[0]``, all other pairs ``min_distance_nm[1]``.
 
     Shapes:
-        x (N, 3) nm, batch (N,), bonds (2, B), edge (2, E), shift (E, 3), min_distance_nm (2,) -> (N,) bool
+        x (N, 3) nm, batch (N,), keys (2B,), edge (2, E), shift (E, 3), min_distance_nm (2,) -> (N,) bool
     """
     n = x.size(0)
     j, i = edge[0], edge[1]
-    minimum = _pair_minimum(i, j, n, _bond_keys(bonds, n), min_distance_nm).to(x.dtype)
+    minimum = _pair_minimum(i, j, n, keys, min_distance_nm).to(x.dtype)
     close = (torch.linalg.vector_norm(x[i] - x[j] + shift, dim=-1) < minimum).to(x.dtype)
     # per bead, then per molecule (batch < N, so an (N,) buffer holds every molecule), then back to beads
     per_molecule = torch.zeros(n, dtype=x.dtype, device=x.device).index_add_(0, batch[i], close)
     return per_molecule[batch] > 0
 
 
-def _bond_keys(bonds: Tensor, n: int) -> Tensor:
-    """Keys ``i * n + j`` of the coarse bonds in both directions, for :func:`_pair_minimum`.
-
-    Shapes:
-        bonds (2, B) -> (2B,)
-    """
-    return torch.cat([bonds[1] * n + bonds[0], bonds[0] * n + bonds[1]])
+def bond_keys(bonds: Tensor, n: int) -> Tensor:
+    """Keys ``i * n + j`` of the coarse bonds (2, B) in both directions, sorted (2B,), for the pair minima."""
+    return torch.sort(torch.cat([bonds[1] * n + bonds[0], bonds[0] * n + bonds[1]]))[0]
 
 
 def _pair_minimum(i: Tensor, j: Tensor, n: int, bond_keys: Tensor, min_distance_nm: Tensor) -> Tensor:
     """The minimum distance of each pair (i, j): ``min_distance_nm[0]`` if bonded, else ``min_distance_nm[1]``.
 
     Shapes:
-        i, j (P,), bond_keys (2B,), min_distance_nm (2,) -> (P,)
+        i, j (P,), bond_keys (2B,) sorted (:func:`bond_keys`), min_distance_nm (2,) -> (P,)
     """
     # a binary search in the few sorted bond keys: isin would sort all the pairs as well
     keys = i * n + j
     if bond_keys.numel() == 0:
         return min_distance_nm[1].expand(keys.size(0))
-    sorted_keys = torch.sort(bond_keys)[0]
-    found = sorted_keys[torch.searchsorted(sorted_keys, keys).clamp_max(sorted_keys.size(0) - 1)] == keys
+    found = bond_keys[torch.searchsorted(bond_keys, keys).clamp_max(bond_keys.size(0) - 1)] == keys
     return torch.where(found, min_distance_nm[0], min_distance_nm[1])

@@ -44,7 +44,7 @@ pi. Every tree needs three beads in a row from its root (checked by
 :func:`check_trees`). Everything here is TorchScript-compatible.
 """
 import math
-from typing import Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -98,6 +98,14 @@ def tree_layout(coarse_edge_index: Tensor, n: int) -> Tuple[Tensor, Tensor, Tens
     is_c1, is_c2 = index == c1, index == c2
     dof = torch.stack([child, child & ~is_c1, child & ~is_c1 & ~is_c2], 1).to(torch.float32)
     return parent, root, torch.stack([c1, c2], 1), dof
+
+
+def _layout(coarse_edge_index: Tensor, n: int, layout: Optional[List[Tensor]]
+            ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``layout`` (a :func:`tree_layout` as a list) if given, else the tree layout of the bonds."""
+    if layout is None:
+        return tree_layout(coarse_edge_index, n)
+    return layout[0], layout[1], layout[2], layout[3]
 
 
 def check_trees(coarse_edge_index: Tensor, n: int) -> None:
@@ -281,16 +289,16 @@ class InternalCoordinateNoise(Block):
         return torch.stack([now[:, 0] + params[:, 4], theta, mean[:, 2]], 1), frame
 
     def sample(self, params: Tensor, noise: Tensor, x_now: Tensor, x_mean: Tensor, masses: Tensor,
-               coarse_edge_index: Tensor, batch: Tensor) -> Tensor:
+               coarse_edge_index: Tensor, batch: Tensor, layout: Optional[List[Tensor]] = None) -> Tensor:
         """A draw of the next positions (N, 3) nm from the current ``x_now`` and the mean positions ``x_mean``
         (N, 3) nm (:meth:`_centre`).
 
         ``noise`` (draws(), N, 3) standard normal: the first perturbs ``[b, theta, phi]``, the next two give each
         tree's centre shift and rotation vector (``sqrt(n)`` times the tree mean, itself standard normal), the
         fourth (with a mixture) picks the torsion's component (``Phi(noise[3][:, 0])`` uniform). ``masses`` (N,)
-        weight the centres (any units).
+        weight the centres (any units). ``layout``: :func:`tree_layout` of the bonds, if at hand.
         """
-        parent, root, anchor, dof = tree_layout(coarse_edge_index, x_mean.size(0))
+        parent, root, anchor, dof = _layout(coarse_edge_index, x_mean.size(0), layout)
         internal, frame = self._centre(params, x_now, x_mean, parent, root, anchor, dof)
         log_w, offsets, s_phi = self._torsion(params)
         if self.components > 1:
@@ -310,10 +318,10 @@ class InternalCoordinateNoise(Block):
         return _tree_mean(x_mean, weight, root) + params[:, 2:3] * com_kick + turned
 
     def nll(self, target: Tensor, x_now: Tensor, x_mean: Tensor, params: Tensor, masses: Tensor,
-            coarse_edge_index: Tensor, batch: Tensor) -> Tensor:
+            coarse_edge_index: Tensor, batch: Tensor, layout: Optional[List[Tensor]] = None) -> Tensor:
         """Negative log-density of the positions ``target`` (N, 3) nm, per bead, averaged (Jacobian and
         constants dropped)."""
-        parent, root, anchor, dof = tree_layout(coarse_edge_index, x_mean.size(0))
+        parent, root, anchor, dof = _layout(coarse_edge_index, x_mean.size(0), layout)
         dof = dof.to(x_mean.dtype)
         centre, frame_mean = self._centre(params, x_now, x_mean, parent, root, anchor, dof)
         frame_target = frames(target, parent, root, anchor)
@@ -335,12 +343,14 @@ class InternalCoordinateNoise(Block):
         return (bonded + torsion + rigid * is_root).mean()
 
     def marginal_std(self, params: Tensor, x_now: Tensor, x_mean: Tensor, masses: Tensor,
-                     coarse_edge_index: Tensor, batch: Tensor, draws: int = 64) -> Tensor:
+                     coarse_edge_index: Tensor, batch: Tensor, draws: int = 64,
+                     layout: Optional[List[Tensor]] = None) -> Tensor:
         """Isotropic summary (N, 1) nm of each bead's spread about ``x_mean``: ``sqrt(E|x - x_mean|^2 / 3)``,
         estimated from ``draws`` draws (the global random stream)."""
+        layout = list(_layout(coarse_edge_index, x_mean.size(0), layout))
         total = torch.zeros_like(x_mean[:, :1])
         for _ in range(draws):
             noise = torch.randn(self.draws(), x_mean.size(0), 3, dtype=x_mean.dtype, device=x_mean.device)
-            y = self.sample(params, noise, x_now, x_mean, masses, coarse_edge_index, batch)
+            y = self.sample(params, noise, x_now, x_mean, masses, coarse_edge_index, batch, layout)
             total = total + (y - x_mean).pow(2).sum(-1, keepdim=True)
         return torch.sqrt(total / (3.0 * draws))

@@ -57,12 +57,13 @@ def training_losses(model, pos_history: Tensor, pos_target: Tensor, bead_feature
     noisy = pos_history + (history_sigma * model.accel_std_nm).unsqueeze(0) * torch.randn_like(pos_history)
     x_t, x_prev = noisy[-1], noisy[-2]
     accel = (pos_target - 2.0 * x_t + x_prev) / model.accel_std_nm
-    mean, params, latents = model._dynamics(noisy, bead_features, coarse_edge_index, batch, boxes)
+    tables = model.topology_tables(coarse_edge_index, pos_target.size(0))
+    mean, params, latents = model._dynamics(noisy, bead_features, coarse_edge_index, batch, boxes, tables)
     if hasattr(model, "bonded_noise"):
         nll = model.bonded_noise.nll(accel - mean, params, x_t, coarse_edge_index, batch)
     elif hasattr(model, "coordinate_noise"):
         nll = model.coordinate_noise.nll(pos_target, x_t, euler_step(noisy, mean, model.accel_std_nm), params,
-                                         bead_features[:, -1], coarse_edge_index, batch)
+                                         bead_features[:, -1], coarse_edge_index, batch, tables["forest"])
     else:
         nll = dynamics_nll(accel, mean, params[:, :1], params[:, 1:], batch)
     eps = torch.randn_like(pos_target)

@@ -49,20 +49,21 @@ The whole module is TorchScript-able; see ``openmm_cgml.model_file``.
 
 import json
 import math
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from openmm_cgml.model.batch import graph_box, graph_mean, unwrap
 from openmm_cgml.model.bonded_noise import BondedNoise
-from openmm_cgml.model.chirality import N_PSEUDO, dynamics_scalars
+from openmm_cgml.model.chirality import N_PSEUDO, bond_tables, dynamics_scalars
 from openmm_cgml.model.config import PropagatorConfig
 from openmm_cgml.model.embedding import EmbeddingGNN, check_embed_inputs, pool_beads, type_mass_table
-from openmm_cgml.model.hard_core import contact_graph, project_hard_core, violating_beads
-from openmm_cgml.model.internal_coordinates import InternalCoordinateNoise, check_trees
+from openmm_cgml.model.hard_core import bond_keys, contact_graph, project_hard_core, violating_beads
+from openmm_cgml.model.internal_coordinates import InternalCoordinateNoise, check_trees, tree_layout
 from openmm_cgml.model.layers import VectorHead
 from openmm_cgml.model.losses import gaussian_nll, training_losses
+from openmm_cgml.model.topology import TopologyCache
 from openmm_cgml.model.sampler import (
     anneal_step,
     euler_step,
@@ -211,8 +212,10 @@ class CGPropagator(Block):
         self.hard_core_sweeps = int(config.hard_core_sweeps)
         # redraws of a molecule's step while it has a pair under its minimum distance (0: no truncation)
         self.exclusion_retries = int(config.exclusion_retries)
-        # False: `step` skips the shape/value checks with host syncs (a caller that ran `validate` once)
+        # False: `step` skips the shape/value checks with host syncs and reuses the topology tables `validate`
+        # stored (a caller that ran `validate` once for the topology it steps)
         self.validate_inputs = True
+        self.topology = TopologyCache()
         # [bonded, nonbonded] nm; not persistent, so checkpoints from before the hard core still load
         self.register_buffer("min_distance_nm", torch.tensor([self.min_bonded_nm, self.min_nonbonded_nm]),
                              persistent=False)
@@ -272,16 +275,41 @@ class CGPropagator(Block):
         type_masses, scales = _mapping_init(mapping, transferable, scales)
         return cls(config or PropagatorConfig(), type_masses, **scales)
 
+    def topology_tables(self, coarse_edge_index: Tensor, n: int) -> Dict[str, List[Tensor]]:
+        """What a step reads off the bonds alone (:mod:`~openmm_cgml.model.topology`), computed afresh:
+        ``bond_keys`` always, ``chirality`` (bond tables), ``forest`` (tree layout) and ``local`` (the Dynamics
+        network's local graph and triplets) where the model uses them."""
+        tables = {"bond_keys": [bond_keys(coarse_edge_index, n)]}
+        if self.chirality:
+            tables["chirality"] = bond_tables(coarse_edge_index, n)
+        if hasattr(self, "coordinate_noise"):
+            parent, root, anchor, dof = tree_layout(coarse_edge_index, n)
+            tables["forest"] = [parent, root, anchor, dof]
+        if not self.dynamics.use_local_cutoff:
+            where = torch.zeros(n, 3, device=coarse_edge_index.device)   # the local graph reads only size and device
+            tables["local"] = self.dynamics.local_tables(where, coarse_edge_index, torch.zeros_like(where[:, 0]).long(),
+                                                         None)
+        return tables
+
+    def _tables(self, coarse_edge_index: Tensor, n: int) -> Dict[str, List[Tensor]]:
+        """The stored tables while the caller vouches for the topology (``validate_inputs`` off), else fresh."""
+        if not self.validate_inputs:
+            stored = self.topology.lookup(coarse_edge_index, n)
+            if stored is not None:
+                return stored
+        return self.topology_tables(coarse_edge_index, n)
+
     def _dynamics(self, pos_history: Tensor, bead_features: Tensor, coarse_edge_index: Tensor, batch: Tensor,
-                  box: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+                  box: Optional[Tensor], tables: Dict[str, List[Tensor]]) -> Tuple[Tensor, Tensor, Tensor]:
         """Acceleration mean (N, 3) and noise parameters in accel-std units, and the scalar latents (N, hidden).
 
         Noise parameters: ``[std, collective std]`` (N, 2) (internal, and per graph), or with bonded noise
         ``BondedNoise``'s (N, 7), or with internal-coordinate noise ``InternalCoordinateNoise``'s (N, 6 + 3K)."""
         velocities = (pos_history[1:] - pos_history[:-1]) / self.velocity_std_nm     # (k-1, N, 3)
         v_in = velocities.permute(1, 2, 0)                                            # (N, 3, k-1)
-        s_in = dynamics_scalars(v_in, bead_features, pos_history[-1], coarse_edge_index, self.chirality)
-        s, v = self.dynamics(s_in, v_in, pos_history[-1], coarse_edge_index, batch, box)
+        s_in = dynamics_scalars(v_in, bead_features, pos_history[-1], coarse_edge_index, self.chirality,
+                                tables.get("chirality"))
+        s, v = self.dynamics(s_in, v_in, pos_history[-1], coarse_edge_index, batch, box, tables.get("local"))
         mean = self.accel_head(s, v)
         if hasattr(self, "bonded_noise"):
             return mean, self.bonded_noise(s, batch), s
@@ -319,26 +347,30 @@ class CGPropagator(Block):
 
         With ``noise: internal`` the std is estimated from 64 draws (the global random stream)."""
         self.validate(pos_history, bead_features, coarse_edge_index, batch)
+        tables = self.topology.tables
         boxes = graph_box(box, batch)
         pos_history = unwrap(pos_history, pos_history[-1], boxes, batch)
-        mean, params, _ = self._dynamics(pos_history, bead_features, coarse_edge_index, batch, boxes)
+        mean, params, _ = self._dynamics(pos_history, bead_features, coarse_edge_index, batch, boxes, tables)
         if hasattr(self, "bonded_noise"):
             std = self.bonded_noise.marginal_std(params, pos_history[-1], coarse_edge_index, batch)
         elif hasattr(self, "coordinate_noise"):
             x_mean = euler_step(pos_history, mean, self.accel_std_nm)
             std = self.coordinate_noise.marginal_std(params, pos_history[-1], x_mean, bead_features[:, -1],
-                                                     coarse_edge_index, batch) / self.accel_std_nm
+                                                     coarse_edge_index, batch, 64, tables["forest"]) / self.accel_std_nm
         else:
             std = marginal_std(params[:, :1], params[:, 1:], batch)
         return mean * self.accel_std_nm, std * self.accel_std_nm
 
     @torch.jit.export
     def validate(self, pos_history: Tensor, bead_features: Tensor, coarse_edge_index: Tensor, batch: Tensor) -> None:
-        """``ValueError`` naming the first input of ``step`` with a wrong shape or value (NaN positions too)."""
+        """``ValueError`` naming the first input of ``step`` with a wrong shape or value (NaN positions too);
+        then stores the topology tables of these bonds for the steps that follow."""
         _check_step_inputs(pos_history, bead_features, coarse_edge_index, batch, self.k, self.n_beads,
                            self.n_features)
         if hasattr(self, "coordinate_noise"):
             check_trees(coarse_edge_index, pos_history.size(1))
+        n = pos_history.size(1)
+        self.topology.store(coarse_edge_index, n, self.topology_tables(coarse_edge_index, n))
 
     @torch.jit.export
     def noise_draws(self, refine: bool) -> int:
@@ -365,22 +397,23 @@ class CGPropagator(Block):
         """
         if self.validate_inputs:
             self.validate(pos_history, bead_features, coarse_edge_index, batch)
+        tables = self._tables(coarse_edge_index, pos_history.size(1))
         draws = self.noise_draws(refine)
         if noise.dim() != 3 or noise.size(0) != draws or noise.shape[1:] != pos_history[-1].shape:
             raise ValueError("noise must have shape (" + str(draws) + ", n_beads, 3), got " + str(noise.shape))
         boxes = graph_box(box, batch)
         pos_history = unwrap(pos_history, pos_history[-1], boxes, batch)
-        mean, params, latents = self._dynamics(pos_history, bead_features, coarse_edge_index, batch, boxes)
+        mean, params, latents = self._dynamics(pos_history, bead_features, coarse_edge_index, batch, boxes, tables)
         attempts = 1 + self._retries()
         per_attempt = draws // attempts
         masses = bead_features[:, -1]
         candidate, graph_at, edge, shift = self._sample(pos_history, mean, params, latents, noise[:per_attempt],
-                                                        masses, coarse_edge_index, batch, boxes)
+                                                        masses, coarse_edge_index, batch, boxes, tables)
         limit = max(self.min_bonded_nm, self.min_nonbonded_nm)
         for attempt in range(1, attempts + 1 if attempts > 1 else 1):   # no checks without truncation
             # truncation: a molecule with a pair under its minimum distance redraws its whole step
             edge, shift = contact_graph(candidate, batch, boxes, limit, edge, shift, graph_at, self.score.cutoff)
-            bad = violating_beads(candidate, batch, coarse_edge_index, edge, shift, self.min_distance_nm)
+            bad = violating_beads(candidate, batch, tables["bond_keys"][0], edge, shift, self.min_distance_nm)
             if not bool(bad.any()):
                 break
             # [redrawn, still too close after the last redraw], in molecule-steps
@@ -388,23 +421,23 @@ class CGPropagator(Block):
             if attempt < attempts:
                 retry, graph_at, edge, shift = self._sample(pos_history, mean, params, latents,
                                                             noise[attempt * per_attempt:(attempt + 1) * per_attempt],
-                                                            masses, coarse_edge_index, batch, boxes)
+                                                            masses, coarse_edge_index, batch, boxes, tables)
                 candidate = torch.where(bad.unsqueeze(-1), retry, candidate)
         if self.hard_core and limit > 0:
             edge, shift = contact_graph(candidate, batch, boxes, limit, edge, shift, graph_at, self.score.cutoff)
-            candidate = project_hard_core(candidate, bead_features[:, -1], coarse_edge_index, edge, shift,
+            candidate = project_hard_core(candidate, bead_features[:, -1], tables["bond_keys"][0], edge, shift,
                                           self.min_distance_nm, limit, self.hard_core_sweeps, self.hard_core_events)
         return candidate
 
     def _sample(self, pos_history: Tensor, mean: Tensor, params: Tensor, latents: Tensor,
                 noise: Tensor, masses: Tensor, coarse_edge_index: Tensor, batch: Tensor,
-                boxes: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+                boxes: Optional[Tensor], tables: Dict[str, List[Tensor]]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         """One draw of the next positions (acceleration, then refinement if ``noise`` has levels), where the
         Score graph was built (the positions themselves without refinement) and that graph (empty without)."""
         if hasattr(self, "coordinate_noise"):
             x_mean = euler_step(pos_history, mean, self.accel_std_nm)
             candidate = self.coordinate_noise.sample(params, noise[:self.dynamics_draws], pos_history[-1], x_mean,
-                                                     masses, coarse_edge_index, batch)
+                                                     masses, coarse_edge_index, batch, tables["forest"])
         else:
             accel = self._draw(mean, params, noise[:self.dynamics_draws], pos_history[-1], coarse_edge_index, batch)
             candidate = euler_step(pos_history, accel, self.accel_std_nm)

@@ -316,6 +316,22 @@ class PaxNet(Block):
         edges = torch.stack([torch.remainder(keys, n), torch.div(keys, n, rounding_mode="floor")], dim=0)
         return edges, is_bond
 
+    def local_tables(self, pos: Tensor, local_edge_index: Tensor, batch: Tensor, box: Optional[Tensor]
+                     ) -> List[Tensor]:
+        """``[edges, is_bond]`` of :meth:`local_graph` and the angle triplets of :meth:`_local_indices`, uncached.
+
+        Without ``local_cutoff`` they depend on the bonds alone: a caller stepping one topology may compute them
+        once and pass them to :meth:`forward` as ``local``.
+        """
+        n = pos.size(0)
+        edges, is_bond = self.local_graph(pos, local_edge_index.long(), batch, box)
+        two_in, two_out, one_in, one_out = _triplets(edges[0], edges[1], n)
+        # angle k-j-i at j is between x_k - x_j = -vec[kj] and x_i - x_j = vec[ji]: sign -1;
+        # angle j-i-k at i is between x_j - x_i and x_k - x_i, both edges point into i: sign +1
+        sign = torch.cat([torch.full_like(two_in, -1), torch.ones_like(one_in)])
+        return [edges, is_bond, two_in, two_out, one_in, one_out, torch.cat([two_in, one_in]),
+                torch.cat([two_out, one_out]), sign]
+
     def _local_indices(self, pos: Tensor, local_edge_index: Tensor, batch: Tensor, box: Optional[Tensor]
                        ) -> Tuple[Tensor, Tensor, List[Tensor]]:
         """Local edges, bond flags and angle triplets; cached while the bonds stay the same.
@@ -336,13 +352,8 @@ class PaxNet(Block):
             raise ValueError("local_edge_index must have shape (2, E), got " + str(list(local_edge_index.shape)))
         if local_edge_index.numel() > 0 and (int(local_edge_index.min()) < 0 or int(local_edge_index.max()) >= n):
             raise ValueError("local_edge_index refers to nodes outside 0.." + str(n - 1))
-        edges, is_bond = self.local_graph(pos, local_edge_index.long(), batch, box)
-        two_in, two_out, one_in, one_out = _triplets(edges[0], edges[1], n)
-        # angle k-j-i at j is between x_k - x_j = -vec[kj] and x_i - x_j = vec[ji]: sign -1;
-        # angle j-i-k at i is between x_j - x_i and x_k - x_i, both edges point into i: sign +1
-        sign = torch.cat([torch.full_like(two_in, -1), torch.ones_like(one_in)])
-        triplets = [two_in, two_out, one_in, one_out, torch.cat([two_in, one_in]), torch.cat([two_out, one_out]),
-                    sign]
+        tables = self.local_tables(pos, local_edge_index, batch, box)
+        edges, is_bond, triplets = tables[0], tables[1], tables[2:]
         # (a cache made under torch.inference_mode, e.g. in validation, holds inference tensors that
         # autograd cannot save: the hit test above rebuilds instead of reusing them when grad is on)
         if not self.use_local_cutoff:
@@ -354,7 +365,7 @@ class PaxNet(Block):
         return edges, is_bond, triplets
 
     def forward(self, s: Tensor, v: Tensor, pos: Tensor, local_edge_index: Tensor, batch: Tensor,
-                box: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+                box: Optional[Tensor] = None, local: Optional[List[Tensor]] = None) -> Tuple[Tensor, Tensor]:
         """Per-node features.
 
         Parameters
@@ -366,6 +377,8 @@ class PaxNet(Block):
             (N, 3) positions in nm, (2, E_l) bonds (either or both directions), (N,) graph of each node.
         box : Tensor, optional
             (B, 3, 3) or (3, 3) box vectors as rows, nm; zeros = not periodic.
+        local : list of Tensor, optional
+            :meth:`local_tables` of these bonds (no ``local_cutoff``), if at hand.
 
         Returns
         -------
@@ -394,7 +407,10 @@ class PaxNet(Block):
         g_weight = (self.envelope_global(g_dist) * self.global_scale).unsqueeze(1)
 
         # local graph: bonds (+ near pairs), with angles
-        l_edge, is_bond, triplets = self._local_indices(pos, local_edge_index, batch, box)
+        if local is None or self.use_local_cutoff:
+            l_edge, is_bond, triplets = self._local_indices(pos, local_edge_index, batch, box)
+        else:
+            l_edge, is_bond, triplets = local[0], local[1], local[2:]
         two_in, two_out, one_in, one_out = triplets[0], triplets[1], triplets[2], triplets[3]
         l_src, l_dst = l_edge[0], l_edge[1]
         l_vec, _ = edge_vectors(pos, l_edge, batch, box)

@@ -169,8 +169,8 @@ def _step_block(model, history: torch.Tensor, graph: tuple, refine: bool, noise,
     return history, frames, flags, model_error
 
 
-# no_grad, not inference_mode: inference tensors (the returned history, anything a module caches
-# during the call) raise "cannot be saved for backward" if they later meet autograd code.
+# no_grad here, inference mode only inside CGModel's calls: inference tensors (the returned history)
+# raise "cannot be saved for backward" if they later meet autograd code.
 @torch.no_grad()
 def rollout(
     model,

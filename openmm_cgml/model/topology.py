@@ -1,0 +1,63 @@
+"""What a model step reads off the coarse bonds alone, computed once per topology.
+
+A rollout steps one topology thousands of times. The chirality features'
+bond tables, the internal-coordinate forest, the Dynamics network's local
+graph with its angle triplets and the sorted bond keys of the exclusion
+checks depend on the bonds and the bead count only. ``CGPropagator.validate``
+computes them with the input checks and stores them here; ``step`` reuses
+them while its caller vouches that the topology is the validated one
+(``validate_inputs`` off, as inside ``CGModel.validated``), and computes them
+afresh otherwise. Reuse compares sizes and the device (tensor metadata, no
+host sync): a different topology of the same sizes under a vouching caller
+is that caller's error.
+"""
+from typing import Dict, List, Optional
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["TopologyCache"]
+
+
+class TopologyCache(nn.Module):
+    """The topology tables (name -> tensors) of the last validated inputs; nothing persistent.
+
+    Moving the model (``.to``) empties it, so no table is left on another device.
+    """
+
+    tables: Dict[str, List[Tensor]]
+
+    def __init__(self):
+        super().__init__()
+        self.clear()
+
+    def clear(self) -> None:
+        """Forget the stored tables."""
+        self.n_beads, self.n_bonds = -1, -1
+        self.tables = {}
+
+    def _apply(self, fn, *args, **kwargs):
+        self.clear()
+        return super()._apply(fn, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return f"n_beads={self.n_beads}, n_bonds={self.n_bonds}, tables={sorted(self.tables)}"
+
+    def store(self, coarse_edge_index: Tensor, n: int, tables: Dict[str, List[Tensor]]) -> None:
+        """Keep ``tables`` as those of ``n`` beads bonded by ``coarse_edge_index`` (2, E)."""
+        self.n_beads, self.n_bonds = n, coarse_edge_index.size(1)
+        # a copy of the index (2, E): the checks below need a tensor made here, whatever else is stored
+        tables["bonds"] = [coarse_edge_index.clone()]
+        self.tables = tables
+
+    def lookup(self, coarse_edge_index: Tensor, n: int) -> Optional[Dict[str, List[Tensor]]]:
+        """The stored tables if they are for ``n`` beads and as many bonds on the same device (and usable where
+        autograd records), else None."""
+        if self.n_beads != n or self.n_bonds != coarse_edge_index.size(1) or "bonds" not in self.tables:
+            return None
+        if self.tables["bonds"][0].device != coarse_edge_index.device:
+            return None
+        # tables made in inference mode cannot be saved for backward: rebuilt where autograd records
+        if torch.is_grad_enabled() and self.tables["bonds"][0].is_inference():
+            return None
+        return self.tables
