@@ -63,7 +63,6 @@ from openmm_cgml.model.hard_core import bond_keys, contact_graph, project_hard_c
 from openmm_cgml.model.internal_coordinates import InternalCoordinateNoise, check_trees, tree_layout
 from openmm_cgml.model.layers import VectorHead
 from openmm_cgml.model.losses import gaussian_nll, training_losses
-from openmm_cgml.model.topology import TopologyCache
 from openmm_cgml.model.sampler import (
     anneal_step,
     euler_step,
@@ -73,6 +72,7 @@ from openmm_cgml.model.sampler import (
     sample_acceleration,
 )
 from openmm_cgml.model.scores import build_score
+from openmm_cgml.model.topology import TopologyCache
 from openmm_cgml.nn import PaxNet
 from openmm_cgml.nn.layers import Block, mlp
 
