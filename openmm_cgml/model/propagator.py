@@ -424,7 +424,8 @@ class CGPropagator(Block):
                                                             masses, coarse_edge_index, batch, boxes, tables)
                 candidate = torch.where(bad.unsqueeze(-1), retry, candidate)
         if self.hard_core and limit > 0:
-            edge, shift = contact_graph(candidate, batch, boxes, limit, edge, shift, graph_at, self.score.cutoff)
+            if attempts == 1:   # else the truncation's last check built the contact graph at this candidate
+                edge, shift = contact_graph(candidate, batch, boxes, limit, edge, shift, graph_at, self.score.cutoff)
             candidate = project_hard_core(candidate, bead_features[:, -1], tables["bond_keys"][0], edge, shift,
                                           self.min_distance_nm, limit, self.hard_core_sweeps, self.hard_core_events)
         return candidate

@@ -90,17 +90,25 @@ def _pair_distances(pos: torch.Tensor, n_replicas: int, box: Optional[torch.Tens
     return d
 
 
-def _bad_frame(pos: torch.Tensor, n_replicas: int, collision_distance: float,
-               box: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Scalar bool tensor: NaN/inf anywhere, or two beads of one replica closer than the threshold."""
-    bad = ~torch.isfinite(pos).all()
-    if collision_distance > 0 and pos.shape[0] > n_replicas:
-        bad = bad | (_pair_distances(pos, n_replicas, box).amin() < collision_distance)
+def _bad_frames(frames: list, n_replicas: int, collision_distance: float,
+                box: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(S,) bool tensor for S frames (N, 3): NaN/inf anywhere, or two beads of one replica closer than the
+    threshold; the frames are checked together, a few million pair distances at a time."""
+    if not frames:
+        return torch.zeros(0, dtype=torch.bool)
+    pos = torch.stack(frames)
+    bad = ~torch.isfinite(pos).flatten(1).all(dim=1)
+    n = pos.shape[1] // n_replicas
+    if collision_distance > 0 and n > 1:
+        chunk = max(1, 4_000_000 // (n_replicas * n * n))
+        closest = [_pair_distances(part.reshape(-1, 3), part.shape[0] * n_replicas, box).flatten(1).amin(dim=1)
+                   .view(part.shape[0], n_replicas).amin(dim=1) for part in pos.split(chunk)]
+        bad = bad | (torch.cat(closest) < collision_distance)
     return bad
 
 
 def _describe_bad_frame(pos: torch.Tensor, n_replicas: int, box: Optional[torch.Tensor] = None):
-    """(reason, global bead indices, distance or None) for a frame ``_bad_frame`` flagged."""
+    """(reason, global bead indices, distance or None) for a frame ``_bad_frames`` flagged."""
     finite = torch.isfinite(pos).all(dim=1)
     if not bool(finite.all()):
         return "nan", torch.nonzero(~finite).flatten().tolist(), None
@@ -111,10 +119,10 @@ def _describe_bad_frame(pos: torch.Tensor, n_replicas: int, box: Optional[torch.
     return "collision", [replica * n + i, replica * n + j], float(d[replica, i, j])
 
 
-def _is_instability(error: ValueError, flags: list) -> bool:
+def _is_instability(error: ValueError, flags: torch.Tensor) -> bool:
     """Whether the model's refusal inside a step means the rollout went unstable (not bad input)."""
     # The model refuses non-finite input, also inside a step (e.g. a NaN mean fed to its refinement).
-    if flags and bool(torch.stack(flags).any()):
+    if bool(flags.any()):
         return True
     return any(word in str(error).lower() for word in ("nan", "infinite"))
 
@@ -122,7 +130,7 @@ def _is_instability(error: ValueError, flags: list) -> bool:
 def _unstable(start, frames, flags, model_error, step_offset: int, collision_distance: float, n_replicas: int,
               box) -> Optional[UnstableRolloutError]:
     """The error for a block of steps with a bad frame or a model refusal, or None if the block is good."""
-    flagged = torch.stack(flags) if flags else torch.zeros(0, dtype=torch.bool, device=start.device)
+    flagged = flags
     any_flagged = bool(flagged.any())  # the only host sync of the block
     if model_error is None and not any_flagged:
         return None
@@ -151,22 +159,21 @@ def _step_block(model, history: torch.Tensor, graph: tuple, refine: bool, noise,
     ``graph`` is ``(bead_features, edge_index, batch, box)`` as ``model.step`` takes them, ``noise(step)``
     the noise of model step ``step`` and ``box`` the periodic box of the collision checks (or None).
     Returns ``(history, frames, flags, model_error)``: the history after the last step taken, each new
-    frame, its ``_bad_frame`` flag (a tensor, not yet read) and the model's refusal message or None.
+    frame, their ``_bad_frames`` flags (a tensor, not yet read) and the model's refusal message or None.
     """
-    frames, flags, model_error = [], [], None
+    frames, model_error = [], None
     for step in steps:
         drawn = noise(step)
         try:
             new = model.step(history, *graph, drawn, refine)
         except ValueError as error:
-            if not _is_instability(error, flags):
+            if not _is_instability(error, _bad_frames(frames, n_replicas, collision_distance, box)):
                 raise
             model_error = str(error)
             break
         frames.append(new)
-        flags.append(_bad_frame(new, n_replicas, collision_distance, box))
         history = torch.cat([history[1:], new.unsqueeze(0)], dim=0)
-    return history, frames, flags, model_error
+    return history, frames, _bad_frames(frames, n_replicas, collision_distance, box), model_error
 
 
 # no_grad here, inference mode only inside CGModel's calls: inference tensors (the returned history)
