@@ -8,8 +8,8 @@ A run (definition: ``openmm_cgml/benchmarks/peptide.yaml``):
    reading atoms off beads; never scored), validation replicas and the test
    replicas, the even ones A (the reference) and the odd ones B (the ceiling);
 2. chooses the model's Score refinement levels (``refine_candidates``) on the
-   validation replicas only: the lowest Ramachandran JS of their rollouts;
-   then rolls out the model from the start of every A replica, with as many frames as it has;
+   validation replicas only: the lowest Ramachandran JS of their rollouts (their
+   handedness kept is recorded beside it); then rolls out the model from the start of every A replica, with as many frames as it has;
 3. reads the backbone torsions of every frame: from the atoms for MD, and
    from atoms placed on the rollout's beads by the backmapping fragments
    (exact for the backbone mapping, whose beads sit on N, CA and C);
@@ -274,23 +274,32 @@ def _starts(atoms: list, mapping, k: int, lag: int) -> tuple[list[np.ndarray], i
 def _tune(cg_model, mapping, backmapper, atoms: list, interval: float, topology, definition: dict, log) -> dict:
     """Choose the Score refinement levels on the validation replicas: the lowest Ramachandran JS of their rollouts.
 
-    Sets the model's levels to the choice (or leaves them when the choice is no refinement).
+    Sets the model's levels to the choice (or leaves them when the choice is no refinement). The handedness
+    kept by each candidate's rollouts is recorded beside its score, so that choices made outside the benchmark
+    (a model's step or size) can weigh it on validation too.
     """
     from openmm_cgml.evaluation.rollouts import choose_refinement, roll_out
 
     model_dt = float(cg_model.model_timestep._value)
     histories, n_steps = _starts(atoms, mapping, cg_model.k, frames_per_step(model_dt, interval))
     reference = _ensemble(atoms, [mapping.bead_positions(x) for x in atoms], interval, topology)
+    bonds = np.asarray(mapping.coarse_bonds, dtype=np.int64)
+    reference.arrays["signs"] = _chiral_features(reference, bonds)
+    kept = {}
 
     def score(refine: bool) -> float:
         rolled = roll_out(cg_model, [mapping] * len(atoms), histories, n_steps,
                           seed=int(definition["validation"]["seed"]), refine=refine)
         placed = [backmapper.place(frames)._value for frames in rolled["frames"]]
         ensemble = _ensemble(placed, rolled["frames"], model_dt, topology)
+        ensemble.arrays["signs"] = _chiral_features(ensemble, bonds)
+        kept[json.dumps(cg_model.refine_sigmas if refine else [])] = _kept_fraction(
+            ensemble.signs, *_chiral_reference(reference))
         return _histogram_js(reference, ensemble, int(definition["torsion_bins"]))["rama_js"]
 
     chosen = choose_refinement(cg_model, definition["refine_candidates"], score, "Ramachandran JS", log)
-    return {"refine_sigmas": {**chosen, "replicas": len(atoms), "model_steps": int(n_steps)}}
+    return {"refine_sigmas": {**chosen, "chirality_kept_fraction": kept, "replicas": len(atoms),
+                              "model_steps": int(n_steps)}}
 
 
 def run_peptide_benchmark(definition: dict, out: Path, cg_model, model_name: str, cache: Path, workers: int,

@@ -107,6 +107,8 @@ def test_a_tiny_peptide_benchmark_runs_end_to_end(tmp_path, capsys):
     tuned = document["choices"]["refine_sigmas"]
     assert tuned["split"] == "validation" and len(tuned["scores"]) == len(definition["refine_candidates"])
     assert tuned["value"] in definition["refine_candidates"]
+    assert set(tuned["chirality_kept_fraction"]) == set(tuned["scores"])       # handedness beside every score
+    assert all(0.0 <= kept <= 1.0 for kept in tuned["chirality_kept_fraction"].values())
     # the brief on stdout carries the peptide blocks
     brief = json.loads(capsys.readouterr().out)
     assert "backmap" in brief and "speedup" in brief
