@@ -129,10 +129,11 @@ def choose_refinement(model, candidates, score, objective: str, log=print) -> di
     """Try each list of Score refinement levels in ``candidates`` (``[]``: off) and keep the lowest score.
 
     ``score(refine)`` rolls out validation data with the model's current levels (refinement on or
-    off) and returns the objective, lower is better. The model keeps the chosen levels (or its own,
-    when the choice is no refinement). Returns ``{"value", "split", "objective", "scores"}``.
+    off) and returns the objective, lower is better. The model keeps the chosen levels, ``[]`` when
+    the choice is no refinement, so that everything after the choice (test rollouts, timings) steps
+    as chosen whether it asks for refinement or not. Returns ``{"value", "split", "objective", "scores"}``.
     """
-    scores, original = {}, model.refine_sigmas
+    scores = {}
     for candidate in candidates:
         if candidate:
             model.refine_sigmas = candidate
@@ -140,7 +141,7 @@ def choose_refinement(model, candidates, score, objective: str, log=print) -> di
         scores[key] = float(score(bool(candidate)))
         log(f"      validation: refine {candidate or 'off'}: {objective} {scores[key]:.4f}")
     best = json.loads(min(scores, key=scores.get))
-    model.refine_sigmas = best if best else original
+    model.refine_sigmas = best
     return {"value": best, "split": "validation", "objective": objective, "scores": scores}
 
 

@@ -6,7 +6,7 @@ import pytest
 
 import openmm_cgml
 from openmm_cgml import systems
-from openmm_cgml.evaluation.rollouts import pinned_cpus, roll_out
+from openmm_cgml.evaluation.rollouts import choose_refinement, pinned_cpus, roll_out
 from openmm_cgml.openmm.bead_system import molecule_mapping
 
 
@@ -31,6 +31,23 @@ def test_truncation_is_counted_per_molecule_step_and_switched_back(chain_start):
     assert model.exclusion_retries == 8 and model.hard_core              # the call's settings were set back
     first = lambda run: np.stack([frames[1] for frames in run["frames"]])  # noqa: E731
     assert not np.allclose(first(on), first(off))                        # the redrawn step differs
+
+
+def test_a_choice_of_no_refinement_leaves_the_model_without_levels(chain_start):
+    model, mapping, history = chain_start
+    shipped = model.refine_sigmas
+    try:
+        seen = []
+
+        def score(refine):   # the objective favours no refinement; each call sees the candidate's levels
+            seen.append((refine, model.refine_sigmas))
+            return len(model.refine_sigmas) if refine else 0.0
+        chosen = choose_refinement(model, [[0.3, 0.1], [], [0.15]], score, "levels", log=lambda _: None)
+        assert chosen["value"] == [] and seen[0] == (True, [0.3, 0.1]) and seen[2] == (True, [0.15])
+        # stepping with refinement asked for (as timings do) now takes no Score call
+        assert model.refine_sigmas == [] and model.noise_draws(True) == model.noise_draws(False)
+    finally:
+        model.refine_sigmas = shipped
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="CPU affinity is Linux-only")
