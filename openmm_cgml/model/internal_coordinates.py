@@ -53,8 +53,8 @@ from openmm_cgml.model.batch import graph_mean
 from openmm_cgml.model.bonded_noise import _rounds, _skew, bond_parents
 from openmm_cgml.nn.layers import Block, mlp
 
-__all__ = ["InternalCoordinateNoise", "tree_layout", "check_trees", "frames", "internal_coordinates", "rebuild",
-           "rotation_vector", "rotation_matrix"]
+__all__ = ["InternalCoordinateNoise", "tree_layout", "doubling_rounds", "check_trees", "frames", "internal_coordinates",
+           "rebuild", "rotation_vector", "rotation_matrix"]
 
 
 def _unit(v: Tensor) -> Tensor:
@@ -106,6 +106,19 @@ def _layout(coarse_edge_index: Tensor, n: int, layout: Optional[List[Tensor]]
     if layout is None:
         return tree_layout(coarse_edge_index, n)
     return layout[0], layout[1], layout[2], layout[3]
+
+
+def doubling_rounds(parent: Tensor) -> int:
+    """Pointer-doubling rounds that compose every bead's path to its root: ceil(log2(depth)) of the deepest bead.
+
+    A batch of many small molecules needs as few rounds as one of them, not log2 of all the beads. Reads
+    the depth off the device (one host sync): for a caller that computes it once per topology.
+    """
+    index = torch.arange(parent.numel(), device=parent.device)
+    depth, p = (parent != index).long(), parent
+    for _ in range(_rounds(parent.numel())):
+        depth, p = depth + depth[p], p[p]       # roots have depth 0 and point at themselves
+    return _rounds(int(depth.max())) if parent.numel() > 0 else 0
 
 
 def check_trees(coarse_edge_index: Tensor, n: int) -> None:
@@ -162,11 +175,13 @@ def _local(internal: Tensor) -> Tuple[Tensor, Tensor]:
     return rotation, b.unsqueeze(-1) * rotation[:, :, 0]
 
 
-def rebuild(internal: Tensor, root_frame: Tensor, root_position: Tensor, parent: Tensor, root: Tensor) -> Tensor:
+def rebuild(internal: Tensor, root_frame: Tensor, root_position: Tensor, parent: Tensor, root: Tensor,
+            rounds: int = -1) -> Tensor:
     """Positions (N, 3) with the given internal coordinates, each root at ``root_position`` with ``root_frame``.
 
     Bead ``i``'s frame and position are its parent's composed with its local placement; the products
-    along every path are taken by pointer doubling.
+    along every path are taken by pointer doubling, in ``rounds`` rounds (:func:`doubling_rounds`; -1: enough
+    for any forest of N beads).
 
     Shapes:
         internal (N, 3), root_frame (N, 3, 3), root_position (N, 3) (read at roots), parent, root (N,) -> (N, 3)
@@ -176,7 +191,7 @@ def rebuild(internal: Tensor, root_frame: Tensor, root_position: Tensor, parent:
     rotation = torch.where(is_root.unsqueeze(-1), root_frame, rotation)
     shift = torch.where(is_root, root_position, shift)
     done, p = is_root, parent
-    for _ in range(_rounds(parent.numel())):
+    for _ in range(rounds if rounds >= 0 else _rounds(parent.numel())):
         # invariant: T_i = T_p(i) . (rotation_i, shift_i) until done, then T_i = (rotation_i, shift_i)
         new_rotation = torch.bmm(rotation[p], rotation)
         new_shift = torch.bmm(rotation[p], shift.unsqueeze(-1)).squeeze(-1) + shift[p]
@@ -289,14 +304,16 @@ class InternalCoordinateNoise(Block):
         return torch.stack([now[:, 0] + params[:, 4], theta, mean[:, 2]], 1), frame
 
     def sample(self, params: Tensor, noise: Tensor, x_now: Tensor, x_mean: Tensor, masses: Tensor,
-               coarse_edge_index: Tensor, batch: Tensor, layout: Optional[List[Tensor]] = None) -> Tensor:
+               coarse_edge_index: Tensor, batch: Tensor, layout: Optional[List[Tensor]] = None,
+               rounds: int = -1) -> Tensor:
         """A draw of the next positions (N, 3) nm from the current ``x_now`` and the mean positions ``x_mean``
         (N, 3) nm (:meth:`_centre`).
 
         ``noise`` (draws(), N, 3) standard normal: the first perturbs ``[b, theta, phi]``, the next two give each
         tree's centre shift and rotation vector (``sqrt(n)`` times the tree mean, itself standard normal), the
         fourth (with a mixture) picks the torsion's component (``Phi(noise[3][:, 0])`` uniform). ``masses`` (N,)
-        weight the centres (any units). ``layout``: :func:`tree_layout` of the bonds, if at hand.
+        weight the centres (any units). ``layout``: :func:`tree_layout` of the bonds, if at hand, and ``rounds``
+        its :func:`doubling_rounds` (-1: enough for any forest).
         """
         parent, root, anchor, dof = _layout(coarse_edge_index, x_mean.size(0), layout)
         internal, frame = self._centre(params, x_now, x_mean, parent, root, anchor, dof)
@@ -307,7 +324,7 @@ class InternalCoordinateNoise(Block):
             pick = (uniform > cumulative).sum(1, keepdim=True)
             offsets, s_phi = offsets.gather(1, pick), s_phi.gather(1, pick)
         step = torch.cat([params[:, :2] * noise[0][:, :2], offsets + s_phi * noise[0][:, 2:]], 1)
-        z = rebuild(internal + step * dof.to(x_mean.dtype), frame, x_mean, parent, root)
+        z = rebuild(internal + step * dof.to(x_mean.dtype), frame, x_mean, parent, root, rounds)
         weight = masses.view(-1, 1).to(x_mean.dtype)
         ones = torch.ones_like(weight)
         count = torch.zeros_like(ones).index_add(0, root, ones)[root]

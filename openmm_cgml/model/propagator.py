@@ -60,7 +60,7 @@ from openmm_cgml.model.chirality import N_PSEUDO, bond_tables, dynamics_scalars
 from openmm_cgml.model.config import PropagatorConfig
 from openmm_cgml.model.embedding import EmbeddingGNN, check_embed_inputs, pool_beads, type_mass_table
 from openmm_cgml.model.hard_core import bond_keys, contact_graph, project_hard_core, violating_beads
-from openmm_cgml.model.internal_coordinates import InternalCoordinateNoise, check_trees, tree_layout
+from openmm_cgml.model.internal_coordinates import InternalCoordinateNoise, check_trees, doubling_rounds, tree_layout
 from openmm_cgml.model.layers import VectorHead
 from openmm_cgml.model.losses import gaussian_nll, training_losses
 from openmm_cgml.model.sampler import (
@@ -291,13 +291,14 @@ class CGPropagator(Block):
                                                          None)
         return tables
 
-    def _tables(self, coarse_edge_index: Tensor, n: int) -> Dict[str, List[Tensor]]:
-        """The stored tables while the caller vouches for the topology (``validate_inputs`` off), else fresh."""
+    def _tables(self, coarse_edge_index: Tensor, n: int) -> Tuple[Dict[str, List[Tensor]], int]:
+        """The stored tables and the forest's doubling rounds while the caller vouches for the topology
+        (``validate_inputs`` off), else fresh tables and -1 (rounds enough for any forest, no host sync)."""
         if not self.validate_inputs:
             stored = self.topology.lookup(coarse_edge_index, n)
             if stored is not None:
-                return stored
-        return self.topology_tables(coarse_edge_index, n)
+                return stored, self.topology.rounds
+        return self.topology_tables(coarse_edge_index, n), -1
 
     def _dynamics(self, pos_history: Tensor, bead_features: Tensor, coarse_edge_index: Tensor, batch: Tensor,
                   box: Optional[Tensor], tables: Dict[str, List[Tensor]]) -> Tuple[Tensor, Tensor, Tensor]:
@@ -370,7 +371,9 @@ class CGPropagator(Block):
         if hasattr(self, "coordinate_noise"):
             check_trees(coarse_edge_index, pos_history.size(1))
         n = pos_history.size(1)
-        self.topology.store(coarse_edge_index, n, self.topology_tables(coarse_edge_index, n))
+        tables = self.topology_tables(coarse_edge_index, n)
+        rounds = doubling_rounds(tables["forest"][0]) if hasattr(self, "coordinate_noise") else -1
+        self.topology.store(coarse_edge_index, n, tables, rounds)
 
     @torch.jit.export
     def noise_draws(self, refine: bool) -> int:
@@ -397,7 +400,7 @@ class CGPropagator(Block):
         """
         if self.validate_inputs:
             self.validate(pos_history, bead_features, coarse_edge_index, batch)
-        tables = self._tables(coarse_edge_index, pos_history.size(1))
+        tables, rounds = self._tables(coarse_edge_index, pos_history.size(1))
         draws = self.noise_draws(refine)
         if noise.dim() != 3 or noise.size(0) != draws or noise.shape[1:] != pos_history[-1].shape:
             raise ValueError("noise must have shape (" + str(draws) + ", n_beads, 3), got " + str(noise.shape))
@@ -408,7 +411,7 @@ class CGPropagator(Block):
         per_attempt = draws // attempts
         masses = bead_features[:, -1]
         candidate, graph_at, edge, shift = self._sample(pos_history, mean, params, latents, noise[:per_attempt],
-                                                        masses, coarse_edge_index, batch, boxes, tables)
+                                                        masses, coarse_edge_index, batch, boxes, tables, rounds)
         limit = max(self.min_bonded_nm, self.min_nonbonded_nm)
         for attempt in range(1, attempts + 1 if attempts > 1 else 1):   # no checks without truncation
             # truncation: a molecule with a pair under its minimum distance redraws its whole step
@@ -421,7 +424,8 @@ class CGPropagator(Block):
             if attempt < attempts:
                 retry, graph_at, edge, shift = self._sample(pos_history, mean, params, latents,
                                                             noise[attempt * per_attempt:(attempt + 1) * per_attempt],
-                                                            masses, coarse_edge_index, batch, boxes, tables)
+                                                            masses, coarse_edge_index, batch, boxes, tables,
+                                                            rounds)
                 candidate = torch.where(bad.unsqueeze(-1), retry, candidate)
         if self.hard_core and limit > 0:
             if attempts == 1:   # else the truncation's last check built the contact graph at this candidate
@@ -432,13 +436,14 @@ class CGPropagator(Block):
 
     def _sample(self, pos_history: Tensor, mean: Tensor, params: Tensor, latents: Tensor,
                 noise: Tensor, masses: Tensor, coarse_edge_index: Tensor, batch: Tensor,
-                boxes: Optional[Tensor], tables: Dict[str, List[Tensor]]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+                boxes: Optional[Tensor], tables: Dict[str, List[Tensor]], rounds: int
+                ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         """One draw of the next positions (acceleration, then refinement if ``noise`` has levels), where the
         Score graph was built (the positions themselves without refinement) and that graph (empty without)."""
         if hasattr(self, "coordinate_noise"):
             x_mean = euler_step(pos_history, mean, self.accel_std_nm)
             candidate = self.coordinate_noise.sample(params, noise[:self.dynamics_draws], pos_history[-1], x_mean,
-                                                     masses, coarse_edge_index, batch, tables["forest"])
+                                                     masses, coarse_edge_index, batch, tables["forest"], rounds)
         else:
             accel = self._draw(mean, params, noise[:self.dynamics_draws], pos_history[-1], coarse_edge_index, batch)
             candidate = euler_step(pos_history, accel, self.accel_std_nm)

@@ -33,7 +33,7 @@ class TopologyCache(nn.Module):
 
     def clear(self) -> None:
         """Forget the stored tables."""
-        self.n_beads, self.n_bonds = -1, -1
+        self.n_beads, self.n_bonds, self.rounds = -1, -1, -1
         self.tables = {}
 
     def _apply(self, fn, *args, **kwargs):
@@ -43,9 +43,10 @@ class TopologyCache(nn.Module):
     def extra_repr(self) -> str:
         return f"n_beads={self.n_beads}, n_bonds={self.n_bonds}, tables={sorted(self.tables)}"
 
-    def store(self, coarse_edge_index: Tensor, n: int, tables: Dict[str, List[Tensor]]) -> None:
-        """Keep ``tables`` as those of ``n`` beads bonded by ``coarse_edge_index`` (2, E)."""
-        self.n_beads, self.n_bonds = n, coarse_edge_index.size(1)
+    def store(self, coarse_edge_index: Tensor, n: int, tables: Dict[str, List[Tensor]], rounds: int = -1) -> None:
+        """Keep ``tables`` as those of ``n`` beads bonded by ``coarse_edge_index`` (2, E), with ``rounds`` the
+        pointer-doubling rounds of their forest (-1: not known)."""
+        self.n_beads, self.n_bonds, self.rounds = n, coarse_edge_index.size(1), rounds
         # a copy of the index (2, E): the checks below need a tensor made here, whatever else is stored
         tables["bonds"] = [coarse_edge_index.clone()]
         self.tables = tables

@@ -7,6 +7,7 @@ import torch
 from openmm_cgml.model.internal_coordinates import (
     InternalCoordinateNoise,
     check_trees,
+    doubling_rounds,
     frames,
     internal_coordinates,
     rebuild,
@@ -55,6 +56,23 @@ def test_layout_roots_anchors_and_degrees_of_freedom():
     # 3n - 6 internal coordinates per tree
     assert dof[:6].sum() == 12 and dof[6:].sum() == 12
     assert dof[1].tolist() == [1, 0, 0] and dof[2].tolist() == [1, 1, 0] and dof[10].tolist() == [1, 1, 1]
+
+
+def test_doubling_rounds_follow_the_deepest_bead_not_the_bead_count():
+    parent, root, anchor, dof = tree_layout(EDGES, N)
+    assert doubling_rounds(parent) == 3                  # the chain's bead 5 is 5 bonds from its root: 2^3 >= 5
+    copies = 50                                          # 600 beads, as deep as one copy
+    edges = torch.cat([EDGES + N * c for c in range(copies)], 1)
+    many, many_root, _, _ = tree_layout(edges, N * copies)
+    assert doubling_rounds(many) == 3 and doubling_rounds(torch.arange(4)) == 0
+    assert doubling_rounds(torch.tensor([0, 0, 1, 2, 3])) == 2
+    x = torch.cat([_positions(seed) for seed in range(copies)])
+    frame = frames(x, many, many_root, tree_layout(edges, N * copies)[2])
+    internal = internal_coordinates(x, frame, many, tree_layout(edges, N * copies)[3].double())
+    full = rebuild(internal, frame, x, many, many_root)           # log2(600) rounds
+    torch.testing.assert_close(rebuild(internal, frame, x, many, many_root, 3), full, atol=0, rtol=0)
+    torch.testing.assert_close(full, x, atol=1e-9, rtol=0)
+    assert not torch.allclose(rebuild(internal, frame, x, many, many_root, 2), x)   # one round short
 
 
 def test_a_comb_is_anchored_on_its_backbone_not_a_side_bead():
