@@ -9,7 +9,8 @@ A run (definition: ``openmm_cgml/benchmarks/peptide.yaml``):
    replicas, the even ones A (the reference) and the odd ones B (the ceiling);
 2. chooses the model's Score refinement levels (``refine_candidates``) on the
    validation replicas only: the lowest Ramachandran JS of their rollouts (their
-   handedness kept is recorded beside it); then rolls out the model from the start of every A replica, with as many frames as it has;
+   handedness kept is recorded beside it); then rolls out the model from the
+   start of every A replica, with as many frames as it has;
 3. reads the backbone torsions of every frame: from the atoms for MD, and
    from atoms placed on the rollout's beads by the backmapping fragments
    (exact for the backbone mapping, whose beads sit on N, CA and C);
