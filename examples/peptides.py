@@ -1,7 +1,10 @@
 """Peptides end to end: free-energy surfaces of a learned coarse-grained propagator.
 
-Reference MD of alanine dipeptide (and chignolin in ``--full``) in implicit
-solvent -> METIS coarse-graining -> training one propagator per peptide ->
+Reference MD of alanine dipeptide (and chignolin in ``--full``, or at small
+scale with ``--set peptides=alanine-dipeptide,chignolin``) in implicit solvent
+-> backbone coarse-graining (N, CA, C beads: phi and psi exact) -> training one
+propagator per peptide, its step drawn in internal coordinates with mixtures
+of Gaussians for the torsions (the recipe of the shipped model) ->
 rollouts with ``CGMLIntegrator`` inside an ordinary ``openmm.app.Simulation``
 (DCDReporter, several replicas in one batch), started from held-out reference
 states -> ``cgml evaluate``: TICA free-energy surfaces (TICA fitted on the
@@ -43,15 +46,16 @@ from openmm_cgml.trajectory import FineTrajectory  # noqa: E402
 # Units: MD steps of 2 fs. Frames every `stride` steps; one model step = `model_steps` MD steps.
 CONFIGS = {
     "small": dict(peptides="alanine-dipeptide", train_replicas=3, train_frames=2000, test_frames=4000, stride=50,
-                  model_steps=1000, k=4, atoms_per_bead=4, rollout_steps=400, rollout_replicas=4,
-                  model=dict(hidden=32, n_layers=2, embed_hidden=16, embed_layers=2, score_hidden=16, score_layers=1),
+                  model_steps=1000, k=4, mapping="backbone", rollout_steps=400, rollout_replicas=4,
+                  model=dict(hidden=32, n_layers=2, embed_hidden=16, embed_layers=2, score_hidden=16, score_layers=1,
+                             noise="internal", torsion_components=3, refine_sigmas=[]),
                   train=dict(max_epochs=60, batch_size=32, limit_train_batches=60, limit_val_batches=10, lr=2e-3,
                              warmup_steps=50, threads=0)),
     # one GPU: 8 x 100 ns of training data per peptide (chignolin folds on this scale), 10 ps model steps
     "full": dict(peptides="alanine-dipeptide,chignolin", train_replicas=8, train_frames=100000, test_frames=100000,
-                 stride=500, model_steps=5000, k=16, atoms_per_bead=4, rollout_steps=20000, rollout_replicas=16,
+                 stride=500, model_steps=5000, k=4, mapping="backbone", rollout_steps=20000, rollout_replicas=16,
                  model=dict(hidden=128, n_layers=4, embed_hidden=64, embed_layers=4, score_hidden=64, score_layers=3,
-                            refine_sigmas=[0.3, 0.1]),
+                            noise="internal", torsion_components=5, refine_sigmas=[]),
                  train=dict(max_epochs=50, batch_size=64, lr=1e-3, warmup_steps=500)),
 }
 
@@ -105,8 +109,8 @@ def run_peptide(name: str, config: dict, out: Path, seed: int, log) -> tuple:
 
     dataset = out / "coarse.h5"
     if not dataset.exists():
-        log(f"[{name}] coarse-graining (METIS, {config['atoms_per_bead']} atoms per bead)")
-        coarse_grain(train_paths, dataset, mapping="metis", atoms_per_bead=config["atoms_per_bead"], k=config["k"],
+        log(f"[{name}] coarse-graining ({config['mapping']} mapping)")
+        coarse_grain(train_paths, dataset, mapping=config["mapping"], k=config["k"],
                      model_steps=config["model_steps"], split=(0.8, 0.2, 0.0), split_by="trajectory")
 
     log(f"[{name}] training")

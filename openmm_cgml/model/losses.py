@@ -57,7 +57,7 @@ def training_losses(model, pos_history: Tensor, pos_target: Tensor, bead_feature
     noisy = pos_history + (history_sigma * model.accel_std_nm).unsqueeze(0) * torch.randn_like(pos_history)
     x_t, x_prev = noisy[-1], noisy[-2]
     accel = (pos_target - 2.0 * x_t + x_prev) / model.accel_std_nm
-    tables = model.topology_tables(coarse_edge_index, pos_target.size(0))
+    tables = model.topology.compute(coarse_edge_index, pos_target.size(0))
     mean, params, latents = model._dynamics(noisy, bead_features, coarse_edge_index, batch, boxes, tables)
     if hasattr(model, "bonded_noise"):
         nll = model.bonded_noise.nll(accel - mean, params, x_t, coarse_edge_index, batch)

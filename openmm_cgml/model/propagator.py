@@ -56,11 +56,11 @@ from torch import Tensor, nn
 
 from openmm_cgml.model.batch import graph_box, graph_mean, unwrap
 from openmm_cgml.model.bonded_noise import BondedNoise
-from openmm_cgml.model.chirality import N_PSEUDO, bond_tables, dynamics_scalars
+from openmm_cgml.model.chirality import N_PSEUDO, dynamics_scalars
 from openmm_cgml.model.config import PropagatorConfig
 from openmm_cgml.model.embedding import EmbeddingGNN, check_embed_inputs, pool_beads, type_mass_table
-from openmm_cgml.model.hard_core import bond_keys, contact_graph, project_hard_core, violating_beads
-from openmm_cgml.model.internal_coordinates import InternalCoordinateNoise, check_trees, doubling_rounds, tree_layout
+from openmm_cgml.model.hard_core import contact_graph, project_hard_core, violating_beads
+from openmm_cgml.model.internal_coordinates import InternalCoordinateNoise, check_trees
 from openmm_cgml.model.layers import VectorHead
 from openmm_cgml.model.losses import gaussian_nll, training_losses
 from openmm_cgml.model.sampler import (
@@ -164,8 +164,7 @@ class CGPropagator(Block):
     config : PropagatorConfig
         Network sizes and sampler settings.
     type_masses : Tensor
-        (n_types,) atom mass in amu for each atom type seen in training
-        (0 = unseen: ``embed`` refuses such atoms).
+        (n_types,) atom mass in amu of each atom type seen in training (0 = unseen: ``embed`` refuses it).
     accel_std_nm, velocity_std_nm : float
         Dataset scales (nm per model step^2, nm per model step).
     mass_scale_amu : float
@@ -173,18 +172,13 @@ class CGPropagator(Block):
     model_dt_ps, md_steps_per_model_step, md_timestep_ps, temperature_K : float, int, float, float
         What one model step stands for (carried into the exported file).
     n_beads, n_atoms : int
-        The molecule the model is for (0 = transferable); ``step``/``embed``
-        accept whole multiples of them (copies).
+        The molecule the model is for (0 = transferable); ``step``/``embed`` accept whole multiples (copies).
     min_bonded_nm, min_nonbonded_nm : float
-        Hard-core distances (nm) for bead pairs joined by a coarse bond and
-        for all other pairs, learned from the reference data
-        (``openmm_cgml.data.CoarseDataset.min_distances``); 0 = unknown: no
-        projection (models trained before the hard core).
+        Hard-core distances (nm) for bead pairs joined by a coarse bond and for all other pairs, learned from
+        the reference data (``CoarseDataset.min_distances``); 0 = unknown: no projection (older models).
     score : torch.nn.Module, optional
-        The Score network (see :mod:`openmm_cgml.model.scores` for its two
-        methods), taking latents of width ``config.hidden``; default
-        :func:`~openmm_cgml.model.scores.build_score` of ``config``. The
-        ``init_json`` rebuilds the default one.
+        The Score network (:mod:`openmm_cgml.model.scores`), taking latents of width ``config.hidden``; default
+        ``build_score(config)``, which ``init_json`` rebuilds.
     """
 
     refine_sigmas: List[float]
@@ -212,10 +206,8 @@ class CGPropagator(Block):
         self.hard_core_sweeps = int(config.hard_core_sweeps)
         # redraws of a molecule's step while it has a pair under its minimum distance (0: no truncation)
         self.exclusion_retries = int(config.exclusion_retries)
-        # False: `step` skips the shape/value checks with host syncs and reuses the topology tables `validate`
-        # stored (a caller that ran `validate` once for the topology it steps)
+        # False: `step` skips the checks (host syncs) and reuses the topology tables `validate` stored
         self.validate_inputs = True
-        self.topology = TopologyCache()
         # [bonded, nonbonded] nm; not persistent, so checkpoints from before the hard core still load
         self.register_buffer("min_distance_nm", torch.tensor([self.min_bonded_nm, self.min_nonbonded_nm]),
                              persistent=False)
@@ -235,6 +227,7 @@ class CGPropagator(Block):
                                n_rbf=config.n_rbf, n_sbf=config.n_sbf, vector_in=n_vel,
                                scalar_in=n_vel + self.n_features + (N_PSEUDO if self.chirality else 0))
         self.accel_head = VectorHead(config.hidden)
+        self.topology = TopologyCache(self.chirality, config.noise == "internal", not self.dynamics.use_local_cutoff)
         for name, head in _noise_heads(config, self.accel_std_nm).items():
             self.add_module(name, head)
         # standard normal (N, 3) draws the dynamics takes per step: with bonded noise a second (the rotation), with
@@ -274,31 +267,6 @@ class CGPropagator(Block):
         """
         type_masses, scales = _mapping_init(mapping, transferable, scales)
         return cls(config or PropagatorConfig(), type_masses, **scales)
-
-    def topology_tables(self, coarse_edge_index: Tensor, n: int) -> Dict[str, List[Tensor]]:
-        """What a step reads off the bonds alone (:mod:`~openmm_cgml.model.topology`), computed afresh:
-        ``bond_keys`` always, ``chirality`` (bond tables), ``forest`` (tree layout) and ``local`` (the Dynamics
-        network's local graph and triplets) where the model uses them."""
-        tables = {"bond_keys": [bond_keys(coarse_edge_index, n)]}
-        if self.chirality:
-            tables["chirality"] = bond_tables(coarse_edge_index, n)
-        if hasattr(self, "coordinate_noise"):
-            parent, root, anchor, dof = tree_layout(coarse_edge_index, n)
-            tables["forest"] = [parent, root, anchor, dof]
-        if not self.dynamics.use_local_cutoff:
-            where = torch.zeros(n, 3, device=coarse_edge_index.device)   # the local graph reads only size and device
-            tables["local"] = self.dynamics.local_tables(where, coarse_edge_index, torch.zeros_like(where[:, 0]).long(),
-                                                         None)
-        return tables
-
-    def _tables(self, coarse_edge_index: Tensor, n: int) -> Tuple[Dict[str, List[Tensor]], int]:
-        """The stored tables and the forest's doubling rounds while the caller vouches for the topology
-        (``validate_inputs`` off), else fresh tables and -1 (rounds enough for any forest, no host sync)."""
-        if not self.validate_inputs:
-            stored = self.topology.lookup(coarse_edge_index, n)
-            if stored is not None:
-                return stored, self.topology.rounds
-        return self.topology_tables(coarse_edge_index, n), -1
 
     def _dynamics(self, pos_history: Tensor, bead_features: Tensor, coarse_edge_index: Tensor, batch: Tensor,
                   box: Optional[Tensor], tables: Dict[str, List[Tensor]]) -> Tuple[Tensor, Tensor, Tensor]:
@@ -370,10 +338,7 @@ class CGPropagator(Block):
                            self.n_features)
         if hasattr(self, "coordinate_noise"):
             check_trees(coarse_edge_index, pos_history.size(1))
-        n = pos_history.size(1)
-        tables = self.topology_tables(coarse_edge_index, n)
-        rounds = doubling_rounds(tables["forest"][0]) if hasattr(self, "coordinate_noise") else -1
-        self.topology.store(coarse_edge_index, n, tables, rounds)
+        self.topology.fill(coarse_edge_index, pos_history.size(1))
 
     @torch.jit.export
     def noise_draws(self, refine: bool) -> int:
@@ -400,7 +365,7 @@ class CGPropagator(Block):
         """
         if self.validate_inputs:
             self.validate(pos_history, bead_features, coarse_edge_index, batch)
-        tables, rounds = self._tables(coarse_edge_index, pos_history.size(1))
+        tables, rounds = self.topology.get(coarse_edge_index, pos_history.size(1), not self.validate_inputs)
         draws = self.noise_draws(refine)
         if noise.dim() != 3 or noise.size(0) != draws or noise.shape[1:] != pos_history[-1].shape:
             raise ValueError("noise must have shape (" + str(draws) + ", n_beads, 3), got " + str(noise.shape))

@@ -1,20 +1,25 @@
 """What a model step reads off the coarse bonds alone, computed once per topology.
 
 A rollout steps one topology thousands of times. The chirality features'
-bond tables, the internal-coordinate forest, the Dynamics network's local
-graph with its angle triplets and the sorted bond keys of the exclusion
-checks depend on the bonds and the bead count only. ``CGPropagator.validate``
-computes them with the input checks and stores them here; ``step`` reuses
-them while its caller vouches that the topology is the validated one
-(``validate_inputs`` off, as inside ``CGModel.validated``), and computes them
-afresh otherwise. Reuse compares sizes and the device (tensor metadata, no
-host sync): a different topology of the same sizes under a vouching caller
-is that caller's error.
+bond tables, the internal-coordinate forest (and the pointer-doubling rounds
+its rebuild needs), the Dynamics network's local graph with its angle
+triplets and the sorted bond keys of the exclusion checks depend on the
+bonds and the bead count only. ``CGPropagator.validate`` computes them with
+the input checks and stores them here; ``step`` reuses them while its caller
+vouches that the topology is the validated one (``validate_inputs`` off, as
+inside ``CGModel.validated``), and computes them afresh otherwise. Reuse
+compares sizes and the device (tensor metadata, no host sync): a different
+topology of the same sizes under a vouching caller is that caller's error.
 """
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
+
+from openmm_cgml.model.chirality import bond_tables
+from openmm_cgml.model.hard_core import bond_keys
+from openmm_cgml.model.internal_coordinates import doubling_rounds, tree_layout
+from openmm_cgml.nn.paxnet import bond_local_tables
 
 __all__ = ["TopologyCache"]
 
@@ -22,13 +27,20 @@ __all__ = ["TopologyCache"]
 class TopologyCache(nn.Module):
     """The topology tables (name -> tensors) of the last validated inputs; nothing persistent.
 
+    Parameters
+    ----------
+    chirality, forest, local : bool
+        Whether the model reads the chirality bond tables, the internal-coordinate forest, and the Dynamics
+        network's local tables (a network without ``local_cutoff``, whose local graph is the bonds).
+
     Moving the model (``.to``) empties it, so no table is left on another device.
     """
 
     tables: Dict[str, List[Tensor]]
 
-    def __init__(self):
+    def __init__(self, chirality: bool = False, forest: bool = False, local: bool = False):
         super().__init__()
+        self.chirality, self.forest, self.local = bool(chirality), bool(forest), bool(local)
         self.clear()
 
     def clear(self) -> None:
@@ -41,7 +53,35 @@ class TopologyCache(nn.Module):
         return super()._apply(fn, *args, **kwargs)
 
     def extra_repr(self) -> str:
-        return f"n_beads={self.n_beads}, n_bonds={self.n_bonds}, tables={sorted(self.tables)}"
+        return (f"chirality={self.chirality}, forest={self.forest}, local={self.local}, n_beads={self.n_beads}, "
+                f"n_bonds={self.n_bonds}, tables={sorted(self.tables)}")
+
+    def compute(self, coarse_edge_index: Tensor, n: int) -> Dict[str, List[Tensor]]:
+        """The tables of ``n`` beads bonded by ``coarse_edge_index`` (2, E), afresh and unstored: ``bond_keys``
+        always, ``chirality``, ``forest`` (tree layout) and ``local`` where the model reads them."""
+        tables = {"bond_keys": [bond_keys(coarse_edge_index, n)]}
+        if self.chirality:
+            tables["chirality"] = bond_tables(coarse_edge_index, n)
+        if self.forest:
+            parent, root, anchor, dof = tree_layout(coarse_edge_index, n)
+            tables["forest"] = [parent, root, anchor, dof]
+        if self.local:
+            tables["local"] = bond_local_tables(coarse_edge_index, n)
+        return tables
+
+    def fill(self, coarse_edge_index: Tensor, n: int) -> None:
+        """Compute and store the tables, and the forest's doubling rounds (a host sync: once per topology)."""
+        tables = self.compute(coarse_edge_index, n)
+        self.store(coarse_edge_index, n, tables, doubling_rounds(tables["forest"][0]) if self.forest else -1)
+
+    def get(self, coarse_edge_index: Tensor, n: int, reuse: bool) -> Tuple[Dict[str, List[Tensor]], int]:
+        """The stored tables and rounds if ``reuse`` and they fit, else fresh tables and -1 (rounds enough for
+        any forest, no host sync)."""
+        if reuse:
+            stored = self.lookup(coarse_edge_index, n)
+            if stored is not None:
+                return stored, self.rounds
+        return self.compute(coarse_edge_index, n), -1
 
     def store(self, coarse_edge_index: Tensor, n: int, tables: Dict[str, List[Tensor]], rounds: int = -1) -> None:
         """Keep ``tables`` as those of ``n`` beads bonded by ``coarse_edge_index`` (2, E), with ``rounds`` the

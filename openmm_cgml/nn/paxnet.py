@@ -31,7 +31,7 @@ from .layers import Block
 from .layers import mlp as _mlp
 from .neighbors import edge_vectors, radius_graph
 
-__all__ = ["PaxNet"]
+__all__ = ["PaxNet", "bond_local_tables"]
 
 
 def _scatter_sum(src: Tensor, index: Tensor, n: int) -> Tensor:
@@ -305,16 +305,12 @@ class PaxNet(Block):
                     box: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
         """Local edges (2, E_l) sorted by target, both directions, and a bond flag (E_l,) (1 = bond)."""
         n = pos.size(0)
-        bonds = torch.cat([local_edge_index, local_edge_index.flip(0)], dim=1)
-        bonds = bonds[:, bonds[0] != bonds[1]]
-        bond_keys = torch.unique(bonds[1] * n + bonds[0])
+        bond_keys = _bond_keys(local_edge_index, n)
         keys = bond_keys
         if self.use_local_cutoff:
             near, _ = radius_graph(pos, self.local_cutoff, batch, box, self.max_num_neighbors)
             keys = torch.unique(torch.cat([bond_keys, near[1] * n + near[0]]))
-        is_bond = torch.isin(keys, bond_keys)
-        edges = torch.stack([torch.remainder(keys, n), torch.div(keys, n, rounding_mode="floor")], dim=0)
-        return edges, is_bond
+        return _key_edges(keys, n), torch.isin(keys, bond_keys)
 
     def local_tables(self, pos: Tensor, local_edge_index: Tensor, batch: Tensor, box: Optional[Tensor]
                      ) -> List[Tensor]:
@@ -323,14 +319,10 @@ class PaxNet(Block):
         Without ``local_cutoff`` they depend on the bonds alone: a caller stepping one topology may compute them
         once and pass them to :meth:`forward` as ``local``.
         """
-        n = pos.size(0)
+        if not self.use_local_cutoff:
+            return bond_local_tables(local_edge_index, pos.size(0))
         edges, is_bond = self.local_graph(pos, local_edge_index.long(), batch, box)
-        two_in, two_out, one_in, one_out = _triplets(edges[0], edges[1], n)
-        # angle k-j-i at j is between x_k - x_j = -vec[kj] and x_i - x_j = vec[ji]: sign -1;
-        # angle j-i-k at i is between x_j - x_i and x_k - x_i, both edges point into i: sign +1
-        sign = torch.cat([torch.full_like(two_in, -1), torch.ones_like(one_in)])
-        return [edges, is_bond, two_in, two_out, one_in, one_out, torch.cat([two_in, one_in]),
-                torch.cat([two_out, one_out]), sign]
+        return _angle_tables(edges, is_bond, pos.size(0))
 
     def _local_indices(self, pos: Tensor, local_edge_index: Tensor, batch: Tensor, box: Optional[Tensor]
                        ) -> Tuple[Tensor, Tensor, List[Tensor]]:
@@ -443,6 +435,35 @@ class PaxNet(Block):
             h, vec = layer.fusion(h, vec, dh_g, dv_g, dh_l, dv_l)
             h, vec = layer.update(layer.norm(h), _soft_normalize(vec))
         return h, vec
+
+
+def _bond_keys(local_edge_index: Tensor, n: int) -> Tensor:
+    """Sorted unique keys ``dst * n + src`` of the bonds (2, E) in both directions, self-loops dropped."""
+    bonds = torch.cat([local_edge_index, local_edge_index.flip(0)], dim=1).long()
+    bonds = bonds[:, bonds[0] != bonds[1]]
+    return torch.unique(bonds[1] * n + bonds[0])
+
+
+def _key_edges(keys: Tensor, n: int) -> Tensor:
+    """Edges (2, E) ``[src, dst]`` of keys ``dst * n + src`` (sorted by target when the keys are sorted)."""
+    return torch.stack([torch.remainder(keys, n), torch.div(keys, n, rounding_mode="floor")], dim=0)
+
+
+def _angle_tables(edges: Tensor, is_bond: Tensor, n: int) -> List[Tensor]:
+    """``[edges, is_bond]`` and the angle triplets of ``PaxNet._local_indices`` (its docstring) of a local graph."""
+    two_in, two_out, one_in, one_out = _triplets(edges[0], edges[1], n)
+    # angle k-j-i at j is between x_k - x_j = -vec[kj] and x_i - x_j = vec[ji]: sign -1;
+    # angle j-i-k at i is between x_j - x_i and x_k - x_i, both edges point into i: sign +1
+    sign = torch.cat([torch.full_like(two_in, -1), torch.ones_like(one_in)])
+    return [edges, is_bond, two_in, two_out, one_in, one_out, torch.cat([two_in, one_in]),
+            torch.cat([two_out, one_out]), sign]
+
+
+def bond_local_tables(local_edge_index: Tensor, n: int) -> List[Tensor]:
+    """:meth:`PaxNet.local_tables` of a network without ``local_cutoff``: its local graph is the bonds (2, E)
+    of ``n`` nodes alone, so the tables need no positions."""
+    keys = _bond_keys(local_edge_index, n)
+    return _angle_tables(_key_edges(keys, n), torch.ones_like(keys, dtype=torch.bool), n)
 
 
 def _triplets(src: Tensor, dst: Tensor, n: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
