@@ -109,7 +109,8 @@ def _layout(coarse_edge_index: Tensor, n: int, layout: Optional[List[Tensor]]
 
 
 def doubling_rounds(parent: Tensor) -> int:
-    """Pointer-doubling rounds that compose every bead's path to its root: ceil(log2(depth)) of the deepest bead.
+    """Pointer-doubling rounds that compose every bead's path to its root: ceil(log2(depth + 1)) of the deepest
+    bead (a bead at depth d composes d + 1 transforms, the root's own included).
 
     A batch of many small molecules needs as few rounds as one of them, not log2 of all the beads. Reads
     the depth off the device (one host sync): for a caller that computes it once per topology.
@@ -118,7 +119,7 @@ def doubling_rounds(parent: Tensor) -> int:
     depth, p = (parent != index).long(), parent
     for _ in range(_rounds(parent.numel())):
         depth, p = depth + depth[p], p[p]       # roots have depth 0 and point at themselves
-    return _rounds(int(depth.max())) if parent.numel() > 0 else 0
+    return _rounds(int(depth.max()) + 1) if parent.numel() > 0 else 0
 
 
 def check_trees(coarse_edge_index: Tensor, n: int) -> None:

@@ -58,14 +58,29 @@ def test_layout_roots_anchors_and_degrees_of_freedom():
     assert dof[1].tolist() == [1, 0, 0] and dof[2].tolist() == [1, 1, 0] and dof[10].tolist() == [1, 1, 1]
 
 
+@pytest.mark.parametrize("length", [5, 8, 9])
+def test_doubling_rounds_rebuild_a_chain_exactly_and_no_fewer_do(length):
+    # a bead d bonds from its root composes d + 1 transforms (the root's own too): 2^rounds >= d + 1
+    chain = torch.stack([torch.arange(length - 1), torch.arange(1, length)])
+    parent, root, anchor, dof = tree_layout(chain, length)
+    rounds = doubling_rounds(parent)
+    assert rounds == math.ceil(math.log2(length))
+    g = torch.Generator().manual_seed(length)
+    x = torch.cumsum(0.15 * torch.randn(length, 3, generator=g, dtype=torch.float64), 0)
+    frame = frames(x, parent, root, anchor)
+    internal = internal_coordinates(x, frame, parent, dof.double())
+    torch.testing.assert_close(rebuild(internal, frame, x, parent, root, rounds), x, atol=1e-9, rtol=0)
+    assert not torch.allclose(rebuild(internal, frame, x, parent, root, rounds - 1), x, atol=1e-6)
+
+
 def test_doubling_rounds_follow_the_deepest_bead_not_the_bead_count():
     parent, root, anchor, dof = tree_layout(EDGES, N)
-    assert doubling_rounds(parent) == 3                  # the chain's bead 5 is 5 bonds from its root: 2^3 >= 5
+    assert doubling_rounds(parent) == 3                  # the chain's bead 5 is 5 bonds from its root: 2^3 >= 6
     copies = 50                                          # 600 beads, as deep as one copy
     edges = torch.cat([EDGES + N * c for c in range(copies)], 1)
     many, many_root, _, _ = tree_layout(edges, N * copies)
     assert doubling_rounds(many) == 3 and doubling_rounds(torch.arange(4)) == 0
-    assert doubling_rounds(torch.tensor([0, 0, 1, 2, 3])) == 2
+    assert doubling_rounds(torch.tensor([0, 0, 1, 2, 3])) == 3 and doubling_rounds(torch.tensor([0, 0, 1, 2])) == 2
     x = torch.cat([_positions(seed) for seed in range(copies)])
     frame = frames(x, many, many_root, tree_layout(edges, N * copies)[2])
     internal = internal_coordinates(x, frame, many, tree_layout(edges, N * copies)[3].double())

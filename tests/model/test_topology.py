@@ -14,12 +14,15 @@ def _chain_inputs(model, chain_molecule, chain_history, n_beads, copies=1):
     return history, features, edges, batch, torch.zeros(3, 3)
 
 
-@pytest.mark.parametrize("noise_model, copies", [("independent", 1), ("internal", 1), ("internal", 5)])
-def test_reused_tables_give_the_step_of_fresh_ones(noise_model, copies, make_model, chain_molecule, chain_history,
-                                                   n_beads):
-    model = torch.jit.script(make_model(noise=noise_model, chirality=True, exclusion_retries=2))
-    history, features, edges, batch, box = _chain_inputs(model, chain_molecule, chain_history, n_beads, copies)
-    noise = torch.randn(model.noise_draws(True), copies * n_beads, 3, generator=torch.Generator().manual_seed(3))
+@pytest.mark.parametrize("noise_model, copies, n_chain", [("independent", 1, 8), ("internal", 1, 8), ("internal", 5, 8),
+                                                     ("internal", 3, 5)])
+def test_reused_tables_give_the_step_of_fresh_ones(noise_model, copies, n_chain, make_model, chain_molecule,
+                                                   chain_history):
+    model = torch.jit.script(make_model(n_beads=n_chain, n_atoms=2 * n_chain, noise=noise_model, chirality=True,
+                                        exclusion_retries=2))
+    history, features, edges, batch, box = _chain_inputs(model, lambda: chain_molecule(n_chain),
+                                                         lambda k: chain_history(k, n_chain), n_chain, copies)
+    noise = torch.randn(model.noise_draws(True), copies * n_chain, 3, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         fresh = model.step(history, features, edges, batch, box, noise, True)
         model.validate(history, features, edges, batch)
@@ -27,7 +30,8 @@ def test_reused_tables_give_the_step_of_fresh_ones(noise_model, copies, make_mod
         reused = model.step(history, features, edges, batch, box, noise, True)
     assert sorted(model.topology.tables) == sorted(["bonds", "bond_keys", "chirality", "local"]
                                                    + (["forest"] if noise_model == "internal" else []))
-    # the stored forest is rebuilt in as many doubling rounds as one 8-bead chain needs, whatever the copies
+    # the stored forest is rebuilt in as many doubling rounds as one chain needs (its last bead composes n_chain
+    # transforms), whatever the copies
     assert model.topology.rounds == (3 if noise_model == "internal" else -1)
     torch.testing.assert_close(reused, fresh, atol=1e-6, rtol=0)
 
