@@ -77,13 +77,13 @@ def test_peptide_definition_is_checked_like_the_polymer_one(tmp_path):
 
 
 def test_a_tiny_peptide_benchmark_runs_end_to_end(tmp_path, capsys):
-    """The shipped alanine-dipeptide model (10 ps step, so a 10 ps MSM lag) on 4 replicas of 40 ps: every metric
-    with model, ceiling and CI."""
+    """The shipped alanine-dipeptide model (20 ps step, so a 20 ps MSM lag; its 4-frame history takes 60 ps) on 4
+    replicas of 120 ps: every metric with model, ceiling and CI."""
     definition = yaml.safe_load((BENCHMARKS_DIR / "peptide.yaml").read_text())
     definition["scales"] = {"tiny": {
         "frame_stride": 500, "equilibration_steps": 1000, "library": {"seed": 5, "replicas": 1, "reference_ns": 0.02},
-        "validation": {"seed": 7, "replicas": 1, "reference_ns": 0.04},
-        "test": {"seed": 6, "replicas": 4, "reference_ns": 0.04}, "msm_lag_ps": 10.0, "msm_clusters": 4,
+        "validation": {"seed": 7, "replicas": 1, "reference_ns": 0.12},
+        "test": {"seed": 6, "replicas": 4, "reference_ns": 0.12}, "msm_lag_ps": 10.0, "msm_clusters": 4,
         "backmap_frames": 3, "timing": {"rounds": 1, "md_steps": 200, "model_steps": 4}, "bootstrap": 10}}
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(definition))
     out = tmp_path / "bench"
