@@ -2,7 +2,8 @@
 
 One run, side by side: for each bead count (copies of one molecule, each its
 own graph, spaced beyond the cutoff) and each device, the exported model's
-``step`` is timed with ``refine=False``/``True`` and each correction after a
+``step`` is timed as a rollout runs it (inputs validated once, then ``validate_inputs`` off: the
+topology tables are reused, docs/propagator.md) with ``refine=False``/``True`` and each correction after a
 step (none, the truncated step, the hard-core projection; interleaved, median of repeats, on a fixed equilibrium-like
 configuration so the graph size is representative), then a rollout from the
 same start, with the same noise and the same counting for every variant,
@@ -86,9 +87,19 @@ def replicate(model, mapping, positions, n_copies: int, spacing_nm: float, devic
     return move(history), move(features), move(edges), move(batch), torch.zeros(3, 3, device=device)
 
 
+def validated_once(module, inputs):
+    """Check the inputs and store their topology tables once, then step without the checks, as ``rollout`` (and so
+    ``CGMLIntegrator``) does; returns the switch to put back."""
+    history, features, edges, batch, _ = inputs
+    module.validate(history, features, edges, batch)
+    module.validate_inputs = False
+    return lambda: setattr(module, "validate_inputs", True)
+
+
 def time_steps(module, inputs, refine: bool, n_steps: int, device: str) -> float:
     history, features, edges, batch, box = inputs
     noise = torch.randn(n_steps, module.noise_draws(refine), history.shape[1], 3, device=device)
+    restore = validated_once(module, inputs)
     if device == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
@@ -96,6 +107,7 @@ def time_steps(module, inputs, refine: bool, n_steps: int, device: str) -> float
         module.step(history, features, edges, batch, box, noise[i], refine)
     if device == "cuda":
         torch.cuda.synchronize()
+    restore()
     return (time.perf_counter() - start) / n_steps * 1e3
 
 
@@ -124,11 +136,13 @@ def profile_step(module, inputs, refine: bool, n_steps: int = 20, top: int = 25)
     """The costliest ops of one model step: name, self CPU microseconds per step, calls per step."""
     history, features, edges, batch, box = inputs
     noise = torch.randn(module.noise_draws(refine), history.shape[1], 3, device=history.device)
+    restore = validated_once(module, inputs)
     for _ in range(3):
         module.step(history, features, edges, batch, box, noise, refine)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         for _ in range(n_steps):
             module.step(history, features, edges, batch, box, noise, refine)
+    restore()
     events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:top]
     return [{"op": e.key, "self_us_per_step": round(e.self_cpu_time_total / n_steps, 2),
              "calls_per_step": e.count / n_steps} for e in events]
