@@ -365,7 +365,7 @@ class CGPropagator(Block):
         """
         if self.validate_inputs:
             self.validate(pos_history, bead_features, coarse_edge_index, batch)
-        tables, rounds = self.topology.get(coarse_edge_index, pos_history.size(1), not self.validate_inputs)
+        tables, rounds = self.topology.get(coarse_edge_index, pos_history.size(1))   # validated: these inputs' own
         draws = self.noise_draws(refine)
         if noise.dim() != 3 or noise.size(0) != draws or noise.shape[1:] != pos_history[-1].shape:
             raise ValueError("noise must have shape (" + str(draws) + ", n_beads, 3), got " + str(noise.shape))

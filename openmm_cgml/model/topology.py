@@ -5,11 +5,12 @@ bond tables, the internal-coordinate forest (and the pointer-doubling rounds
 its rebuild needs), the Dynamics network's local graph with its angle
 triplets and the sorted bond keys of the exclusion checks depend on the
 bonds and the bead count only. ``CGPropagator.validate`` computes them with
-the input checks and stores them here; ``step`` reuses them while its caller
-vouches that the topology is the validated one (``validate_inputs`` off, as
-inside ``CGModel.validated``), and computes them afresh otherwise. Reuse
-compares sizes and the device (tensor metadata, no host sync): a different
-topology of the same sizes under a vouching caller is that caller's error.
+the input checks and stores them here, and ``step`` reads them: right after
+validating its own inputs (``validate_inputs`` on), or while its caller
+vouches that the topology is the validated one (off, as inside
+``CGModel.validated``). Reuse compares sizes and the device (tensor
+metadata, no host sync): a different topology of the same sizes under a
+vouching caller is that caller's error.
 """
 from typing import Dict, List, Optional, Tuple
 
@@ -74,13 +75,12 @@ class TopologyCache(nn.Module):
         tables = self.compute(coarse_edge_index, n)
         self.store(coarse_edge_index, n, tables, doubling_rounds(tables["forest"][0]) if self.forest else -1)
 
-    def get(self, coarse_edge_index: Tensor, n: int, reuse: bool) -> Tuple[Dict[str, List[Tensor]], int]:
-        """The stored tables and rounds if ``reuse`` and they fit, else fresh tables and -1 (rounds enough for
-        any forest, no host sync)."""
-        if reuse:
-            stored = self.lookup(coarse_edge_index, n)
-            if stored is not None:
-                return stored, self.rounds
+    def get(self, coarse_edge_index: Tensor, n: int) -> Tuple[Dict[str, List[Tensor]], int]:
+        """The stored tables and rounds if they fit, else fresh tables and -1 (rounds enough for any forest, no
+        host sync)."""
+        stored = self.lookup(coarse_edge_index, n)
+        if stored is not None:
+            return stored, self.rounds
         return self.compute(coarse_edge_index, n), -1
 
     def store(self, coarse_edge_index: Tensor, n: int, tables: Dict[str, List[Tensor]], rounds: int = -1) -> None:
