@@ -275,7 +275,7 @@ def _starts(atoms: list, mapping, k: int, lag: int) -> tuple[list[np.ndarray], i
 def _tune(cg_model, mapping, backmapper, atoms: list, interval: float, topology, definition: dict, log) -> dict:
     """Choose the Score refinement levels on the validation replicas: the lowest Ramachandran JS of their rollouts.
 
-    Sets the model's levels to the choice (or leaves them when the choice is no refinement). The handedness
+    Sets the model's levels to the choice (``[]`` when it is no refinement). The handedness
     kept by each candidate's rollouts is recorded beside its score, so that choices made outside the benchmark
     (a model's step or size) can weigh it on validation too.
     """
@@ -286,6 +286,7 @@ def _tune(cg_model, mapping, backmapper, atoms: list, interval: float, topology,
     reference = _ensemble(atoms, [mapping.bead_positions(x) for x in atoms], interval, topology)
     bonds = np.asarray(mapping.coarse_bonds, dtype=np.int64)
     reference.arrays["signs"] = _chiral_features(reference, bonds)
+    reference_sign, chiral = _chiral_reference(reference)
     kept = {}
 
     def score(refine: bool) -> float:
@@ -294,8 +295,8 @@ def _tune(cg_model, mapping, backmapper, atoms: list, interval: float, topology,
         placed = [backmapper.place(frames)._value for frames in rolled["frames"]]
         ensemble = _ensemble(placed, rolled["frames"], model_dt, topology)
         ensemble.arrays["signs"] = _chiral_features(ensemble, bonds)
-        kept[json.dumps(cg_model.refine_sigmas if refine else [])] = _kept_fraction(
-            ensemble.signs, *_chiral_reference(reference))
+        kept[json.dumps(cg_model.refine_sigmas if refine else [])] = _kept_fraction(ensemble.signs, reference_sign,
+                                                                                     chiral)
         return _histogram_js(reference, ensemble, int(definition["torsion_bins"]))["rama_js"]
 
     chosen = choose_refinement(cg_model, definition["refine_candidates"], score, "Ramachandran JS", log)

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from openmm_cgml.nn import radius_graph
 
-__all__ = ["contact_graph", "project_hard_core", "violating_beads", "bond_keys"]
+__all__ = ["contact_graph", "project_hard_core", "violating_beads"]
 
 
 def contact_graph(x: Tensor, batch: Tensor, box: Optional[Tensor], limit: float, edge: Tensor, shift: Tensor,
@@ -46,7 +46,7 @@ def project_hard_core(x: Tensor, masses: Tensor, keys: Tensor, edge: Tensor, shi
     """Push bead pairs closer than their minimum distance apart (SHAKE-like, for inequalities).
 
     ``edge``/``shift`` a radius graph (both directions) that holds every
-    close pair; the coarse bonds (their :func:`bond_keys` ``keys``) select
+    close pair; the coarse bonds (their ``keys``, :func:`openmm_cgml.nn.paxnet.bond_keys`) select
     the bonded minimum ``min_distance_nm[0]``, all other pairs get the
     non-bonded one ``min_distance_nm[1]``. Each violating pair is moved apart
     along its pair vector by the violation, shared inversely to the masses, so
@@ -94,7 +94,8 @@ def violating_beads(x: Tensor, batch: Tensor, keys: Tensor, edge: Tensor, shift:
     """Whether each bead's molecule has a pair closer than its minimum distance (no host sync).
 
     ``edge``/``shift`` a radius graph holding every close pair (:func:`contact_graph`); ``keys`` the
-    :func:`bond_keys` of the coarse bonds, which take ``min_distance_nm[0]``, all other pairs ``min_distance_nm[1]``.
+    :func:`openmm_cgml.nn.paxnet.bond_keys` of the coarse bonds, which take ``min_distance_nm[0]``, all other
+    pairs ``min_distance_nm[1]``.
 
     Shapes:
         x (N, 3) nm, batch (N,), keys (2B,), edge (2, E), shift (E, 3), min_distance_nm (2,) -> (N,) bool
@@ -108,16 +109,11 @@ def violating_beads(x: Tensor, batch: Tensor, keys: Tensor, edge: Tensor, shift:
     return per_molecule[batch] > 0
 
 
-def bond_keys(bonds: Tensor, n: int) -> Tensor:
-    """Keys ``i * n + j`` of the coarse bonds (2, B) in both directions, sorted (2B,), for the pair minima."""
-    return torch.sort(torch.cat([bonds[1] * n + bonds[0], bonds[0] * n + bonds[1]]))[0]
-
-
 def _pair_minimum(i: Tensor, j: Tensor, n: int, bond_keys: Tensor, min_distance_nm: Tensor) -> Tensor:
     """The minimum distance of each pair (i, j): ``min_distance_nm[0]`` if bonded, else ``min_distance_nm[1]``.
 
     Shapes:
-        i, j (P,), bond_keys (2B,) sorted (:func:`bond_keys`), min_distance_nm (2,) -> (P,)
+        i, j (P,), bond_keys (B',) sorted (``openmm_cgml.nn.paxnet.bond_keys``), min_distance_nm (2,) -> (P,)
     """
     # a binary search in the few sorted bond keys: isin would sort all the pairs as well
     keys = i * n + j

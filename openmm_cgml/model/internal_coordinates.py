@@ -122,9 +122,11 @@ def doubling_rounds(parent: Tensor) -> int:
     return _rounds(int(depth.max()) + 1) if parent.numel() > 0 else 0
 
 
-def check_trees(coarse_edge_index: Tensor, n: int) -> None:
-    """``ValueError`` unless every tree of the coarse bond forest has a root, a child and a grandchild in a row."""
-    _, _, anchor, _ = tree_layout(coarse_edge_index, n)
+def check_trees(coarse_edge_index: Tensor, n: int, anchor: Optional[Tensor] = None) -> None:
+    """``ValueError`` unless every tree of the coarse bond forest has a root, a child and a grandchild in a row
+    (``anchor``: the :func:`tree_layout` anchors of these bonds, if at hand)."""
+    if anchor is None:
+        anchor = tree_layout(coarse_edge_index, n)[2]
     if bool((anchor < 0).any()):
         raise ValueError("noise: internal needs every molecule's coarse bonds to start with three bonded beads "
                          "in a row from its lowest-index bead (a chain or tree with a path of >= 3 beads from it)")

@@ -336,9 +336,9 @@ class CGPropagator(Block):
         then stores the topology tables of these bonds for the steps that follow."""
         _check_step_inputs(pos_history, bead_features, coarse_edge_index, batch, self.k, self.n_beads,
                            self.n_features)
-        if hasattr(self, "coordinate_noise"):
-            check_trees(coarse_edge_index, pos_history.size(1))
         self.topology.fill(coarse_edge_index, pos_history.size(1))
+        if hasattr(self, "coordinate_noise"):   # read off the forest just stored
+            check_trees(coarse_edge_index, pos_history.size(1), self.topology.tables["forest"][2])
 
     @torch.jit.export
     def noise_draws(self, refine: bool) -> int:

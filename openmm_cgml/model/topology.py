@@ -18,9 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from openmm_cgml.model.chirality import bond_tables
-from openmm_cgml.model.hard_core import bond_keys
 from openmm_cgml.model.internal_coordinates import doubling_rounds, tree_layout
-from openmm_cgml.nn.paxnet import bond_local_tables
+from openmm_cgml.nn.paxnet import bond_keys, bond_local_tables
 
 __all__ = ["TopologyCache"]
 

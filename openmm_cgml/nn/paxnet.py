@@ -31,7 +31,7 @@ from .layers import Block
 from .layers import mlp as _mlp
 from .neighbors import edge_vectors, radius_graph
 
-__all__ = ["PaxNet", "bond_local_tables"]
+__all__ = ["PaxNet", "bond_keys", "bond_local_tables"]
 
 
 def _scatter_sum(src: Tensor, index: Tensor, n: int) -> Tensor:
@@ -305,12 +305,12 @@ class PaxNet(Block):
                     box: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
         """Local edges (2, E_l) sorted by target, both directions, and a bond flag (E_l,) (1 = bond)."""
         n = pos.size(0)
-        bond_keys = _bond_keys(local_edge_index, n)
-        keys = bond_keys
+        bonded = bond_keys(local_edge_index, n)
+        keys = bonded
         if self.use_local_cutoff:
             near, _ = radius_graph(pos, self.local_cutoff, batch, box, self.max_num_neighbors)
-            keys = torch.unique(torch.cat([bond_keys, near[1] * n + near[0]]))
-        return _key_edges(keys, n), torch.isin(keys, bond_keys)
+            keys = torch.unique(torch.cat([bonded, near[1] * n + near[0]]))
+        return _key_edges(keys, n), torch.isin(keys, bonded)
 
     def local_tables(self, pos: Tensor, local_edge_index: Tensor, batch: Tensor, box: Optional[Tensor]
                      ) -> List[Tensor]:
@@ -437,8 +437,9 @@ class PaxNet(Block):
         return h, vec
 
 
-def _bond_keys(local_edge_index: Tensor, n: int) -> Tensor:
-    """Sorted unique keys ``dst * n + src`` of the bonds (2, E) in both directions, self-loops dropped."""
+def bond_keys(local_edge_index: Tensor, n: int) -> Tensor:
+    """Sorted unique keys ``dst * n + src`` of the bonds (2, E) in both directions, self-loops dropped: the key
+    of a pair edge ``(src, dst)`` is in them (``torch.searchsorted``) exactly when the pair is bonded."""
     bonds = torch.cat([local_edge_index, local_edge_index.flip(0)], dim=1).long()
     bonds = bonds[:, bonds[0] != bonds[1]]
     return torch.unique(bonds[1] * n + bonds[0])
@@ -462,7 +463,7 @@ def _angle_tables(edges: Tensor, is_bond: Tensor, n: int) -> List[Tensor]:
 def bond_local_tables(local_edge_index: Tensor, n: int) -> List[Tensor]:
     """:meth:`PaxNet.local_tables` of a network without ``local_cutoff``: its local graph is the bonds (2, E)
     of ``n`` nodes alone, so the tables need no positions."""
-    keys = _bond_keys(local_edge_index, n)
+    keys = bond_keys(local_edge_index, n)
     return _angle_tables(_key_edges(keys, n), torch.ones_like(keys, dtype=torch.bool), n)
 
 

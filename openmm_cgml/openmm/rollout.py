@@ -130,11 +130,10 @@ def _is_instability(error: ValueError, flags: torch.Tensor) -> bool:
 def _unstable(start, frames, flags, model_error, step_offset: int, collision_distance: float, n_replicas: int,
               box) -> Optional[UnstableRolloutError]:
     """The error for a block of steps with a bad frame or a model refusal, or None if the block is good."""
-    flagged = flags
-    any_flagged = bool(flagged.any())  # the only host sync of the block
+    any_flagged = bool(flags.any())  # the only host sync of the block
     if model_error is None and not any_flagged:
         return None
-    bad = int(torch.nonzero(flagged)[0]) if any_flagged else len(frames)
+    bad = int(torch.nonzero(flags)[0]) if any_flagged else len(frames)
     good = torch.cat([start] + [f.unsqueeze(0) for f in frames[:bad]], dim=0)[-start.shape[0]:]
     if bad < len(frames):
         reason, beads, distance = _describe_bad_frame(frames[bad], n_replicas, box)
