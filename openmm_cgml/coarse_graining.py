@@ -48,7 +48,7 @@ def coarse_grain(data, out, *, mapping: str = "metis", atoms_per_bead: float | N
                  n_beads: int | None = None, center: str = "com", seed: int = 0, k: int = 8,
                  model_steps: int | None = None, lag: int | None = None,
                  split=None, split_by: str = "auto", splits=None, chunk_frames: int = 512,
-                 overwrite: bool = False) -> Path:
+                 overwrite: bool = False, extra=()) -> Path:
     """Map fine trajectories to beads and write a windowed coarse dataset.
 
     Steps: read and check the trajectories, one mapping per molecule (:func:`_read_trajectories`);
@@ -93,6 +93,8 @@ def coarse_grain(data, out, *, mapping: str = "metis", atoms_per_bead: float | N
         Frames mapped per step (bounds the memory used).
     overwrite : bool
         Replace an existing ``out``.
+    extra : list of str
+        Backbone mapping: further beads per amino acid, ``["CB"]``, ``["O"]`` or both.
 
     Returns
     -------
@@ -106,7 +108,7 @@ def coarse_grain(data, out, *, mapping: str = "metis", atoms_per_bead: float | N
     k, chunk_frames = _positive("k (history length)", k), _positive("chunk_frames (frames mapped at a time)",
                                                                      chunk_frames)
     fractions, explicit = _split_choice(split, split_by, splits, paths)
-    method, params = mapping_options(mapping, atoms_per_bead, n_beads, center, seed)
+    method, params = mapping_options(mapping, atoms_per_bead, n_beads, center, seed, extra)
 
     infos, mappings = _read_trajectories(paths, method, params)
     lag = _lag(infos[0]["stride"], model_steps, lag)

@@ -458,7 +458,7 @@ def _find_rule(name: str) -> MappingRule | None:
 
 
 def mapping_options(mapping: str = "metis", atoms_per_bead: float | None = None, n_beads: int | None = None,
-                    center: str = "com", seed: int = 0) -> tuple[str, dict]:
+                    center: str = "com", seed: int = 0, extra: list[str] | tuple = ()) -> tuple[str, dict]:
     """``(method, params)`` for :meth:`Mapping.build` from the user's mapping choices.
 
     Parameters
@@ -471,6 +471,9 @@ def mapping_options(mapping: str = "metis", atoms_per_bead: float | None = None,
         Residue rule: bead at the centre of mass or at the alpha carbon.
     seed : int
         METIS seed.
+    extra : list of str
+        Backbone rule: further beads per amino acid, ``["CB"]``, ``["O"]`` or both (CB gives the
+        alpha carbon three bead neighbours, so its handedness is read off the beads).
 
     Returns
     -------
@@ -481,6 +484,8 @@ def mapping_options(mapping: str = "metis", atoms_per_bead: float | None = None,
         return "metis", {"atoms_per_bead": atoms_per_bead, "n_beads": n_beads, "seed": seed}
     if mapping == "residue":
         return "residue", {"center": center}
+    if mapping == "backbone":
+        return "backbone", {"extra": list(extra)}
     return mapping, {}
 
 

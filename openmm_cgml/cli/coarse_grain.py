@@ -65,12 +65,14 @@ def run(args: argparse.Namespace) -> int:
     from openmm_cgml.cli.options import mapping_options_from_args
     from openmm_cgml.coarse_graining import coarse_grain
 
-    mapping_options_from_args(args)   # refuses a bad --atoms-per-bead / --n-beads before any file is read
+    # refuses a bad --atoms-per-bead / --n-beads before any file is read
+    _, params = mapping_options_from_args(args)
     data, splits = explicit_splits(args.data, args.val, args.test)
     out = coarse_grain(data, args.out, mapping=args.mapping, atoms_per_bead=args.atoms_per_bead,
                        n_beads=args.n_beads, center=args.center, seed=args.seed, k=args.k,
                        model_steps=args.model_steps, lag=args.lag, split=args.split, split_by=args.split_by,
-                       splits=splits, chunk_frames=args.chunk_frames, overwrite=args.overwrite)
+                       splits=splits, chunk_frames=args.chunk_frames, overwrite=args.overwrite,
+                       extra=params.get("extra", ()))
     with h5py.File(out, "r") as handle:
         attrs = handle.attrs
         print(f"wrote {out}: {len(handle['traj'])} trajectories, windows train/val/test = "

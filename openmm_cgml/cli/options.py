@@ -22,6 +22,9 @@ def add_mapping_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-beads", type=int, default=None, help="METIS resolution: total number of beads")
     parser.add_argument("--center", choices=("com", "ca"), default="com",
                         help="residue mapping: bead at the centre of mass or at the alpha carbon")
+    parser.add_argument("--backbone-extra", default="", metavar="CB[,O]",
+                        help="backbone mapping: further beads per amino acid, CB, O or CB,O (CB makes the alpha "
+                             "carbon's handedness visible on the beads); default none")
     parser.add_argument("--seed", type=int, default=0,
                         help="random seed: METIS partitioning (same seed, same mapping) and, for coarse-grain, "
                              "the split")
@@ -41,7 +44,8 @@ def mapping_options_from_args(args: argparse.Namespace) -> tuple[str, dict]:
         check_atoms_per_bead(args.atoms_per_bead, name="--atoms-per-bead")
     if args.n_beads is not None:
         check_n_beads(args.n_beads, name="--n-beads")   # the upper bound needs the molecule: Mapping.build
-    return mapping_options(args.mapping, args.atoms_per_bead, args.n_beads, args.center, args.seed)
+    extra = [name.strip() for name in args.backbone_extra.split(",") if name.strip()]
+    return mapping_options(args.mapping, args.atoms_per_bead, args.n_beads, args.center, args.seed, extra)
 
 
 def add_param_argument(parser: argparse.ArgumentParser, help_text: str) -> None:

@@ -26,10 +26,13 @@ and alpha-L basins (:data:`BASINS`); TICA 2-D JS; the slowest implied
 timescale of a Markov state model (deeptime, k-means states on the torsions)
 as a ratio to the reference's, and VAMP-2 scores; over one model step, the
 RMS torsion change as a ratio to the reference's and the correlation of
-successive changes as a difference to it (MD librates, so the reference's is negative); the fraction of rollout
-frames whose reflection-odd bead features (the star volumes and torsions of
-:mod:`openmm_cgml.model.chirality`) have the sign they keep in the reference
-(those with one sign in >= 95% of reference frames). The distribution
+successive changes as a difference to it (MD librates, so the reference's is negative); the handedness kept:
+the fraction of rollout frames in which every stereocentre among the beads (a bead with three bead
+neighbours; the sign of its star volume, :mod:`openmm_cgml.model.chirality`) has the sign it keeps in the
+reference (in >= 95% of reference frames). Torsion signs are not counted: a torsion's sign is a
+conformation, not a configuration (alpha-L has phi > 0), and the basin populations measure it. A mapping
+with no stereocentre among its beads (the backbone mapping without CB) has no handedness to keep: the
+metric is then null. The distribution
 metrics are also given for a trivial baseline, the library run (one short
 independent MD run) against A (``baseline``).
 """
@@ -73,7 +76,7 @@ def basin_populations(phi: np.ndarray, psi: np.ndarray) -> dict:
 
 class _Ensemble:
     """Per-replica arrays of one set of trajectories at one frame interval: ``phi``, ``psi`` (degrees), ``beads``
-    (nm), and once computed ``tica`` (projections) and ``signs`` (of the reflection-odd bead features)."""
+    (nm), and once computed ``tica`` (projections) and ``signs`` (of the beads' star volumes)."""
 
     def __init__(self, dt_ps: float, **arrays):
         self.dt_ps, self.arrays = dt_ps, arrays
@@ -199,7 +202,7 @@ class _Kinetics:
 
 
 def _chiral_features(ensemble: _Ensemble, bonds: np.ndarray) -> list[np.ndarray]:
-    """Per replica (frames, n_beads * 3) signs of the reflection-odd bead features."""
+    """Per replica (frames, n_beads) signs of the beads' star volumes (0 for a bead with under three neighbours)."""
     import torch
 
     from openmm_cgml.model.chirality import pseudo_scalars
@@ -209,7 +212,7 @@ def _chiral_features(ensemble: _Ensemble, bonds: np.ndarray) -> list[np.ndarray]
     for beads in ensemble.beads:
         x = torch.as_tensor(np.asarray(beads, dtype=np.float64))
         values = torch.stack([pseudo_scalars(frame, edges) for frame in x]).numpy()
-        signs.append(np.sign(values).reshape(len(values), -1))
+        signs.append(np.sign(values[:, :, 0]))   # the star volume; the torsions (1, 2) are conformations
     return signs
 
 
@@ -512,11 +515,16 @@ def _write_report(document: dict, a: _Ensemble, b: _Ensemble, m: _Ensemble, out:
              f"{document['baseline']['what']}.", "",
              "| metric | model | 95% CI | ceiling | ceiling 95% CI | baseline: short MD |", "|---|---|---|---|---|---|"]
     baseline = document["baseline"]["metrics"]
+
+    def number(value, spec: str = ".4g") -> str:   # null: undefined (no stereocentre among the beads)
+        return "n/a" if value is None else format(value, spec)
+
     for name, metric in document["metrics"].items():
-        short = f"{baseline[name]:.4g}" if name in baseline else ""
-        lines.append(f"| {name} | {metric['model']:.4g} | {metric['ci95'][0]:.3g} - {metric['ci95'][1]:.3g} | "
-                     f"{metric['ceiling']:.4g} | {metric['ceiling_ci95'][0]:.3g} - {metric['ceiling_ci95'][1]:.3g} "
-                     f"| {short} |")
+        low, high = metric["ci95"]
+        ceiling_low, ceiling_high = metric["ceiling_ci95"]
+        lines.append(f"| {name} | {number(metric['model'])} | {number(low, '.3g')} - {number(high, '.3g')} | "
+                     f"{number(metric['ceiling'])} | {number(ceiling_low, '.3g')} - {number(ceiling_high, '.3g')} "
+                     f"| {number(baseline[name]) if name in baseline else ''} |")
     backmap, speed = document["backmap"], document["speedup"]
     lines += ["", f"Backmapping ({backmap['frames']} held-out frames): heavy-atom RMSD "
               f"{backmap['rmsd_nm']['mean']:.4f} nm, "

@@ -22,6 +22,13 @@ the step is drawn in the coordinates the molecule moves in:
   torsion ``phi`` about the parent's bond, read in the parent's frame
   (``c1`` has only ``b``, ``c2`` only ``b`` and ``theta``): 3n - 6 numbers
   per tree, plus its orientation (the root's frame) and centre of mass;
+- at a branch, a bead that is not its parent's first child draws the change
+  of its torsion *relative to that first sibling's* (:func:`torsion_references`:
+  the draw adds the sibling's torsion step to its own). Siblings turn together
+  about the parent's bond, as the atoms downstream of a bond do when it turns,
+  and their relative torsion, which at a stereocentre (CA with N, C and CB
+  beads) is its handedness, is a stiff coordinate of its own (near +-120
+  degrees), not the difference of two independently drawn torsions;
 - given the mean positions ``x_mean`` of the step (the Dynamics network's
   mean acceleration, integrated), a draw takes the mean's torsions, the
   current bond lengths and angles plus predicted changes
@@ -53,8 +60,8 @@ from openmm_cgml.model.batch import graph_mean
 from openmm_cgml.model.bonded_noise import _rounds, _skew, bond_parents
 from openmm_cgml.nn.layers import Block, mlp
 
-__all__ = ["InternalCoordinateNoise", "tree_layout", "doubling_rounds", "check_trees", "frames", "internal_coordinates",
-           "rebuild", "rotation_vector", "rotation_matrix"]
+__all__ = ["InternalCoordinateNoise", "tree_layout", "torsion_references", "doubling_rounds", "check_trees", "frames",
+           "internal_coordinates", "rebuild", "rotation_vector", "rotation_matrix"]
 
 
 def _unit(v: Tensor) -> Tensor:
@@ -100,12 +107,29 @@ def tree_layout(coarse_edge_index: Tensor, n: int) -> Tuple[Tensor, Tensor, Tens
     return parent, root, torch.stack([c1, c2], 1), dof
 
 
+def torsion_references(parent: Tensor) -> Tensor:
+    """(N,) for a bead that is not its parent's first (lowest-index) child, that first child: the sibling its
+    torsion step is drawn relative to; -1 for first children and roots."""
+    n = parent.numel()
+    index = torch.arange(n, device=parent.device)
+    child = parent != index
+    first = _first_child(parent, index, child, n)[parent]
+    return torch.where(child & (first != index), first, torch.full_like(parent, -1))
+
+
 def _layout(coarse_edge_index: Tensor, n: int, layout: Optional[List[Tensor]]
-            ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``layout`` (a :func:`tree_layout` as a list) if given, else the tree layout of the bonds."""
+            ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``layout`` (a :func:`tree_layout` and its :func:`torsion_references`, as a list) if given, else those of
+    the bonds."""
     if layout is None:
-        return tree_layout(coarse_edge_index, n)
-    return layout[0], layout[1], layout[2], layout[3]
+        parent, root, anchor, dof = tree_layout(coarse_edge_index, n)
+        return parent, root, anchor, dof, torsion_references(parent)
+    return layout[0], layout[1], layout[2], layout[3], layout[4]
+
+
+def _on_sibling(turn: Tensor, sibling: Tensor) -> Tensor:
+    """(N, 1) each bead's reference sibling's value of ``turn`` (N, 1) (0 where it has none)."""
+    return torch.where((sibling >= 0).unsqueeze(1), turn[sibling.clamp_min(0)], torch.zeros_like(turn))
 
 
 def doubling_rounds(parent: Tensor) -> int:
@@ -318,7 +342,7 @@ class InternalCoordinateNoise(Block):
         weight the centres (any units). ``layout``: :func:`tree_layout` of the bonds, if at hand, and ``rounds``
         its :func:`doubling_rounds` (-1: enough for any forest).
         """
-        parent, root, anchor, dof = _layout(coarse_edge_index, x_mean.size(0), layout)
+        parent, root, anchor, dof, sibling = _layout(coarse_edge_index, x_mean.size(0), layout)
         internal, frame = self._centre(params, x_now, x_mean, parent, root, anchor, dof)
         log_w, offsets, s_phi = self._torsion(params)
         if self.components > 1:
@@ -326,8 +350,10 @@ class InternalCoordinateNoise(Block):
             cumulative = torch.cumsum(torch.exp(log_w), dim=1)[:, :-1]
             pick = (uniform > cumulative).sum(1, keepdim=True)
             offsets, s_phi = offsets.gather(1, pick), s_phi.gather(1, pick)
-        step = torch.cat([params[:, :2] * noise[0][:, :2], offsets + s_phi * noise[0][:, 2:]], 1)
-        z = rebuild(internal + step * dof.to(x_mean.dtype), frame, x_mean, parent, root, rounds)
+        dof = dof.to(x_mean.dtype)
+        turn = (offsets + s_phi * noise[0][:, 2:]) * dof[:, 2:]
+        step = torch.cat([params[:, :2] * noise[0][:, :2] * dof[:, :2], turn + _on_sibling(turn, sibling)], 1)
+        z = rebuild(internal + step, frame, x_mean, parent, root, rounds)
         weight = masses.view(-1, 1).to(x_mean.dtype)
         ones = torch.ones_like(weight)
         count = torch.zeros_like(ones).index_add(0, root, ones)[root]
@@ -341,7 +367,7 @@ class InternalCoordinateNoise(Block):
             coarse_edge_index: Tensor, batch: Tensor, layout: Optional[List[Tensor]] = None) -> Tensor:
         """Negative log-density of the positions ``target`` (N, 3) nm, per bead, averaged (Jacobian and
         constants dropped)."""
-        parent, root, anchor, dof = _layout(coarse_edge_index, x_mean.size(0), layout)
+        parent, root, anchor, dof, sibling = _layout(coarse_edge_index, x_mean.size(0), layout)
         dof = dof.to(x_mean.dtype)
         centre, frame_mean = self._centre(params, x_now, x_mean, parent, root, anchor, dof)
         frame_target = frames(target, parent, root, anchor)
@@ -349,7 +375,8 @@ class InternalCoordinateNoise(Block):
         stds = params[:, :2]
         bonded = ((0.5 * (delta[:, :2] / stds).pow(2) + torch.log(stds)) * dof[:, :2]).sum(-1)
         log_w, offsets, s_phi = self._torsion(params)
-        turn = delta[:, 2:] - offsets
+        own = delta[:, 2:] * dof[:, 2:]
+        turn = own - _on_sibling(own, sibling) - offsets      # a later sibling's torsion step is its own plus its first's
         turn = torch.atan2(torch.sin(turn), torch.cos(turn))
         torsion = -torch.logsumexp(log_w - torch.log(s_phi) - 0.5 * (turn / s_phi).pow(2), dim=1) * dof[:, 2]
         # rigid part, once per tree (read at its root)

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from openmm_cgml.model.chirality import bond_tables
-from openmm_cgml.model.internal_coordinates import doubling_rounds, tree_layout
+from openmm_cgml.model.internal_coordinates import doubling_rounds, torsion_references, tree_layout
 from openmm_cgml.nn.paxnet import bond_keys, bond_local_tables
 
 __all__ = ["TopologyCache"]
@@ -64,7 +64,7 @@ class TopologyCache(nn.Module):
             tables["chirality"] = bond_tables(coarse_edge_index, n)
         if self.forest:
             parent, root, anchor, dof = tree_layout(coarse_edge_index, n)
-            tables["forest"] = [parent, root, anchor, dof]
+            tables["forest"] = [parent, root, anchor, dof, torsion_references(parent)]
         if self.local:
             tables["local"] = bond_local_tables(coarse_edge_index, n)
         return tables

@@ -3,11 +3,13 @@ import json
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from openmm_cgml.cli import main
 from openmm_cgml.evaluation import peptide
 from openmm_cgml.evaluation.benchmark import BENCHMARKS_DIR, load_definition
+from openmm_cgml.model.chirality import pseudo_scalars
 
 
 def test_basin_populations_of_known_points():
@@ -64,6 +66,34 @@ def test_torsion_steps_of_a_libration_and_across_the_wrap():
     assert peptide._step_lag1(libration, 1.0) == pytest.approx(-1.0)
     # over a 2 ps step the same libration returns to its start: no change at all
     assert peptide._step_rms(libration, 2.0) == 0.0
+
+
+def test_handedness_counts_stereocentres_not_torsion_signs():
+    """Known answer: bead 1 is a stereocentre (bonded to 0, 2, 3), bead 4 hangs off 3. Mirrored frames lose its
+    handedness; turning bead 4 about the 1-3 bond flips the torsions' signs but keeps it."""
+    bonds = np.array([[0, 1], [1, 2], [1, 3], [3, 4]])
+    star = np.array([[0.0, 0.0, 0.0], [0.15, 0.0, 0.0], [0.2, 0.14, 0.0], [0.2, -0.07, 0.12], [0.35, -0.07, 0.12]])
+    rng = np.random.default_rng(0)
+    reference = [star + rng.normal(0, 0.005, (40, 5, 3))]
+    mirrored = [np.concatenate([reference[0][:30], reference[0][30:] * np.array([-1.0, 1.0, 1.0])])]
+    turned = reference[0].copy()
+    axis = (star[3] - star[1]) / np.linalg.norm(star[3] - star[1])
+    arm = turned[:, 4] - turned[:, 3]           # Rodrigues: a half turn of bead 4 about the 1-3 bond
+    turned[:, 4] = turned[:, 3] + 2 * (arm @ axis)[:, None] * axis - arm
+    edges = torch.as_tensor(np.concatenate([bonds, bonds[:, ::-1]]).T.copy())
+    before, after = (pseudo_scalars(torch.as_tensor(x[0]), edges)[:, 1:] for x in (reference[0], turned))
+    assert (torch.sign(before) * torch.sign(after) < 0).any()        # the half turn flips a torsion's sign
+    a, m, t = (peptide._Ensemble(1.0, beads=x) for x in (reference, mirrored, [turned]))
+    signs = {name: peptide._chiral_features(e, bonds) for name, e in (("a", a), ("m", m), ("t", t))}
+    sign, chiral = peptide._chiral_reference(peptide._Ensemble(1.0, signs=signs["a"]))
+    assert chiral.tolist() == [False, True, False, False, False]       # one stereocentre, no torsion counted
+    assert peptide._kept_fraction(signs["m"], sign, chiral) == 0.75
+    assert peptide._kept_fraction(signs["t"], sign, chiral) == 1.0
+    # a chain has no stereocentre: no handedness to keep
+    chain = peptide._Ensemble(1.0, beads=[star[[0, 1, 3, 4]] + rng.normal(0, 0.005, (10, 4, 3))])
+    chain_signs = peptide._chiral_features(chain, np.array([[0, 1], [1, 2], [2, 3]]))
+    sign, chiral = peptide._chiral_reference(peptide._Ensemble(1.0, signs=chain_signs))
+    assert not chiral.any() and np.isnan(peptide._kept_fraction(chain_signs, sign, chiral))
 
 
 def test_peptide_definition_is_checked_like_the_polymer_one(tmp_path):

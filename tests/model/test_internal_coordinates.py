@@ -13,6 +13,7 @@ from openmm_cgml.model.internal_coordinates import (
     rebuild,
     rotation_matrix,
     rotation_vector,
+    torsion_references,
     tree_layout,
 )
 from tests.model.test_propagator import random_orthogonal
@@ -166,12 +167,40 @@ def _draws(module, params, x, masses, count, seed):
                         for _ in range(count)])
 
 
-def _torsion_changes(ys, x):
+def _torsion_changes(ys, x, relative=True):
+    """Changes of the internal coordinates of draws ``ys`` from ``x``; with ``relative``, a later sibling's torsion
+    change less its first sibling's (the coordinate the module draws)."""
     parent, root, anchor, dof = tree_layout(EDGES, N)
     internal = internal_coordinates(x, frames(x, parent, root, anchor), parent, dof)
     delta = torch.stack([internal_coordinates(y, frames(y, parent, root, anchor), parent, dof) for y in ys]) - internal
+    if relative:
+        sibling = torsion_references(parent)
+        has = sibling >= 0
+        delta[:, has, 2] -= delta[:, sibling[has], 2] * dof[sibling[has], 2]
     delta[..., 2] = torch.atan2(torch.sin(delta[..., 2]), torch.cos(delta[..., 2]))
     return delta, dof > 0
+
+
+def test_torsion_references_are_the_parents_first_child():
+    parent, *_ = tree_layout(EDGES, N)
+    # 7 has children 8 and 10, 8 has 9 and 11: 10 turns with 8, 11 with 9; the chain has no branch
+    assert torsion_references(parent).tolist() == [-1] * 10 + [8, 9]
+
+
+def test_a_branch_turns_with_its_first_sibling():
+    """Known answer: bead 11's torsion step is its own draw plus its first sibling 9's, so its change has the std
+    sqrt(s9^2 + s11^2), correlates with 9's by s9 / sqrt(s9^2 + s11^2), and less 9's has the std s11."""
+    module, params = _noise_module()
+    x, masses = _positions(5), torch.ones(N, dtype=torch.float64)
+    with torch.no_grad():
+        ys = _draws(module, params, x, masses, 3000, seed=16)
+    raw, _ = _torsion_changes(ys, x, relative=False)
+    s9, s11 = _stds(params)[9, 2], _stds(params)[11, 2]
+    total = torch.sqrt(s9 ** 2 + s11 ** 2)
+    torch.testing.assert_close(raw[:, 11, 2].std(), total, rtol=0.07, atol=0)
+    correlation = torch.corrcoef(torch.stack([raw[:, 9, 2], raw[:, 11, 2]]))[0, 1]
+    torch.testing.assert_close(correlation, s9 / total, atol=0.05, rtol=0)
+    torch.testing.assert_close((raw[:, 11, 2] - raw[:, 9, 2]).std(), s11, rtol=0.07, atol=0)
 
 
 def test_draw_has_the_mean_and_stds_it_claims():
