@@ -317,18 +317,24 @@ class InternalCoordinateNoise(Block):
         return params[:, 6:6 + k], params[:, 6 + k:6 + 2 * k], params[:, 6 + 2 * k:6 + 3 * k]
 
     def _centre(self, params: Tensor, x_now: Tensor, x_mean: Tensor, parent: Tensor, root: Tensor, anchor: Tensor,
-                dof: Tensor) -> Tuple[Tensor, Tensor]:
+                dof: Tensor, sibling: Tensor) -> Tuple[Tensor, Tensor]:
         """The draw's centre ``[b, theta, phi]`` (N, 3) and the mean's frames (N, 3, 3).
 
         Bond lengths and angles are the current ones (at ``x_now``) plus the predicted changes: read off the
         current geometry, not off ``x_mean``, whose velocity term would carry a stretch from step to step.
-        Torsions (where the drift lives) and everything the anchor fixes are the mean's.
+        Torsions (where the drift lives) and everything the anchor fixes are the mean's, except that a later
+        sibling's torsion is its first sibling's mean torsion plus their *current* relative torsion: that
+        relative torsion is a stiff coordinate like an angle (at a stereocentre, its handedness), and the
+        Cartesian mean, whose beads move independently, can carry one sibling past the other.
         """
         frame = frames(x_mean, parent, root, anchor)
         mean = internal_coordinates(x_mean, frame, parent, dof)
         now = internal_coordinates(x_now, frames(x_now, parent, root, anchor), parent, dof)
         theta = torch.where(dof[:, 1] > 0, now[:, 1] + params[:, 5], mean[:, 1])
-        return torch.stack([now[:, 0] + params[:, 4], theta, mean[:, 2]], 1), frame
+        phi_now, phi_mean = now[:, 2:], mean[:, 2:]
+        relative = phi_now - _on_sibling(phi_now, sibling)
+        phi = torch.where((sibling >= 0).unsqueeze(1), _on_sibling(phi_mean, sibling) + relative, phi_mean)
+        return torch.stack([now[:, 0] + params[:, 4], theta, phi[:, 0]], 1), frame
 
     def sample(self, params: Tensor, noise: Tensor, x_now: Tensor, x_mean: Tensor, masses: Tensor,
                coarse_edge_index: Tensor, batch: Tensor, layout: Optional[List[Tensor]] = None,
@@ -343,7 +349,7 @@ class InternalCoordinateNoise(Block):
         its :func:`doubling_rounds` (-1: enough for any forest).
         """
         parent, root, anchor, dof, sibling = _layout(coarse_edge_index, x_mean.size(0), layout)
-        internal, frame = self._centre(params, x_now, x_mean, parent, root, anchor, dof)
+        internal, frame = self._centre(params, x_now, x_mean, parent, root, anchor, dof, sibling)
         log_w, offsets, s_phi = self._torsion(params)
         if self.components > 1:
             uniform = torch.special.ndtr(noise[3][:, :1])
@@ -369,7 +375,7 @@ class InternalCoordinateNoise(Block):
         constants dropped)."""
         parent, root, anchor, dof, sibling = _layout(coarse_edge_index, x_mean.size(0), layout)
         dof = dof.to(x_mean.dtype)
-        centre, frame_mean = self._centre(params, x_now, x_mean, parent, root, anchor, dof)
+        centre, frame_mean = self._centre(params, x_now, x_mean, parent, root, anchor, dof, sibling)
         frame_target = frames(target, parent, root, anchor)
         delta = internal_coordinates(target, frame_target, parent, dof) - centre
         stds = params[:, :2]

@@ -258,7 +258,8 @@ def test_torsion_mixture_draws_each_component_by_its_weight():
 
 def test_bonds_and_angles_are_centred_on_the_current_ones_plus_the_predicted_change():
     """Known answer: with zero noise, a draw from mean positions ``x_mean`` keeps their torsions and orientation but
-    takes its bond lengths and angles from the current positions ``x_now`` plus the predicted changes."""
+    takes its bond lengths and angles from the current positions ``x_now`` plus the predicted changes, and a
+    later sibling's torsion relative to its first sibling (bead 10's to 8's, 11's to 9's) from ``x_now`` too."""
     module, params = _noise_module()
     params[:, 4], params[:, 5] = 0.01, -0.05
     x_now, x_mean, masses = _positions(11), _positions(12), torch.ones(N, dtype=torch.float64)
@@ -271,7 +272,14 @@ def test_bonds_and_angles_are_centred_on_the_current_ones_plus_the_predicted_cha
     used = dof > 0
     torch.testing.assert_close(drawn[:, 0][used[:, 0]], now[:, 0][used[:, 0]] + 0.01)
     torch.testing.assert_close(drawn[:, 1][used[:, 1]], now[:, 1][used[:, 1]] - 0.05)
-    torch.testing.assert_close(drawn[:, 2][used[:, 2]], mean[:, 2][used[:, 2]])
+    first = used[:, 2].clone()
+    first[[10, 11]] = False                        # the later siblings (of 8 and of 9)
+    torch.testing.assert_close(drawn[:, 2][first], mean[:, 2][first])
+    for later, sibling in ((10, 8), (11, 9)):
+        turn = (drawn[later, 2] - drawn[sibling, 2]) - (now[later, 2] - now[sibling, 2])
+        assert abs(math.remainder(float(turn), 2 * math.pi)) < 1e-9
+        assert abs(math.remainder(float(mean[later, 2] - mean[sibling, 2] - now[later, 2] + now[sibling, 2]),
+                                  2 * math.pi)) > 0.1
 
 
 def test_tree_without_three_beads_in_a_row_is_refused():
