@@ -181,6 +181,10 @@ def test_mapping_rules_are_found_by_name_and_can_be_registered(peptide, monkeypa
     assert mapping_options("metis", 5, None, "com", 3) == ("metis", {"atoms_per_bead": 5, "n_beads": None, "seed": 3})
     assert mapping_options("residue", center="ca") == ("residue", {"center": "ca"})
     assert mapping_options("beads.yaml") == ("beads.yaml", {})
+    assert mapping_options("backbone", extra=("CB",)) == ("backbone", {"extra": ["CB"]})
+    method, params = mapping_options("backbone", extra=["CB"])
+    backbone = Mapping.build(method, topology, system, **params)
+    assert backbone.n_beads == 3 * 3 + 3          # N, CA, C and CB of each of three alanines
     method, params = mapping_options("residue")
     assert Mapping.build(method, topology, system, **params) == Mapping.by_residue(topology, system)
     assert Mapping.build("metis", topology, system).params["atoms_per_bead"] == 4   # the default resolution

@@ -490,7 +490,8 @@ def test_cli_mapping_options_use_the_library_checks(check, value, match):
                          check_n_beads: ("--n-beads", "n_beads")}[check]
     with pytest.raises(ValueError, match=re.escape(match.format(parameter))):
         check(value)
-    args = argparse.Namespace(mapping="metis", atoms_per_bead=None, n_beads=None, center="com", seed=0)
+    args = argparse.Namespace(mapping="metis", atoms_per_bead=None, n_beads=None, center="com", seed=0,
+                              backbone_extra="")
     setattr(args, parameter, value)
     with pytest.raises(ValueError, match=re.escape(match.format(option))):
         mapping_options_from_args(args)

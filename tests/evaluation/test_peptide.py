@@ -138,7 +138,12 @@ def test_a_tiny_peptide_benchmark_runs_end_to_end(tmp_path, capsys):
     assert tuned["split"] == "validation" and len(tuned["scores"]) == len(definition["refine_candidates"])
     assert tuned["value"] in definition["refine_candidates"]
     assert set(tuned["chirality_kept_fraction"]) == set(tuned["scores"])       # handedness beside every score
-    assert all(0.0 <= kept <= 1.0 for kept in tuned["chirality_kept_fraction"].values())
+    # the shipped model's 5 backbone beads hold no stereocentre (CA's bead neighbours are N and C): no handedness
+    # to keep, null rather than a number, and "n/a" in the report
+    assert document["model"]["mapping"] == "backbone"
+    assert all(kept is None for kept in tuned["chirality_kept_fraction"].values())
+    assert document["metrics"]["chirality_kept_fraction"]["model"] is None
+    assert "| chirality_kept_fraction | n/a |" in (out / "report.md").read_text()
     # the brief on stdout carries the peptide blocks
     brief = json.loads(capsys.readouterr().out)
     assert "backmap" in brief and "speedup" in brief
