@@ -198,6 +198,10 @@ def test_cli_map_image_and_coarse_grain(fine, tmp_path, capsys):
                      "--save-mapping", str(saved)]) == 0
     assert out.stat().st_size > 0 and "22 atoms -> 5 beads" in capsys.readouterr().out
     assert Mapping.from_json(saved.read_text()).bead_names == ["C1", "N2", "CA2", "C2", "N3"]
+    assert cli.main(["map-image", "alanine-dipeptide", "--mapping", "backbone", "--backbone-extra", "CB",
+                     "--out", str(out), "--save-mapping", str(saved), "--overwrite"]) == 0
+    assert "22 atoms -> 6 beads" in capsys.readouterr().out
+    assert Mapping.from_json(saved.read_text()).params["extra"] == ["CB"]
     train, val, test = fine["alanine-dipeptide"]
     dataset = tmp_path / "cg.h5"
     assert cli.main(["coarse-grain", str(train), "--val", str(val), "--test", str(test), "--out", str(dataset),
@@ -206,6 +210,6 @@ def test_cli_map_image_and_coarse_grain(fine, tmp_path, capsys):
         assert handle.attrs["mapping_method"] == "backbone"
         group = next(g for g in handle["traj"].values() if g.attrs["source"] == str(train.resolve()))
         mapping = Mapping.from_json(group.attrs["mapping"])
-        assert json.loads(handle.attrs["mapping_params"]) == {} and mapping.params["extra"] == []
+        assert json.loads(handle.attrs["mapping_params"]) == {"extra": []} and mapping.params["extra"] == []
         atoms = trajectory.positions[:]
         assert np.array_equal(group["positions"][:], atoms[:, mapping.center_atoms])   # beads are the atoms

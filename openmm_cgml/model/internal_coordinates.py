@@ -24,7 +24,8 @@ the step is drawn in the coordinates the molecule moves in:
   per tree, plus its orientation (the root's frame) and centre of mass;
 - at a branch, a bead that is not its parent's first child draws the change
   of its torsion *relative to that first sibling's* (:func:`torsion_references`:
-  the draw adds the sibling's torsion step to its own). Siblings turn together
+  the draw adds the sibling's torsion step to its own), centred on their
+  current relative torsion, from one Gaussian (no mixture). Siblings turn together
   about the parent's bond, as the atoms downstream of a bond do when it turns,
   and their relative torsion, which at a stereocentre (CA with N, C and CB
   beads) is its handedness, is a stiff coordinate of its own (near +-120
@@ -312,9 +313,17 @@ class InternalCoordinateNoise(Block):
         return torch.cat([s_b, s_theta, rigid[:, :1] * self.length_scale_nm, rigid[:, 1:],
                           out[:, 2:3] * self.length_scale_nm, out[:, 3:4], log_w, offsets, s_phi + 1e-4], 1)
 
-    def _torsion(self, params: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    def _torsion(self, params: Tensor, sibling: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """``log w``, offsets and stds (N, K) of each bead's torsion step; a later sibling's on the first component
+        alone: its relative torsion is stiff, with one mode (at a stereocentre, its handedness), and a spare wide
+        component is what let single draws mirror CA for a frame."""
         k = self.components
-        return params[:, 6:6 + k], params[:, 6 + k:6 + 2 * k], params[:, 6 + 2 * k:6 + 3 * k]
+        log_w = params[:, 6:6 + k]
+        if k > 1:
+            first = torch.full_like(log_w, float("-inf"))
+            first[:, 0] = 0.0
+            log_w = torch.where((sibling >= 0).unsqueeze(1), first, log_w)
+        return log_w, params[:, 6 + k:6 + 2 * k], params[:, 6 + 2 * k:6 + 3 * k]
 
     def _centre(self, params: Tensor, x_now: Tensor, x_mean: Tensor, parent: Tensor, root: Tensor, anchor: Tensor,
                 dof: Tensor, sibling: Tensor) -> Tuple[Tensor, Tensor]:
@@ -350,7 +359,7 @@ class InternalCoordinateNoise(Block):
         """
         parent, root, anchor, dof, sibling = _layout(coarse_edge_index, x_mean.size(0), layout)
         internal, frame = self._centre(params, x_now, x_mean, parent, root, anchor, dof, sibling)
-        log_w, offsets, s_phi = self._torsion(params)
+        log_w, offsets, s_phi = self._torsion(params, sibling)
         if self.components > 1:
             uniform = torch.special.ndtr(noise[3][:, :1])
             cumulative = torch.cumsum(torch.exp(log_w), dim=1)[:, :-1]
@@ -380,7 +389,7 @@ class InternalCoordinateNoise(Block):
         delta = internal_coordinates(target, frame_target, parent, dof) - centre
         stds = params[:, :2]
         bonded = ((0.5 * (delta[:, :2] / stds).pow(2) + torch.log(stds)) * dof[:, :2]).sum(-1)
-        log_w, offsets, s_phi = self._torsion(params)
+        log_w, offsets, s_phi = self._torsion(params, sibling)
         own = delta[:, 2:] * dof[:, 2:]
         turn = own - _on_sibling(own, sibling) - offsets      # a later sibling's torsion step is its own plus its first's
         turn = torch.atan2(torch.sin(turn), torch.cos(turn))

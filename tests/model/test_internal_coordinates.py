@@ -239,7 +239,8 @@ def test_density_is_lowest_at_the_stds_that_drew_the_samples(components):
 
 def test_torsion_mixture_draws_each_component_by_its_weight():
     """Known answer: with two well-separated components (offsets -0.6 and +0.6 rad, weights 0.25 and 0.75,
-    std 0.05 rad) the torsion changes fall near each offset in those proportions."""
+    std 0.05 rad) the torsion changes fall near each offset in those proportions; a later sibling's relative
+    torsion takes the first component only."""
     module, params = _noise_module(components=2)
     params = params.clone()
     params[:, 6:8] = torch.log(torch.tensor([0.25, 0.75], dtype=torch.float64))
@@ -249,6 +250,10 @@ def test_torsion_mixture_draws_each_component_by_its_weight():
     with torch.no_grad():
         ys = _draws(module, params, x, masses, 2000, seed=10)
     delta, used = _torsion_changes(ys, x)
+    later = torsion_references(tree_layout(EDGES, N)[0]) >= 0
+    # a later sibling's relative torsion is stiff: the first component alone
+    assert (delta[:, later & used[:, 2], 2] < 0).all()
+    used[later, 2] = False
     turns = delta[..., 2][:, used[:, 2]]
     assert turns.abs().sub(0.6).abs().max() < 0.4                  # every draw near one of the two offsets
     torch.testing.assert_close((turns > 0).double().mean(0), torch.full((turns.size(1),), 0.75, dtype=torch.float64),
