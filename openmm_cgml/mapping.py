@@ -472,21 +472,16 @@ def mapping_options(mapping: str = "metis", atoms_per_bead: float | None = None,
     seed : int
         METIS seed.
     extra : list of str
-        Backbone rule: further beads per amino acid, ``["CB"]``, ``["O"]`` or both (CB gives the
-        alpha carbon three bead neighbours, so its handedness is read off the beads).
+        Backbone rule: further beads per amino acid, ``["CB"]``, ``["O"]`` or both.
 
     Returns
     -------
     tuple
         ``(method, params)``; only the parameters the chosen rule takes.
     """
-    if mapping == "metis":
-        return "metis", {"atoms_per_bead": atoms_per_bead, "n_beads": n_beads, "seed": seed}
-    if mapping == "residue":
-        return "residue", {"center": center}
-    if mapping == "backbone":
-        return "backbone", {"extra": list(extra)}
-    return mapping, {}
+    params = {"metis": {"atoms_per_bead": atoms_per_bead, "n_beads": n_beads, "seed": seed},
+              "residue": {"center": center}, "backbone": {"extra": list(extra)}}
+    return mapping, params.get(mapping, {})
 
 
 # ----------------------------------------------------------------------------- construction helpers

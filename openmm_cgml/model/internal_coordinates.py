@@ -391,7 +391,7 @@ class InternalCoordinateNoise(Block):
         bonded = ((0.5 * (delta[:, :2] / stds).pow(2) + torch.log(stds)) * dof[:, :2]).sum(-1)
         log_w, offsets, s_phi = self._torsion(params, sibling)
         own = delta[:, 2:] * dof[:, 2:]
-        turn = own - _on_sibling(own, sibling) - offsets      # a later sibling's torsion step is its own plus its first's
+        turn = own - _on_sibling(own, sibling) - offsets      # a later sibling's step: its own plus its first's
         turn = torch.atan2(torch.sin(turn), torch.cos(turn))
         torsion = -torch.logsumexp(log_w - torch.log(s_phi) - 0.5 * (turn / s_phi).pow(2), dim=1) * dof[:, 2]
         # rigid part, once per tree (read at its root)
