@@ -107,8 +107,8 @@ def test_peptide_definition_is_checked_like_the_polymer_one(tmp_path):
 
 
 def test_a_tiny_peptide_benchmark_runs_end_to_end(tmp_path, capsys):
-    """The shipped alanine-dipeptide model (20 ps step, so a 20 ps MSM lag; its 4-frame history takes 60 ps) on 4
-    replicas of 120 ps: every metric with model, ceiling and CI."""
+    """The shipped alanine-dipeptide model (6 beads with CB, 20 ps step, so a 20 ps MSM lag; its 4-frame history
+    takes 60 ps) on 4 replicas of 120 ps: every metric with model, ceiling and CI."""
     definition = yaml.safe_load((BENCHMARKS_DIR / "peptide.yaml").read_text())
     definition["scales"] = {"tiny": {
         "frame_stride": 500, "equilibration_steps": 1000, "library": {"seed": 5, "replicas": 1, "reference_ns": 0.02},
@@ -138,12 +138,10 @@ def test_a_tiny_peptide_benchmark_runs_end_to_end(tmp_path, capsys):
     assert tuned["split"] == "validation" and len(tuned["scores"]) == len(definition["refine_candidates"])
     assert tuned["value"] in definition["refine_candidates"]
     assert set(tuned["chirality_kept_fraction"]) == set(tuned["scores"])       # handedness beside every score
-    # the shipped model's 5 backbone beads hold no stereocentre (CA's bead neighbours are N and C): no handedness
-    # to keep, null rather than a number, and "n/a" in the report
-    assert document["model"]["mapping"] == "backbone"
-    assert all(kept is None for kept in tuned["chirality_kept_fraction"].values())
-    assert document["metrics"]["chirality_kept_fraction"]["model"] is None
-    assert "| chirality_kept_fraction | n/a |" in (out / "report.md").read_text()
+    # the shipped model's CB bead makes CA a stereocentre of the beads: MD never mirrors it
+    assert document["model"]["mapping"] == "backbone" and document["model"]["n_beads"] == 6
+    assert all(0.0 <= kept <= 1.0 for kept in tuned["chirality_kept_fraction"].values())
+    assert document["metrics"]["chirality_kept_fraction"]["ceiling"] == 1.0
     # the brief on stdout carries the peptide blocks
     brief = json.loads(capsys.readouterr().out)
     assert "backmap" in brief and "speedup" in brief
