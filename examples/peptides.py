@@ -2,7 +2,8 @@
 
 Reference MD of alanine dipeptide (and chignolin in ``--full``, or at small
 scale with ``--set peptides=alanine-dipeptide,chignolin``) in implicit solvent
--> backbone coarse-graining (N, CA, C beads: phi and psi exact) -> training one
+-> backbone coarse-graining (N, CA, C and CB beads: phi and psi exact, CA's
+handedness on the beads) -> training one
 propagator per peptide, its step drawn in internal coordinates with mixtures
 of Gaussians for the torsions (the recipe of the shipped model) ->
 rollouts with ``CGMLIntegrator`` inside an ordinary ``openmm.app.Simulation``
@@ -46,14 +47,16 @@ from openmm_cgml.trajectory import FineTrajectory  # noqa: E402
 # Units: MD steps of 2 fs. Frames every `stride` steps; one model step = `model_steps` MD steps.
 CONFIGS = {
     "small": dict(peptides="alanine-dipeptide", train_replicas=3, train_frames=2000, test_frames=4000, stride=50,
-                  model_steps=1000, k=4, mapping="backbone", rollout_steps=400, rollout_replicas=4,
+                  model_steps=1000, k=4, mapping="backbone", backbone_extra=["CB"], rollout_steps=400,
+                  rollout_replicas=4,
                   model=dict(hidden=32, n_layers=2, embed_hidden=16, embed_layers=2, score_hidden=16, score_layers=1,
                              noise="internal", torsion_components=3, refine_sigmas=[]),
                   train=dict(max_epochs=60, batch_size=32, limit_train_batches=60, limit_val_batches=10, lr=2e-3,
                              warmup_steps=50, threads=0)),
     # one GPU: 8 x 100 ns of training data per peptide (chignolin folds on this scale), 10 ps model steps
     "full": dict(peptides="alanine-dipeptide,chignolin", train_replicas=8, train_frames=100000, test_frames=100000,
-                 stride=500, model_steps=5000, k=4, mapping="backbone", rollout_steps=20000, rollout_replicas=16,
+                 stride=500, model_steps=5000, k=4, mapping="backbone", backbone_extra=["CB"], rollout_steps=20000,
+                 rollout_replicas=16,
                  model=dict(hidden=128, n_layers=4, embed_hidden=64, embed_layers=4, score_hidden=64, score_layers=3,
                             noise="internal", torsion_components=5, refine_sigmas=[]),
                  train=dict(max_epochs=50, batch_size=64, lr=1e-3, warmup_steps=500)),
@@ -110,7 +113,7 @@ def run_peptide(name: str, config: dict, out: Path, seed: int, log) -> tuple:
     dataset = out / "coarse.h5"
     if not dataset.exists():
         log(f"[{name}] coarse-graining ({config['mapping']} mapping)")
-        coarse_grain(train_paths, dataset, mapping=config["mapping"], k=config["k"],
+        coarse_grain(train_paths, dataset, mapping=config["mapping"], extra=config["backbone_extra"], k=config["k"],
                      model_steps=config["model_steps"], split=(0.8, 0.2, 0.0), split_by="trajectory")
 
     log(f"[{name}] training")
