@@ -205,13 +205,15 @@ def _chiral_features(ensemble: _Ensemble, bonds: np.ndarray) -> list[np.ndarray]
     """Per replica (frames, n_beads) signs of the beads' star volumes (0 for a bead with under three neighbours)."""
     import torch
 
-    from openmm_cgml.model.chirality import pseudo_scalars
+    from openmm_cgml.model.chirality import bond_tables, pseudo_scalars
 
     edges = torch.as_tensor(np.asarray(bonds, dtype=np.int64).reshape(-1, 2).T.copy())
-    signs = []
+    signs, tables = [], None
     for beads in ensemble.beads:
         x = torch.as_tensor(np.asarray(beads, dtype=np.float64))
-        values = torch.stack([pseudo_scalars(frame, edges) for frame in x]).numpy()
+        if tables is None:   # the bonds' neighbour tables, once for every frame of every replica
+            tables = bond_tables(edges, x.shape[1])
+        values = torch.stack([pseudo_scalars(frame, edges, tables) for frame in x]).numpy()
         signs.append(np.sign(values[:, :, 0]))   # the star volume; the torsions (1, 2) are conformations
     return signs
 
