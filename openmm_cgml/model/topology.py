@@ -58,7 +58,8 @@ class TopologyCache(nn.Module):
 
     def compute(self, coarse_edge_index: Tensor, n: int) -> Dict[str, List[Tensor]]:
         """The tables of ``n`` beads bonded by ``coarse_edge_index`` (2, E), afresh and unstored: ``bond_keys``
-        always, ``chirality``, ``forest`` (tree layout) and ``local`` where the model reads them."""
+        always, ``chirality``, ``forest`` (tree layout and torsion references) and ``local`` where the model reads
+        them."""
         tables = {"bond_keys": [bond_keys(coarse_edge_index, n)]}
         if self.chirality:
             tables["chirality"] = bond_tables(coarse_edge_index, n)
