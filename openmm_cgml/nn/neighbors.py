@@ -42,6 +42,11 @@ def _dense_max_atoms() -> int:
     return 512
 
 
+def _tiny_atoms() -> int:
+    # up to this many nodes the all-pairs matrix costs less than counting the graphs (a host sync)
+    return 64
+
+
 def _grouped_max_pairs() -> int:
     # keep in sync with GROUPED_MAX_PAIRS
     return 1 << 22
@@ -165,14 +170,18 @@ def radius_graph(pos: Tensor, cutoff: float, batch: Optional[Tensor] = None,
     if box is not None and not bool(box.any()):
         box = None      # all-zero box = not periodic: take the cheap open-boundary path
     dense = n <= _dense_max_atoms() if method == "auto" else method == "dense"
-    if box is None and dense:
+    if box is None and dense and (method == "dense" or n <= _tiny_atoms()):
         return _dense_open_graph(pos, batch, cutoff, max_num_neighbors)
     if box is None and method == "auto":
+        # many small graphs (replicas in one Context): one block per graph beats the all-pairs matrix
+        # already at a few hundred nodes in all (64 chains of 8 beads: G n_max^2 = N^2 / 64)
         counts = torch.bincount(batch)
         n_max = int(counts.max())
         if n_max <= max_num_neighbors + 1 and counts.size(0) * n_max * n_max <= _grouped_max_pairs() \
                 and bool((batch[1:] >= batch[:-1]).all()):
             return _grouped_open_graph(pos, batch, counts, n_max, cutoff)
+        if dense:
+            return _dense_open_graph(pos, batch, cutoff, max_num_neighbors)
     box_g, inv_g, flag = graph_boxes(box, int(batch.max()) + 1, pos.dtype, device)
     periodic = flag > 0
     any_periodic = bool(periodic.any())

@@ -73,6 +73,18 @@ def test_many_small_graphs_auto_matches_the_cell_list():
     check_against_reference(pos[:600], 0.6, batch[:600], None, "auto")
 
 
+def test_few_hundred_beads_of_small_graphs_auto_matches_the_all_pairs_matrix():
+    """Between 64 and DENSE_MAX_ATOMS nodes, small sorted graphs also take the block search: the same edges as
+    the all-pairs matrix, in the same order; one larger graph keeps the matrix."""
+    gen = torch.Generator().manual_seed(4)
+    batch = torch.arange(40).repeat_interleave(8)                        # 40 chains of 8 beads: 320 nodes
+    pos = (torch.rand(40, 3, generator=gen) * 3.0)[batch] + 0.3 * torch.randn(320, 3, generator=gen)
+    for graph in (batch, torch.zeros_like(batch)):
+        auto = radius_graph(pos, 0.6, graph)
+        dense = radius_graph(pos, 0.6, graph, method="dense")
+        assert torch.equal(auto[0], dense[0]) and torch.equal(auto[1], dense[1]) and auto[0].size(1) > 0
+
+
 @pytest.mark.parametrize("method", ["dense", "cell"])
 def test_triclinic_periodic_batched(method):
     gen = torch.Generator().manual_seed(2)
