@@ -1,0 +1,84 @@
+"""Validation scores of peptide models, for choices made outside the benchmark (data, size, step); prints JSON.
+
+For each model: rollouts from the starts of the peptide benchmark's *validation* replicas (never its test
+replicas), no refinement, one rollout per seed, scored exactly as the benchmark's validation step scores a
+refinement candidate (Ramachandran, phi and psi JS against the validation MD; basin populations; the fraction
+of frames that keep the reference's handedness at the stereocentres among the beads). The reference MD comes
+from the benchmark's cache (it is generated there first if missing).
+
+    OMP_NUM_THREADS=1 python bench/peptide_validation.py alanine-dipeptide runs/new/model.safetensors \\
+        --scale long --cache runs/bench-peptide-cache --seeds 52 152 252
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+
+import numpy as np
+import torch
+
+from openmm_cgml import systems
+from openmm_cgml.backmap import Backmapper
+from openmm_cgml.evaluation import peptide as P
+from openmm_cgml.evaluation.benchmark import frames_per_step, load_definition
+from openmm_cgml.evaluation.references import replica_runs
+from openmm_cgml.evaluation.rollouts import roll_out
+from openmm_cgml.model_file import load
+from openmm_cgml.openmm.bead_system import molecule_mapping
+
+
+def validation_scores(model, definition: dict, reference, cache: str, seeds: list[int]) -> dict:
+    """Scores of one model's validation rollouts, one entry per seed, and their means."""
+    model.refine_sigmas = []
+    mapping = molecule_mapping(model, reference.topology, reference.atom_types)
+    paths = {split: replica_runs(definition["system"], definition["system_params"], split, definition[split],
+                                 int(definition["frame_stride"]), int(definition["equilibration_steps"]), cache, 1,
+                                 lambda *_: None)
+             for split in ("library", "validation")}
+    library = np.concatenate(P._read(paths["library"], mapping)[0])
+    picks = np.linspace(0, len(library) - 1, min(1000, len(library))).round().astype(int)
+    backmapper = Backmapper(mapping, reference.system, library[picks])
+    atoms, interval = P._read(paths["validation"], mapping)
+    model_dt = float(model.model_timestep._value)
+    histories, n_steps = P._starts(atoms, mapping, model.k, frames_per_step(model_dt, interval))
+    truth = P._ensemble(atoms, [mapping.bead_positions(x) for x in atoms], interval, reference.topology)
+    bonds = np.asarray(mapping.coarse_bonds, dtype=np.int64)
+    truth.arrays["signs"] = P._chiral_features(truth, bonds)
+    reference_sign, chiral = P._chiral_reference(truth)
+    rows = []
+    for seed in seeds:
+        rolled = roll_out(model, [mapping] * len(atoms), histories, n_steps, seed=seed, refine=False)
+        placed = [backmapper.place(frames)._value for frames in rolled["frames"]]
+        ensemble = P._ensemble(placed, rolled["frames"], model_dt, reference.topology)
+        ensemble.arrays["signs"] = P._chiral_features(ensemble, bonds)
+        row = {"seed": seed, **P._histogram_js(truth, ensemble, int(definition["torsion_bins"])),
+               "chirality_kept_fraction": P._kept_fraction(ensemble.signs, reference_sign, chiral),
+               "populations": P.basin_populations(ensemble.pooled("phi"), ensemble.pooled("psi"))}
+        rows.append(row)
+    means = {key: statistics.mean(row[key] for row in rows)
+             for key in ("phi_js", "psi_js", "rama_js", "chirality_kept_fraction")}
+    return {"rollouts": rows, "mean": means, "model_steps": int(n_steps), "replicas": len(atoms),
+            "reference_populations": P.basin_populations(truth.pooled("phi"), truth.pooled("psi"))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("models", nargs="+", help="model files or shipped model names")
+    parser.add_argument("--benchmark", default="peptide")
+    parser.add_argument("--scale", default="long")
+    parser.add_argument("--cache", default="runs/bench-peptide-cache")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[52, 152, 252])
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    definition = load_definition(args.benchmark, args.scale)
+    reference = systems.load(definition["system"], **definition["system_params"])
+    result = {"benchmark": args.benchmark, "scale": args.scale, "split": "validation",
+              "seed": definition["validation"]["seed"], "models": {}}
+    for name in args.models:
+        result["models"][name] = validation_scores(load(name), definition, reference, args.cache, args.seeds)
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
