@@ -3,7 +3,10 @@
 For each model: rollouts from the starts of the peptide benchmark's *validation* replicas (never its test
 replicas), no refinement, one rollout per seed, scored exactly as the benchmark's validation step scores a
 refinement candidate (Ramachandran, phi and psi JS against the validation MD; basin populations; the fraction
-of frames that keep the reference's handedness at the stereocentres among the beads). The reference MD comes
+of frames that keep the reference's handedness at the stereocentres among the beads). ``one_step``: from every
+5th validation MD state, the probability of leaving C7eq/C5 for alpha-R and back within one model step, the
+MD's next frame against one model step from the same history (a kernel bias shows here before it shows in
+populations). The reference MD comes
 from the benchmark's cache (it is generated there first if missing).
 
     OMP_NUM_THREADS=1 python bench/peptide_validation.py alanine-dipeptide runs/new/model.safetensors \\
@@ -47,6 +50,7 @@ def validation_scores(model, definition: dict, reference, cache: str, seeds: lis
     truth.arrays["signs"] = P._chiral_features(truth, bonds)
     reference_sign, chiral = P._chiral_reference(truth)
     rows = []
+    one_step = _one_step_transitions(model, mapping, backmapper, atoms, interval, reference.topology, seeds)
     for seed in seeds:
         rolled = roll_out(model, [mapping] * len(atoms), histories, n_steps, seed=seed, refine=False)
         placed = [backmapper.place(frames)._value for frames in rolled["frames"]]
@@ -58,8 +62,46 @@ def validation_scores(model, definition: dict, reference, cache: str, seeds: lis
         rows.append(row)
     means = {key: statistics.mean(row[key] for row in rows)
              for key in ("phi_js", "psi_js", "rama_js", "chirality_kept_fraction")}
-    return {"rollouts": rows, "mean": means, "model_steps": int(n_steps), "replicas": len(atoms),
+    return {"rollouts": rows, "mean": means, "one_step": one_step, "model_steps": int(n_steps), "replicas": len(atoms),
             "reference_populations": P.basin_populations(truth.pooled("phi"), truth.pooled("psi"))}
+
+
+def _basins(ensemble) -> np.ndarray:
+    """Basin of each frame: 0 C7eq/C5, 1 alpha-R, 2 alpha-L (the rule of ``basin_populations``)."""
+    phi, psi = ensemble.pooled("phi").ravel(), ensemble.pooled("psi").ravel()
+    return np.where(phi >= 0, 2, np.where((psi >= -120) & (psi < 50), 1, 0))
+
+
+def _one_step_transitions(model, mapping, backmapper, atoms: list, interval: float, topology, seeds: list[int],
+                          stride: int = 5) -> dict:
+    """Basin-to-basin probabilities over one model step from validation MD states: the MD's own next frame
+    against one model step from the same k-frame history (every ``stride``-th frame, each seed once)."""
+    lag = frames_per_step(float(model.model_timestep._value), interval)
+    histories, now, after = [], [], []
+    for replica in atoms:
+        beads = mapping.bead_positions(replica)
+        for t in range((model.k - 1) * lag, len(replica) - lag, stride):
+            histories.append(beads[t - (model.k - 1) * lag:t + 1:lag])
+            now.append(replica[t])
+            after.append(replica[t + lag])
+
+    def basins(frames: np.ndarray) -> np.ndarray:
+        return _basins(P._ensemble([frames], [mapping.bead_positions(frames)], interval, topology))
+
+    start, md_next = basins(np.asarray(now)), basins(np.asarray(after))
+    model_next = []
+    for seed in seeds:
+        rolled = roll_out(model, [mapping] * len(histories), histories, 1, seed=seed, refine=False)
+        placed = np.asarray([backmapper.place(frames[-1:])._value[0] for frames in rolled["frames"]])
+        model_next.append(basins(placed))
+    names = ("c7eq_c5", "alpha_r", "alpha_l")
+
+    def probabilities(nxt: np.ndarray, starts: np.ndarray) -> dict:
+        return {f"{names[i]}->{names[j]}": float((nxt[starts == i] == j).mean())
+                for i in range(2) for j in range(2) if i != j and (starts == i).any()}
+
+    return {"starts": int(len(start)), "md": probabilities(md_next, start),
+            "model": probabilities(np.concatenate(model_next), np.tile(start, len(seeds)))}
 
 
 def main() -> None:
