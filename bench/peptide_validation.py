@@ -22,7 +22,6 @@ import numpy as np
 import torch
 
 from openmm_cgml import systems
-from openmm_cgml.backmap import Backmapper
 from openmm_cgml.evaluation import peptide as P
 from openmm_cgml.evaluation.benchmark import frames_per_step, load_definition
 from openmm_cgml.evaluation.references import replica_runs
@@ -32,44 +31,30 @@ from openmm_cgml.openmm.bead_system import molecule_mapping
 
 
 def validation_scores(model, definition: dict, reference, cache: str, seeds: list[int]) -> dict:
-    """Scores of one model's validation rollouts, one entry per seed, and their means."""
+    """Scores of one model's validation rollouts, one entry per seed, their means and the one-step transitions."""
     model.refine_sigmas = []
     mapping = molecule_mapping(model, reference.topology, reference.atom_types)
     paths = {split: replica_runs(definition["system"], definition["system_params"], split, definition[split],
                                  int(definition["frame_stride"]), int(definition["equilibration_steps"]), cache, 1,
                                  lambda *_: None)
              for split in ("library", "validation")}
-    library = np.concatenate(P._read(paths["library"], mapping)[0])
-    picks = np.linspace(0, len(library) - 1, min(1000, len(library))).round().astype(int)
-    backmapper = Backmapper(mapping, reference.system, library[picks])
+    backmapper = P._library_backmapper(np.concatenate(P._read(paths["library"], mapping)[0]), mapping,
+                                       reference.system)
     atoms, interval = P._read(paths["validation"], mapping)
-    model_dt = float(model.model_timestep._value)
-    histories, n_steps = P._starts(atoms, mapping, model.k, frames_per_step(model_dt, interval))
-    truth = P._ensemble(atoms, [mapping.bead_positions(x) for x in atoms], interval, reference.topology)
-    bonds = np.asarray(mapping.coarse_bonds, dtype=np.int64)
-    truth.arrays["signs"] = P._chiral_features(truth, bonds)
-    reference_sign, chiral = P._chiral_reference(truth)
+    rollout_scores, n_steps = P._rollout_scorer(model, mapping, backmapper, atoms, interval, reference.topology,
+                                                int(definition["torsion_bins"]))
     rows = []
-    one_step = _one_step_transitions(model, mapping, backmapper, atoms, interval, reference.topology, seeds)
     for seed in seeds:
-        rolled = roll_out(model, [mapping] * len(atoms), histories, n_steps, seed=seed, refine=False)
-        placed = [backmapper.place(frames)._value for frames in rolled["frames"]]
-        ensemble = P._ensemble(placed, rolled["frames"], model_dt, reference.topology)
-        ensemble.arrays["signs"] = P._chiral_features(ensemble, bonds)
-        row = {"seed": seed, **P._histogram_js(truth, ensemble, int(definition["torsion_bins"])),
-               "chirality_kept_fraction": P._kept_fraction(ensemble.signs, reference_sign, chiral),
-               "populations": P.basin_populations(ensemble.pooled("phi"), ensemble.pooled("psi"))}
-        rows.append(row)
+        js, kept, ensemble = rollout_scores(seed, False)
+        rows.append({"seed": seed, **js, "chirality_kept_fraction": kept,
+                     "populations": P.basin_populations(ensemble.pooled("phi"), ensemble.pooled("psi"))})
     means = {key: statistics.mean(row[key] for row in rows)
              for key in ("phi_js", "psi_js", "rama_js", "chirality_kept_fraction")}
-    return {"rollouts": rows, "mean": means, "one_step": one_step, "model_steps": int(n_steps), "replicas": len(atoms),
+    truth = P._ensemble(atoms, [mapping.bead_positions(x) for x in atoms], interval, reference.topology)
+    return {"rollouts": rows, "mean": means,
+            "one_step": _one_step_transitions(model, mapping, backmapper, atoms, interval, reference.topology, seeds),
+            "model_steps": int(n_steps), "replicas": len(atoms),
             "reference_populations": P.basin_populations(truth.pooled("phi"), truth.pooled("psi"))}
-
-
-def _basins(ensemble) -> np.ndarray:
-    """Basin of each frame: 0 C7eq/C5, 1 alpha-R, 2 alpha-L (the rule of ``basin_populations``)."""
-    phi, psi = ensemble.pooled("phi").ravel(), ensemble.pooled("psi").ravel()
-    return np.where(phi >= 0, 2, np.where((psi >= -120) & (psi < 50), 1, 0))
 
 
 def _one_step_transitions(model, mapping, backmapper, atoms: list, interval: float, topology, seeds: list[int],
@@ -86,7 +71,8 @@ def _one_step_transitions(model, mapping, backmapper, atoms: list, interval: flo
             after.append(replica[t + lag])
 
     def basins(frames: np.ndarray) -> np.ndarray:
-        return _basins(P._ensemble([frames], [mapping.bead_positions(frames)], interval, topology))
+        ensemble = P._ensemble([frames], [mapping.bead_positions(frames)], interval, topology)
+        return P.basin_labels(ensemble.pooled("phi"), ensemble.pooled("psi"))
 
     start, md_next = basins(np.asarray(now)), basins(np.asarray(after))
     model_next = []
@@ -94,7 +80,7 @@ def _one_step_transitions(model, mapping, backmapper, atoms: list, interval: flo
         rolled = roll_out(model, [mapping] * len(histories), histories, 1, seed=seed, refine=False)
         placed = np.asarray([backmapper.place(frames[-1:])._value[0] for frames in rolled["frames"]])
         model_next.append(basins(placed))
-    names = ("c7eq_c5", "alpha_r", "alpha_l")
+    names = list(P.BASINS)
 
     def probabilities(nxt: np.ndarray, starts: np.ndarray) -> dict:
         return {f"{names[i]}->{names[j]}": float((nxt[starts == i] == j).mean())
@@ -117,8 +103,12 @@ def main() -> None:
     reference = systems.load(definition["system"], **definition["system_params"])
     result = {"benchmark": args.benchmark, "scale": args.scale, "split": "validation",
               "seed": definition["validation"]["seed"], "models": {}}
-    for name in args.models:
-        result["models"][name] = validation_scores(load(name), definition, reference, args.cache, args.seeds)
+    try:   # every model is read before any rollout, so a bad file costs no work
+        models = {name: load(name) for name in args.models}
+    except (OSError, ValueError) as error:
+        parser.error(str(error))
+    for name, model in models.items():
+        result["models"][name] = validation_scores(model, definition, reference, args.cache, args.seeds)
     print(json.dumps(result, indent=1))
 
 

@@ -59,6 +59,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    for tag in ("old", "new"):
+        if not os.path.isfile(os.path.join(getattr(args, tag), "bench", "propagator.py")):
+            parser.error(f"--{tag} {getattr(args, tag)} is not a checkout of openmm-cgml (no bench/propagator.py)")
     runs = {"old": [], "new": []}
     for _ in range(args.rounds):
         for tag in ("old", "new"):

@@ -54,7 +54,7 @@ from openmm_cgml.evaluation.statistics import percentile_ci
 from openmm_cgml.evaluation.structures import torsions
 from openmm_cgml.io import atomic_path, jsonable, software_versions, write_atomic
 
-__all__ = ["run_peptide_benchmark", "BASINS", "basin_populations"]
+__all__ = ["run_peptide_benchmark", "BASINS", "basin_labels", "basin_populations"]
 
 # (phi, psi) basins in degrees; alpha_l holds all of phi >= 0 (alpha-L and C7ax)
 BASINS = {
@@ -65,13 +65,16 @@ BASINS = {
 _CHIRAL_AGREEMENT = 0.95
 
 
+def basin_labels(phi: np.ndarray, psi: np.ndarray) -> np.ndarray:
+    """Index into :data:`BASINS` (0 C7eq/C5, 1 alpha-R, 2 alpha-L) of each (phi, psi) pair, flattened."""
+    phi, psi = np.asarray(phi).ravel(), np.asarray(psi).ravel()
+    return np.where(phi >= 0, 2, np.where((psi >= -120) & (psi < 50), 1, 0))
+
+
 def basin_populations(phi: np.ndarray, psi: np.ndarray) -> dict:
     """Fraction of (phi, psi) pairs in each of :data:`BASINS` (pairs pooled over residues and frames)."""
-    phi, psi = np.asarray(phi).ravel(), np.asarray(psi).ravel()
-    negative = phi < 0
-    alpha_r = negative & (psi >= -120) & (psi < 50)
-    return {"c7eq_c5": float((negative & ~alpha_r).mean()), "alpha_r": float(alpha_r.mean()),
-            "alpha_l": float((~negative).mean())}
+    labels = basin_labels(phi, psi)
+    return {name: float((labels == i).mean()) for i, name in enumerate(BASINS)}
 
 
 class _Ensemble:
@@ -260,6 +263,15 @@ def _read(paths, mapping) -> tuple[list[np.ndarray], float]:
     return atoms, interval
 
 
+def _library_backmapper(library: np.ndarray, mapping, system):
+    """A :class:`~openmm_cgml.backmap.Backmapper` with fragments from up to 1,000 frames spread over the
+    library run's atom positions ``library`` (frames, n_atoms, 3) nm."""
+    from openmm_cgml.backmap import Backmapper
+
+    return Backmapper(mapping, system, library[np.linspace(0, len(library) - 1, min(1000, len(library)))
+                                               .round().astype(int)])
+
+
 def _ensemble(atoms: list, beads: list, dt_ps: float, topology) -> _Ensemble:
     angles = [torsions(a, topology) for a in atoms]
     return _Ensemble(dt_ps, phi=[a[0] for a in angles], psi=[a[1] for a in angles], beads=beads)
@@ -277,14 +289,11 @@ def _starts(atoms: list, mapping, k: int, lag: int) -> tuple[list[np.ndarray], i
     return histories, min(len(x) - 1 - (k - 1) * lag for x in atoms)
 
 
-def _tune(cg_model, mapping, backmapper, atoms: list, interval: float, topology, definition: dict, log) -> dict:
-    """Choose the Score refinement levels on the validation replicas: the lowest Ramachandran JS of their rollouts.
-
-    Sets the model's levels to the choice (``[]`` when it is no refinement). The handedness
-    kept by each candidate's rollouts is recorded beside its score, so that choices made outside the benchmark
-    (a model's step or size) can weigh it on validation too.
-    """
-    from openmm_cgml.evaluation.rollouts import choose_refinement, roll_out
+def _rollout_scorer(cg_model, mapping, backmapper, atoms: list, interval: float, topology, bins: int):
+    """``(score, n_steps)``: ``score(seed, refine)`` rolls the model out from the starts of ``atoms`` (validation
+    replicas) and returns the torsion JS of its rollouts against them (``_histogram_js``), the fraction of
+    rollout frames that keep the reference's handedness and the rollout ensemble."""
+    from openmm_cgml.evaluation.rollouts import roll_out
 
     model_dt = float(cg_model.model_timestep._value)
     histories, n_steps = _starts(atoms, mapping, cg_model.k, frames_per_step(model_dt, interval))
@@ -292,17 +301,35 @@ def _tune(cg_model, mapping, backmapper, atoms: list, interval: float, topology,
     bonds = np.asarray(mapping.coarse_bonds, dtype=np.int64)
     reference.arrays["signs"] = _chiral_features(reference, bonds)
     reference_sign, chiral = _chiral_reference(reference)
-    kept = {}
 
-    def score(refine: bool) -> float:
-        rolled = roll_out(cg_model, [mapping] * len(atoms), histories, n_steps,
-                          seed=int(definition["validation"]["seed"]), refine=refine)
+    def score(seed: int, refine: bool) -> tuple[dict, float, _Ensemble]:
+        rolled = roll_out(cg_model, [mapping] * len(atoms), histories, n_steps, seed=seed, refine=refine)
         placed = [backmapper.place(frames)._value for frames in rolled["frames"]]
         ensemble = _ensemble(placed, rolled["frames"], model_dt, topology)
         ensemble.arrays["signs"] = _chiral_features(ensemble, bonds)
-        kept[json.dumps(cg_model.refine_sigmas if refine else [])] = _kept_fraction(ensemble.signs, reference_sign,
-                                                                                     chiral)
-        return _histogram_js(reference, ensemble, int(definition["torsion_bins"]))["rama_js"]
+        return (_histogram_js(reference, ensemble, bins), _kept_fraction(ensemble.signs, reference_sign, chiral),
+                ensemble)
+
+    return score, n_steps
+
+
+def _tune(cg_model, mapping, backmapper, atoms: list, interval: float, topology, definition: dict, log) -> dict:
+    """Choose the Score refinement levels on the validation replicas: the lowest Ramachandran JS of their rollouts.
+
+    Sets the model's levels to the choice (``[]`` when it is no refinement). The handedness
+    kept by each candidate's rollouts is recorded beside its score, so that choices made outside the benchmark
+    (a model's step or size) can weigh it on validation too.
+    """
+    from openmm_cgml.evaluation.rollouts import choose_refinement
+
+    rollout_scores, n_steps = _rollout_scorer(cg_model, mapping, backmapper, atoms, interval, topology,
+                                              int(definition["torsion_bins"]))
+    kept = {}
+
+    def score(refine: bool) -> float:
+        levels = json.dumps(cg_model.refine_sigmas if refine else [])
+        js, kept[levels], _ = rollout_scores(int(definition["validation"]["seed"]), refine)
+        return js["rama_js"]
 
     chosen = choose_refinement(cg_model, definition["refine_candidates"], score, "Ramachandran JS", log)
     return {"refine_sigmas": {**chosen, "chirality_kept_fraction": kept, "replicas": len(atoms),
@@ -320,7 +347,6 @@ def run_peptide_benchmark(definition: dict, out: Path, cg_model, model_name: str
     import torch
 
     from openmm_cgml import systems
-    from openmm_cgml.backmap import Backmapper
     from openmm_cgml.evaluation.references import replica_runs
     from openmm_cgml.evaluation.rollouts import interleaved_speedup, roll_out
     from openmm_cgml.evaluation.structures import backmap_quality
@@ -335,10 +361,8 @@ def run_peptide_benchmark(definition: dict, out: Path, cg_model, model_name: str
                                  workers, log, platform) for split in ("library", "validation", "test")}
     md_seconds = time.perf_counter() - started
     torch.set_num_threads(1)
-    library, _ = _read(paths["library"], mapping)
-    library = np.concatenate(library)
-    backmapper = Backmapper(mapping, reference.system, library[np.linspace(0, len(library) - 1, min(1000, len(library)))
-                                                              .round().astype(int)])
+    library = np.concatenate(_read(paths["library"], mapping)[0])
+    backmapper = _library_backmapper(library, mapping, reference.system)
     model_dt = float(cg_model.model_timestep._value)
 
     log("[2/5] refinement levels on the validation replicas; rollouts from the start of every A replica")

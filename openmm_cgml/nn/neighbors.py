@@ -27,7 +27,8 @@ from torch import Tensor
 __all__ = ["radius_graph", "edge_vectors", "graph_boxes", "DENSE_MAX_ATOMS", "GROUPED_MAX_PAIRS"]
 
 # Largest total number of nodes for which the all-pairs distance matrix is
-# used when method="auto"; above it the cell list wins (measured with bench/backbone.py
+# used when method="auto" (from 65 nodes on, only if the per-graph blocks below do not
+# apply); above it the cell list wins (measured with bench/backbone.py
 # --neighbors on a 2-core CPU: the crossover is near 500-1000 atoms).
 DENSE_MAX_ATOMS = 512
 
@@ -43,7 +44,8 @@ def _dense_max_atoms() -> int:
 
 
 def _tiny_atoms() -> int:
-    # up to this many nodes the all-pairs matrix costs less than counting the graphs (a host sync)
+    # up to this many nodes (one small molecule: the per-step fast path) the all-pairs matrix is taken
+    # without counting the graphs, which costs a host sync
     return 64
 
 
@@ -147,10 +149,12 @@ def radius_graph(pos: Tensor, cutoff: float, batch: Optional[Tensor] = None,
         At most this many incoming edges per node; the nearest ones are kept
         (deterministic, unlike torch_cluster).
     method : str
-        "auto" (all-pairs matrix up to DENSE_MAX_ATOMS nodes in total; above
-        it, without a box, all pairs within each graph when the graphs are
-        small, contiguous and under the neighbour cap (GROUPED_MAX_PAIRS);
-        else a cell list: O(N) for a fixed density), "dense" or "cell".
+        "auto": without a box, the all-pairs matrix up to 64 nodes in total;
+        above that, all pairs within each graph when the graphs are small,
+        contiguous and under the neighbour cap (GROUPED_MAX_PAIRS), else the
+        all-pairs matrix up to DENSE_MAX_ATOMS nodes; with a box, the all-pairs
+        matrix up to DENSE_MAX_ATOMS nodes; everything else a cell list (O(N)
+        for a fixed density). "dense" or "cell" force one path.
 
     Returns
     -------
@@ -170,7 +174,7 @@ def radius_graph(pos: Tensor, cutoff: float, batch: Optional[Tensor] = None,
     if box is not None and not bool(box.any()):
         box = None      # all-zero box = not periodic: take the cheap open-boundary path
     dense = n <= _dense_max_atoms() if method == "auto" else method == "dense"
-    if box is None and dense and (method == "dense" or n <= _tiny_atoms()):
+    if box is None and (method == "dense" or (method == "auto" and n <= _tiny_atoms())):
         return _dense_open_graph(pos, batch, cutoff, max_num_neighbors)
     if box is None and method == "auto":
         # many small graphs (replicas in one Context): one block per graph beats the all-pairs matrix

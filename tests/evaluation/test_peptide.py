@@ -17,6 +17,7 @@ def test_basin_populations_of_known_points():
     psi = np.array([-40.0, 140.0, 160.0, -170.0, 40.0, -170.0, 49.0, 50.0])
     # alpha-R: (-60,-40), (-100,49); C7eq/C5: (-60,140), (-150,160), (-80,-170), (-60,50); alpha-L: phi >= 0
     assert peptide.basin_populations(phi, psi) == {"c7eq_c5": 0.5, "alpha_r": 0.25, "alpha_l": 0.25}
+    assert peptide.basin_labels(phi, psi).tolist() == [1, 0, 0, 0, 2, 2, 1, 0]   # the order of BASINS
 
 
 def two_state_ensemble(p: float, frames: int, replicas: int, seed: int, dt_ps: float = 1.0):
