@@ -333,6 +333,7 @@ class CGModel:
         self.metadata = metadata
         self.path = path
         self._mapping = None
+        self._compiled_step = None
 
     # ---- what the file describes (read from the ScriptModule's attributes)
     k = _module_attribute("k", int, "History length (frames) one step takes.")
@@ -439,6 +440,41 @@ class CGModel:
         self.module.to(device)
         return self
 
+    @property
+    def compiled(self) -> bool:
+        """Whether ``step`` runs through ``torch.compile`` (:meth:`compile`)."""
+        return self._compiled_step is not None
+
+    def compile(self) -> "CGModel":
+        """Run ``step`` compiled by ``torch.compile``; returns this model.
+
+        The step becomes this package's code with the file's weights (:func:`rebuild`; none of the file's
+        scripted code is kept), on every bead pair of each molecule instead of radius graphs
+        (``CGPropagator.fixed_shapes``), so that it compiles to a few graphs of fused kernels; on a GPU with
+        fixed work too (``CGPropagator.fixed_work``: no host read, one graph, replayed as a CUDA graph). Same
+        numbers as the uncompiled step, to rounding; several times faster for small molecules on the CPU
+        (docs/integrator.md, "Speed"). The first step at each bead count compiles for tens of seconds
+        (PyTorch caches the result on disk) and needs a C++ compiler; molecules of more than 64 beads, or a
+        periodic box, step on radius graphs, recompiling as their sizes change. Settings changed afterwards
+        (``refine_sigmas``, ``hard_core``, ``exclusion_retries``) take effect at the next step, which compiles
+        again.
+        """
+        if self.compiled:
+            return self
+        device = self.module.type_masses.device
+        propagator = rebuild(self).to(device).eval()
+        for parameter in propagator.parameters():
+            parameter.requires_grad_(False)
+        propagator.fixed_shapes = True
+        propagator.fixed_work = device.type == "cuda"
+        propagator.metadata = json.dumps(self.metadata, sort_keys=True)
+        if device.type == "cuda":   # CUDA graphs, which a fixed-work step allows
+            self._compiled_step = torch.compile(propagator.step, dynamic=False, mode="reduce-overhead")
+        else:   # kernels called from C++, not Python: a sixth off a small molecule's step
+            self._compiled_step = torch.compile(propagator.step, dynamic=False, options={"cpp_wrapper": True})
+        self.module = propagator
+        return self
+
     # ---- calls
     def _call(self, name: str, *args):
         try:
@@ -471,6 +507,12 @@ class CGModel:
 
     def step(self, pos_history, bead_features, coarse_edge_index, batch, box, noise, refine: bool = True):
         """Next bead positions (N, 3) nm; see the TorchScript contract in docs/design.md."""
+        if self._compiled_step is not None and not self.module.validate_inputs:
+            if box.numel() and not bool((box != 0).any()):   # open boundaries: an empty box, no host read
+                box = box.new_zeros(0, 3, 3)
+            with torch.inference_mode():
+                return _ordinary(self._compiled_step(pos_history, bead_features, coarse_edge_index, batch, box,
+                                                     noise, bool(refine)))
         return self._call("step", pos_history, bead_features, coarse_edge_index, batch, box, noise, bool(refine))
 
     @contextlib.contextmanager

@@ -42,7 +42,8 @@ def contact_graph(x: Tensor, batch: Tensor, box: Optional[Tensor], limit: float,
 
 
 def project_hard_core(x: Tensor, masses: Tensor, keys: Tensor, edge: Tensor, shift: Tensor,
-                      min_distance_nm: Tensor, limit: float, sweeps: int, events: Tensor) -> Tensor:
+                      min_distance_nm: Tensor, limit: float, sweeps: int, events: Tensor,
+                      early_exit: bool = True) -> Tensor:
     """Push bead pairs closer than their minimum distance apart (SHAKE-like, for inequalities).
 
     ``edge``/``shift`` a radius graph (both directions) that holds every
@@ -51,40 +52,41 @@ def project_hard_core(x: Tensor, masses: Tensor, keys: Tensor, edge: Tensor, shi
     non-bonded one ``min_distance_nm[1]``. Each violating pair is moved apart
     along its pair vector by the violation, shared inversely to the masses, so
     the centre of mass never moves; Jacobi sweeps (all pairs at once), so a
-    bead in several violations gets the sum of its corrections. Only pair
+    bead in several violations gets the sum of its corrections. Three rounds, each over the pairs within
+    1.25 x their limit at its start (a correction can push a bead into a neighbour). Only pair
     vectors enter: exactly E(3)-equivariant, and the identity when no pair is
-    too close (the common case costs one distance pass and one host sync).
-    ``limit`` is the larger minimum distance (nm, a Python float); ``events``
+    too close. ``limit`` is the larger minimum distance (nm, a Python float); ``events``
     (a long scalar) counts the close pairs pushed apart, in place.
+
+    Pairs outside a round's selection are pushed by exactly zero (masks, fixed shapes). ``early_exit``: stop
+    when no pair is near or too close (a host read each time, the cheap common case on the CPU); False does
+    every round and sweep with no host read (fixed-work steps), to the same positions bit for bit.
 
     Shapes:
         x (N, 3) nm, masses (N,), keys (2B,), edge (2, E), shift (E, 3), min_distance_nm (2,) -> (N, 3)
     """
     n = x.size(0)
-    j_all, i_all = edge[0], edge[1]
-    counted = False
-    for _ in range(3):  # re-select the close pairs from the whole graph after a round of corrections
-        dist = torch.linalg.vector_norm(x[i_all] - x[j_all] + shift, dim=-1)
-        # pairs within a margin of the limit: a correction can push a bead into a neighbour
-        near = torch.nonzero(dist < 1.25 * limit).squeeze(1)
-        if near.numel() == 0:
+    j, i = edge[0], edge[1]
+    minimum = _pair_minimum(i, j, n, keys, min_distance_nm).to(x.dtype)
+    share = (masses[j] / (masses[i] + masses[j])).unsqueeze(-1)   # i moves by m_j / (m_i + m_j)
+    counted = torch.zeros((), dtype=torch.bool, device=x.device)
+    for _ in range(3):
+        near = torch.linalg.vector_norm(x[i] - x[j] + shift, dim=-1) < 1.25 * limit
+        if early_exit and not bool(near.any()):
             return x
-        i, j, pair_shift = i_all[near], j_all[near], shift[near]
-        minimum = _pair_minimum(i, j, n, keys, min_distance_nm).to(x.dtype)
-        share = (masses[j] / (masses[i] + masses[j])).unsqueeze(-1)   # i moves by m_j / (m_i + m_j)
         moved = False
         for _sweep in range(sweeps):
-            vec = x[i] - x[j] + pair_shift
+            vec = x[i] - x[j] + shift
             dist = torch.linalg.vector_norm(vec, dim=-1).clamp_min(1e-9)
-            push = (minimum - dist).clamp_min(0.0)
-            if not bool((push > 0).any()):
+            push = torch.where(near, (minimum - dist).clamp_min(0.0), torch.zeros_like(dist))
+            if early_exit and not bool((push > 0).any()):
                 break
-            if not counted:
-                events.add_((push > 0).sum() // 2)   # both directions of each pair
-                counted = True
+            hits = (push > 0).sum() // 2   # both directions of each pair
+            events.add_(torch.where(counted, torch.zeros_like(hits), hits))
+            counted = counted | (hits > 0)
             moved = True
             x = x.index_add(0, i, share * (push / dist).unsqueeze(-1) * vec)
-        if not moved:
+        if early_exit and not moved:
             return x
     return x
 

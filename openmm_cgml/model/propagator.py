@@ -156,6 +156,14 @@ def _init_json(model, config: PropagatorConfig, type_masses: Tensor) -> str:
                        **{key: getattr(model, key) for key in keys}})
 
 
+def _pairs(tables: Dict[str, List[Tensor]], box: Optional[Tensor]) -> Optional[Tensor]:
+    """The molecules' bead pairs (:class:`~openmm_cgml.model.topology.TopologyCache`) where a step takes them
+    instead of radius graphs: on open boundaries, when the molecules are small."""
+    if box is None and "pairs" in tables:
+        return tables["pairs"][0]
+    return None
+
+
 class CGPropagator(Block):
     """The full propagator; TorchScript-able (``embed``, ``step``, ``predict``, ``noise_draws``).
 
@@ -208,6 +216,11 @@ class CGPropagator(Block):
         self.exclusion_retries = int(config.exclusion_retries)
         # False: `step` skips the checks (host syncs) and reuses the topology tables `validate` stored
         self.validate_inputs = True
+        # True: every step does the same work whatever the positions (docs/propagator.md, "Fixed work"): the
+        # molecules' pairs instead of radius graphs, every redraw of the truncation and every hard-core sweep;
+        # fixed shapes and no host read, as torch.compile, torch.export and CUDA graphs need; the same numbers
+        self.fixed_work = False
+        self.fixed_shapes = False
         # [bonded, nonbonded] nm; not persistent, so checkpoints from before the hard core still load
         self.register_buffer("min_distance_nm", torch.tensor([self.min_bonded_nm, self.min_nonbonded_nm]),
                              persistent=False)
@@ -278,7 +291,8 @@ class CGPropagator(Block):
         v_in = velocities.permute(1, 2, 0)                                            # (N, 3, k-1)
         s_in = dynamics_scalars(v_in, bead_features, pos_history[-1], coarse_edge_index, self.chirality,
                                 tables.get("chirality"))
-        s, v = self.dynamics(s_in, v_in, pos_history[-1], coarse_edge_index, batch, box, tables.get("local"))
+        s, v = self.dynamics(s_in, v_in, pos_history[-1], coarse_edge_index, batch, box, tables.get("local"),
+                             _pairs(tables, box))
         mean = self.accel_head(s, v)
         if hasattr(self, "bonded_noise"):
             return mean, self.bonded_noise(s, batch), s
@@ -336,7 +350,7 @@ class CGPropagator(Block):
         then stores the topology tables of these bonds for the steps that follow."""
         _check_step_inputs(pos_history, bead_features, coarse_edge_index, batch, self.k, self.n_beads,
                            self.n_features)
-        self.topology.fill(coarse_edge_index, pos_history.size(1))
+        self.topology.fill(coarse_edge_index, pos_history.size(1), batch if self.fixed_work or self.fixed_shapes else None)
         if hasattr(self, "coordinate_noise"):   # read off the forest just stored
             check_trees(coarse_edge_index, pos_history.size(1), self.topology.tables["forest"][2])
 
@@ -365,7 +379,8 @@ class CGPropagator(Block):
         """
         if self.validate_inputs:
             self.validate(pos_history, bead_features, coarse_edge_index, batch)
-        tables, rounds = self.topology.get(coarse_edge_index, pos_history.size(1))   # validated: these inputs' own
+        tables, rounds = self.topology.get(coarse_edge_index, pos_history.size(1),   # validated: these inputs' own
+                                           batch if self.fixed_work or self.fixed_shapes else None)
         draws = self.noise_draws(refine)
         if noise.dim() != 3 or noise.size(0) != draws or noise.shape[1:] != pos_history[-1].shape:
             raise ValueError("noise must have shape (" + str(draws) + ", n_beads, 3), got " + str(noise.shape))
@@ -378,25 +393,34 @@ class CGPropagator(Block):
         candidate, graph_at, edge, shift = self._sample(pos_history, mean, params, latents, noise[:per_attempt],
                                                         masses, coarse_edge_index, batch, boxes, tables, rounds)
         limit = max(self.min_bonded_nm, self.min_nonbonded_nm)
+        pairs = _pairs(tables, boxes)
+        if pairs is not None:   # every pair of each molecule: holds every close pair, wherever the beads went
+            edge, shift = pairs, torch.zeros(pairs.size(1), 3, dtype=candidate.dtype, device=candidate.device)
         for attempt in range(1, attempts + 1 if attempts > 1 else 1):   # no checks without truncation
             # truncation: a molecule with a pair under its minimum distance redraws its whole step
-            edge, shift = contact_graph(candidate, batch, boxes, limit, edge, shift, graph_at, self.score.cutoff)
+            if pairs is None:
+                edge, shift = contact_graph(candidate, batch, boxes, limit, edge, shift, graph_at,
+                                            self.score.cutoff)
             bad = violating_beads(candidate, batch, tables["bond_keys"][0], edge, shift, self.min_distance_nm)
-            if not bool(bad.any()):
+            # fixed work redraws even when no molecule needs it: where() below keeps the candidate
+            if not self.fixed_work and not bool(bad.any()):
                 break
             # [redrawn, still too close after the last redraw], in molecule-steps
-            self.exclusion_events[int(attempt == attempts)] += torch.unique(batch[bad]).numel()
+            per_molecule = torch.zeros_like(masses).index_add(0, batch, bad.to(masses.dtype))
+            self.exclusion_events[int(attempt == attempts)] += (per_molecule > 0).sum()
             if attempt < attempts:
-                retry, graph_at, edge, shift = self._sample(pos_history, mean, params, latents,
-                                                            noise[attempt * per_attempt:(attempt + 1) * per_attempt],
-                                                            masses, coarse_edge_index, batch, boxes, tables,
-                                                            rounds)
+                retry, graph_at, score_edge, score_shift = self._sample(
+                    pos_history, mean, params, latents, noise[attempt * per_attempt:(attempt + 1) * per_attempt],
+                    masses, coarse_edge_index, batch, boxes, tables, rounds)
+                if pairs is None:   # the Score graph, for contact_graph to reuse
+                    edge, shift = score_edge, score_shift
                 candidate = torch.where(bad.unsqueeze(-1), retry, candidate)
         if self.hard_core and limit > 0:
-            if attempts == 1:   # else the truncation's last check built the contact graph at this candidate
+            if attempts == 1 and pairs is None:   # else the truncation's last check built it at this candidate
                 edge, shift = contact_graph(candidate, batch, boxes, limit, edge, shift, graph_at, self.score.cutoff)
             candidate = project_hard_core(candidate, bead_features[:, -1], tables["bond_keys"][0], edge, shift,
-                                          self.min_distance_nm, limit, self.hard_core_sweeps, self.hard_core_events)
+                                          self.min_distance_nm, limit, self.hard_core_sweeps, self.hard_core_events,
+                                          not self.fixed_work)
         return candidate
 
     def _sample(self, pos_history: Tensor, mean: Tensor, params: Tensor, latents: Tensor,
@@ -413,23 +437,27 @@ class CGPropagator(Block):
             accel = self._draw(mean, params, noise[:self.dynamics_draws], pos_history[-1], coarse_edge_index, batch)
             candidate = euler_step(pos_history, accel, self.accel_std_nm)
         if noise.size(0) > self.dynamics_draws:
-            return self._refine(candidate, latents, noise[self.dynamics_draws:], coarse_edge_index, batch, boxes)
+            return self._refine(candidate, latents, noise[self.dynamics_draws:], coarse_edge_index, batch, boxes,
+                                _pairs(tables, boxes))
         edge = torch.zeros(2, 0, dtype=torch.long, device=candidate.device)
         shift = torch.zeros(0, 3, dtype=candidate.dtype, device=candidate.device)
         return candidate, candidate, edge, shift
 
     def _refine(self, candidate: Tensor, latents: Tensor, noise: Tensor, coarse_edge_index: Tensor, batch: Tensor,
-                box: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+                box: Optional[Tensor], pairs: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         """Reverse diffusion over ``refine_sigmas`` from the re-noised candidate (noise of zero mean per molecule).
 
         Returns the refined positions, the positions the Score graph was built
-        at, and that graph (edges, shifts).
+        at, and that graph (edges, shifts): the molecules' ``pairs`` where given (open boundaries).
         """
         levels = [sigma * self.accel_std_nm for sigma in self.refine_sigmas]
         internal = internal_noise(noise, batch)
         x = candidate + levels[0] * internal[0]
         start = x
-        edge, shift = self.score.graph(start, batch, box)
+        if pairs is not None:
+            edge, shift = pairs, torch.zeros(pairs.size(1), 3, dtype=x.dtype, device=x.device)
+        else:
+            edge, shift = self.score.graph(start, batch, box)
         sigma_column = torch.ones_like(candidate[:, :1])
         for i in range(len(levels)):
             log_sigma = torch.log(sigma_column * self.refine_sigmas[i])

@@ -127,14 +127,19 @@ class PaxNetScore(Block):
 
     def forward(self, candidate: Tensor, latents: Tensor, log_sigma: Tensor, bonds: Tensor, batch: Tensor,
                 box: Optional[Tensor], edge: Tensor, shift: Tensor) -> Tensor:
-        """Predicted unit noise of ``candidate`` (``edge``/``shift`` unused).
+        """Predicted unit noise of ``candidate``. A non-empty ``edge`` is not from :meth:`graph` but the
+        molecules' pairs (open boundaries), which PaxNet takes instead of its radius graph; ``shift`` unused.
 
         Shapes:
             candidate (N, 3) nm, latents (N, latent), log_sigma (N, 1), bonds (2, B), batch (N,),
             box (G, 3, 3) or None -> (N, 3)
         """
         no_vectors = torch.zeros(candidate.size(0), 3, 0, dtype=candidate.dtype, device=candidate.device)
-        s, v = self.backbone(torch.cat([latents, log_sigma], dim=-1), no_vectors, candidate, bonds, batch, box)
+        pairs: Optional[Tensor] = None
+        if edge.size(1) > 0:
+            pairs = edge
+        s, v = self.backbone(torch.cat([latents, log_sigma], dim=-1), no_vectors, candidate, bonds, batch, box,
+                             None, pairs)
         return self.head(s, v)
 
 

@@ -4,7 +4,9 @@ A rollout steps one topology thousands of times. The chirality features'
 bond tables, the internal-coordinate forest (and the pointer-doubling rounds
 its rebuild needs), the Dynamics network's local graph with its angle
 triplets and the sorted bond keys of the exclusion checks depend on the
-bonds and the bead count only. ``CGPropagator.validate`` computes them with
+bonds and the bead count only; a fixed-work step (``CGPropagator.fixed_work``) also
+reads every bead pair of each molecule, which depends on the molecules only.
+``CGPropagator.validate`` computes them with
 the input checks and stores them here, and ``step`` reads them: right after
 validating its own inputs (``validate_inputs`` on), or while its caller
 vouches that the topology is the validated one (off, as inside
@@ -19,6 +21,7 @@ from torch import Tensor, nn
 
 from openmm_cgml.model.chirality import bond_tables
 from openmm_cgml.model.internal_coordinates import doubling_rounds, torsion_references, tree_layout
+from openmm_cgml.nn.neighbors import molecule_pairs
 from openmm_cgml.nn.paxnet import bond_keys, bond_local_tables
 
 __all__ = ["TopologyCache"]
@@ -56,11 +59,17 @@ class TopologyCache(nn.Module):
         return (f"chirality={self.chirality}, forest={self.forest}, local={self.local}, n_beads={self.n_beads}, "
                 f"n_bonds={self.n_bonds}, tables={sorted(self.tables)}")
 
-    def compute(self, coarse_edge_index: Tensor, n: int) -> Dict[str, List[Tensor]]:
+    def compute(self, coarse_edge_index: Tensor, n: int, batch: Optional[Tensor] = None) -> Dict[str, List[Tensor]]:
         """The tables of ``n`` beads bonded by ``coarse_edge_index`` (2, E), afresh and unstored: ``bond_keys``
         always, ``chirality``, ``forest`` (tree layout and torsion references) and ``local`` where the model reads
-        them."""
+        them, and given the molecules ``batch`` (N,) (a fixed-work step), ``pairs``: every bead pair within each
+        molecule, where the molecules are small enough (:func:`~openmm_cgml.nn.neighbors.molecule_pairs`), which
+        the step takes instead of radius graphs on open boundaries."""
         tables = {"bond_keys": [bond_keys(coarse_edge_index, n)]}
+        if batch is not None:
+            pairs = molecule_pairs(batch)
+            if pairs is not None:
+                tables["pairs"] = [pairs]
         if self.chirality:
             tables["chirality"] = bond_tables(coarse_edge_index, n)
         if self.forest:
@@ -70,18 +79,19 @@ class TopologyCache(nn.Module):
             tables["local"] = bond_local_tables(coarse_edge_index, n)
         return tables
 
-    def fill(self, coarse_edge_index: Tensor, n: int) -> None:
-        """Compute and store the tables, and the forest's doubling rounds (a host sync: once per topology)."""
-        tables = self.compute(coarse_edge_index, n)
+    def fill(self, coarse_edge_index: Tensor, n: int, batch: Optional[Tensor] = None) -> None:
+        """Compute and store the tables, and the forest's doubling rounds (host syncs: once per topology)."""
+        tables = self.compute(coarse_edge_index, n, batch)
         self.store(coarse_edge_index, n, tables, doubling_rounds(tables["forest"][0]) if self.forest else -1)
 
-    def get(self, coarse_edge_index: Tensor, n: int) -> Tuple[Dict[str, List[Tensor]], int]:
-        """The stored tables and rounds if they fit, else fresh tables and -1 (rounds enough for any forest, no
-        host sync)."""
+    def get(self, coarse_edge_index: Tensor, n: int, batch: Optional[Tensor] = None
+            ) -> Tuple[Dict[str, List[Tensor]], int]:
+        """The stored tables and rounds if they fit, else fresh tables of these bonds and molecules ``batch`` and
+        -1 (rounds enough for any forest)."""
         stored = self.lookup(coarse_edge_index, n)
         if stored is not None:
             return stored, self.rounds
-        return self.compute(coarse_edge_index, n), -1
+        return self.compute(coarse_edge_index, n, batch), -1
 
     def store(self, coarse_edge_index: Tensor, n: int, tables: Dict[str, List[Tensor]], rounds: int = -1) -> None:
         """Keep ``tables`` as those of ``n`` beads bonded by ``coarse_edge_index`` (2, E), with ``rounds`` the

@@ -24,7 +24,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["radius_graph", "edge_vectors", "graph_boxes", "DENSE_MAX_ATOMS", "GROUPED_MAX_PAIRS"]
+__all__ = ["radius_graph", "molecule_pairs", "edge_vectors", "graph_boxes", "DENSE_MAX_ATOMS", "GROUPED_MAX_PAIRS"]
 
 # Largest total number of nodes for which the all-pairs distance matrix is
 # used when method="auto" (from 65 nodes on, only if the per-graph blocks below do not
@@ -312,6 +312,39 @@ def _dense_open_graph(pos: Tensor, batch: Tensor, cutoff: float, max_num_neighbo
     ij = torch.nonzero(close)
     i, j = ij[:, 0], ij[:, 1]
     return torch.stack([j, i], dim=0), torch.zeros(i.size(0), 3, dtype=pos.dtype, device=pos.device)
+
+
+def molecule_pairs(batch: Tensor, max_graph: int = 64) -> Optional[Tensor]:
+    """Every ordered pair of distinct nodes within each graph, (2, P) as ``[source j, target i]`` sorted by (i, j):
+    the radius graph of an infinite cutoff, fixed for a topology.
+
+    A model whose messages vanish at its cutoff (an envelope that is exactly zero there) computes the same on
+    these pairs as on its radius graph, as long as no node has more than ``max_graph - 1`` neighbours (no
+    neighbour cap applies). Without a box, a caller stepping many small molecules can take them once per
+    topology instead of a radius graph per call: fixed shapes and no host sync inside the step (a graph
+    capture or ``torch.export`` needs both), at the price of the pairs beyond the cutoff.
+
+    None when a graph has more than ``max_graph`` nodes, when the graphs are not contiguous and sorted, or
+    when the pairs would exceed GROUPED_MAX_PAIRS. Host syncs: meant for once per topology.
+
+    Shapes:
+        batch (N,) -> (2, P) long, or None
+    """
+    n = batch.size(0)
+    if n == 0 or bool((batch[1:] < batch[:-1]).any()):
+        return None
+    counts = torch.bincount(batch)
+    n_max = int(counts.max())
+    if n_max > max_graph or counts.size(0) * n_max * n_max > _grouped_max_pairs():
+        return None
+    first = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(n_max, device=batch.device)
+    present = slot.unsqueeze(0) < counts.unsqueeze(1)                                  # (G, n_max)
+    pair = present.unsqueeze(2) & present.unsqueeze(1)                                  # (G, i, j)
+    pair.diagonal(dim1=1, dim2=2).fill_(False)
+    gij = torch.nonzero(pair)                                                           # (graph, i, j) order
+    offset = first[gij[:, 0]]
+    return torch.stack([offset + gij[:, 2], offset + gij[:, 1]], dim=0)
 
 
 def _grouped_open_graph(pos: Tensor, batch: Tensor, counts: Tensor, n_max: int,

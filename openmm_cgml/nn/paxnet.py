@@ -361,7 +361,8 @@ class PaxNet(Block):
         return edges, is_bond, triplets
 
     def forward(self, s: Tensor, v: Tensor, pos: Tensor, local_edge_index: Tensor, batch: Tensor,
-                box: Optional[Tensor] = None, local: Optional[List[Tensor]] = None) -> Tuple[Tensor, Tensor]:
+                box: Optional[Tensor] = None, local: Optional[List[Tensor]] = None,
+                pairs: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         """Per-node features.
 
         Parameters
@@ -375,6 +376,10 @@ class PaxNet(Block):
             (B, 3, 3) or (3, 3) box vectors as rows, nm; zeros = not periodic.
         local : list of Tensor, optional
             :meth:`local_tables` of these bonds (no ``local_cutoff``), if at hand.
+        pairs : Tensor, optional
+            (2, P) a fixed superset of the global graph without a box
+            (:func:`~openmm_cgml.nn.neighbors.molecule_pairs`), taken instead of a radius graph: the envelope
+            gives the pairs beyond the cutoff zero weight, so the result is the same, with fixed shapes.
 
         Returns
         -------
@@ -392,7 +397,10 @@ class PaxNet(Block):
             box = None          # all-zero box = not periodic
 
         # global graph: distances only
-        edge, shift = radius_graph(pos, self.cutoff, batch, box, self.max_num_neighbors)
+        if pairs is not None and box is None:
+            edge, shift = pairs, torch.zeros(0, 3, dtype=pos.dtype, device=pos.device)
+        else:
+            edge, shift = radius_graph(pos, self.cutoff, batch, box, self.max_num_neighbors)
         g_src, g_dst = edge[0], edge[1]
         g_vec = pos.index_select(0, g_dst) - pos.index_select(0, g_src)
         if box is not None:

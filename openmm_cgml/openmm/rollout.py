@@ -238,7 +238,8 @@ def rollout(
     def noise(step: int) -> torch.Tensor:
         return step_noise(generator, seed, step, shape, dtype, device)
 
-    graph = (bead_features, edge_index, batch, box)
+    # open boundaries as an empty box: the step then reads no box values (a host sync per step)
+    graph = (bead_features, edge_index, batch, box if periodic_box is not None else box.new_zeros(0, 3, 3))
     with model.validated(history, bead_features, edge_index, batch):   # NaN frames: caught by the flags below
         return _run_blocks(model, history, graph, refine, noise, n_steps, first_step, check_every, n_replicas,
                            collision_distance, periodic_box)
