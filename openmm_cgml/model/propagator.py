@@ -216,9 +216,10 @@ class CGPropagator(Block):
         self.exclusion_retries = int(config.exclusion_retries)
         # False: `step` skips the checks (host syncs) and reuses the topology tables `validate` stored
         self.validate_inputs = True
-        # True: every step does the same work whatever the positions (docs/propagator.md, "Fixed work"): the
-        # molecules' pairs instead of radius graphs, every redraw of the truncation and every hard-core sweep;
-        # fixed shapes and no host read, as torch.compile, torch.export and CUDA graphs need; the same numbers
+        # fixed_shapes: each small molecule's bead pairs (all of them) instead of radius graphs on open
+        # boundaries; fixed_work also does every redraw of the truncation and every hard-core sweep, so a step
+        # reads nothing back to the host (docs/propagator.md, "Fixed work"). What torch.compile and CUDA graphs
+        # need; the same numbers, to rounding
         self.fixed_work = False
         self.fixed_shapes = False
         # [bonded, nonbonded] nm; not persistent, so checkpoints from before the hard core still load

@@ -379,7 +379,8 @@ class PaxNet(Block):
         pairs : Tensor, optional
             (2, P) a fixed superset of the global graph without a box
             (:func:`~openmm_cgml.nn.neighbors.molecule_pairs`), taken instead of a radius graph: the envelope
-            gives the pairs beyond the cutoff zero weight, so the result is the same, with fixed shapes.
+            gives the pairs beyond the cutoff zero weight, so the result is the same (to rounding), with fixed
+            shapes.
 
         Returns
         -------

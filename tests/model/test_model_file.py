@@ -408,3 +408,21 @@ def test_validated_checks_once_then_steps_without_the_per_step_checks(exported, 
         unchecked = loaded.step(bad, features, coarse, batch, box, noise, False)
     assert not bool(torch.isfinite(unchecked).all())   # passed through: the caller watches the frames
     assert loaded.module.validate_inputs
+
+
+def test_compiled_model_rolls_out_as_the_file_does(tmp_path, export_chain_model, chain_history):
+    """``CGModel.compile()``: a rollout of two molecules through ``torch.compile`` (fixed shapes) follows the
+    file's own step, to rounding, and counts its truncation's redraws the same way."""
+    from openmm_cgml.openmm.rollout import model_graph, rollout
+
+    _, path = export_chain_model(tmp_path / "model.safetensors", noise="internal")
+    plain, compiled = load(path), load(path).compile()
+    assert compiled.compiled and not plain.compiled and compiled.compile() is compiled
+    history = torch.cat([chain_history(3), chain_history(3, seed=1) + 2.0], dim=1)
+    edges, batch = model_graph(plain.mapping, 2)
+    features = plain.embed_mapping().repeat(2, 1)
+    out = [rollout(model, history, features, edges, batch, torch.zeros(3, 3), 4, seed=7, n_replicas=2,
+                   collision_distance=0.0)
+           for model in (plain, compiled)]
+    torch.testing.assert_close(out[1], out[0], rtol=0, atol=1e-4)   # float32, 4 steps of an untrained model
+    assert compiled.exclusion_events == plain.exclusion_events
