@@ -16,6 +16,9 @@
     ``--throughput-threads`` (default 1 and every CPU the process may use),
     the settings alternating for ``--repeats`` rounds: median, min and max.
 
+``--compile`` steps both models through ``torch.compile`` (``CGModel.compile()``; compilation happens in
+the warm-up steps, outside every timing).
+
     OMP_NUM_THREADS=1 python bench/integrator.py [--model alanine-dipeptide] [--steps 100] [--threads 1]
 
 torch's thread count is set explicitly (``--threads``, default 1) and
@@ -170,20 +173,22 @@ def chain_simulation(model, n_monomers, platform, properties, replicas):
     return simulation, cg.mapping.n_beads
 
 
-def throughput(model, platform, steps, replicas_list, threads_list, rounds):
+def throughput(load_model, platform, steps, replicas_list, threads_list, rounds):
     """Chain-steps per second of 8-bead chains, many in one Context, through ``Simulation``.
 
     Every (replicas, threads) setting is timed once per round, the settings in
     turn, for ``rounds`` rounds; each timing runs pinned to ``threads`` CPUs
     with that many torch threads. Returns one row per setting with the
-    median, min and max over the rounds.
+    median, min and max over the rounds. ``load_model()`` gives the model, one per thread count (a compiled
+    step keeps the thread count it was compiled at).
     """
     settings = [(n, t) for t in threads_list for n in replicas_list]
-    simulations = {}
+    simulations, models = {}, {}
     for n, t in settings:
         with pinned_cpus(t):
             torch.set_num_threads(t)
             properties = {"Threads": str(t)} if platform.getName() == "CPU" else {}
+            model = models.setdefault(t, load_model())
             simulations[(n, t)] = chain_simulation(model, 8, platform, properties, n)
     times = {setting: [] for setting in settings}
     for _ in range(rounds):
@@ -203,6 +208,12 @@ def throughput(model, platform, steps, replicas_list, threads_list, rounds):
                      "chain_steps_per_s_min": min(rates), "chain_steps_per_s_max": max(rates),
                      "ms_per_step": statistics.median(times[(n, t)]) / steps * 1e3})
     return rows
+
+
+def _load(name: str, compiled: bool):
+    """The model file or shipped model ``name``, its step compiled if asked (``CGModel.compile()``)."""
+    model = load(name)
+    return model.compile() if compiled else model
 
 
 def spread(values):
@@ -226,6 +237,8 @@ def main():
                         help="thread counts of the throughput rows (default: 1 and all CPUs this process may use)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads and OpenMM CPU-platform threads (default 1)")
+    parser.add_argument("--compile", action="store_true",
+                        help="step the models through torch.compile (CGModel.compile())")
     args = parser.parse_args()
     if args.repeats < 3:
         parser.error("--repeats must be at least 3")
@@ -240,8 +253,8 @@ def main():
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     threads = args.throughput_threads or sorted({1, cpus})
     result["throughput_model"] = args.throughput_model
-    result["throughput"] = throughput(load(args.throughput_model), platform, args.throughput_steps,
-                                      args.throughput_replicas, threads, args.repeats)
+    result["throughput"] = throughput(lambda: _load(args.throughput_model, args.compile), platform,
+                                      args.throughput_steps, args.throughput_replicas, threads, args.repeats)
     torch.set_num_threads(args.threads)
     print(json.dumps(result, indent=2))
 
@@ -251,7 +264,7 @@ def run(args) -> dict:
     torch.set_num_threads(args.threads)  # explicit: never inherit an earlier train()'s setting
     platform = openmm.Platform.getPlatformByName(args.platform)
     properties = {"Threads": str(args.threads)} if args.platform == "CPU" else {}
-    model = load(args.model)
+    model = _load(args.model, args.compile)
     system_name = args.system or (args.model if args.model in systems.available() else None)
     if system_name is None:
         raise SystemExit("bench/integrator.py: --system is needed for a model file")
@@ -268,7 +281,7 @@ def run(args) -> dict:
                      "pinned_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
                      "note": "shared machine; fine MD and the model interleaved in one process"},
         "versions": {"openmm": openmm.__version__, "torch": torch.__version__},
-        "model": args.model, "system": system_name, "n_atoms": reference.n_atoms,
+        "model": args.model, "compiled": bool(args.compile), "system": system_name, "n_atoms": reference.n_atoms,
         "coarse": {"n_beads": model.n_beads, "k": model.k, "model_dt_ps": dt_ps,
                    "md_steps_per_model_step": model.md_steps_per_model_step, "by_replicas": {}},
     }

@@ -15,6 +15,9 @@ counts bead pairs closer than ``--threshold`` (default 0.1 nm).
 
 ``--profile`` adds ``profile``: the per-op time breakdown of one step (``torch.profiler``, self CPU time
 per step of the 25 costliest ops, refinement on, the model's own correction) at each bead count.
+``--compile`` adds ``compiled``: the model file's step as a rollout calls it (refinement on, its own
+truncation and hard core), scripted and through ``CGModel.compile()``, alternately, median of ``--repeats``
+(``--compile-only``: only these rows).
 
 ``collision_rate`` = colliding bead pairs per bead per model step, averaged
 over the rollout (0 = no collision ever); ``steps_with_collision`` counts model
@@ -132,6 +135,51 @@ def collision_rate(module, inputs, refine: bool, n_steps: int, threshold: float,
     return (pairs / max(done, 1) / history.shape[1]), done, steps_hit
 
 
+def time_model_steps(model, inputs, n_steps: int) -> float:
+    """ms per step of ``model.step`` (a CGModel, compiled or not) as a rollout calls it: inputs validated once,
+    refinement on, the model's own corrections, open boundaries as an empty box."""
+    history, features, edges, batch, _ = inputs
+    noise = torch.randn(model.noise_draws(True), history.shape[1], 3, device=history.device)
+    box = torch.zeros(0, 3, 3, device=history.device)
+    with model.validated(history, features, edges, batch):
+        model.step(history, features, edges, batch, box, noise, True)
+        if history.device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(n_steps):
+            model.step(history, features, edges, batch, box, noise, True)
+        if history.device.type == "cuda":
+            torch.cuda.synchronize()
+    return (time.perf_counter() - start) / n_steps * 1e3
+
+
+def compiled_rows(path: str, mapping, positions, beads: list, device: str, repeats: int) -> list[dict]:
+    """The model file's step, scripted and through ``CGModel.compile()`` (refinement on, its own corrections),
+    timed alternately at each bead count; the first compiled step (compilation) is timed apart."""
+    scripted, compiled = load(path, device=device), load(path, device=device).compile()
+    rows = []
+    for n in beads:
+        copies = max(1, round(n / mapping.n_beads))
+        inputs = replicate(scripted, mapping, positions, copies, 3.0 * (1 + float(np.ptp(positions, 0).max())), device)
+        n_steps = max(5, min(200, 20000 // (copies * mapping.n_beads)))
+        start = time.perf_counter()
+        time_model_steps(compiled, inputs, 1)
+        first = time.perf_counter() - start
+        times = {"scripted": [], "compiled": []}
+        for _ in range(repeats):
+            for name, model in (("scripted", scripted), ("compiled", compiled)):
+                times[name].append(time_model_steps(model, inputs, n_steps))
+        scripted_ms, compiled_ms = statistics.median(times["scripted"]), statistics.median(times["compiled"])
+        rows.append({"beads": copies * mapping.n_beads, "molecules": copies, "device": device, "refine": True,
+                     "correction": "model", "scripted_ms_per_step": round(scripted_ms, 4),
+                     "ms_per_step": round(compiled_ms, 4), "compiled": True,
+                     "compiled_min_max_ms": [round(min(times["compiled"]), 4), round(max(times["compiled"]), 4)],
+                     "scripted_over_compiled": round(scripted_ms / compiled_ms, 3),
+                     "first_step_s": round(first, 1)})
+        print(json.dumps(rows[-1]), flush=True, file=__import__("sys").stderr)
+    return rows
+
+
 def profile_step(module, inputs, refine: bool, n_steps: int = 20, top: int = 25) -> list[dict]:
     """The costliest ops of one model step: name, self CPU microseconds per step, calls per step."""
     history, features, edges, batch, box = inputs
@@ -162,6 +210,9 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=4, help="history length of the untrained model")
     parser.add_argument("--refine-sigmas", type=float, nargs="+", help="override the model's refinement levels")
     parser.add_argument("--profile", action="store_true", help="add a per-op time breakdown of one step")
+    parser.add_argument("--compile", action="store_true",
+                        help="add `compiled`: the model's step scripted and compiled (CGModel.compile()), alternately")
+    parser.add_argument("--compile-only", action="store_true", help="only the `compiled` rows")
     args = parser.parse_args()
     params = _system_params(args.system, args.system_param)
     torch.manual_seed(0)
@@ -181,7 +232,7 @@ def main() -> None:
             module.hard_core = mode == "hard_core"
             module.exclusion_retries = retries if mode == "truncation" else 0
         rows, profiles = [], {}
-        for device in args.devices:
+        for device in args.devices if not args.compile_only else []:
             module = model.module.to(device)
             for beads in args.beads:
                 copies = max(1, round(beads / mapping.n_beads))
@@ -225,6 +276,12 @@ def main() -> None:
         }
         if args.profile:
             report["profile"] = profiles
+        if args.compile or args.compile_only:
+            if not args.model:
+                parser.error("--compile needs --model (a model file)")
+            report["compiled"] = [row for device in args.devices
+                                  for row in compiled_rows(args.model, mapping, positions, args.beads, device,
+                                                           args.repeats)]
         print(json.dumps(report, indent=1))
 
 

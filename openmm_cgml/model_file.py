@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import logging
 import os
 import warnings
 from datetime import datetime, timezone
@@ -468,10 +469,15 @@ class CGModel:
         propagator.fixed_shapes = True
         propagator.fixed_work = device.type == "cuda"
         propagator.metadata = json.dumps(self.metadata, sort_keys=True)
-        if device.type == "cuda":   # CUDA graphs, which a fixed-work step allows
-            self._compiled_step = torch.compile(propagator.step, dynamic=False, mode="reduce-overhead")
-        else:   # kernels called from C++, not Python: a sixth off a small molecule's step
-            self._compiled_step = torch.compile(propagator.step, dynamic=False, options={"cpp_wrapper": True})
+        # CUDA graphs, which a fixed-work step allows; on the CPU, kernels called from C++, not Python (a sixth
+        # off a small molecule's step)
+        options = {"triton.cudagraphs": True} if device.type == "cuda" else {"cpp_wrapper": True}
+        # the built-in layers' weights are not re-checked before each step (a seventh of it): nothing here
+        # changes them; the propagator's own settings stay checked, and a change recompiles
+        skip = getattr(torch.compiler, "skip_guard_on_inbuilt_nn_modules_unsafe", None)
+        if skip is not None:
+            options["guard_filter_fn"] = skip
+        self._compiled_step = torch.compile(propagator.step, dynamic=False, options=options)
         self.module = propagator
         return self
 
@@ -510,7 +516,7 @@ class CGModel:
         if self._compiled_step is not None and not self.module.validate_inputs:
             if box.numel() and not bool((box != 0).any()):   # open boundaries: an empty box, no host read
                 box = box.new_zeros(0, 3, 3)
-            with torch.inference_mode():
+            with torch.inference_mode(), _quiet_graph_breaks():
                 return _ordinary(self._compiled_step(pos_history, bead_features, coarse_edge_index, batch, box,
                                                      noise, bool(refine)))
         return self._call("step", pos_history, bead_features, coarse_edge_index, batch, box, noise, bool(refine))
@@ -545,6 +551,22 @@ class CGModel:
     def __repr__(self) -> str:
         return (f"CGModel({self.path!r}, k={self.k}, n_beads={self.n_beads or 'any'}, "
                 f"model_timestep={self.model_timestep}, md_steps_per_model_step={self.md_steps_per_model_step})")
+
+
+@contextlib.contextmanager
+def _quiet_graph_breaks():
+    """Compilation's warnings silenced: a compiled step breaks its graph on purpose where the truncation and the
+    hard core decide on the host (the CPU's cheap common case: nothing to correct), and a CPU build of torch
+    says that it found no CUDA when it builds the kernels' C++ wrapper."""
+    loggers = [logging.getLogger(name) for name in ("torch._dynamo", "torch.utils.cpp_extension")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def _ordinary(out):

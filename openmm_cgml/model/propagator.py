@@ -397,6 +397,12 @@ class CGPropagator(Block):
         pairs = _pairs(tables, boxes)
         if pairs is not None:   # every pair of each molecule: holds every close pair, wherever the beads went
             edge, shift = pairs, torch.zeros(pairs.size(1), 3, dtype=candidate.dtype, device=candidate.device)
+            if not self.fixed_work and limit > 0 and (attempts > 1 or self.hard_core):
+                # the common case in one host read (one graph break when compiled): no pair is near a minimum
+                # distance, so neither the truncation nor the hard core has anything to do
+                near = torch.linalg.vector_norm(candidate[pairs[1]] - candidate[pairs[0]], dim=-1) < 1.25 * limit
+                if not bool(near.any()):
+                    return candidate
         for attempt in range(1, attempts + 1 if attempts > 1 else 1):   # no checks without truncation
             # truncation: a molecule with a pair under its minimum distance redraws its whole step
             if pairs is None:
