@@ -462,6 +462,7 @@ class CGModel:
         """
         if self.compiled:
             return self
+        _quiet_compile_notes()
         device = self.module.type_masses.device
         propagator = rebuild(self).to(device).eval()
         for parameter in propagator.parameters():
@@ -516,7 +517,7 @@ class CGModel:
         if self._compiled_step is not None and not self.module.validate_inputs:
             if box.numel() and not bool((box != 0).any()):   # open boundaries: an empty box, no host read
                 box = box.new_zeros(0, 3, 3)
-            with torch.inference_mode(), _quiet_graph_breaks():
+            with torch.inference_mode():
                 return _ordinary(self._compiled_step(pos_history, bead_features, coarse_edge_index, batch, box,
                                                      noise, bool(refine)))
         return self._call("step", pos_history, bead_features, coarse_edge_index, batch, box, noise, bool(refine))
@@ -553,20 +554,25 @@ class CGModel:
                 f"model_timestep={self.model_timestep}, md_steps_per_model_step={self.md_steps_per_model_step})")
 
 
-@contextlib.contextmanager
-def _quiet_graph_breaks():
-    """Compilation's warnings silenced: a compiled step breaks its graph on purpose where the truncation and the
-    hard core decide on the host (the CPU's cheap common case: nothing to correct), and a CPU build of torch
-    says that it found no CUDA when it builds the kernels' C++ wrapper."""
-    loggers = [logging.getLogger(name) for name in ("torch._dynamo", "torch.utils.cpp_extension")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
+class _CompileNotes(logging.Filter):
+    """Drops torch's compile-time warnings that say nothing wrong about a compiled step: the graph breaks it
+    makes on purpose where the truncation and the hard core decide on the host (the cheap common case on the
+    CPU: nothing to correct), and a CPU build's note that it found no CUDA while building the kernels' C++."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not ("openmm_cgml" in text and "raph break" in text) and "No CUDA runtime is found" not in text
+
+
+_COMPILE_NOTES = _CompileNotes()
+
+
+def _quiet_compile_notes() -> None:
+    """Attach :class:`_CompileNotes` to the handlers torch's loggers write through, once (nothing per step)."""
+    for name in ("torch", "torch._dynamo"):
+        for handler in logging.getLogger(name).handlers:
+            if _COMPILE_NOTES not in handler.filters:
+                handler.addFilter(_COMPILE_NOTES)
 
 
 def _ordinary(out):

@@ -426,3 +426,22 @@ def test_compiled_model_rolls_out_as_the_file_does(tmp_path, export_chain_model,
            for model in (plain, compiled)]
     torch.testing.assert_close(out[1], out[0], rtol=0, atol=1e-4)   # float32, 4 steps of an untrained model
     assert compiled.exclusion_events == plain.exclusion_events
+
+
+@pytest.mark.cuda
+def test_compiled_model_on_cuda_is_one_graph_and_follows_the_cpu(tmp_path, export_chain_model, chain_history):
+    """On a GPU, ``compile()`` takes the fixed-work step (no host read: CUDA graphs); it follows the CPU's
+    uncompiled rollout to rounding."""
+    from openmm_cgml.openmm.rollout import model_graph, rollout
+
+    _, path = export_chain_model(tmp_path / "model.safetensors", noise="internal")
+    cpu, gpu = load(path), load(path, device="cuda").compile()
+    assert gpu.module.fixed_work and gpu.module.fixed_shapes
+    history = torch.cat([chain_history(3), chain_history(3, seed=1) + 2.0], dim=1)
+    edges, batch = model_graph(cpu.mapping, 2)
+    features = cpu.embed_mapping().repeat(2, 1)
+    expected = rollout(cpu, history, features, edges, batch, torch.zeros(3, 3), 4, seed=7, n_replicas=2,
+                       collision_distance=0.0)
+    out = rollout(gpu, history.cuda(), features.cuda(), edges.cuda(), batch.cuda(), torch.zeros(3, 3).cuda(), 4,
+                  seed=7, n_replicas=2, collision_distance=0.0)
+    torch.testing.assert_close(out.cpu(), expected, rtol=0, atol=1e-3)
