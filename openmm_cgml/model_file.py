@@ -439,6 +439,8 @@ class CGModel:
 
     def to(self, device) -> "CGModel":
         self.module.to(device)
+        if self._compiled_step is not None:   # compiled for another device: its settings follow the new one
+            self._compile_step()
         return self
 
     @property
@@ -463,16 +465,22 @@ class CGModel:
         if self.compiled:
             return self
         _quiet_compile_notes()
-        device = self.module.type_masses.device
-        propagator = rebuild(self).to(device).eval()
+        propagator = rebuild(self).to(self.module.type_masses.device).eval()
         for parameter in propagator.parameters():
             parameter.requires_grad_(False)
-        propagator.fixed_shapes = True
-        propagator.fixed_work = device.type == "cuda"
         propagator.metadata = json.dumps(self.metadata, sort_keys=True)
+        self.module = propagator
+        self._compile_step()
+        return self
+
+    def _compile_step(self) -> None:
+        """``torch.compile`` of the rebuilt propagator's ``step`` for the device it is on."""
+        propagator = self.module
+        cuda = propagator.type_masses.device.type == "cuda"
+        propagator.fixed_shapes, propagator.fixed_work = True, cuda
         # CUDA graphs, which a fixed-work step allows; on the CPU, kernels called from C++, not Python (a sixth
         # off a small molecule's step)
-        options = {"triton.cudagraphs": True} if device.type == "cuda" else {"cpp_wrapper": True}
+        options = {"triton.cudagraphs": True} if cuda else {"cpp_wrapper": True}
         # the built-in layers' weights are not re-checked before each step (a seventh of it): nothing here
         # changes them; the propagator's own settings stay checked, and a change recompiles
         skip = getattr(torch.compiler, "skip_guard_on_inbuilt_nn_modules_unsafe", None)

@@ -66,6 +66,10 @@ def configure_parser(parser) -> None:
     parser.add_argument("--collision-distance", type=float, default=0.1,
                         help="stop when two beads come closer than this, nm (default 0.1; 0 disables)")
     parser.add_argument("--no-refine", action="store_true", help="skip the model's score-based refinement")
+    parser.add_argument("--compile", action="store_true",
+                        help="run the model step through torch.compile: same numbers, 2-3x faster for small "
+                             "molecules on the CPU; the first steps compile (seconds to a minute; needs a C++ "
+                             "compiler)")
     parser.add_argument("--overwrite", action="store_true",
                         help="start clean: replace an existing --out and its side files (_beads.pdb, --log, "
                              "--checkpoint and its .json record) instead of refusing or resuming")
@@ -157,6 +161,8 @@ def _simulation(args):
     from openmm_cgml.openmm.platform import choose_platform
 
     model = load(args.model, trusted=args.trust_model)
+    if args.compile:
+        model.compile()
     cg = coarse_grained_system(model, args.pdb, replicas=args.replicas, mapping=args.mapping)
     temperature = None if args.temperature is None else args.temperature * u.kelvin
     integrator = CGMLIntegrator(model, temperature=temperature, seed=args.seed, refine=not args.no_refine,

@@ -201,3 +201,14 @@ def test_resume_refuses_a_trajectory_behind_its_checkpoint(setup, tmp_path, caps
     err = capsys.readouterr().err
     assert "frames up to step 3" in err and "step 9" in err and "missing" in err
     assert out.read_bytes() == early
+
+
+def test_compiled_step_writes_the_same_trajectory(setup, tmp_path):
+    """``--compile`` (the step through torch.compile) writes the frames the plain step writes, to rounding."""
+    plain, compiled = tmp_path / "plain.dcd", tmp_path / "compiled.dcd"
+    assert main(args(setup, plain, "--collision-distance", 0, steps=6)) == 0
+    assert main(args(setup, compiled, "--collision-distance", 0, "--compile", steps=6)) == 0
+    top = plain.with_name("plain_beads.pdb")
+    a, b = frames(plain, top).xyz, frames(compiled, top).xyz
+    assert a.shape == b.shape and a.shape[0] == 2
+    np.testing.assert_allclose(b, a, atol=2e-4)
