@@ -486,6 +486,10 @@ class CGModel:
         skip = getattr(torch.compiler, "skip_guard_on_inbuilt_nn_modules_unsafe", None)
         if skip is not None:
             options["guard_filter_fn"] = skip
+        # every model, bead count and refinement setting of a process is a graph of the same code: PyTorch's
+        # default limit (8) would silently send the ninth back to the uncompiled step
+        config = torch._dynamo.config
+        config.recompile_limit = max(int(config.recompile_limit), 256)
         self._compiled_step = torch.compile(propagator.step, dynamic=False, options=options)
         self.module = propagator
         return self
