@@ -126,3 +126,18 @@ def test_fixed_work_scripts(hard_core_model):
     assert scripted.fixed_work is False and scripted.fixed_shapes is False
     scripted.fixed_work = True
     assert scripted.fixed_work is True
+
+
+def test_fixed_work_step_exports_as_one_program(hard_core_model, chain_molecule, compressed_history, n_beads):
+    """No data-dependent control flow is left: ``torch.export`` takes the whole step (refinement, truncation, hard
+    core) as one graph, for this topology, and the program steps as the module does."""
+    model = _model(hard_core_model, "internal")
+    history, features, edges, batch, box = _crowded(model, chain_molecule, compressed_history, n_beads)
+    model.fixed_work = True
+    model.validate(history, features, edges, batch)
+    model.validate_inputs = False
+    noise = torch.randn(model.noise_draws(True), history.size(1), 3, dtype=torch.float64)
+    with torch.no_grad():
+        program = torch.export.export(model, (history, features, edges, batch, box, noise, True), strict=False)
+        torch.testing.assert_close(program.module()(history, features, edges, batch, box, noise, True),
+                                   model.step(history, features, edges, batch, box, noise, True), rtol=0, atol=1e-9)
