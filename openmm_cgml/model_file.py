@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import logging
 import os
 import warnings
 from datetime import datetime, timezone
@@ -41,47 +40,20 @@ import torch
 
 from openmm_cgml import model_formats
 from openmm_cgml.io import atomic_path, software_versions
-from openmm_cgml.model_formats import FORMAT, FORMAT_VERSION, TORCHSCRIPT_SUFFIX, WEIGHTS_SUFFIX, check_output
+from openmm_cgml.model_formats import (
+    FORMAT,
+    FORMAT_VERSION,
+    TORCHSCRIPT_SUFFIX,
+    WEIGHTS_SUFFIX,
+    check_output,
+    read_mapping_rule,
+)
 
 __all__ = ["FORMAT", "export_model", "export", "check_output", "load", "CGModel", "rebuild",
            "propagator_from_checkpoint", "read_mapping_rule"]
 UNITS = {"length": "nm", "time": "ps", "mass": "amu", "energy": "kJ/mol", "temperature": "K",
          "pos_history": "nm, shape (k, n_beads, 3), last frame = current",
          "acceleration": "nm per model step^2", "velocity": "nm per model step"}
-
-
-def read_mapping_rule(metadata: dict) -> tuple[str, dict] | None:
-    """``(method, params)`` of the mapping rule a model file's metadata records, or None.
-
-    The one place the rule is read: the ``mapping_rule`` key, else the
-    model's own mapping, else (files from before the key) the training data's
-    ``mapping_method``/``mapping_params`` attributes.
-
-    Parameters
-    ----------
-    metadata : dict
-        Parsed metadata of a model file (or the metadata about to be exported).
-
-    Returns
-    -------
-    tuple of (str, dict) or None
-        None when no rule is recorded or its parameters are unreadable.
-    """
-    rule = metadata.get("mapping_rule")
-    if isinstance(rule, dict):
-        method, params = rule.get("method"), rule.get("params") or {}
-    elif metadata.get("mapping"):
-        mapping = metadata["mapping"]
-        mapping = json.loads(mapping) if isinstance(mapping, str) else mapping
-        method, params = mapping.get("method"), mapping.get("params") or {}
-    else:
-        attrs = ((metadata.get("training") or {}).get("data") or {}).get("attrs") or {}
-        method, params = attrs.get("mapping_method"), attrs.get("mapping_params") or {}
-    try:
-        params = json.loads(params) if isinstance(params, str) else dict(params)
-    except (json.JSONDecodeError, TypeError, ValueError):
-        return None
-    return (str(method), params) if method else None
 
 
 def export_model(model, path, metadata: dict | None = None) -> Path:
@@ -455,16 +427,15 @@ class CGModel:
         scripted code is kept), on every bead pair of each molecule instead of radius graphs
         (``CGPropagator.fixed_shapes``), so that it compiles to a few graphs of fused kernels; on a GPU with
         fixed work too (``CGPropagator.fixed_work``: no host read, one graph, replayed as a CUDA graph). Same
-        numbers as the uncompiled step, to rounding; several times faster for small molecules on the CPU
-        (docs/integrator.md, "Speed"). The first step at each bead count compiles for tens of seconds
-        (PyTorch caches the result on disk) and needs a C++ compiler; molecules of more than 64 beads, or a
-        periodic box, step on radius graphs, recompiling as their sizes change. Settings changed afterwards
-        (``refine_sigmas``, ``hard_core``, ``exclusion_retries``) take effect at the next step, which compiles
-        again.
+        numbers as the uncompiled step, to rounding; 2-3x faster on the CPU (docs/integrator.md, "Speed";
+        what the compilation does: :mod:`openmm_cgml.model.compiled`). The first step at each bead count
+        compiles (seconds to a minute; PyTorch caches the result on disk) and needs a C++ compiler; molecules
+        of more than 64 beads, or a periodic box, step on radius graphs, recompiling as their sizes change.
+        Settings changed afterwards (``refine_sigmas``, ``hard_core``, ``exclusion_retries``) take effect at
+        the next step, which compiles again.
         """
         if self.compiled:
             return self
-        _quiet_compile_notes()
         propagator = rebuild(self).to(self.module.type_masses.device).eval()
         for parameter in propagator.parameters():
             parameter.requires_grad_(False)
@@ -474,25 +445,9 @@ class CGModel:
         return self
 
     def _compile_step(self) -> None:
-        """``torch.compile`` of the rebuilt propagator's ``step`` for the device it is on."""
-        propagator = self.module
-        cuda = propagator.type_masses.device.type == "cuda"
-        propagator.fixed_shapes, propagator.fixed_work = True, cuda
-        # CUDA graphs, which a fixed-work step allows; on the CPU, kernels called from C++, not Python (a sixth
-        # off a small molecule's step)
-        options = {"triton.cudagraphs": True} if cuda else {"cpp_wrapper": True}
-        # the built-in layers' weights are not re-checked before each step (a seventh of it): nothing here
-        # changes them; the propagator's own settings stay checked, and a change recompiles
-        skip = getattr(torch.compiler, "skip_guard_on_inbuilt_nn_modules_unsafe", None)
-        if skip is not None:
-            options["guard_filter_fn"] = skip
-        # every model, bead count and refinement setting of a process is a graph of the same code: PyTorch's
-        # default limit (8) would silently send the ninth back to the uncompiled step
-        config = torch._dynamo.config
-        config.recompile_limit = max(int(config.recompile_limit), 256)
-        self._compiled_step = torch.compile(propagator.step, dynamic=False, options=options)
-        self.module = propagator
-        return self
+        from openmm_cgml.model.compiled import compile_step
+
+        self._compiled_step = compile_step(self.module)
 
     # ---- calls
     def _call(self, name: str, *args):
@@ -564,27 +519,6 @@ class CGModel:
     def __repr__(self) -> str:
         return (f"CGModel({self.path!r}, k={self.k}, n_beads={self.n_beads or 'any'}, "
                 f"model_timestep={self.model_timestep}, md_steps_per_model_step={self.md_steps_per_model_step})")
-
-
-class _CompileNotes(logging.Filter):
-    """Drops torch's compile-time warnings that say nothing wrong about a compiled step: the graph breaks it
-    makes on purpose where the truncation and the hard core decide on the host (the cheap common case on the
-    CPU: nothing to correct), and a CPU build's note that it found no CUDA while building the kernels' C++."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        text = record.getMessage()
-        return not ("openmm_cgml" in text and "raph break" in text) and "No CUDA runtime is found" not in text
-
-
-_COMPILE_NOTES = _CompileNotes()
-
-
-def _quiet_compile_notes() -> None:
-    """Attach :class:`_CompileNotes` to the handlers torch's loggers write through, once (nothing per step)."""
-    for name in ("torch", "torch._dynamo"):
-        for handler in logging.getLogger(name).handlers:
-            if _COMPILE_NOTES not in handler.filters:
-                handler.addFilter(_COMPILE_NOTES)
 
 
 def _ordinary(out):

@@ -37,7 +37,7 @@ from openmm_cgml.units import is_integer, is_number
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "WEIGHTS_SUFFIX", "TORCHSCRIPT_SUFFIX", "check_output", "kind_of", "file_sha256",
            "write_weights", "read_weights", "write_torchscript", "read_torchscript", "check_metadata",
-           "digest", "trusted_sha256s"]
+           "digest", "trusted_sha256s", "read_mapping_rule"]
 
 FORMAT = "openmm-cgml-model"
 FORMAT_VERSION = 1
@@ -246,3 +246,37 @@ def check_output(path, name: str = "model file") -> Path:
     if not path.parent.exists():
         raise FileNotFoundError(f"{name} {path}: output directory {path.parent} does not exist")
     return path
+
+
+def read_mapping_rule(metadata: dict) -> tuple[str, dict] | None:
+    """``(method, params)`` of the mapping rule a model file's metadata records, or None.
+
+    The one place the rule is read: the ``mapping_rule`` key, else the
+    model's own mapping, else (files from before the key) the training data's
+    ``mapping_method``/``mapping_params`` attributes.
+
+    Parameters
+    ----------
+    metadata : dict
+        Parsed metadata of a model file (or the metadata about to be exported).
+
+    Returns
+    -------
+    tuple of (str, dict) or None
+        None when no rule is recorded or its parameters are unreadable.
+    """
+    rule = metadata.get("mapping_rule")
+    if isinstance(rule, dict):
+        method, params = rule.get("method"), rule.get("params") or {}
+    elif metadata.get("mapping"):
+        mapping = metadata["mapping"]
+        mapping = json.loads(mapping) if isinstance(mapping, str) else mapping
+        method, params = mapping.get("method"), mapping.get("params") or {}
+    else:
+        attrs = ((metadata.get("training") or {}).get("data") or {}).get("attrs") or {}
+        method, params = attrs.get("mapping_method"), attrs.get("mapping_params") or {}
+    try:
+        params = json.loads(params) if isinstance(params, str) else dict(params)
+    except (json.JSONDecodeError, TypeError, ValueError):
+        return None
+    return (str(method), params) if method else None

@@ -351,9 +351,13 @@ class CGPropagator(Block):
         then stores the topology tables of these bonds for the steps that follow."""
         _check_step_inputs(pos_history, bead_features, coarse_edge_index, batch, self.k, self.n_beads,
                            self.n_features)
-        self.topology.fill(coarse_edge_index, pos_history.size(1), batch if self.fixed_work or self.fixed_shapes else None)
+        self.topology.fill(coarse_edge_index, pos_history.size(1), self._pair_molecules(batch))
         if hasattr(self, "coordinate_noise"):   # read off the forest just stored
             check_trees(coarse_edge_index, pos_history.size(1), self.topology.tables["forest"][2])
+
+    def _pair_molecules(self, batch: Tensor) -> Optional[Tensor]:
+        """``batch`` where the topology tables are to hold the molecules' bead pairs (fixed shapes), else None."""
+        return batch if self.fixed_work or self.fixed_shapes else None
 
     @torch.jit.export
     def noise_draws(self, refine: bool) -> int:
@@ -381,7 +385,7 @@ class CGPropagator(Block):
         if self.validate_inputs:
             self.validate(pos_history, bead_features, coarse_edge_index, batch)
         tables, rounds = self.topology.get(coarse_edge_index, pos_history.size(1),   # validated: these inputs' own
-                                           batch if self.fixed_work or self.fixed_shapes else None)
+                                           self._pair_molecules(batch))
         draws = self.noise_draws(refine)
         if noise.dim() != 3 or noise.size(0) != draws or noise.shape[1:] != pos_history[-1].shape:
             raise ValueError("noise must have shape (" + str(draws) + ", n_beads, 3), got " + str(noise.shape))
