@@ -196,7 +196,7 @@ def profile_step(module, inputs, refine: bool, n_steps: int = 20, top: int = 25)
              "calls_per_step": e.count / n_steps} for e in events]
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="exported model (default: an untrained model of the default size)")
     parser.add_argument("--system", default="polymer-chain")
@@ -213,6 +213,11 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true",
                         help="add `compiled`: the model's step scripted and compiled (CGModel.compile()), alternately")
     parser.add_argument("--compile-only", action="store_true", help="only the `compiled` rows")
+    return parser
+
+
+def main() -> None:
+    parser = _parser()
     args = parser.parse_args()
     params = _system_params(args.system, args.system_param)
     torch.manual_seed(0)

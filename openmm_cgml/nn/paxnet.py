@@ -360,6 +360,25 @@ class PaxNet(Block):
             self._cache_triplets = triplets
         return edges, is_bond, triplets
 
+    def _global_edges(self, pos: Tensor, batch: Tensor, box: Optional[Tensor], pairs: Optional[Tensor]
+                      ) -> Tuple[Tensor, Tensor, Tensor]:
+        """Sources, targets and vectors j -> i (E, 3) nm of the global graph: ``pairs`` on open boundaries,
+        else the radius graph (minimum images)."""
+        if pairs is not None and box is None:
+            return pairs[0], pairs[1], pos.index_select(0, pairs[1]) - pos.index_select(0, pairs[0])
+        edge, shift = radius_graph(pos, self.cutoff, batch, box, self.max_num_neighbors)
+        vec = pos.index_select(0, edge[1]) - pos.index_select(0, edge[0])
+        return edge[0], edge[1], vec + shift if box is not None else vec
+
+    def _check_features(self, s: Tensor, v: Tensor, n: int) -> None:
+        """``ValueError`` unless ``s`` is (n, scalar_in) and ``v`` (n, 3, vector_in)."""
+        if s.size(0) != n or s.size(1) != self.scalar_in:
+            raise ValueError("s must have shape (N, scalar_in) = (" + str(n) + ", " + str(self.scalar_in)
+                             + "), got " + str(list(s.shape)))
+        if v.size(0) != n or v.size(1) != 3 or v.size(2) != self.vector_in:
+            raise ValueError("v must have shape (N, 3, vector_in) = (" + str(n) + ", 3, " + str(self.vector_in)
+                             + "), got " + str(list(v.shape)))
+
     def forward(self, s: Tensor, v: Tensor, pos: Tensor, local_edge_index: Tensor, batch: Tensor,
                 box: Optional[Tensor] = None, local: Optional[List[Tensor]] = None,
                 pairs: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
@@ -388,24 +407,12 @@ class PaxNet(Block):
             (N, hidden) invariant and (N, 3, hidden) equivariant node features.
         """
         n = pos.size(0)
-        if s.size(0) != n or s.size(1) != self.scalar_in:
-            raise ValueError("s must have shape (N, scalar_in) = (" + str(n) + ", " + str(self.scalar_in)
-                             + "), got " + str(list(s.shape)))
-        if v.size(0) != n or v.size(1) != 3 or v.size(2) != self.vector_in:
-            raise ValueError("v must have shape (N, 3, vector_in) = (" + str(n) + ", 3, " + str(self.vector_in)
-                             + "), got " + str(list(v.shape)))
+        self._check_features(s, v, n)
         if box is not None and not bool(box.any()):
             box = None          # all-zero box = not periodic
 
         # global graph: distances only
-        if pairs is not None and box is None:
-            edge, shift = pairs, torch.zeros(0, 3, dtype=pos.dtype, device=pos.device)
-        else:
-            edge, shift = radius_graph(pos, self.cutoff, batch, box, self.max_num_neighbors)
-        g_src, g_dst = edge[0], edge[1]
-        g_vec = pos.index_select(0, g_dst) - pos.index_select(0, g_src)
-        if box is not None:
-            g_vec = g_vec + shift
+        g_src, g_dst, g_vec = self._global_edges(pos, batch, box, pairs)
         g_dist = torch.sqrt((g_vec * g_vec).sum(dim=1))
         g_unit = g_vec / g_dist.unsqueeze(1)
         g_rbf = self.rbf_global(g_dist)
