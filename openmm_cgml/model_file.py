@@ -484,9 +484,14 @@ class CGModel:
         if self._compiled_step is not None and not self.module.validate_inputs:
             if box.numel() and not bool((box != 0).any()):   # open boundaries: an empty box, no host read
                 box = box.new_zeros(0, 3, 3)
-            with torch.inference_mode():
-                return _ordinary(self._compiled_step(pos_history, bead_features, coarse_edge_index, batch, box,
-                                                     noise, bool(refine)))
+            try:
+                with torch.inference_mode():
+                    return _ordinary(self._compiled_step(pos_history, bead_features, coarse_edge_index, batch,
+                                                         box, noise, bool(refine)))
+            except torch._dynamo.exc.BackendCompilerFailed as error:   # e.g. no C++ compiler on this machine
+                first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                raise OSError(f"the model step could not be compiled ({first}); step without compile() "
+                              "(cgml simulate without --compile)") from None
         return self._call("step", pos_history, bead_features, coarse_edge_index, batch, box, noise, bool(refine))
 
     @contextlib.contextmanager

@@ -212,3 +212,15 @@ def test_compiled_step_writes_the_same_trajectory(setup, tmp_path):
     a, b = frames(plain, top).xyz, frames(compiled, top).xyz
     assert a.shape == b.shape and a.shape[0] == 2
     np.testing.assert_allclose(b, a, atol=2e-4)
+
+
+def test_compile_without_a_cxx_compiler_is_one_line(setup, tmp_path):
+    """No working C++ compiler: ``--compile`` fails at its first step with one line naming the cause, exit 2."""
+    env = {**os.environ, "CXX": str(tmp_path / "no-such-g++"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-m", "openmm_cgml.cli", *args(setup, tmp_path / "out.dcd", "--compile",
+                                                                       steps=3)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = [line for line in done.stderr.splitlines() if line.startswith("cgml simulate")]
+    assert len(lines) == 1 and "could not be compiled" in lines[0] and "C++ compiler" in lines[0]
+    assert "Traceback" not in done.stderr
