@@ -410,6 +410,7 @@ def test_validated_checks_once_then_steps_without_the_per_step_checks(exported, 
     assert loaded.module.validate_inputs
 
 
+@pytest.mark.slow   # a second cold compilation (30 s); the default suite compiles in the test below and the CLI's
 def test_compiled_model_rolls_out_as_the_file_does(tmp_path, export_chain_model, chain_history):
     """``CGModel.compile()``: a rollout of two molecules through ``torch.compile`` (fixed shapes) follows the
     file's own step, to rounding, and counts its truncation's redraws the same way."""
@@ -426,6 +427,28 @@ def test_compiled_model_rolls_out_as_the_file_does(tmp_path, export_chain_model,
            for model in (plain, compiled)]
     torch.testing.assert_close(out[1], out[0], rtol=0, atol=1e-4)   # float32, 4 steps of an untrained model
     assert compiled.exclusion_events == plain.exclusion_events
+
+
+def test_compiled_corrections_follow_the_file(tmp_path, chain_mapping, chain_molecule, compressed_history,
+                                              hard_core_model, n_beads):
+    """On a crowded start the compiled step takes its rarely taken branches (the truncation's redraws, the hard
+    core's sweeps) and gives the file's own positions and event counts, to rounding."""
+    model = hard_core_model(k=3, noise="internal")
+    model.exclusion_retries = 3
+    path = export_model(model, tmp_path / "hard.safetensors", {"mapping": chain_mapping})
+    plain, compiled = load(path), load(path).compile()
+    _, _, _, coarse = chain_molecule()
+    history = compressed_history(3, torch.float32).repeat(1, 2, 1)
+    features = plain.embed_mapping().repeat(2, 1)
+    edges, batch = torch.cat([coarse, coarse + n_beads], dim=1), torch.arange(2).repeat_interleave(n_beads)
+    noise = torch.randn(plain.noise_draws(True), 2 * n_beads, 3, generator=torch.Generator().manual_seed(2))
+    out = []
+    for model in (plain, compiled):
+        with model.validated(history, features, edges, batch):
+            out.append(model.step(history, features, edges, batch, torch.zeros(3, 3), noise, True))
+    torch.testing.assert_close(out[1], out[0], rtol=0, atol=1e-4)
+    assert compiled.exclusion_events == plain.exclusion_events and plain.exclusion_events[0] > 0
+    assert compiled.hard_core_events == plain.hard_core_events
 
 
 @pytest.mark.cuda
