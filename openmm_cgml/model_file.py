@@ -423,16 +423,11 @@ class CGModel:
     def compile(self) -> "CGModel":
         """Run ``step`` compiled by ``torch.compile``; returns this model.
 
-        The step becomes this package's code with the file's weights (:func:`rebuild`; none of the file's
-        scripted code is kept), on every bead pair of each molecule instead of radius graphs
-        (``CGPropagator.fixed_shapes``), so that it compiles to a few graphs of fused kernels; on a GPU with
-        fixed work too (``CGPropagator.fixed_work``: no host read, one graph, replayed as a CUDA graph). Same
-        numbers as the uncompiled step, to rounding; 2-3x faster on the CPU (docs/integrator.md, "Speed";
-        what the compilation does: :mod:`openmm_cgml.model.compiled`). The first step at each bead count
-        compiles (seconds to a minute; PyTorch caches the result on disk) and needs a C++ compiler; molecules
-        of more than 64 beads, or a periodic box, step on radius graphs, recompiling as their sizes change.
-        Settings changed afterwards (``refine_sigmas``, ``hard_core``, ``exclusion_retries``) take effect at
-        the next step, which compiles again.
+        The step becomes this package's code with the file's weights (:func:`rebuild`; no code from the file)
+        on fixed shapes (on a GPU fixed work too), compiled as :mod:`openmm_cgml.model.compiled` says: the same
+        numbers to rounding, 2-3x faster on the CPU (docs/integrator.md, "Speed"). The first step at each bead
+        count compiles (seconds to a minute; cached on disk by PyTorch) and needs a C++ compiler. Settings
+        changed later (``refine_sigmas``, ``hard_core``, ``exclusion_retries``) recompile at the next step.
         """
         if self.compiled:
             return self

@@ -203,6 +203,7 @@ def test_resume_refuses_a_trajectory_behind_its_checkpoint(setup, tmp_path, caps
     assert out.read_bytes() == early
 
 
+@pytest.mark.slow   # a cold compilation (20-30 s); the default suite compiles in tests/model/test_model_file.py
 def test_compiled_step_writes_the_same_trajectory(setup, tmp_path):
     """``--compile`` (the step through torch.compile) writes the frames the plain step writes, to rounding."""
     plain, compiled = tmp_path / "plain.dcd", tmp_path / "compiled.dcd"
