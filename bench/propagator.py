@@ -99,19 +99,25 @@ def validated_once(module, inputs):
     return lambda: setattr(module, "validate_inputs", True)
 
 
+def _ms_per_call(call, n_steps: int, device) -> float:
+    """Milliseconds per ``call(i)`` over ``n_steps`` calls (the GPU's queue drained before and after)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for i in range(n_steps):
+        call(i)
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / n_steps * 1e3
+
+
 def time_steps(module, inputs, refine: bool, n_steps: int, device: str) -> float:
     history, features, edges, batch, box = inputs
     noise = torch.randn(n_steps, module.noise_draws(refine), history.shape[1], 3, device=device)
     restore = validated_once(module, inputs)
-    if device == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for i in range(n_steps):
-        module.step(history, features, edges, batch, box, noise[i], refine)
-    if device == "cuda":
-        torch.cuda.synchronize()
+    ms = _ms_per_call(lambda i: module.step(history, features, edges, batch, box, noise[i], refine), n_steps, device)
     restore()
-    return (time.perf_counter() - start) / n_steps * 1e3
+    return ms
 
 
 def collision_rate(module, inputs, refine: bool, n_steps: int, threshold: float, seed: int) -> tuple[float, int, int]:
@@ -143,14 +149,8 @@ def time_model_steps(model, inputs, n_steps: int) -> float:
     box = torch.zeros(0, 3, 3, device=history.device)
     with model.validated(history, features, edges, batch):
         model.step(history, features, edges, batch, box, noise, True)
-        if history.device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(n_steps):
-            model.step(history, features, edges, batch, box, noise, True)
-        if history.device.type == "cuda":
-            torch.cuda.synchronize()
-    return (time.perf_counter() - start) / n_steps * 1e3
+        return _ms_per_call(lambda _: model.step(history, features, edges, batch, box, noise, True), n_steps,
+                            history.device)
 
 
 def compiled_rows(path: str, mapping, positions, beads: list, device: str, repeats: int) -> list[dict]:

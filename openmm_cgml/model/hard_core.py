@@ -15,7 +15,7 @@ from torch import Tensor
 
 from openmm_cgml.nn import radius_graph
 
-__all__ = ["contact_graph", "project_hard_core", "violating_beads"]
+__all__ = ["contact_graph", "near_pairs", "project_hard_core", "violating_beads"]
 
 
 def contact_graph(x: Tensor, batch: Tensor, box: Optional[Tensor], limit: float, edge: Tensor, shift: Tensor,
@@ -39,6 +39,16 @@ def contact_graph(x: Tensor, batch: Tensor, box: Optional[Tensor], limit: float,
     if not reuse:
         edge, shift = radius_graph(x, 2.0 * limit, batch, box)
     return edge, shift
+
+
+def near_pairs(x: Tensor, edge: Tensor, shift: Tensor, limit: float) -> Tensor:
+    """Which pairs of ``edge`` are within 1.25 x ``limit`` nm (the larger minimum distance): those the hard core
+    works on in a round, as a correction can push a bead into a neighbour just outside its minimum.
+
+    Shapes:
+        x (N, 3) nm, edge (2, E), shift (E, 3) or broadcastable -> (E,) bool
+    """
+    return torch.linalg.vector_norm(x[edge[1]] - x[edge[0]] + shift, dim=-1) < 1.25 * limit
 
 
 def project_hard_core(x: Tensor, masses: Tensor, keys: Tensor, edge: Tensor, shift: Tensor,
@@ -71,7 +81,7 @@ def project_hard_core(x: Tensor, masses: Tensor, keys: Tensor, edge: Tensor, shi
     share = (masses[j] / (masses[i] + masses[j])).unsqueeze(-1)   # i moves by m_j / (m_i + m_j)
     counted = torch.zeros((), dtype=torch.bool, device=x.device)
     for _ in range(3):
-        near = torch.linalg.vector_norm(x[i] - x[j] + shift, dim=-1) < 1.25 * limit
+        near = near_pairs(x, edge, shift, limit)
         if early_exit and not bool(near.any()):
             return x
         moved = False

@@ -59,7 +59,7 @@ from openmm_cgml.model.bonded_noise import BondedNoise
 from openmm_cgml.model.chirality import N_PSEUDO, dynamics_scalars
 from openmm_cgml.model.config import PropagatorConfig
 from openmm_cgml.model.embedding import EmbeddingGNN, check_embed_inputs, pool_beads, type_mass_table
-from openmm_cgml.model.hard_core import contact_graph, project_hard_core, violating_beads
+from openmm_cgml.model.hard_core import contact_graph, near_pairs, project_hard_core, violating_beads
 from openmm_cgml.model.internal_coordinates import InternalCoordinateNoise, check_trees
 from openmm_cgml.model.layers import VectorHead
 from openmm_cgml.model.losses import gaussian_nll, training_losses
@@ -404,8 +404,7 @@ class CGPropagator(Block):
             if not self.fixed_work and limit > 0 and (attempts > 1 or self.hard_core):
                 # the common case in one host read (one graph break when compiled): no pair is near a minimum
                 # distance, so neither the truncation nor the hard core has anything to do
-                near = torch.linalg.vector_norm(candidate[pairs[1]] - candidate[pairs[0]], dim=-1) < 1.25 * limit
-                if not bool(near.any()):
+                if not bool(near_pairs(candidate, edge, shift, limit).any()):
                     return candidate
         for attempt in range(1, attempts + 1 if attempts > 1 else 1):   # no checks without truncation
             # truncation: a molecule with a pair under its minimum distance redraws its whole step
