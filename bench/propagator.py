@@ -41,6 +41,7 @@ import torch
 
 from openmm_cgml import systems
 from openmm_cgml.geometry import count_collisions
+from openmm_cgml.io import software_versions
 from openmm_cgml.mapping import Mapping
 from openmm_cgml.model.propagator import CGPropagator, PropagatorConfig
 from openmm_cgml.model_file import export_model, load
@@ -275,7 +276,8 @@ def main() -> None:
             "hardware": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                          "torch_threads": torch.get_num_threads(),
                          "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
-            "versions": model.metadata.get("versions"),
+            "versions": software_versions(),   # this run's; the model file's own are under model_versions
+            "model_versions": model.metadata.get("versions"),
             "ratios": _ratios(rows, modes),
             "rows": rows,
         }

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from openmm_cgml.nn import radius_graph
 
-__all__ = ["contact_graph", "near_pairs", "project_hard_core", "violating_beads"]
+__all__ = ["bonded_pairs", "contact_graph", "near_pairs", "pair_minimum", "project_hard_core", "violating_beads"]
 
 
 def contact_graph(x: Tensor, batch: Tensor, box: Optional[Tensor], limit: float, edge: Tensor, shift: Tensor,
@@ -51,15 +51,12 @@ def near_pairs(x: Tensor, edge: Tensor, shift: Tensor, limit: float) -> Tensor:
     return torch.linalg.vector_norm(x[edge[1]] - x[edge[0]] + shift, dim=-1) < 1.25 * limit
 
 
-def project_hard_core(x: Tensor, masses: Tensor, keys: Tensor, edge: Tensor, shift: Tensor,
-                      min_distance_nm: Tensor, limit: float, sweeps: int, events: Tensor,
-                      early_exit: bool = True) -> Tensor:
+def project_hard_core(x: Tensor, masses: Tensor, edge: Tensor, shift: Tensor, minimum: Tensor, limit: float,
+                      sweeps: int, events: Tensor, early_exit: bool = True) -> Tensor:
     """Push bead pairs closer than their minimum distance apart (SHAKE-like, for inequalities).
 
     ``edge``/``shift`` a radius graph (both directions) that holds every
-    close pair; the coarse bonds (their ``keys``, :func:`openmm_cgml.nn.paxnet.bond_keys`) select
-    the bonded minimum ``min_distance_nm[0]``, all other pairs get the
-    non-bonded one ``min_distance_nm[1]``. Each violating pair is moved apart
+    close pair, ``minimum`` each pair's minimum distance (:func:`pair_minimum`). Each violating pair is moved apart
     along its pair vector by the violation, shared inversely to the masses, so
     the centre of mass never moves; Jacobi sweeps (all pairs at once), so a
     bead in several violations gets the sum of its corrections. Three rounds, each over the pairs within
@@ -73,11 +70,9 @@ def project_hard_core(x: Tensor, masses: Tensor, keys: Tensor, edge: Tensor, shi
     every round and sweep with no host read (fixed-work steps), to the same positions bit for bit.
 
     Shapes:
-        x (N, 3) nm, masses (N,), keys (2B,), edge (2, E), shift (E, 3), min_distance_nm (2,) -> (N, 3)
+        x (N, 3) nm, masses (N,), edge (2, E), shift (E, 3), minimum (E,) nm -> (N, 3)
     """
-    n = x.size(0)
     j, i = edge[0], edge[1]
-    minimum = _pair_minimum(i, j, n, keys, min_distance_nm).to(x.dtype)
     share = (masses[j] / (masses[i] + masses[j])).unsqueeze(-1)   # i moves by m_j / (m_i + m_j)
     counted = torch.zeros((), dtype=torch.bool, device=x.device)
     for _ in range(3):
@@ -101,35 +96,42 @@ def project_hard_core(x: Tensor, masses: Tensor, keys: Tensor, edge: Tensor, shi
     return x
 
 
-def violating_beads(x: Tensor, batch: Tensor, keys: Tensor, edge: Tensor, shift: Tensor,
-                    min_distance_nm: Tensor) -> Tensor:
+def violating_beads(x: Tensor, batch: Tensor, edge: Tensor, shift: Tensor, minimum: Tensor) -> Tensor:
     """Whether each bead's molecule has a pair closer than its minimum distance (no host sync).
 
-    ``edge``/``shift`` a radius graph holding every close pair (:func:`contact_graph`); ``keys`` the
-    :func:`openmm_cgml.nn.paxnet.bond_keys` of the coarse bonds, which take ``min_distance_nm[0]``, all other
-    pairs ``min_distance_nm[1]``.
+    ``edge``/``shift`` a radius graph holding every close pair (:func:`contact_graph`), ``minimum`` each pair's
+    minimum distance (:func:`pair_minimum`).
 
     Shapes:
-        x (N, 3) nm, batch (N,), keys (2B,), edge (2, E), shift (E, 3), min_distance_nm (2,) -> (N,) bool
+        x (N, 3) nm, batch (N,), edge (2, E), shift (E, 3), minimum (E,) nm -> (N,) bool
     """
     n = x.size(0)
     j, i = edge[0], edge[1]
-    minimum = _pair_minimum(i, j, n, keys, min_distance_nm).to(x.dtype)
     close = (torch.linalg.vector_norm(x[i] - x[j] + shift, dim=-1) < minimum).to(x.dtype)
     # per bead, then per molecule (batch < N, so an (N,) buffer holds every molecule), then back to beads
     per_molecule = torch.zeros(n, dtype=x.dtype, device=x.device).index_add_(0, batch[i], close)
     return per_molecule[batch] > 0
 
 
-def _pair_minimum(i: Tensor, j: Tensor, n: int, bond_keys: Tensor, min_distance_nm: Tensor) -> Tensor:
-    """The minimum distance of each pair (i, j): ``min_distance_nm[0]`` if bonded, else ``min_distance_nm[1]``.
+def bonded_pairs(edge: Tensor, n: int, bond_keys: Tensor) -> Tensor:
+    """Whether each pair of ``edge`` is a coarse bond, from the sorted ``bond_keys`` of the bonds
+    (:func:`openmm_cgml.nn.paxnet.bond_keys`, ``n`` beads); for a fixed set of pairs, once per topology.
 
     Shapes:
-        i, j (P,), bond_keys (B',) sorted (``openmm_cgml.nn.paxnet.bond_keys``), min_distance_nm (2,) -> (P,)
+        edge (2, E), bond_keys (B',) sorted -> (E,) bool
     """
     # a binary search in the few sorted bond keys: isin would sort all the pairs as well
-    keys = i * n + j
+    keys = edge[1] * n + edge[0]
     if bond_keys.numel() == 0:
-        return min_distance_nm[1].expand(keys.size(0))
-    found = bond_keys[torch.searchsorted(bond_keys, keys).clamp_max(bond_keys.size(0) - 1)] == keys
-    return torch.where(found, min_distance_nm[0], min_distance_nm[1])
+        return torch.zeros_like(keys, dtype=torch.bool)
+    return bond_keys[torch.searchsorted(bond_keys, keys).clamp_max(bond_keys.size(0) - 1)] == keys
+
+
+def pair_minimum(bonded: Tensor, min_distance_nm: Tensor, dtype: torch.dtype) -> Tensor:
+    """Each pair's minimum distance (nm, ``dtype``): ``min_distance_nm[0]`` where ``bonded``
+    (:func:`bonded_pairs`), else ``min_distance_nm[1]``.
+
+    Shapes:
+        bonded (E,) bool, min_distance_nm (2,) -> (E,)
+    """
+    return torch.where(bonded, min_distance_nm[0], min_distance_nm[1]).to(dtype)

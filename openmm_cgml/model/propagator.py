@@ -59,7 +59,14 @@ from openmm_cgml.model.bonded_noise import BondedNoise
 from openmm_cgml.model.chirality import N_PSEUDO, dynamics_scalars
 from openmm_cgml.model.config import PropagatorConfig
 from openmm_cgml.model.embedding import EmbeddingGNN, check_embed_inputs, pool_beads, type_mass_table
-from openmm_cgml.model.hard_core import contact_graph, near_pairs, project_hard_core, violating_beads
+from openmm_cgml.model.hard_core import (
+    bonded_pairs,
+    contact_graph,
+    near_pairs,
+    pair_minimum,
+    project_hard_core,
+    violating_beads,
+)
 from openmm_cgml.model.internal_coordinates import InternalCoordinateNoise, check_trees
 from openmm_cgml.model.layers import VectorHead
 from openmm_cgml.model.losses import gaussian_nll, training_losses
@@ -72,7 +79,7 @@ from openmm_cgml.model.sampler import (
     sample_acceleration,
 )
 from openmm_cgml.model.scores import build_score
-from openmm_cgml.model.topology import TopologyCache
+from openmm_cgml.model.topology import TopologyCache, molecules_subset
 from openmm_cgml.nn import PaxNet
 from openmm_cgml.nn.layers import Block, mlp
 
@@ -411,13 +418,18 @@ class CGPropagator(Block):
             if pairs is None:
                 edge, shift = contact_graph(candidate, batch, boxes, limit, edge, shift, graph_at,
                                             self.score.cutoff)
-            bad = violating_beads(candidate, batch, tables["bond_keys"][0], edge, shift, self.min_distance_nm)
+            bad = violating_beads(candidate, batch, edge, shift, self._pair_minimum(edge, tables, pairs, candidate))
             # fixed work redraws even when no molecule needs it: where() below keeps the candidate
             if not self.fixed_work and not bool(bad.any()):
                 break
             # [redrawn, still too close after the last redraw], in molecule-steps
             per_molecule = torch.zeros_like(masses).index_add(0, batch, bad.to(masses.dtype))
             self.exclusion_events[int(attempt == attempts)] += (per_molecule > 0).sum()
+            if attempt < attempts and pairs is not None and not self.fixed_work:
+                # independent molecules: the rest of the truncation on those that need it, alone
+                candidate = self._redraw_molecules(candidate, bad, attempt, pos_history, mean, params, latents,
+                                                   noise, masses, coarse_edge_index, batch)
+                break
             if attempt < attempts:
                 retry, graph_at, score_edge, score_shift = self._sample(
                     pos_history, mean, params, latents, noise[attempt * per_attempt:(attempt + 1) * per_attempt],
@@ -428,10 +440,50 @@ class CGPropagator(Block):
         if self.hard_core and limit > 0:
             if attempts == 1 and pairs is None:   # else the truncation's last check built it at this candidate
                 edge, shift = contact_graph(candidate, batch, boxes, limit, edge, shift, graph_at, self.score.cutoff)
-            candidate = project_hard_core(candidate, bead_features[:, -1], tables["bond_keys"][0], edge, shift,
-                                          self.min_distance_nm, limit, self.hard_core_sweeps, self.hard_core_events,
-                                          not self.fixed_work)
+            candidate = project_hard_core(candidate, bead_features[:, -1], edge, shift,
+                                          self._pair_minimum(edge, tables, pairs, candidate), limit,
+                                          self.hard_core_sweeps, self.hard_core_events, not self.fixed_work)
         return candidate
+
+    def _redraw_molecules(self, candidate: Tensor, bad: Tensor, attempt: int, pos_history: Tensor, mean: Tensor,
+                          params: Tensor, latents: Tensor, noise: Tensor, masses: Tensor, coarse_edge_index: Tensor,
+                          batch: Tensor) -> Tensor:
+        """The truncation from redraw ``attempt`` on, on the molecules ``bad`` marks (every bead of each) alone.
+
+        With the molecules' pairs (open boundaries, small molecules) nothing in a draw couples molecules, so a
+        redraw of a few molecules gives them what a redraw of all would, with the same noise, at the cost of
+        those few: most of a step of thousands of molecules, where almost every step redraws one. Compiled, this
+        runs uncompiled (its sizes change from step to step; ``openmm_cgml.model.compiled``).
+        """
+        beads = torch.nonzero(bad).squeeze(1)
+        sub_edges, sub_batch = molecules_subset(beads, coarse_edge_index, batch)
+        tables = self.topology.compute(sub_edges, beads.size(0), sub_batch)
+        pairs = tables["pairs"][0]
+        shift = torch.zeros(1, 3, dtype=candidate.dtype, device=candidate.device)
+        minimum = self._pair_minimum(pairs, tables, pairs, candidate)
+        history, x, per_attempt = pos_history[:, beads], candidate[beads], noise.size(0) // (1 + self._retries())
+        redraw = torch.ones_like(beads, dtype=torch.bool)
+        for retry in range(attempt, self._retries() + 1):   # redraws left: the last attempt is retries + 1
+            sample = self._sample(history, mean[beads], params[beads], latents[beads],
+                                  noise[retry * per_attempt:(retry + 1) * per_attempt, beads], masses[beads],
+                                  sub_edges, sub_batch, None, tables, -1)[0]
+            x = torch.where(redraw.unsqueeze(-1), sample, x)
+            redraw = violating_beads(x, sub_batch, pairs, shift, minimum)
+            if not bool(redraw.any()):
+                break
+            per_molecule = torch.zeros_like(x[:, 0]).index_add(0, sub_batch, redraw.to(x.dtype))
+            self.exclusion_events[int(retry == self._retries())] += (per_molecule > 0).sum()
+        return candidate.index_copy(0, beads, x)
+
+    def _pair_minimum(self, edge: Tensor, tables: Dict[str, List[Tensor]], pairs: Optional[Tensor],
+                      x: Tensor) -> Tensor:
+        """The minimum distance (E,) nm of each pair of ``edge``: the molecules' ``pairs`` know their bonds
+        (topology tables), a radius graph looks them up."""
+        if pairs is not None:
+            bonded = tables["pairs"][1]
+        else:
+            bonded = bonded_pairs(edge, x.size(0), tables["bond_keys"][0])
+        return pair_minimum(bonded, self.min_distance_nm, x.dtype)
 
     def _sample(self, pos_history: Tensor, mean: Tensor, params: Tensor, latents: Tensor,
                 noise: Tensor, masses: Tensor, coarse_edge_index: Tensor, batch: Tensor,
@@ -471,7 +523,7 @@ class CGPropagator(Block):
         sigma_column = torch.ones_like(candidate[:, :1])
         for i in range(len(levels)):
             log_sigma = torch.log(sigma_column * self.refine_sigmas[i])
-            eps = self.score(x, latents, log_sigma, coarse_edge_index, batch, box, edge, shift)
+            eps = self.score(x, latents, log_sigma, coarse_edge_index, batch, box, edge, shift, pairs)
             last = i + 1 == len(levels)
             x = anneal_step(x, eps, levels[i], 0.0 if last else levels[i + 1],
                             internal[0] if last else internal[i + 1])  # the last step takes no noise

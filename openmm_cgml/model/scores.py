@@ -9,7 +9,9 @@ takes any of them:
 
 - ``graph(candidate, batch, box) -> (edge, shift)``: a radius graph it can
   reuse over the refinement calls of one step (empty if it builds its own);
-- ``forward(candidate, latents, log_sigma, bonds, batch, box, edge, shift) -> eps``.
+- ``forward(candidate, latents, log_sigma, bonds, batch, box, edge, shift, pairs=None) -> eps``, where
+  ``pairs`` (open boundaries, small molecules) are the molecules' bead pairs in mirrored halves
+  (:func:`~openmm_cgml.nn.neighbors.molecule_pairs`), taken instead of ``edge``.
 
 :func:`build_score` makes the one a :class:`~openmm_cgml.model.config.PropagatorConfig` names.
 """
@@ -72,20 +74,27 @@ class PairScore(Block):
         return radius_graph(candidate, self.cutoff, batch, box, self.max_num_neighbors)
 
     def forward(self, candidate: Tensor, latents: Tensor, log_sigma: Tensor, bonds: Tensor, batch: Tensor,
-                box: Optional[Tensor], edge: Tensor, shift: Tensor) -> Tensor:
+                box: Optional[Tensor], edge: Tensor, shift: Tensor, pairs: Optional[Tensor] = None) -> Tensor:
         """Predicted unit noise of ``candidate``.
 
         Shapes:
             candidate (N, 3) nm, latents (N, latent), log_sigma (N, 1), bonds (2, B), batch (N,),
-            box (G, 3, 3) or None, edge (2, E) and shift (E, 3) from :meth:`graph` -> (N, 3)
+            box (G, 3, 3) or None, edge (2, E) and shift (E, 3) from :meth:`graph`, or ``pairs`` (2, P)
+            instead (mirrored halves, open boundaries) -> (N, 3)
         """
         a = self.node(torch.cat([latents, log_sigma], dim=-1))
-        j, i = edge[0], edge[1]
-        vec = candidate[i] - candidate[j] + shift
-        dist = torch.linalg.vector_norm(vec, dim=-1, keepdim=True).clamp_min(1e-6)
-        coeff = self.pair(torch.cat([a[i] + a[j], self.rbf(dist.squeeze(-1))], dim=-1)) \
-            * self.envelope(dist.squeeze(-1)).unsqueeze(-1)
-        eps = torch.zeros_like(candidate).index_add(0, i, coeff * vec / dist)
+        if pairs is not None:
+            # the coefficient is symmetric in (i, j): computed once per unordered pair, the first half
+            half = pairs[:, :pairs.size(1) // 2]
+            vec = candidate[half[1]] - candidate[half[0]]
+            coeff, dist = self._pair_coefficients(a, half[0], half[1], vec)
+            force = coeff * vec / dist
+            eps = torch.zeros_like(candidate).index_add(0, half[1], force).index_add(0, half[0], -force)
+        else:
+            j, i = edge[0], edge[1]
+            vec = candidate[i] - candidate[j] + shift
+            coeff, dist = self._pair_coefficients(a, j, i, vec)
+            eps = torch.zeros_like(candidate).index_add(0, i, coeff * vec / dist)
         if bonds.numel() > 0:
             bond_vec, _ = edge_vectors(candidate, bonds, batch, box)
             bond_dist = torch.linalg.vector_norm(bond_vec, dim=-1, keepdim=True).clamp_min(1e-6)
@@ -93,6 +102,13 @@ class PairScore(Block):
             bond_coeff = self.bond(torch.cat([a[bi] + a[bj], self.rbf(bond_dist.squeeze(-1))], dim=-1))
             eps = eps.index_add(0, bi, bond_coeff * bond_vec / bond_dist)
         return eps
+
+    def _pair_coefficients(self, a: Tensor, j: Tensor, i: Tensor, vec: Tensor) -> Tuple[Tensor, Tensor]:
+        """Coefficients (P, 1) of the pair terms and the distances (P, 1) nm, from the node context ``a``."""
+        dist = torch.linalg.vector_norm(vec, dim=-1, keepdim=True).clamp_min(1e-6)
+        coeff = self.pair(torch.cat([a[i] + a[j], self.rbf(dist.squeeze(-1))], dim=-1)) \
+            * self.envelope(dist.squeeze(-1)).unsqueeze(-1)
+        return coeff, dist
 
 
 class PaxNetScore(Block):
@@ -126,18 +142,15 @@ class PaxNetScore(Block):
                 torch.zeros(0, 3, dtype=candidate.dtype, device=candidate.device))
 
     def forward(self, candidate: Tensor, latents: Tensor, log_sigma: Tensor, bonds: Tensor, batch: Tensor,
-                box: Optional[Tensor], edge: Tensor, shift: Tensor) -> Tensor:
-        """Predicted unit noise of ``candidate``. A non-empty ``edge`` is not from :meth:`graph` but the
-        molecules' pairs (open boundaries), which PaxNet takes instead of its radius graph; ``shift`` unused.
+                box: Optional[Tensor], edge: Tensor, shift: Tensor, pairs: Optional[Tensor] = None) -> Tensor:
+        """Predicted unit noise of ``candidate``; ``edge`` and ``shift`` unused (PaxNet builds its radius
+        graph), ``pairs`` (open boundaries) taken by PaxNet instead of it.
 
         Shapes:
             candidate (N, 3) nm, latents (N, latent), log_sigma (N, 1), bonds (2, B), batch (N,),
-            box (G, 3, 3) or None -> (N, 3)
+            box (G, 3, 3) or None, pairs (2, P) -> (N, 3)
         """
         no_vectors = torch.zeros(candidate.size(0), 3, 0, dtype=candidate.dtype, device=candidate.device)
-        pairs: Optional[Tensor] = None
-        if edge.size(1) > 0:
-            pairs = edge
         s, v = self.backbone(torch.cat([latents, log_sigma], dim=-1), no_vectors, candidate, bonds, batch, box,
                              None, pairs)
         return self.head(s, v)

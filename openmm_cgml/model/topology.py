@@ -20,11 +20,12 @@ import torch
 from torch import Tensor, nn
 
 from openmm_cgml.model.chirality import bond_tables
+from openmm_cgml.model.hard_core import bonded_pairs
 from openmm_cgml.model.internal_coordinates import doubling_rounds, torsion_references, tree_layout
 from openmm_cgml.nn.neighbors import molecule_pairs
 from openmm_cgml.nn.paxnet import bond_keys, bond_local_tables
 
-__all__ = ["TopologyCache"]
+__all__ = ["TopologyCache", "molecules_subset"]
 
 
 class TopologyCache(nn.Module):
@@ -64,12 +65,12 @@ class TopologyCache(nn.Module):
         always, ``chirality``, ``forest`` (tree layout and torsion references) and ``local`` where the model reads
         them, and given the molecules ``batch`` (N,) (a fixed-work step), ``pairs``: every bead pair within each
         molecule, where the molecules are small enough (:func:`~openmm_cgml.nn.neighbors.molecule_pairs`), which
-        the step takes instead of radius graphs on open boundaries."""
+        the step takes instead of radius graphs on open boundaries, and which of them are bonds."""
         tables = {"bond_keys": [bond_keys(coarse_edge_index, n)]}
         if batch is not None:
             pairs = molecule_pairs(batch)
             if pairs is not None:
-                tables["pairs"] = [pairs]
+                tables["pairs"] = [pairs, bonded_pairs(pairs, n, tables["bond_keys"][0])]
         if self.chirality:
             tables["chirality"] = bond_tables(coarse_edge_index, n)
         if self.forest:
@@ -112,3 +113,21 @@ class TopologyCache(nn.Module):
         if torch.is_grad_enabled() and self.tables["bonds"][0].is_inference():
             return None
         return self.tables
+
+
+def molecules_subset(beads: Tensor, coarse_edge_index: Tensor, batch: Tensor) -> Tuple[Tensor, Tensor]:
+    """The bonds and molecule index of the beads ``beads`` (every bead of each molecule taken, in order),
+    renumbered from 0: the topology of those molecules alone.
+
+    Shapes:
+        beads (M,) sorted bead indices, coarse_edge_index (2, E), batch (N,) sorted -> (2, E'), (M,)
+    """
+    renumber = torch.full_like(batch, -1)
+    renumber[beads] = torch.arange(beads.size(0), dtype=batch.dtype, device=batch.device)
+    edges = renumber[coarse_edge_index]
+    edges = edges[:, (edges >= 0).all(dim=0)]
+    molecules = batch[beads]
+    new_molecule = torch.ones_like(molecules)
+    new_molecule[0] = 0
+    new_molecule[1:] = (molecules[1:] != molecules[:-1]).to(molecules.dtype)
+    return edges, torch.cumsum(new_molecule, 0)

@@ -315,8 +315,11 @@ def _dense_open_graph(pos: Tensor, batch: Tensor, cutoff: float, max_num_neighbo
 
 
 def molecule_pairs(batch: Tensor, max_graph: int = 64) -> Optional[Tensor]:
-    """Every ordered pair of distinct nodes within each graph, (2, P) as ``[source j, target i]`` sorted by (i, j):
-    the radius graph of an infinite cutoff, fixed for a topology.
+    """Every ordered pair of distinct nodes within each graph, (2, P) as ``[source j, target i]``: the edges of
+    the radius graph of an infinite cutoff, fixed for a topology, in mirrored halves. The first half holds each
+    unordered pair once (``j < i``, sorted by (i, j)), the second the same pairs reversed
+    (``pairs[:, P // 2:] == pairs[:, :P // 2].flip(0)``), so that a caller computes what depends on the
+    distance alone (radial bases, envelopes, symmetric coefficients) on the first half only.
 
     A model whose messages vanish at its cutoff (an envelope that is exactly zero there) computes the same on
     these pairs as on its radius graph, as long as no node has more than ``max_graph - 1`` neighbours (no
@@ -341,10 +344,11 @@ def molecule_pairs(batch: Tensor, max_graph: int = 64) -> Optional[Tensor]:
     slot = torch.arange(n_max, device=batch.device)
     present = slot.unsqueeze(0) < counts.unsqueeze(1)                                  # (G, n_max)
     pair = present.unsqueeze(2) & present.unsqueeze(1)                                  # (G, i, j)
-    pair.diagonal(dim1=1, dim2=2).fill_(False)
+    pair = torch.tril(pair, diagonal=-1)                                                # j < i
     gij = torch.nonzero(pair)                                                           # (graph, i, j) order
     offset = first[gij[:, 0]]
-    return torch.stack([offset + gij[:, 2], offset + gij[:, 1]], dim=0)
+    lower = torch.stack([offset + gij[:, 2], offset + gij[:, 1]], dim=0)
+    return torch.cat([lower, lower.flip(0)], dim=1)
 
 
 def _grouped_open_graph(pos: Tensor, batch: Tensor, counts: Tensor, n_max: int,

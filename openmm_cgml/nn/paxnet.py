@@ -86,15 +86,19 @@ class GlobalMessage(torch.nn.Module):
         self.filter = Linear(n_rbf, hidden + 2 * vector_width)
         self.vector = VectorChannel(hidden, vector_width)
 
-    def forward(self, h: Tensor, v: Tensor, src: Tensor, dst: Tensor, weighted_basis: Tensor,
+    def filter_weight(self) -> Tensor:
+        """(hidden + 2 width, n_rbf + 1): the radial filter's weight with its bias as the last column, which
+        applied to ``[rbf * weight, weight]`` gives ``filter(rbf) * weight`` in one matrix product."""
+        return torch.cat([self.filter.weight, self.filter.bias.unsqueeze(1)], dim=1)
+
+    def forward(self, h: Tensor, v: Tensor, src: Tensor, dst: Tensor, edge_filter: Tensor,
                 unit: Tensor) -> Tuple[Tensor, Tensor]:
-        """``weighted_basis`` (E, n_rbf + 1) = ``[rbf * weight, weight]``, weight (E, 1) = envelope * scale,
-        computed once per call for all layers: one matrix product gives ``filter(rbf) * weight``, which
-        spares two passes over the (E, hidden + 2 width) edge tensor (the bias copy and the product by
-        the weight) that dominate the step for large N."""
+        """``edge_filter`` (E, hidden + 2 width) = ``filter(rbf) * weight``, weight = envelope * scale: the
+        product of ``[rbf * weight, weight]`` (E, n_rbf + 1) by :meth:`filter_weight`, which ``PaxNet`` takes
+        for all layers at once. That spares the passes over the (E, hidden + 2 width) edge tensor (the bias
+        copy and the product by the weight) that dominate the step for large N."""
         n = h.size(0)
-        filter_weight = torch.cat([self.filter.weight, self.filter.bias.unsqueeze(1)], dim=1)
-        m = self.node(h).index_select(0, src) * torch.mm(weighted_basis, filter_weight.t())
+        m = self.node(h).index_select(0, src) * edge_filter
         dh = _scatter_sum(m[:, :self.hidden], dst, n)
         dv = self.vector(v, src, dst, unit, m[:, self.hidden:])
         return dh, dv
@@ -361,14 +365,30 @@ class PaxNet(Block):
         return edges, is_bond, triplets
 
     def _global_edges(self, pos: Tensor, batch: Tensor, box: Optional[Tensor], pairs: Optional[Tensor]
-                      ) -> Tuple[Tensor, Tensor, Tensor]:
+                      ) -> Tuple[Tensor, Tensor, Tensor, bool]:
         """Sources, targets and vectors j -> i (E, 3) nm of the global graph: ``pairs`` on open boundaries,
-        else the radius graph (minimum images)."""
+        else the radius graph (minimum images); and whether the edges are mirrored halves (the pairs)."""
         if pairs is not None and box is None:
-            return pairs[0], pairs[1], pos.index_select(0, pairs[1]) - pos.index_select(0, pairs[0])
+            return pairs[0], pairs[1], pos.index_select(0, pairs[1]) - pos.index_select(0, pairs[0]), True
         edge, shift = radius_graph(pos, self.cutoff, batch, box, self.max_num_neighbors)
         vec = pos.index_select(0, edge[1]) - pos.index_select(0, edge[0])
-        return edge[0], edge[1], vec + shift if box is not None else vec
+        return edge[0], edge[1], vec + shift if box is not None else vec, False
+
+    def _global_filters(self, dist: Tensor, mirrored: bool) -> Tensor:
+        """Every layer's radial filter of the global edges (E, n_layers * (hidden + 2 width)), from one matrix
+        product; on mirrored halves (the molecules' pairs) computed on the first half, as it depends on the
+        distance alone."""
+        if mirrored:
+            dist = dist[:dist.size(0) // 2]
+        weight = (self.envelope_global(dist) * self.global_scale).unsqueeze(1)
+        basis = torch.cat([self.rbf_global(dist) * weight, weight], dim=1)
+        weights: List[Tensor] = []
+        for layer in self.layers:
+            weights.append(layer.global_message.filter_weight())
+        filters = torch.mm(basis, torch.cat(weights, dim=0).t())
+        if mirrored:   # both halves read the same rows: a view of the product (compiled, no copy)
+            return filters.unsqueeze(0).expand(2, filters.size(0), filters.size(1)).reshape(-1, filters.size(1))
+        return filters
 
     def _check_features(self, s: Tensor, v: Tensor, n: int) -> None:
         """``ValueError`` unless ``s`` is (n, scalar_in) and ``v`` (n, 3, vector_in)."""
@@ -396,10 +416,10 @@ class PaxNet(Block):
         local : list of Tensor, optional
             :meth:`local_tables` of these bonds (no ``local_cutoff``), if at hand.
         pairs : Tensor, optional
-            (2, P) a fixed superset of the global graph without a box
+            (2, P) a fixed superset of the global graph without a box, in mirrored halves
             (:func:`~openmm_cgml.nn.neighbors.molecule_pairs`), taken instead of a radius graph: the envelope
             gives the pairs beyond the cutoff zero weight, so the result is the same (to rounding), with fixed
-            shapes.
+            shapes; the radial filters are computed on the first half.
 
         Returns
         -------
@@ -412,12 +432,11 @@ class PaxNet(Block):
             box = None          # all-zero box = not periodic
 
         # global graph: distances only
-        g_src, g_dst, g_vec = self._global_edges(pos, batch, box, pairs)
+        g_src, g_dst, g_vec, mirrored = self._global_edges(pos, batch, box, pairs)
         g_dist = torch.sqrt((g_vec * g_vec).sum(dim=1))
         g_unit = g_vec / g_dist.unsqueeze(1)
-        g_rbf = self.rbf_global(g_dist)
-        g_weight = (self.envelope_global(g_dist) * self.global_scale).unsqueeze(1)
-        g_basis = torch.cat([g_rbf * g_weight, g_weight], dim=1)
+        g_filters = self._global_filters(g_dist, mirrored)
+        width = g_filters.size(1) // self.n_layers
 
         # local graph: bonds (+ near pairs), with angles
         if local is None or self.use_local_cutoff:
@@ -449,8 +468,9 @@ class PaxNet(Block):
         else:
             vec = torch.zeros(n, 3, self.hidden, dtype=pos.dtype, device=pos.device)
 
-        for layer in self.layers:
-            dh_g, dv_g = layer.global_message(h, vec, g_src, g_dst, g_basis, g_unit)
+        for index, layer in enumerate(self.layers):
+            dh_g, dv_g = layer.global_message(h, vec, g_src, g_dst,
+                                              g_filters[:, index * width:(index + 1) * width], g_unit)
             dh_l, dv_l = layer.local_message(h, vec, l_src, l_dst, l_rbf, l_env, l_unit,
                                              two_in, two_out, two_basis, one_in, one_out, one_basis)
             h, vec = layer.fusion(h, vec, dh_g, dv_g, dh_l, dv_l)

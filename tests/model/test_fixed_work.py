@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from openmm_cgml.model.hard_core import project_hard_core
+from openmm_cgml.model.hard_core import bonded_pairs, pair_minimum, project_hard_core
 from openmm_cgml.model.propagator import CGPropagator
 from openmm_cgml.nn.paxnet import bond_keys
 
@@ -48,7 +48,7 @@ def _step(model, inputs, noise, refine, fixed_shapes, fixed_work):
     return out, int(model.hard_core_events), model.exclusion_events.tolist()
 
 
-@pytest.mark.parametrize("crowded", [True, False])
+@pytest.mark.parametrize("crowded", [True, "one", False])
 @pytest.mark.parametrize("noise_model", ["independent", "internal"])
 @pytest.mark.parametrize("refine", [False, True])
 def test_fixed_shapes_and_fixed_work_step_as_the_plain_step(crowded, noise_model, refine, hard_core_model,
@@ -56,9 +56,18 @@ def test_fixed_shapes_and_fixed_work_step_as_the_plain_step(crowded, noise_model
                                                             n_beads):
     """Every pair of each molecule instead of radius graphs, and every redraw and sweep done, give the plain step's
     positions (to rounding: a matrix product of more rows may round its last bit differently) and count the same
-    corrections (noise that makes both corrections work)."""
+    corrections (noise that makes both corrections work). With fixed shapes alone, the redraws take the molecules
+    that need them alone (``"one"``: the first of three molecules crowded, the other two at rest), as the plain
+    step's redraws of all molecules, which keep only those, do."""
     model = _model(hard_core_model, noise_model)
     inputs = _crowded(model, chain_molecule, compressed_history if crowded else chain_history, n_beads)
+    if crowded == "one":   # two molecules far apart at rest, with the crowded one's jitter
+        history = inputs[0].clone()
+        away = 5.0 * torch.arange(1, 3, dtype=torch.float64).repeat_interleave(n_beads)[:, None] \
+            * torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+        history[:, n_beads:] = chain_history(model.k, dtype=torch.float64).repeat(1, 2, 1) \
+            + inputs[0][:, n_beads:] - compressed_history(model.k).repeat(1, 2, 1) + away
+        inputs = (history,) + inputs[1:]
     if not crowded:   # minima no step comes near: the check that returns at once, in one host read
         model.min_bonded_nm = model.min_nonbonded_nm = 0.02
         model.min_distance_nm.fill_(0.02)
@@ -75,8 +84,8 @@ def test_fixed_shapes_and_fixed_work_step_as_the_plain_step(crowded, noise_model
             assert other[1:] == plain[1:]
         results.append(plain[1:])
     # crowded, the hard core pushed pairs apart and the truncation redrew molecules; else neither had work
-    assert any(events > 0 for events, _ in results) == crowded
-    assert any(redrawn[0] > 0 for _, redrawn in results) == crowded
+    assert any(events > 0 for events, _ in results) == bool(crowded)
+    assert any(redrawn[0] > 0 for _, redrawn in results) == bool(crowded)
 
 
 def test_fixed_work_step_reads_nothing_back(hard_core_model, chain_molecule, compressed_history, n_beads):
@@ -112,7 +121,8 @@ def test_hard_core_without_early_exit_is_the_same_projection(compressed_history,
     out, events = [], []
     for early_exit in (True, False):
         counter = torch.zeros((), dtype=torch.long)
-        out.append(project_hard_core(x, masses, keys, edge, shift, minimum, 0.45, 8, counter, early_exit))
+        per_pair = pair_minimum(bonded_pairs(edge, n_beads, keys), minimum, x.dtype)
+        out.append(project_hard_core(x, masses, edge, shift, per_pair, 0.45, 8, counter, early_exit))
         events.append(int(counter))
     assert torch.equal(out[0], out[1]) and events[0] == events[1] > 0
     assert not torch.equal(out[0], x)

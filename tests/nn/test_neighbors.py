@@ -183,14 +183,19 @@ def test_open_dense_fast_path_equals_cell_list_with_a_neighbour_cap():
 
 
 def test_molecule_pairs_are_the_radius_graph_of_an_infinite_cutoff():
-    """Every ordered pair within each graph, in radius_graph's (i, j) order; None where the graphs do not allow it."""
+    """Every ordered pair within each graph, the second half the first reversed; None where the graphs do not
+    allow it."""
     from openmm_cgml.nn.neighbors import molecule_pairs
 
     batch = torch.tensor([0, 0, 0, 1, 2, 2, 2, 2, 2])
     pos = torch.randn(9, 3)
     edge, _ = radius_graph(pos, 1e3, batch)
     pairs = molecule_pairs(batch)
-    assert torch.equal(pairs, edge) and pairs.size(1) == 3 * 2 + 0 + 5 * 4
+    half = pairs.size(1) // 2
+    assert pairs.size(1) == 3 * 2 + 0 + 5 * 4
+    assert torch.equal(pairs[:, half:], pairs[:, :half].flip(0)) and bool((pairs[0, :half] < pairs[1, :half]).all())
+    order = torch.argsort(pairs[1] * 9 + pairs[0])                  # radius_graph's (i, j) order
+    assert torch.equal(pairs[:, order], edge)
     assert molecule_pairs(batch, max_graph=4) is None           # a graph of 5 nodes
     assert molecule_pairs(batch.flip(0)) is None                # not sorted: no contiguous blocks
     assert torch.jit.script(molecule_pairs)(batch).equal(pairs)
