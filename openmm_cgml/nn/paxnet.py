@@ -57,6 +57,9 @@ def _vector_message(v_src: Tensor, unit: Tensor, coeff: Tensor, width: int) -> T
 class VectorChannel(torch.nn.Module):
     """Vector messages in a narrow channel: down-project, gate per edge, sum, up-project.
 
+    The down-projection (``down``) is applied by :meth:`PaxLayer.down_project`, for the global and the local
+    channel of a layer in one product; ``forward`` takes its result.
+
     The (E, 3, width) edge tensors dominate the cost of an equivariant layer
     (and twice over when forces are trained through a double backward), so
     they are kept ``width`` < hidden wide; the channel maps are linear in the
@@ -69,10 +72,10 @@ class VectorChannel(torch.nn.Module):
         self.down = Linear(hidden, width, bias=False)
         self.up = Linear(width, hidden, bias=False)
 
-    def forward(self, v: Tensor, src: Tensor, dst: Tensor, unit: Tensor, coeff: Tensor) -> Tensor:
-        low = self.down(v)
+    def forward(self, low: Tensor, src: Tensor, dst: Tensor, unit: Tensor, coeff: Tensor) -> Tensor:
+        """``low`` (N, 3, width): the node vectors through ``down``; returns (N, 3, hidden)."""
         message = _vector_message(low.index_select(0, src), unit, coeff, self.width)
-        return self.up(_scatter_sum(message, dst, v.size(0)))
+        return self.up(_scatter_sum(message, dst, low.size(0)))
 
 
 class GlobalMessage(torch.nn.Module):
@@ -91,16 +94,17 @@ class GlobalMessage(torch.nn.Module):
         applied to ``[rbf * weight, weight]`` gives ``filter(rbf) * weight`` in one matrix product."""
         return torch.cat([self.filter.weight, self.filter.bias.unsqueeze(1)], dim=1)
 
-    def forward(self, h: Tensor, v: Tensor, src: Tensor, dst: Tensor, edge_filter: Tensor,
+    def forward(self, h: Tensor, v_low: Tensor, src: Tensor, dst: Tensor, edge_filter: Tensor,
                 unit: Tensor) -> Tuple[Tensor, Tensor]:
-        """``edge_filter`` (E, hidden + 2 width) = ``filter(rbf) * weight``, weight = envelope * scale: the
+        """``v_low`` (N, 3, width) the node vectors down-projected for this channel (:meth:`PaxLayer.down_project`);
+        ``edge_filter`` (E, hidden + 2 width) = ``filter(rbf) * weight``, weight = envelope * scale: the
         product of ``[rbf * weight, weight]`` (E, n_rbf + 1) by :meth:`filter_weight`, which ``PaxNet`` takes
         for all layers at once. That spares the passes over the (E, hidden + 2 width) edge tensor (the bias
         copy and the product by the weight) that dominate the step for large N."""
         n = h.size(0)
         m = self.node(h).index_select(0, src) * edge_filter
         dh = _scatter_sum(m[:, :self.hidden], dst, n)
-        dv = self.vector(v, src, dst, unit, m[:, self.hidden:])
+        dv = self.vector(v_low, src, dst, unit, m[:, self.hidden:])
         return dh, dv
 
 
@@ -122,10 +126,11 @@ class LocalMessage(torch.nn.Module):
         self.vector = VectorChannel(hidden, vector_width)
         self.act = SiLU()
 
-    def forward(self, h: Tensor, v: Tensor, src: Tensor, dst: Tensor, rbf: Tensor, envelope: Optional[Tensor],
+    def forward(self, h: Tensor, v_low: Tensor, src: Tensor, dst: Tensor, rbf: Tensor, envelope: Optional[Tensor],
                 unit: Tensor, two_hop_in: Tensor, two_hop_out: Tensor, two_hop_basis: Tensor,
                 one_hop_in: Tensor, one_hop_out: Tensor, one_hop_basis: Tensor) -> Tuple[Tensor, Tensor]:
-        """``envelope`` (E_l, 1), or None when all local edges are bonds (no cutoff, weight 1)."""
+        """``v_low`` (N, 3, width) the node vectors down-projected for this channel (:meth:`PaxLayer.down_project`);
+        ``envelope`` (E_l, 1), or None when all local edges are bonds (no cutoff, weight 1)."""
         n = h.size(0)
         n_edges = src.size(0)
         m = self.node(h).index_select(0, src) * self.filter(rbf)   # (E_l, H) edge j->i
@@ -143,7 +148,7 @@ class LocalMessage(torch.nn.Module):
         if envelope is not None:
             m = m * envelope
         dh = _scatter_sum(m[:, :self.hidden], dst, n)
-        dv = self.vector(v, src, dst, unit, m[:, self.hidden:])
+        dv = self.vector(v_low, src, dst, unit, m[:, self.hidden:])
         return dh, dv
 
 
@@ -176,8 +181,9 @@ class EquivariantUpdate(torch.nn.Module):
         self.gate = _mlp(2 * hidden, hidden, 3 * hidden)
 
     def forward(self, h: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
-        uv = self.mix_u(v)
-        wv = self.mix_w(v)
+        # both maps of the same vectors in one product (wider, so faster, than two)
+        mixed = torch.nn.functional.linear(v, torch.cat([self.mix_u.weight, self.mix_w.weight], dim=0))
+        uv, wv = mixed[:, :, :self.hidden], mixed[:, :, self.hidden:]
         # eps keeps the gradient of the norm finite when the vectors vanish
         norm = torch.sqrt((wv * wv).sum(dim=1) + 1e-8)
         a = self.gate(torch.cat([h, norm], dim=1))
@@ -195,6 +201,14 @@ class PaxLayer(torch.nn.Module):
         self.fusion = AttentionFusion(hidden)
         self.update = EquivariantUpdate(hidden)
         self.norm = torch.nn.LayerNorm(hidden)
+
+    def down_project(self, v: Tensor) -> Tuple[Tensor, Tensor]:
+        """The node vectors (N, 3, hidden) through the global and the local channel's ``down`` maps, in one
+        product: (N, 3, width) each."""
+        width = self.global_message.vector.width
+        weight = torch.cat([self.global_message.vector.down.weight, self.local_message.vector.down.weight], dim=0)
+        low = torch.nn.functional.linear(v, weight)
+        return low[:, :, :width], low[:, :, width:]
 
 
 class PaxNet(Block):
@@ -469,9 +483,10 @@ class PaxNet(Block):
             vec = torch.zeros(n, 3, self.hidden, dtype=pos.dtype, device=pos.device)
 
         for index, layer in enumerate(self.layers):
-            dh_g, dv_g = layer.global_message(h, vec, g_src, g_dst,
+            low_g, low_l = layer.down_project(vec)
+            dh_g, dv_g = layer.global_message(h, low_g, g_src, g_dst,
                                               g_filters[:, index * width:(index + 1) * width], g_unit)
-            dh_l, dv_l = layer.local_message(h, vec, l_src, l_dst, l_rbf, l_env, l_unit,
+            dh_l, dv_l = layer.local_message(h, low_l, l_src, l_dst, l_rbf, l_env, l_unit,
                                              two_in, two_out, two_basis, one_in, one_out, one_basis)
             h, vec = layer.fusion(h, vec, dh_g, dv_g, dh_l, dv_l)
             h, vec = layer.update(layer.norm(h), _soft_normalize(vec))
