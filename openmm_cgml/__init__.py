@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _LAZY = {
     "load": "openmm_cgml.model_file",
+    "load_program": "openmm_cgml.model_program",
     "CGModel": "openmm_cgml.model_file",
     "CGMLIntegrator": "openmm_cgml.openmm.integrator",
     "coarse_grained_system": "openmm_cgml.openmm.bead_system",
@@ -28,7 +29,7 @@ _LAZY = {
     "Backmapper": "openmm_cgml.backmap",
 }
 _SUBMODULES = {"systems", "generate", "trajectory", "units", "io", "mapping", "data", "nn", "model", "train",
-               "model_file", "openmm", "evaluation", "pretrained", "cli", "backmap"}
+               "model_file", "model_program", "openmm", "evaluation", "pretrained", "cli", "backmap"}
 
 __all__ = ["__version__", *_LAZY]
 

@@ -43,6 +43,7 @@ from openmm_cgml.io import atomic_path, software_versions
 from openmm_cgml.model_formats import (
     FORMAT,
     FORMAT_VERSION,
+    PROGRAM_SUFFIX,
     TORCHSCRIPT_SUFFIX,
     WEIGHTS_SUFFIX,
     check_output,
@@ -81,6 +82,9 @@ def export_model(model, path, metadata: dict | None = None) -> Path:
         ``path``.
     """
     path = check_output(path)
+    if path.suffix == PROGRAM_SUFFIX:
+        raise ValueError(f"{path}: a {PROGRAM_SUFFIX} step program is made for one bead system "
+                         "(openmm_cgml.model_program.export_program, cgml export --pdb)")
     module = copy.deepcopy(model).cpu().float().eval()
     for parameter in module.parameters():
         parameter.requires_grad_(False)
@@ -565,7 +569,11 @@ def load(path, device: str | torch.device = "cpu", trusted: bool = False) -> CGM
     if not path.is_file():
         shipped = ", ".join(pretrained.available()) or "none"
         raise FileNotFoundError(f"model file {path} does not exist (pretrained models by name: {shipped})")
-    if model_formats.kind_of(path) == "torchscript":
+    kind = model_formats.kind_of(path)
+    if kind == "program":
+        raise ValueError(f"{path}: a {PROGRAM_SUFFIX} step program of one bead system, not a model file; "
+                         f"openmm_cgml.load_program({str(path)!r}, trusted=True) runs it")
+    if kind == "torchscript":
         module, metadata = model_formats.read_torchscript(path, device, trusted)
     else:
         tensors, metadata = model_formats.read_weights(path)

@@ -18,6 +18,10 @@ the caller trusts it (``trusted=True``, ``--trust-model``) or its SHA-256 is
 one this package ships (``pretrained/index.json``). The check happens before
 the file is handed to TorchScript.
 
+**Step program (``.pt2``, :mod:`openmm_cgml.model_program`).** The step of one bead system exported with
+``torch.export``; not a model file (it serves one system), and loaded only by
+:func:`openmm_cgml.model_program.load_program`, with the same trust as TorchScript.
+
 Both forms carry the same metadata, validated here (:func:`check_metadata`)
 against the schema the exporter writes. docs/design.md, "Model files: the
 threat model", says what is and is not protected.
@@ -28,6 +32,7 @@ import hashlib
 import json
 import math
 import os
+import zipfile
 from pathlib import Path
 
 import torch
@@ -35,7 +40,8 @@ import torch
 from openmm_cgml.io import first_line
 from openmm_cgml.units import is_integer, is_number
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "WEIGHTS_SUFFIX", "TORCHSCRIPT_SUFFIX", "check_output", "kind_of", "file_sha256",
+__all__ = ["FORMAT", "FORMAT_VERSION", "WEIGHTS_SUFFIX", "TORCHSCRIPT_SUFFIX", "PROGRAM_SUFFIX",
+           "check_output", "kind_of", "file_sha256",
            "write_weights", "read_weights", "write_torchscript", "read_torchscript", "check_metadata",
            "digest", "trusted_sha256s", "read_mapping_rule"]
 
@@ -43,15 +49,24 @@ FORMAT = "openmm-cgml-model"
 FORMAT_VERSION = 1
 WEIGHTS_SUFFIX = ".safetensors"
 TORCHSCRIPT_SUFFIX = ".pt"
+PROGRAM_SUFFIX = ".pt2"
 _HEADER_KEY = "openmm_cgml"  # the safetensors header entry that holds the metadata JSON
 _ZIP_MAGIC = b"PK\x03\x04"   # a TorchScript archive is a zip file
 
 
 def kind_of(path: Path) -> str:
-    """``"torchscript"`` or ``"weights"``: read from the file's first bytes, not its name."""
+    """``"torchscript"``, ``"program"`` (a ``.pt2`` step program) or ``"weights"``: read from the file's bytes,
+    not its name."""
     with open(path, "rb") as handle:
         head = handle.read(8)
     if head.startswith(_ZIP_MAGIC):
+        # both are zip files; only a torch.export archive has an archive_format entry
+        try:
+            with zipfile.ZipFile(path) as archive:
+                if any(name.endswith("/archive_format") for name in archive.namelist()):
+                    return "program"
+        except zipfile.BadZipFile:
+            pass   # damaged: TorchScript's own reader names the problem
         return "torchscript"
     if len(head) < 8:
         raise ValueError(f"{path}: not a readable openmm-cgml model file (empty or truncated: {len(head)} bytes)")
@@ -229,7 +244,8 @@ def check_output(path, name: str = "model file") -> Path:
     Raises
     ------
     ValueError
-        ``path`` is a folder, its parent is a file, or its name ends in neither ``.safetensors`` nor ``.pt``.
+        ``path`` is a folder, its parent is a file, or its name ends in none of ``.safetensors``, ``.pt`` and
+        ``.pt2`` (a step program).
     FileNotFoundError
         Its folder does not exist.
     """
@@ -238,9 +254,10 @@ def check_output(path, name: str = "model file") -> Path:
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{name} {path} is a folder; give the model file's name")
-    if path.suffix not in (WEIGHTS_SUFFIX, TORCHSCRIPT_SUFFIX):
-        raise ValueError(f"{name} {path}: the name must end in {WEIGHTS_SUFFIX} (weights only, the default) "
-                         f"or {TORCHSCRIPT_SUFFIX} (TorchScript, for openmm-torch)")
+    if path.suffix not in (WEIGHTS_SUFFIX, TORCHSCRIPT_SUFFIX, PROGRAM_SUFFIX):
+        raise ValueError(f"{name} {path}: the name must end in {WEIGHTS_SUFFIX} (weights only, the default), "
+                         f"{TORCHSCRIPT_SUFFIX} (TorchScript, for openmm-torch) or {PROGRAM_SUFFIX} (torch.export "
+                         f"step program of one bead system)")
     if path.parent.exists() and not path.parent.is_dir():
         raise ValueError(f"{name} {path}: {path.parent} is a file, not a folder")
     if not path.parent.exists():

@@ -25,18 +25,18 @@ it, as for TorchScript files (:mod:`openmm_cgml.model_formats`).
 """
 from __future__ import annotations
 
+import io
 import json
-import zipfile
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from openmm_cgml.io import atomic_path, first_line
+from openmm_cgml.model_formats import PROGRAM_SUFFIX, check_metadata, kind_of
 
-__all__ = ["PROGRAM_SUFFIX", "StepProgram", "export_program", "load_program", "is_program"]
+__all__ = ["StepProgram", "export_program", "load_program"]
 
-PROGRAM_SUFFIX = ".pt2"
 _METADATA = "metadata.json"
 
 
@@ -124,19 +124,11 @@ def export_program(model, mapping, replicas: int, path, refine: bool = True) -> 
         "n_beads": int(batch.size(0)), "replicas": int(replicas), "refine": bool(refine), "noise_draws": draws,
         "mapping": mapping.to_json(), "inputs": "pos_history (k, n_beads, 3) nm, noise (noise_draws, n_beads, 3)",
         "output": "positions (n_beads, 3) nm", "torch": torch.__version__})
+    buffer = io.BytesIO()   # the archive names its folder after the file: the same name whatever the path
+    torch.export.save(exported, buffer, extra_files={_METADATA: json.dumps(metadata, sort_keys=True)})
     with atomic_path(path) as temporary:
-        torch.export.save(exported, str(temporary), extra_files={_METADATA: json.dumps(metadata, sort_keys=True)})
+        temporary.write_bytes(buffer.getvalue())
     return path
-
-
-def is_program(path) -> bool:
-    """Whether ``path`` is a ``torch.export`` archive (a ``.pt2`` step program) rather than TorchScript: both are
-    zip files; only an export archive holds a serialized exported program."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return any(name.endswith(".json") and "exported_program" in name for name in archive.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
 
 
 def load_program(path, trusted: bool = False):
@@ -152,11 +144,11 @@ def load_program(path, trusted: bool = False):
     -------
     (torch.nn.Module, dict)
     """
-    from openmm_cgml.model_formats import check_metadata
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"step program {path} does not exist")
+    if kind_of(path) != "program":
+        raise ValueError(f"{path}: not a {PROGRAM_SUFFIX} step program (a model file? openmm_cgml.load reads it)")
     if not trusted:
         raise ValueError(f"{path}: loading a {PROGRAM_SUFFIX} file can run code from it; if you trust its "
                          f"source, pass trusted=True")

@@ -142,3 +142,12 @@ def test_output_folder_missing_or_a_file(pipeline, tmp_path, fails, where):
 
 def test_unwritable_output_folder(pipeline, fails, locked_folder):
     fails(export(pipeline["run"], locked_folder / "model.safetensors"), names=[str(locked_folder)])
+
+
+def test_step_program_without_its_system(pipeline, tmp_path, fails):
+    """A .pt2 step program is the step of one bead system: without --pdb, one line naming it and no file; --pdb
+    with a model file is named too."""
+    fails(export(pipeline["model"], tmp_path / "step.pt2"), names=["step.pt2", "--pdb"])
+    assert not (tmp_path / "step.pt2").exists()
+    fails(export(pipeline["model"], tmp_path / "model.pt", "--pdb", pipeline["pdb"]), names=["--pdb", "model.pt"])
+    assert not (tmp_path / "model.pt").exists()
