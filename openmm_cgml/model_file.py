@@ -584,25 +584,5 @@ def load(path, device: str | torch.device = "cpu", trusted: bool = False) -> CGM
             parameter.requires_grad_(False)
         propagator.metadata = json.dumps(metadata, sort_keys=True)
         module = torch.jit.script(propagator.to(device))
-    _check_mapping(metadata, path)
+    model_formats.check_mapping(metadata, path)
     return CGModel(module, metadata, str(path))
-
-
-def _check_mapping(metadata: dict, path: Path) -> None:
-    """ValueError if the file's mapping does not describe the molecule its architecture is for."""
-    if not metadata.get("mapping"):
-        return
-    from openmm_cgml.mapping import Mapping
-
-    try:
-        mapping = Mapping.from_json(metadata["mapping"])
-    except (ValueError, TypeError, KeyError) as error:
-        raise ValueError(f"{path}: the metadata mapping is not readable: {error}") from None
-    for what, own in (("n_beads", mapping.n_beads), ("n_atoms", mapping.n_atoms)):
-        if metadata[what] and own % metadata[what]:
-            raise ValueError(f"{path}: the metadata mapping has {own} {what[2:]}, the model is for "
-                             f"{metadata[what]} per molecule")
-    types = np.asarray(mapping.atom_types)
-    table = np.asarray(metadata["model_init"]["type_masses"], dtype=float)
-    if types.size and (types.min() < 0 or types.max() >= len(table) or (table[types] <= 0).any()):
-        raise ValueError(f"{path}: the metadata mapping has atom types the model never saw in training")

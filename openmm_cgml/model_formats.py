@@ -35,6 +35,7 @@ import os
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from openmm_cgml.io import first_line
@@ -43,7 +44,7 @@ from openmm_cgml.units import is_integer, is_number
 __all__ = ["FORMAT", "FORMAT_VERSION", "WEIGHTS_SUFFIX", "TORCHSCRIPT_SUFFIX", "PROGRAM_SUFFIX",
            "check_output", "kind_of", "file_sha256",
            "write_weights", "read_weights", "write_torchscript", "read_torchscript", "check_metadata",
-           "digest", "trusted_sha256s", "read_mapping_rule"]
+           "digest", "trusted_sha256s", "read_mapping_rule", "check_mapping"]
 
 FORMAT = "openmm-cgml-model"
 FORMAT_VERSION = 1
@@ -263,6 +264,26 @@ def check_output(path, name: str = "model file") -> Path:
     if not path.parent.exists():
         raise FileNotFoundError(f"{name} {path}: output directory {path.parent} does not exist")
     return path
+
+
+def check_mapping(metadata: dict, path: Path) -> None:
+    """ValueError if the file's mapping does not describe the molecule its architecture is for."""
+    if not metadata.get("mapping"):
+        return
+    from openmm_cgml.mapping import Mapping
+
+    try:
+        mapping = Mapping.from_json(metadata["mapping"])
+    except (ValueError, TypeError, KeyError) as error:
+        raise ValueError(f"{path}: the metadata mapping is not readable: {error}") from None
+    for what, own in (("n_beads", mapping.n_beads), ("n_atoms", mapping.n_atoms)):
+        if metadata[what] and own % metadata[what]:
+            raise ValueError(f"{path}: the metadata mapping has {own} {what[2:]}, the model is for "
+                             f"{metadata[what]} per molecule")
+    types = np.asarray(mapping.atom_types)
+    table = np.asarray(metadata["model_init"]["type_masses"], dtype=float)
+    if types.size and (types.min() < 0 or types.max() >= len(table) or (table[types] <= 0).any()):
+        raise ValueError(f"{path}: the metadata mapping has atom types the model never saw in training")
 
 
 def read_mapping_rule(metadata: dict) -> tuple[str, dict] | None:

@@ -15,7 +15,8 @@ from torch import Tensor
 
 from openmm_cgml.nn import radius_graph
 
-__all__ = ["bonded_pairs", "contact_graph", "near_pairs", "pair_minimum", "project_hard_core", "violating_beads"]
+__all__ = ["bonded_pairs", "contact_graph", "molecules_with", "near_pairs", "pair_minimum", "project_hard_core",
+           "violating_beads"]
 
 
 def contact_graph(x: Tensor, batch: Tensor, box: Optional[Tensor], limit: float, edge: Tensor, shift: Tensor,
@@ -135,3 +136,14 @@ def pair_minimum(bonded: Tensor, min_distance_nm: Tensor, dtype: torch.dtype) ->
         bonded (E,) bool, min_distance_nm (2,) -> (E,)
     """
     return torch.where(bonded, min_distance_nm[0], min_distance_nm[1]).to(dtype)
+
+
+def molecules_with(flags: Tensor, batch: Tensor) -> Tensor:
+    """How many molecules have a flagged bead (a long scalar; no host sync).
+
+    Shapes:
+        flags (N,) bool, batch (N,) -> ()
+    """
+    per_molecule = torch.zeros(flags.size(0), dtype=torch.long, device=flags.device).index_add_(0, batch,
+                                                                                                flags.long())
+    return (per_molecule > 0).sum()

@@ -62,6 +62,7 @@ from openmm_cgml.model.embedding import EmbeddingGNN, check_embed_inputs, pool_b
 from openmm_cgml.model.hard_core import (
     bonded_pairs,
     contact_graph,
+    molecules_with,
     near_pairs,
     pair_minimum,
     project_hard_core,
@@ -169,6 +170,17 @@ def _pairs(tables: Dict[str, List[Tensor]], box: Optional[Tensor]) -> Optional[T
     if box is None and "pairs" in tables:
         return tables["pairs"][0]
     return None
+
+
+def _pair_minimum(edge: Tensor, tables: Dict[str, List[Tensor]], pairs: Optional[Tensor], x: Tensor,
+                  min_distance_nm: Tensor) -> Tensor:
+    """The minimum distance (E,) nm of each pair of ``edge``: the molecules' ``pairs`` know their bonds
+    (topology tables), a radius graph looks them up."""
+    if pairs is not None:
+        bonded = tables["pairs"][1]
+    else:
+        bonded = bonded_pairs(edge, x.size(0), tables["bond_keys"][0])
+    return pair_minimum(bonded, min_distance_nm, x.dtype)
 
 
 class CGPropagator(Block):
@@ -418,13 +430,13 @@ class CGPropagator(Block):
             if pairs is None:
                 edge, shift = contact_graph(candidate, batch, boxes, limit, edge, shift, graph_at,
                                             self.score.cutoff)
-            bad = violating_beads(candidate, batch, edge, shift, self._pair_minimum(edge, tables, pairs, candidate))
+            minimum = _pair_minimum(edge, tables, pairs, candidate, self.min_distance_nm)
+            bad = violating_beads(candidate, batch, edge, shift, minimum)
             # fixed work redraws even when no molecule needs it: where() below keeps the candidate
             if not self.fixed_work and not bool(bad.any()):
                 break
             # [redrawn, still too close after the last redraw], in molecule-steps
-            per_molecule = torch.zeros_like(masses).index_add(0, batch, bad.to(masses.dtype))
-            self.exclusion_events[int(attempt == attempts)] += (per_molecule > 0).sum()
+            self.exclusion_events[int(attempt == attempts)] += molecules_with(bad, batch)
             if attempt < attempts and pairs is not None and not self.fixed_work:
                 # independent molecules: the rest of the truncation on those that need it, alone
                 candidate = self._redraw_molecules(candidate, bad, attempt, pos_history, mean, params, latents,
@@ -441,7 +453,7 @@ class CGPropagator(Block):
             if attempts == 1 and pairs is None:   # else the truncation's last check built it at this candidate
                 edge, shift = contact_graph(candidate, batch, boxes, limit, edge, shift, graph_at, self.score.cutoff)
             candidate = project_hard_core(candidate, bead_features[:, -1], edge, shift,
-                                          self._pair_minimum(edge, tables, pairs, candidate), limit,
+                                          _pair_minimum(edge, tables, pairs, candidate, self.min_distance_nm), limit,
                                           self.hard_core_sweeps, self.hard_core_events, not self.fixed_work)
         return candidate
 
@@ -457,10 +469,10 @@ class CGPropagator(Block):
         """
         beads = torch.nonzero(bad).squeeze(1)
         sub_edges, sub_batch = molecules_subset(beads, coarse_edge_index, batch)
-        tables = self.topology.compute(sub_edges, beads.size(0), sub_batch)
+        tables = self.topology.compute(sub_edges, beads.size(0), sub_batch, True)
         pairs = tables["pairs"][0]
         shift = torch.zeros(1, 3, dtype=candidate.dtype, device=candidate.device)
-        minimum = self._pair_minimum(pairs, tables, pairs, candidate)
+        minimum = _pair_minimum(pairs, tables, pairs, candidate, self.min_distance_nm)
         history, x, per_attempt = pos_history[:, beads], candidate[beads], noise.size(0) // (1 + self._retries())
         redraw = torch.ones_like(beads, dtype=torch.bool)
         for retry in range(attempt, self._retries() + 1):   # redraws left: the last attempt is retries + 1
@@ -471,19 +483,9 @@ class CGPropagator(Block):
             redraw = violating_beads(x, sub_batch, pairs, shift, minimum)
             if not bool(redraw.any()):
                 break
-            per_molecule = torch.zeros_like(x[:, 0]).index_add(0, sub_batch, redraw.to(x.dtype))
-            self.exclusion_events[int(retry == self._retries())] += (per_molecule > 0).sum()
+            self.exclusion_events[int(retry == self._retries())] += molecules_with(redraw, sub_batch)
         return candidate.index_copy(0, beads, x)
 
-    def _pair_minimum(self, edge: Tensor, tables: Dict[str, List[Tensor]], pairs: Optional[Tensor],
-                      x: Tensor) -> Tensor:
-        """The minimum distance (E,) nm of each pair of ``edge``: the molecules' ``pairs`` know their bonds
-        (topology tables), a radius graph looks them up."""
-        if pairs is not None:
-            bonded = tables["pairs"][1]
-        else:
-            bonded = bonded_pairs(edge, x.size(0), tables["bond_keys"][0])
-        return pair_minimum(bonded, self.min_distance_nm, x.dtype)
 
     def _sample(self, pos_history: Tensor, mean: Tensor, params: Tensor, latents: Tensor,
                 noise: Tensor, masses: Tensor, coarse_edge_index: Tensor, batch: Tensor,

@@ -60,23 +60,26 @@ class TopologyCache(nn.Module):
         return (f"chirality={self.chirality}, forest={self.forest}, local={self.local}, n_beads={self.n_beads}, "
                 f"n_bonds={self.n_bonds}, tables={sorted(self.tables)}")
 
-    def compute(self, coarse_edge_index: Tensor, n: int, batch: Optional[Tensor] = None) -> Dict[str, List[Tensor]]:
+    def compute(self, coarse_edge_index: Tensor, n: int, batch: Optional[Tensor] = None,
+                draw_only: bool = False) -> Dict[str, List[Tensor]]:
         """The tables of ``n`` beads bonded by ``coarse_edge_index`` (2, E), afresh and unstored: ``bond_keys``
         always, ``chirality``, ``forest`` (tree layout and torsion references) and ``local`` where the model reads
         them, and given the molecules ``batch`` (N,) (a fixed-work step), ``pairs``: every bead pair within each
         molecule, where the molecules are small enough (:func:`~openmm_cgml.nn.neighbors.molecule_pairs`), which
-        the step takes instead of radius graphs on open boundaries, and which of them are bonds."""
+        the step takes instead of radius graphs on open boundaries, and which of them are bonds. ``draw_only``:
+        only what a draw of the next positions reads (no chirality or local tables: those are the Dynamics
+        network's), for the truncation's redraws of a few molecules."""
         tables = {"bond_keys": [bond_keys(coarse_edge_index, n)]}
         if batch is not None:
             pairs = molecule_pairs(batch)
             if pairs is not None:
                 tables["pairs"] = [pairs, bonded_pairs(pairs, n, tables["bond_keys"][0])]
-        if self.chirality:
+        if self.chirality and not draw_only:
             tables["chirality"] = bond_tables(coarse_edge_index, n)
         if self.forest:
             parent, root, anchor, dof = tree_layout(coarse_edge_index, n)
             tables["forest"] = [parent, root, anchor, dof, torsion_references(parent)]
-        if self.local:
+        if self.local and not draw_only:
             tables["local"] = bond_local_tables(coarse_edge_index, n)
         return tables
 
