@@ -59,3 +59,27 @@ def test_pinned_cpus_pins_the_block_and_restores_the_affinity():
     assert os.sched_getaffinity(0) == allowed
     with pinned_cpus(len(allowed) + 5):   # more than there are: all of them
         assert os.sched_getaffinity(0) == allowed
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="CPU affinity is Linux-only")
+def test_reference_runs_are_pinned_one_cpu_each():
+    """Reference MD on the CPU platform runs on one CPU (here, in this process, and restored after), and each
+    worker of a pool takes a CPU of its own from the queue it is started with."""
+    import queue
+
+    from openmm_cgml.evaluation import references
+
+    allowed = os.sched_getaffinity(0)
+    seen = []
+    references._run_all(lambda tag: seen.append((tag, os.sched_getaffinity(0))), [("a",), ("b",)], 1, "CPU")
+    assert [tag for tag, _ in seen] == ["a", "b"] and all(len(cpus) == 1 for _, cpus in seen)
+    assert os.sched_getaffinity(0) == allowed
+    references._run_all(lambda tag: seen.append((tag, os.sched_getaffinity(0))), [("gpu",)], 1, "CUDA")
+    assert seen[-1] == ("gpu", allowed)                          # a GPU run is left alone
+    slots = queue.Queue()
+    slots.put(min(allowed))
+    try:
+        references._pin_worker(slots)
+        assert os.sched_getaffinity(0) == {min(allowed)}
+    finally:
+        os.sched_setaffinity(0, allowed)
