@@ -36,6 +36,7 @@ def _model(hard_core_model, noise):
 def _step(model, inputs, noise, refine, fixed_shapes, fixed_work):
     history, features, edges, batch, box = inputs
     model.fixed_shapes, model.fixed_work = fixed_shapes, fixed_work
+    model.redraw_subset_min_beads = 0   # the molecule-by-molecule redraws, at any size
     model.hard_core_events.zero_()
     model.exclusion_events.zero_()
     model.validate(history, features, edges, batch)
