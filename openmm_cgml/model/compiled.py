@@ -11,8 +11,6 @@ a few beads. Compiled, the step becomes a few graphs of fused kernels. What make
   product's output first;
 - the weights of built-in layers (``nn.Linear`` and the like) not re-checked before every step: nothing
   here changes them (the propagator's own settings stay checked, and a change recompiles);
-- on the CPU, the truncation's redraws taken molecule by molecule (``CGPropagator._redraw_molecules``), run
-  uncompiled: their sizes change with every step;
 - PyTorch's recompile limit raised: every model, bead count and refinement setting of a process is a graph
   of the same code, and past the default limit of 8 the step would silently run uncompiled.
 
@@ -90,8 +88,6 @@ def compile_step(propagator):
     _quiet_compile_notes()
     cuda = propagator.type_masses.device.type == "cuda"
     propagator.fixed_shapes, propagator.fixed_work = True, cuda
-    # the redraws of a few molecules change size from step to step: run as they are, not compiled per size
-    propagator._redraw_molecules = torch.compiler.disable(propagator._redraw_molecules)
     options = {"triton.cudagraphs": True} if cuda else {"cpp_wrapper": True,
                                                         "post_grad_custom_post_pass": UnfusedBias()}
     skip = getattr(torch.compiler, "skip_guard_on_inbuilt_nn_modules_unsafe", None)

@@ -80,7 +80,7 @@ from openmm_cgml.model.sampler import (
     sample_acceleration,
 )
 from openmm_cgml.model.scores import build_score
-from openmm_cgml.model.topology import TopologyCache, molecules_subset
+from openmm_cgml.model.topology import TopologyCache
 from openmm_cgml.nn import PaxNet
 from openmm_cgml.nn.layers import Block, mlp
 
@@ -241,10 +241,6 @@ class CGPropagator(Block):
         # need; the same numbers, to rounding
         self.fixed_work = False
         self.fixed_shapes = False
-        # with fixed shapes (not fixed work), the truncation redraws only the molecules that need it in batches
-        # of at least this many beads (_redraw_molecules; uncompiled, it costs 2-3 ms more than a compiled redraw
-        # of the whole batch, which at 10,000 beads takes about 9: it paid from about 4,000 beads here)
-        self.redraw_subset_min_beads = 4096
         # [bonded, nonbonded] nm; not persistent, so checkpoints from before the hard core still load
         self.register_buffer("min_distance_nm", torch.tensor([self.min_bonded_nm, self.min_nonbonded_nm]),
                              persistent=False)
@@ -441,12 +437,6 @@ class CGPropagator(Block):
                 break
             # [redrawn, still too close after the last redraw], in molecule-steps
             self.exclusion_events[int(attempt == attempts)] += molecules_with(bad, batch)
-            if attempt < attempts and pairs is not None and not self.fixed_work \
-                    and candidate.size(0) >= self.redraw_subset_min_beads and 2 * int(bad.sum()) <= candidate.size(0):
-                # independent molecules: the rest of the truncation on those that need it, alone
-                candidate = self._redraw_molecules(candidate, bad, attempt, pos_history, mean, params, latents,
-                                                   noise, masses, coarse_edge_index, batch)
-                break
             if attempt < attempts:
                 retry, graph_at, score_edge, score_shift = self._sample(
                     pos_history, mean, params, latents, noise[attempt * per_attempt:(attempt + 1) * per_attempt],
@@ -461,36 +451,6 @@ class CGPropagator(Block):
                                           _pair_minimum(edge, tables, pairs, candidate, self.min_distance_nm), limit,
                                           self.hard_core_sweeps, self.hard_core_events, not self.fixed_work)
         return candidate
-
-    def _redraw_molecules(self, candidate: Tensor, bad: Tensor, attempt: int, pos_history: Tensor, mean: Tensor,
-                          params: Tensor, latents: Tensor, noise: Tensor, masses: Tensor, coarse_edge_index: Tensor,
-                          batch: Tensor) -> Tensor:
-        """The truncation from redraw ``attempt`` on, on the molecules ``bad`` marks (every bead of each) alone.
-
-        With the molecules' pairs (open boundaries, small molecules) nothing in a draw couples molecules, so a
-        redraw of a few molecules gives them what a redraw of all would, with the same noise, at the cost of
-        those few: most of a step of thousands of molecules, where almost every step redraws one. Compiled, this
-        runs uncompiled (its sizes change from step to step; ``openmm_cgml.model.compiled``).
-        """
-        beads = torch.nonzero(bad).squeeze(1)
-        sub_edges, sub_batch = molecules_subset(beads, coarse_edge_index, batch)
-        tables = self.topology.compute(sub_edges, beads.size(0), sub_batch, True)
-        pairs = tables["pairs"][0]
-        shift = torch.zeros(1, 3, dtype=candidate.dtype, device=candidate.device)
-        minimum = _pair_minimum(pairs, tables, pairs, candidate, self.min_distance_nm)
-        history, x, per_attempt = pos_history[:, beads], candidate[beads], noise.size(0) // (1 + self._retries())
-        redraw = torch.ones_like(beads, dtype=torch.bool)
-        for retry in range(attempt, self._retries() + 1):   # redraws left: the last attempt is retries + 1
-            sample = self._sample(history, mean[beads], params[beads], latents[beads],
-                                  noise[retry * per_attempt:(retry + 1) * per_attempt, beads], masses[beads],
-                                  sub_edges, sub_batch, None, tables, -1)[0]
-            x = torch.where(redraw.unsqueeze(-1), sample, x)
-            redraw = violating_beads(x, sub_batch, pairs, shift, minimum)
-            if not bool(redraw.any()):
-                break
-            self.exclusion_events[int(retry == self._retries())] += molecules_with(redraw, sub_batch)
-        return candidate.index_copy(0, beads, x)
-
 
     def _sample(self, pos_history: Tensor, mean: Tensor, params: Tensor, latents: Tensor,
                 noise: Tensor, masses: Tensor, coarse_edge_index: Tensor, batch: Tensor,

@@ -25,7 +25,7 @@ from openmm_cgml.model.internal_coordinates import doubling_rounds, torsion_refe
 from openmm_cgml.nn.neighbors import molecule_pairs
 from openmm_cgml.nn.paxnet import bond_keys, bond_local_tables
 
-__all__ = ["TopologyCache", "molecules_subset"]
+__all__ = ["TopologyCache"]
 
 
 class TopologyCache(nn.Module):
@@ -60,26 +60,23 @@ class TopologyCache(nn.Module):
         return (f"chirality={self.chirality}, forest={self.forest}, local={self.local}, n_beads={self.n_beads}, "
                 f"n_bonds={self.n_bonds}, tables={sorted(self.tables)}")
 
-    def compute(self, coarse_edge_index: Tensor, n: int, batch: Optional[Tensor] = None,
-                draw_only: bool = False) -> Dict[str, List[Tensor]]:
+    def compute(self, coarse_edge_index: Tensor, n: int, batch: Optional[Tensor] = None) -> Dict[str, List[Tensor]]:
         """The tables of ``n`` beads bonded by ``coarse_edge_index`` (2, E), afresh and unstored: ``bond_keys``
         always, ``chirality``, ``forest`` (tree layout and torsion references) and ``local`` where the model reads
         them, and given the molecules ``batch`` (N,) (a fixed-work step), ``pairs``: every bead pair within each
         molecule, where the molecules are small enough (:func:`~openmm_cgml.nn.neighbors.molecule_pairs`), which
-        the step takes instead of radius graphs on open boundaries, and which of them are bonds. ``draw_only``:
-        only what a draw of the next positions reads (no chirality or local tables: those are the Dynamics
-        network's), for the truncation's redraws of a few molecules."""
+        the step takes instead of radius graphs on open boundaries, and which of them are bonds."""
         tables = {"bond_keys": [bond_keys(coarse_edge_index, n)]}
         if batch is not None:
             pairs = molecule_pairs(batch)
             if pairs is not None:
                 tables["pairs"] = [pairs, bonded_pairs(pairs, n, tables["bond_keys"][0])]
-        if self.chirality and not draw_only:
+        if self.chirality:
             tables["chirality"] = bond_tables(coarse_edge_index, n)
         if self.forest:
             parent, root, anchor, dof = tree_layout(coarse_edge_index, n)
             tables["forest"] = [parent, root, anchor, dof, torsion_references(parent)]
-        if self.local and not draw_only:
+        if self.local:
             tables["local"] = bond_local_tables(coarse_edge_index, n)
         return tables
 
@@ -117,20 +114,3 @@ class TopologyCache(nn.Module):
             return None
         return self.tables
 
-
-def molecules_subset(beads: Tensor, coarse_edge_index: Tensor, batch: Tensor) -> Tuple[Tensor, Tensor]:
-    """The bonds and molecule index of the beads ``beads`` (every bead of each molecule taken, in order),
-    renumbered from 0: the topology of those molecules alone.
-
-    Shapes:
-        beads (M,) sorted bead indices, coarse_edge_index (2, E), batch (N,) sorted -> (2, E'), (M,)
-    """
-    renumber = torch.full_like(batch, -1)
-    renumber[beads] = torch.arange(beads.size(0), dtype=batch.dtype, device=batch.device)
-    edges = renumber[coarse_edge_index]
-    edges = edges[:, (edges >= 0).all(dim=0)]
-    molecules = batch[beads]
-    new_molecule = torch.ones_like(molecules)
-    new_molecule[0] = 0
-    new_molecule[1:] = (molecules[1:] != molecules[:-1]).to(molecules.dtype)
-    return edges, torch.cumsum(new_molecule, 0)

@@ -36,7 +36,6 @@ def _model(hard_core_model, noise):
 def _step(model, inputs, noise, refine, fixed_shapes, fixed_work):
     history, features, edges, batch, box = inputs
     model.fixed_shapes, model.fixed_work = fixed_shapes, fixed_work
-    model.redraw_subset_min_beads = 0   # the molecule-by-molecule redraws, at any size
     model.hard_core_events.zero_()
     model.exclusion_events.zero_()
     model.validate(history, features, edges, batch)
@@ -57,9 +56,8 @@ def test_fixed_shapes_and_fixed_work_step_as_the_plain_step(crowded, noise_model
                                                             n_beads):
     """Every pair of each molecule instead of radius graphs, and every redraw and sweep done, give the plain step's
     positions (to rounding: a matrix product of more rows may round its last bit differently) and count the same
-    corrections (noise that makes both corrections work). With fixed shapes alone, the redraws take the molecules
-    that need them alone (``"one"``: the first of three molecules crowded, the other two at rest), as the plain
-    step's redraws of all molecules, which keep only those, do."""
+    corrections (noise that makes both corrections work; ``"one"``: the first of three molecules crowded, the other
+    two at rest, so that only some molecules redraw)."""
     model = _model(hard_core_model, noise_model)
     inputs = _crowded(model, chain_molecule, compressed_history if crowded else chain_history, n_beads)
     if crowded == "one":   # two molecules far apart at rest, with the crowded one's jitter

@@ -76,19 +76,3 @@ def test_cache_compares_sizes_and_device_only():
     assert cache.lookup(bonds, 4) is None and cache.lookup(bonds[:, :1], 3) is None
     assert "n_beads=3, n_bonds=2" in repr(cache)
 
-
-def test_molecules_subset_is_those_molecules_alone():
-    """Beads of molecules 0 and 2 of three chains: their bonds and molecule index, renumbered from 0, as if the
-    middle chain had never been there."""
-    from openmm_cgml.model.topology import molecules_subset
-
-    chain = torch.tensor([[0, 1, 2], [1, 2, 3]])
-    edges = torch.cat([chain, chain + 4, chain + 8], dim=1)
-    edges = torch.cat([edges, edges.flip(0)], dim=1)
-    batch = torch.arange(3).repeat_interleave(4)
-    beads = torch.tensor([0, 1, 2, 3, 8, 9, 10, 11])
-    sub_edges, sub_batch = molecules_subset(beads, edges, batch)
-    two = torch.cat([chain, chain + 4], dim=1)
-    assert torch.equal(sub_edges, torch.cat([two, two.flip(0)], dim=1))
-    assert torch.equal(sub_batch, torch.tensor([0, 0, 0, 0, 1, 1, 1, 1]))
-    assert torch.equal(torch.jit.script(molecules_subset)(beads, edges, batch)[1], sub_batch)
