@@ -235,13 +235,16 @@ def rebuild(model: "CGModel"):
     """A :class:`~openmm_cgml.model.propagator.CGPropagator` of this package's code with the weights of a loaded file.
 
     The architecture comes from the file's ``model_init`` description, the
-    weights from its tensors; none of the file's scripted code is kept. Export
-    the result again (:func:`export_model`, with ``model.metadata``) to carry a
-    model file over to a newer version of the step (e.g. the refinement).
+    weights from its tensors; none of the file's scripted code is kept. In eval
+    mode with frozen parameters, as :func:`load` gives them. Export the result
+    again (:func:`export_model`, with ``model.metadata``) to carry a model file
+    over to a newer version of the step (e.g. the refinement).
     """
     propagator = _propagator(model.metadata, model.module.state_dict(), model.path, exact=False)
     _set_inference(propagator, model.refine_sigmas, model.hard_core, model.exclusion_retries)
-    return propagator
+    for parameter in propagator.parameters():
+        parameter.requires_grad_(False)
+    return propagator.eval()
 
 
 def _is_model_file(source) -> bool:
@@ -435,9 +438,7 @@ class CGModel:
         """
         if self.compiled:
             return self
-        propagator = rebuild(self).to(self.module.type_masses.device).eval()
-        for parameter in propagator.parameters():
-            parameter.requires_grad_(False)
+        propagator = rebuild(self).to(self.module.type_masses.device)
         propagator.metadata = json.dumps(self.metadata, sort_keys=True)
         self.module = propagator
         self._compile_step()

@@ -110,9 +110,7 @@ def export_program(model, mapping, replicas: int, path, refine: bool = True) -> 
         raise ValueError(f"{path}: a step program is a {PROGRAM_SUFFIX} file")
     if int(replicas) != replicas or replicas < 1:
         raise ValueError(f"replicas must be a whole number >= 1, got {replicas}")
-    propagator = rebuild(model).cpu().eval()
-    for parameter in propagator.parameters():
-        parameter.requires_grad_(False)
+    propagator = rebuild(model).cpu()
     edges, batch = model_graph(mapping, int(replicas), "cpu")
     features = model.embed_mapping(mapping).cpu().repeat(int(replicas), 1)
     program = StepProgram(propagator, features, edges, batch, refine)

@@ -39,8 +39,10 @@ def run(args: argparse.Namespace) -> int:
     out = check_output(args.out, name="--out")   # before any work, the messages naming the option
     if out.suffix == PROGRAM_SUFFIX:
         return _export_program(args, out)
-    if args.pdb is not None:
-        raise ValueError(f"--pdb is for a {PROGRAM_SUFFIX} step program; --out {out} is a model file")
+    given = [option for option, used in (("--pdb", args.pdb is not None), ("--mapping", args.mapping is not None),
+                                         ("--replicas", args.replicas != 1), ("--no-refine", args.no_refine)) if used]
+    if given:
+        raise ValueError(f"{given[0]} is for a {PROGRAM_SUFFIX} step program; --out {out} is a model file")
     path = export(args.source, args.out, overwrite=args.overwrite, trusted=args.trust_model)
     print(f"wrote {path}: {load(path, trusted=True)!r}")  # our own output, written just now
     if path.suffix == TORCHSCRIPT_SUFFIX:

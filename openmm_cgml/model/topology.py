@@ -113,4 +113,3 @@ class TopologyCache(nn.Module):
         if torch.is_grad_enabled() and self.tables["bonds"][0].is_inference():
             return None
         return self.tables
-

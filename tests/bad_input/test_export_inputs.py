@@ -150,4 +150,5 @@ def test_step_program_without_its_system(pipeline, tmp_path, fails):
     fails(export(pipeline["model"], tmp_path / "step.pt2"), names=["step.pt2", "--pdb"])
     assert not (tmp_path / "step.pt2").exists()
     fails(export(pipeline["model"], tmp_path / "model.pt", "--pdb", pipeline["pdb"]), names=["--pdb", "model.pt"])
+    fails(export(pipeline["model"], tmp_path / "model.pt", "--replicas", 4), names=["--replicas", "model.pt"])
     assert not (tmp_path / "model.pt").exists()
