@@ -16,6 +16,10 @@ steps = one reference frame), validated on the benchmark's validation chains:
 
     OMP_NUM_THREADS=1 python examples/benchmark_model.py --cache runs/bench-cache --out runs/bm-train
 
+``--model-steps 1000 --config configs/benchmark-polymer-10ps.yaml`` trains at a 10 ps step (10 reference
+frames per window) instead of the benchmark's own 1 ps; ``cgml benchmark`` scores any step that is a whole
+number of reference frames.
+
 Every stage is skipped when its output exists (training resumes from its last checkpoint).
 Units: nm, ps, amu.
 """
@@ -111,12 +115,12 @@ def split_chains(definition: dict, batches: dict, fine: Path, log=print) -> dict
     return splits
 
 
-def train_model(dataset: Path, out: Path, overrides: dict, model_overrides: dict) -> Path:
-    """Train with configs/benchmark-polymer.yaml (``overrides``: train-section values, ``model_overrides``:
-    model-section values); returns the checkpoint."""
+def train_model(config_file: Path, dataset: Path, out: Path, overrides: dict, model_overrides: dict) -> Path:
+    """Train with ``config_file`` (``overrides``: train-section values, ``model_overrides``: model-section
+    values); returns the checkpoint."""
     from openmm_cgml.train import TrainConfig, train
 
-    config = TrainConfig.from_yaml(CONFIG)
+    config = TrainConfig.from_yaml(config_file)
     config.data, config.out_dir = str(dataset), str(out / "training")
     for key, value in overrides.items():
         if value is not None:
@@ -131,6 +135,9 @@ def main(argv=None) -> int:
     parser.add_argument("--scale", default="small")
     parser.add_argument("--cache", type=Path, default=ROOT / "runs" / "bench-cache", help="reference MD cache")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bm-train")
+    parser.add_argument("--config", type=Path, default=CONFIG, help="training configuration (default: %(default)s)")
+    parser.add_argument("--model-steps", type=int, default=None,
+                        help="MD steps per model step (default: the benchmark's own model step)")
     parser.add_argument("--max-epochs", type=int, default=None, help="override the config's train.max_epochs")
     parser.add_argument("--limit-train-batches", type=int, default=None, help="override train.limit_train_batches")
     parser.add_argument("--noise", choices=["independent", "bonded"], default=None,
@@ -156,11 +163,11 @@ def main(argv=None) -> int:
     if not dataset.exists():
         mapping = definition["mapping"]
         coarse_grain(list(splits), dataset, mapping=mapping["method"], atoms_per_bead=mapping["atoms_per_bead"],
-                     k=int(read_yaml(CONFIG, "config file")["model"]["k"]),
-                     model_steps=int(definition["model_step_md_steps"]), splits=splits)
+                     k=int(read_yaml(args.config, "config file")["model"]["k"]),
+                     model_steps=args.model_steps or int(definition["model_step_md_steps"]), splits=splits)
     log(f"      {dataset} ({time.perf_counter() - started:.0f} s)")
     log("[3/4] training")
-    checkpoint = train_model(dataset, args.out, {"max_epochs": args.max_epochs,
+    checkpoint = train_model(args.config, dataset, args.out, {"max_epochs": args.max_epochs,
                                                  "limit_train_batches": args.limit_train_batches},
                              {"noise": args.noise})
     log(f"      {checkpoint} ({time.perf_counter() - started:.0f} s)")
