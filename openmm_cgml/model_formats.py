@@ -136,11 +136,13 @@ def write_torchscript(module: torch.jit.ScriptModule, metadata: dict, path: Path
 
 
 def trusted_sha256s() -> set[str]:
-    """SHA-256 of the TorchScript files this package vouches for (``torchscript_sha256`` in the pretrained index)."""
+    """SHA-256 of the TorchScript files this package vouches for (``torchscript_sha256`` in the pretrained index,
+    of a shipped model or of the one it replaced, under ``previous``)."""
     from openmm_cgml import pretrained
 
-    return {entry["torchscript_sha256"] for entry in pretrained.index().values()
-            if isinstance(entry, dict) and isinstance(entry.get("torchscript_sha256"), str)}
+    entries = [entry for entry in pretrained.index().values() if isinstance(entry, dict)]
+    entries += [entry["previous"] for entry in entries if isinstance(entry.get("previous"), dict)]
+    return {entry["torchscript_sha256"] for entry in entries if isinstance(entry.get("torchscript_sha256"), str)}
 
 
 def read_torchscript(path: Path, device, trusted: bool) -> tuple[torch.jit.ScriptModule, dict]:

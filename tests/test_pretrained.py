@@ -37,3 +37,11 @@ def test_pretrained_model_runs_in_a_simulation(name, tmp_path):
     model_dt_ps = model.model_timestep.value_in_unit(u.picosecond)
     assert state.getTime().value_in_unit(u.picosecond) == pytest.approx(50 * model_dt_ps)
     assert len(log.read_text().splitlines()) == 1 + 5
+
+
+def test_a_replaced_model_keeps_its_torchscript_file_vouched_for():
+    from openmm_cgml import model_formats
+
+    previous = pretrained.info("polymer-chain")["previous"]
+    assert previous["sha256"] != pretrained.info("polymer-chain")["sha256"]
+    assert previous["torchscript_sha256"] in model_formats.trusted_sha256s()
