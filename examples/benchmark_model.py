@@ -1,17 +1,17 @@
 """A model trained on the polymer benchmark's own train split, for ``cgml benchmark polymer``.
 
-The shipped ``polymer-chain`` model was trained elsewhere (other sequences, a 10 ps step). This
-script trains one on the benchmark's training chains at the benchmark's model step (1 ps = 100 MD
-steps = one reference frame), validated on the benchmark's validation chains:
+The shipped ``polymer-chain-1ps`` and ``polymer-chain`` models come from here. This script trains a
+model on the benchmark's training chains at the benchmark's model step (1 ps = 100 MD steps = one
+reference frame; ``--model-steps`` for another), validated on the benchmark's validation chains:
 
 1. reads the benchmark definition and finds the train and validation reference batches in the
    cache (``cgml benchmark`` writes them; missing ones are run). Test batches are never read:
    nothing here is chosen by looking at test data;
 2. writes every chain of those batches as its own fine trajectory (``FineTrajectory``), with the
    topology and system of the ``polymer-chain`` builder for its sequence;
-3. coarse-grains them with the benchmark's mapping (METIS, 2 atoms per bead) at lag 1 frame,
+3. coarse-grains them with the benchmark's mapping (METIS, 2 atoms per bead) at a lag of one model step,
    train chains -> train split, validation chains -> val split (``coarse_grain(splits=...)``);
-4. trains with ``configs/benchmark-polymer.yaml`` and exports ``OUT/model.safetensors``;
+4. trains with ``configs/benchmark-polymer.yaml`` (``--config``) and exports ``OUT/model.safetensors``;
 5. prints the command that benchmarks it.
 
     OMP_NUM_THREADS=1 python examples/benchmark_model.py --cache runs/bench-cache --out runs/bm-train
