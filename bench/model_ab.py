@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from propagator import reference_molecule, replicate, time_model_steps  # noqa: E402
+from propagator import _system_params, reference_molecule, replicate, time_model_steps  # noqa: E402
 
 from openmm_cgml.io import software_versions  # noqa: E402
 from openmm_cgml.model_file import load  # noqa: E402
@@ -36,17 +36,20 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs=2, required=True, metavar=("A", "B"), help="model files or shipped names")
     parser.add_argument("--system", default="polymer-chain", help="the molecule each model steps (copies of it)")
+    parser.add_argument("--system-param", action="append", default=[], metavar="KEY=VALUE",
+                        help="override of the reference system (default for polymer-chain: length=5, 10 beads)")
     parser.add_argument("--beads", type=int, nargs="+", default=[10, 1000])
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    params = _system_params(args.system, args.system_param)
     rows = []
     with torch.inference_mode():
         models = [load(name) for name in args.models]
         for beads in args.beads:
             cases = []
             for model in models:
-                mapping, positions = reference_molecule(args.system, {}, model)
+                mapping, positions = reference_molecule(args.system, params, model)
                 copies = max(1, round(beads / mapping.n_beads))
                 spacing = 3.0 * (1 + float(np.ptp(positions, 0).max()))
                 cases.append((model, replicate(model, mapping, positions, copies, spacing, "cpu"),
@@ -64,7 +67,7 @@ def main(argv=None) -> int:
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     print(json.dumps({"benchmark": "model step, two model files alternating in one process",
                       "models": {"a": args.models[0], "b": args.models[1]}, "system": args.system,
-                      "rounds": args.rounds, "refine": True, "corrections": "each model's own",
+                      "system_params": params, "rounds": args.rounds, "refine": True, "corrections": "each model's own",
                       "hardware": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                                    "torch_threads": torch.get_num_threads()},
                       "versions": software_versions(), "rows": rows}, indent=1))
