@@ -16,17 +16,12 @@ import json
 import numpy as np
 import torch
 
-from openmm_cgml.evaluation import benchmark
-from openmm_cgml.evaluation.references import chain_system_params, run_batches
+from openmm_cgml.evaluation import analysis, benchmark
 from openmm_cgml.evaluation.rollouts import roll_out
 from openmm_cgml.io import software_versions
 from openmm_cgml.model_file import load
 
 CLOSE_NM = 0.1
-
-
-def _rg(frames: np.ndarray) -> np.ndarray:
-    return np.sqrt(((frames - frames.mean(1, keepdims=True)) ** 2).sum(-1).mean(-1))
 
 
 def _first(mask: np.ndarray):
@@ -36,15 +31,15 @@ def _first(mask: np.ndarray):
 
 def chain_events(frames: np.ndarray, chain, blow_up_factor: float) -> dict:
     """First steps of a blow-up, a pair under ``CLOSE_NM``, a bond past the reference's longest (None: never)."""
-    reference_rg = _rg(chain.positions)
-    rg = _rg(frames)
-    bond = lambda x: np.linalg.norm(x[:, chain.bonds[:, 0]] - x[:, chain.bonds[:, 1]], axis=-1)  # noqa: E731
+    reference_rg = analysis.radius_of_gyration(chain.positions, chain.masses)
+    rg = analysis.radius_of_gyration(frames, chain.masses)
     distances = np.linalg.norm(frames[:, :, None] - frames[:, None], axis=-1)
     distances[:, np.arange(frames.shape[1]), np.arange(frames.shape[1])] = np.inf
+    longest_bond = analysis.bond_lengths(chain.positions, chain.bonds).max()
     blow_up = _first(rg > blow_up_factor * reference_rg.max())
     return {"chain": chain.name, "blow_up_step": blow_up,
             "first_pair_under_0.1_nm": _first(distances.min((1, 2)) < CLOSE_NM),
-            "first_bond_past_reference_max": _first(bond(frames).max(1) > bond(chain.positions).max()),
+            "first_bond_past_reference_max": _first(analysis.bond_lengths(frames, chain.bonds).max(1) > longest_bond),
             "mean_rg_over_reference": float(rg[:blow_up].mean() / reference_rg.mean()) if blow_up != 0 else None}
 
 
@@ -57,12 +52,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     definition = benchmark.load_definition("polymer", "small")
-    params = chain_system_params(definition["system"], definition["system_params"])
-    batches = benchmark._batches(definition, benchmark.design_splits(definition), params)
-    paths = run_batches([b for b in batches if b.split == "validation"], args.cache, workers=1)
     model = load(args.model)
     model_dt = float(model.model_timestep.value_in_unit(model.model_timestep.unit))
-    split = benchmark._bead_chains(model, definition, batches, paths, "validation", 0)
+    split = benchmark.cached_split(model, definition, "validation", args.cache)
     lag = benchmark.frames_per_step(model_dt, split.chains[0].dt_ps)
     starts = [benchmark._start(chain, model.k, lag) for chain in split.chains]
     report = {"check": "validation rollouts with the truncated step off, then on", "model": args.model,

@@ -42,7 +42,8 @@ from openmm_cgml.evaluation.statistics import LinearBaseline, r2_scores
 from openmm_cgml.io import jsonable, read_yaml, write_atomic
 from openmm_cgml.units import is_number
 
-__all__ = ["BENCHMARKS_DIR", "available", "load_definition", "design_splits", "run_benchmark", "frames_per_step"]
+__all__ = ["BENCHMARKS_DIR", "available", "load_definition", "design_splits", "run_benchmark", "frames_per_step",
+           "validation_objective", "cached_split"]
 
 BENCHMARKS_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
 # a definition's ``kind`` (default polymer) -> the shipped file whose shape it must have
@@ -208,29 +209,50 @@ def _rollout_chains(split: _Split, frames: list[np.ndarray], model_dt: float) ->
             for c, f in zip(split.chains, frames)]
 
 
-def _tune(model, definition, validation: _Split, model_dt: float, log) -> dict:
-    """Choose the Score refinement levels on the validation chains: the lowest mean Rg + bond JS."""
-    from openmm_cgml.evaluation.rollouts import choose_refinement, roll_out
+def validation_objective(model, definition, validation: _Split, references: list, model_dt: float, refine: bool,
+                         seed: int = 7) -> float:
+    """The score that chooses inference settings (and, in configs' rules, models): the mean over the validation
+    chains of Rg JS + bond-length JS, rollouts of ``tune_model_steps`` from each chain's start (``seed`` 7: the
+    benchmark's own); a chain whose rollout ends before 10 frames scores 2. ``references``: the chains'
+    :func:`fidelity.observe` (``n_boot=10``)."""
+    from openmm_cgml.evaluation.rollouts import roll_out
 
     lag = frames_per_step(model_dt, validation.chains[0].dt_ps)
     starts = [_start(c, model.k, lag) for c in validation.chains]
-    reference = [fidelity.observe(c, n_boot=10) for c in validation.chains]
+    result = roll_out(model, validation.mappings, starts, int(definition["tune_model_steps"]), seed=seed,
+                      refine=refine)
+    total = 0.0
+    for ref, frames, chain in zip(references, result["frames"], validation.chains):
+        if len(frames) < 10:
+            total += 2.0
+            continue
+        rolled = fidelity.Chain(chain.name, frames, model_dt, chain.masses, chain.bonds, chain.bead_types)
+        roll = fidelity.observe(rolled, n_boot=10)
+        total += fidelity._js(ref.rg, roll.rg, 50) + fidelity._js(ref.bonds, roll.bonds, 50)
+    return total / len(validation.chains)
+
+
+def _tune(model, definition, validation: _Split, model_dt: float, log) -> dict:
+    """Choose the Score refinement levels on the validation chains: the lowest :func:`validation_objective`."""
+    from openmm_cgml.evaluation.rollouts import choose_refinement
+
+    references = [fidelity.observe(c, n_boot=10) for c in validation.chains]
 
     def score(refine: bool) -> float:
-        result = roll_out(model, validation.mappings, starts, int(definition["tune_model_steps"]), seed=7,
-                          refine=refine)
-        total = 0.0
-        for ref, frames, chain in zip(reference, result["frames"], validation.chains):
-            if len(frames) < 10:
-                total += 2.0
-                continue
-            rolled = fidelity.Chain(chain.name, frames, model_dt, chain.masses, chain.bonds, chain.bead_types)
-            roll = fidelity.observe(rolled, n_boot=10)
-            total += fidelity._js(ref.rg, roll.rg, 50) + fidelity._js(ref.bonds, roll.bonds, 50)
-        return total / len(validation.chains)
+        return validation_objective(model, definition, validation, references, model_dt, refine)
 
     chosen = choose_refinement(model, definition["refine_candidates"], score, "mean of Rg JS + bond JS", log)
     return {"refine_sigmas": {**chosen, "model_steps": int(definition["tune_model_steps"])}}
+
+
+def cached_split(model, definition: dict, split: str, cache, replica: int = 0, log=print) -> _Split:
+    """The bead trajectories of one split and replica of a polymer benchmark for ``model``'s mapping, from the
+    reference cache (the split's batches are run first if missing)."""
+    params = chain_system_params(definition["system"], definition["system_params"])
+    batches = [b for b in _batches(definition, design_splits(definition), params)
+               if b.split == split and b.replica == replica]
+    paths = run_batches(batches, cache, workers=1, log=log)
+    return _bead_chains(model, definition, batches, paths, split, replica)
 
 
 def _split_half_r(chains: list[fidelity.Chain]) -> float:
